@@ -1,0 +1,125 @@
+"""`AsyncWorkpool`: the asyncio face of a `Workpool` (same calls, same logic, awaitable)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio
+
+from workpool import ops
+from workpool.connection import unavailable_as_typed
+from workpool.errors import WaitTimeout
+from workpool.types import JobStatus, Retry
+
+if TYPE_CHECKING:
+    from workpool.pool import JobRef, Workpool
+
+_WAIT_RECHECK = 5.0
+
+
+class AsyncWorkpool:
+    """Awaitable enqueue/status/wait/cancel for a pool; registration stays on the Workpool."""
+
+    def __init__(self, pool: Workpool) -> None:
+        self.pool = pool
+        self._redis: redis.asyncio.Redis | None = None
+
+    @property
+    def redis(self) -> redis.asyncio.Redis:
+        """The asyncio Redis client (created on first use, in the running event loop)."""
+        if self._redis is None:
+            self._redis = redis.asyncio.Redis.from_url(
+                self.pool.url, decode_responses=False, health_check_interval=30,
+                socket_connect_timeout=5)
+        return self._redis
+
+    async def _drive(self, gen: ops.Ops) -> Any:
+        with unavailable_as_typed(self.pool.url):
+            try:
+                step = next(gen)
+                while True:
+                    pipe = self.redis.pipeline(transaction=step.atomic)
+                    for command in step.commands:
+                        pipe.execute_command(*command)
+                    step = gen.send(await pipe.execute())
+            except StopIteration as stop:
+                return stop.value
+
+    async def enqueue(
+        self, job: JobRef, *args: Any, kwargs: Mapping[str, Any] | None = None,
+        on_complete: JobRef | None = None, context: Any = None, run_after: float | None = None,
+        run_at: float | datetime | None = None, retry: Retry | None = None,
+        key: str | None = None, timeout: float | None = None,
+    ) -> str:
+        """`Workpool.enqueue`, awaitable."""
+        entries = self.pool.build_entries(
+            job, [args], kwargs=kwargs, on_complete=on_complete, context=context,
+            run_after=run_after, run_at=run_at, retry=retry, key=key, timeout=timeout)
+        ids: list[str] = await self._drive(ops.enqueue(self.pool.keys, entries))
+        return ids[0]
+
+    async def enqueue_many(
+        self, job: JobRef, args_list: Iterable[Sequence[Any]], *,
+        on_complete: JobRef | None = None, context: Any = None, run_after: float | None = None,
+        run_at: float | datetime | None = None, retry: Retry | None = None,
+        timeout: float | None = None,
+    ) -> list[str]:
+        """`Workpool.enqueue_many`, awaitable."""
+        entries = self.pool.build_entries(
+            job, args_list, on_complete=on_complete, context=context, run_after=run_after,
+            run_at=run_at, retry=retry, timeout=timeout)
+        if not entries:
+            return []
+        ids: list[str] = await self._drive(ops.enqueue(self.pool.keys, entries))
+        return ids
+
+    async def status(self, job_id: str) -> JobStatus:
+        """`Workpool.status`, awaitable."""
+        result: JobStatus = await self._drive(ops.status(self.pool.keys, job_id))
+        return result
+
+    async def cancel(self, job_id: str) -> None:
+        """`Workpool.cancel`, awaitable."""
+        await self._drive(ops.cancel(self.pool.keys, [job_id]))
+
+    async def cancel_all(self) -> int:
+        """`Workpool.cancel_all`, awaitable."""
+        sent: int = await self._drive(ops.cancel_all(self.pool.keys))
+        return sent
+
+    async def configure(self, *, max_parallelism: int) -> None:
+        """`Workpool.configure`, awaitable."""
+        await self._drive(ops.configure(self.pool.keys, max_parallelism))
+
+    async def stats(self) -> ops.PoolStats:
+        """`Workpool.stats`, awaitable."""
+        result: ops.PoolStats = await self._drive(ops.stats(self.pool.keys))
+        return result
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """`Workpool.wait`, awaitable: woken by the job's notification, no busy polling."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with unavailable_as_typed(self.pool.url):
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.pool.keys.done_channel(job_id))
+                while True:
+                    st = await self.status(job_id)
+                    if st.terminal:
+                        return st
+                    remaining = _WAIT_RECHECK if deadline is None else deadline - time.monotonic()
+                    if remaining <= 0:
+                        msg = f"job {job_id} is still {st.state.value} after {timeout} s"
+                        raise WaitTimeout(msg)
+                    await pubsub.get_message(timeout=min(remaining, _WAIT_RECHECK))
+            finally:
+                await pubsub.aclose()
+
+    async def aclose(self) -> None:
+        """Close the asyncio client."""
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None

@@ -1,0 +1,166 @@
+"""Typed calls of the main-loop transition scripts for one pool, and their parsed replies.
+
+The main loop, the model-based tests and the CLI all drive the state machine through these,
+so the KEYS/ARGV order of each script is written down exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from workpool.codes import Code
+from workpool.keys import GROUP, Keys
+from workpool.protocol import text
+from workpool.scripts import Call, script
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Per-pool limits the scripts need as arguments."""
+
+    batch: int = 256  #: entries or jobs one script call handles at most
+    max_payload: int = 1 << 20  #: bytes of args + kwargs + context per job
+    retention_ms: int = 24 * 3600 * 1000  #: how long finished jobs are kept
+    max_attempts: int = 5  #: defaults for entries that omit them (plain XADD clients)
+    initial_backoff_ms: int = 250
+    base: float = 2.0
+
+
+@dataclass(frozen=True)
+class BatchReply:
+    """Reply of ingestRequests / applyOutcomes: (job id, code) per entry applied."""
+
+    code: Code
+    applied: int
+    last_entry_id: str
+    outcomes: list[tuple[str, Code]]
+
+    @property
+    def codes(self) -> list[Code]:
+        """Just the codes, in entry order."""
+        return [c for _, c in self.outcomes]
+
+
+@dataclass(frozen=True)
+class StartReply:
+    """Reply of startJobs."""
+
+    code: Code
+    started: int
+    running: int
+    max_parallelism: int
+    next_due_ms: int | None
+    next_callback_ms: int | None
+    now_ms: int
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class ReapReply:
+    """Reply of reapLost."""
+
+    code: Code
+    timed_out: int
+    lost: int
+    redelivered: int
+
+
+@dataclass(frozen=True)
+class LeaseReply:
+    """Reply of acquireLease: the live token when the caller holds the lease."""
+
+    code: Code
+    token: str
+    ttl_ms: int
+
+
+def _opt_ms(value: Any) -> int | None:
+    return None if int(value) < 0 else int(value)
+
+
+class Engine:
+    """Builds the script calls of one pool."""
+
+    def __init__(self, keys: Keys, settings: EngineSettings | None = None) -> None:
+        self.keys = keys
+        self.settings = settings or EngineSettings()
+
+    def acquire(self, owner: str, ttl_ms: int, default_max_parallelism: int) -> Call:
+        """Take or renew the main-loop lease."""
+        k = self.keys
+        return Call(script("acquireLease"), [k.lease, k.epoch, k.dispatch, k.config],
+                    [owner, ttl_ms, GROUP, default_max_parallelism])
+
+    def release(self, token: str) -> Call:
+        """Give the lease up (graceful stop)."""
+        return Call(script("releaseLease"), [self.keys.lease], [token])
+
+    def ingest(self, token: str, now: int | None = None) -> Call:
+        """Apply a batch of client requests (enqueue, cancel, config)."""
+        k, s = self.keys, self.settings
+        defaults = f"{s.max_attempts},{s.initial_backoff_ms},{s.base!r}"
+        return Call(
+            script("ingestRequests"),
+            [k.lease, k.pending_start, k.incoming, k.due, k.stats, k.rejected, k.config,
+             k.dispatch],
+            [token, k.prefix, s.batch, s.max_payload, _now(now), s.retention_ms, defaults, GROUP],
+        )
+
+    def start(self, token: str, now: int | None = None) -> Call:
+        """Start due jobs while slots are free; hand out due callback deliveries."""
+        k = self.keys
+        return Call(
+            script("startJobs"),
+            [k.lease, k.config, k.due, k.running, k.dispatch, k.deadlines, k.callbacks_due,
+             k.stats],
+            [token, k.prefix, self.settings.batch, _now(now)],
+        )
+
+    def apply(self, token: str, seed: str, now: int | None = None) -> Call:
+        """Apply a batch of worker outcomes."""
+        k, s = self.keys, self.settings
+        return Call(
+            script("applyOutcomes"),
+            [k.lease, k.pending_completion, k.running, k.deadlines, k.dispatch, k.due,
+             k.callbacks_due, k.stats, k.rejected],
+            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP],
+        )
+
+    def reap(self, token: str, seed: str, now: int | None = None) -> Call:
+        """End attempts of dead workers and timed-out attempts."""
+        k, s = self.keys, self.settings
+        return Call(
+            script("reapLost"),
+            [k.lease, k.dispatch, k.running, k.deadlines, k.due, k.stats],
+            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP],
+        )
+
+
+def _now(now: int | None) -> str | int:
+    return "" if now is None else now
+
+
+def parse_batch(reply: Sequence[Any]) -> BatchReply:
+    """Parse ingestRequests / applyOutcomes replies."""
+    rest = reply[3:]
+    pairs = [(text(rest[i]), Code(rest[i + 1])) for i in range(0, len(rest), 2)]
+    return BatchReply(Code(reply[0]), int(reply[1]), text(reply[2]), pairs)
+
+
+def parse_start(reply: Sequence[Any]) -> StartReply:
+    """Parse a startJobs reply."""
+    return StartReply(Code(reply[0]), int(reply[1]), int(reply[2]), int(reply[3]),
+                      _opt_ms(reply[4]), _opt_ms(reply[5]), int(reply[6]),
+                      [text(i) for i in reply[7:]])
+
+
+def parse_reap(reply: Sequence[Any]) -> ReapReply:
+    """Parse a reapLost reply."""
+    return ReapReply(Code(reply[0]), int(reply[1]), int(reply[2]), int(reply[3]))
+
+
+def parse_lease(reply: Sequence[Any]) -> LeaseReply:
+    """Parse an acquireLease reply."""
+    return LeaseReply(Code(reply[0]), text(reply[1]), int(reply[2]))

@@ -1,0 +1,48 @@
+"""Typed exceptions of the public API; each message says what to do about it."""
+
+from __future__ import annotations
+
+
+class WorkpoolError(Exception):
+    """Base class of every error workpool raises on purpose."""
+
+
+class RedisServerNotFound(WorkpoolError):
+    """No redis-server binary to start for the embedded default."""
+
+
+class RedisUnavailable(WorkpoolError):
+    """Redis could not be reached; nothing was written by the failed call."""
+
+
+class SerializationError(WorkpoolError, TypeError):
+    """Arguments, context or a result could not be encoded with msgpack."""
+
+
+class PayloadTooLarge(WorkpoolError, ValueError):
+    """Encoded arguments and context exceed the pool's `max_payload_bytes`."""
+
+
+class UnknownJobName(WorkpoolError, LookupError):
+    """A job function or handler that is not registered on the pool."""
+
+
+class JobNotFound(WorkpoolError, LookupError):
+    """No job with that id (never enqueued, or its retention expired)."""
+
+
+class WaitTimeout(WorkpoolError, TimeoutError):
+    """`wait()` gave up before the job reached a terminal state."""
+
+
+
+class ConfigurationError(WorkpoolError, ValueError):
+    """An option has a value workpool cannot use."""
+
+
+class NonRetryableError(Exception):
+    """Raise from a job to fail it now, without further attempts."""
+
+
+class JobFailed(WorkpoolError):
+    """`Result.unwrap()` on a failed or canceled job."""

@@ -1,0 +1,107 @@
+"""Every Redis key of a pool, in one place.
+
+All keys of pool `P` start with the hash tag `{wp:P}:` so they live in one Redis Cluster slot
+(scripts build per-job keys from that prefix, which is safe only because of the tag).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "workers"  #: consumer group of the dispatch stream; one consumer per worker process
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names of one pool."""
+
+    pool: str
+
+    @property
+    def prefix(self) -> str:
+        """`{wp:<pool>}:`: the hash-tagged prefix of every key of the pool."""
+        return f"{{wp:{self.pool}}}:"
+
+    def _k(self, name: str) -> str:
+        return self.prefix + name
+
+    @property
+    def pending_start(self) -> str:
+        """STREAM: enqueue / cancel / config requests from clients (the only thing clients write)."""
+        return self._k("pendingStart")
+
+    @property
+    def incoming(self) -> str:
+        """SET: ids appended to pendingStart and not ingested yet, so status() answers at once."""
+        return self._k("incoming")
+
+    @property
+    def pending_completion(self) -> str:
+        """STREAM: attempt and callback outcomes from workers (the only thing workers write)."""
+        return self._k("pendingCompletion")
+
+    @property
+    def dispatch(self) -> str:
+        """STREAM + group `workers`: attempts and callback deliveries for workers to take."""
+        return self._k("dispatch")
+
+    @property
+    def due(self) -> str:
+        """ZSET id -> due time (ms): pending and retrying jobs."""
+        return self._k("due")
+
+    @property
+    def running(self) -> str:
+        """ZSET id -> start time (ms): the running set, owned by the main loop."""
+        return self._k("running")
+
+    @property
+    def deadlines(self) -> str:
+        """ZSET id -> earliest time (ms) its per-job timeout could have passed."""
+        return self._k("deadlines")
+
+    @property
+    def callbacks_due(self) -> str:
+        """ZSET id -> time (ms) a failed on_complete delivery is tried again."""
+        return self._k("callbacksDue")
+
+    @property
+    def lease(self) -> str:
+        """STRING `<epoch>:<owner>` with a TTL: the main-loop lease (fencing token)."""
+        return self._k("lease")
+
+    @property
+    def epoch(self) -> str:
+        """STRING counter: the last fencing epoch handed out."""
+        return self._k("epoch")
+
+    @property
+    def config(self) -> str:
+        """HASH: live pool configuration (max_parallelism)."""
+        return self._k("config")
+
+    @property
+    def stats(self) -> str:
+        """HASH: counters of transitions and anomalies."""
+        return self._k("stats")
+
+    @property
+    def rejected(self) -> str:
+        """STREAM (capped): malformed entries set aside, with their raw fields and the reason."""
+        return self._k("rejected")
+
+    def job(self, job_id: str) -> str:
+        """HASH: one job's state, options, attempt, outcome (expires after retention)."""
+        return self._k("job:" + job_id)
+
+    def heartbeat(self, worker_id: str) -> str:
+        """STRING with a TTL: a worker process is alive while this exists."""
+        return self._k("hb:" + worker_id)
+
+    def done_channel(self, job_id: str) -> str:
+        """PUB/SUB channel: published once when the job reaches its terminal state."""
+        return self._k("done:" + job_id)
+
+    def throughput(self, minute: int) -> str:
+        """STRING counter (expires after 2 h): terminal transitions in that epoch minute."""
+        return self._k(f"tp:{minute}")

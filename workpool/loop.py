@@ -1,0 +1,191 @@
+"""The main loop: the one actor that moves jobs between states.
+
+1. Competes for the pool's lease (`acquireLease`); only the holder acts, and every script it
+   runs checks the lease token, so a paused or partitioned old holder is rejected by Redis.
+2. Each tick sends one pipeline (one round trip): renew the lease when due, apply client
+   requests, apply worker outcomes, start due jobs into free slots, and reap lost attempts
+   when due. Each script bounds its work to one batch.
+3. When a tick leaves nothing to do, it blocks on XREAD over both request streams until a new
+   entry arrives or the next timer (due job, callback retry, reap, lease renewal) fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from workpool.codes import Code
+from workpool.engine import (
+    BatchReply,
+    Engine,
+    StartReply,
+    parse_batch,
+    parse_lease,
+    parse_reap,
+    parse_start,
+)
+from workpool.logs import logger
+from workpool.scripts import Call, arun
+
+if TYPE_CHECKING:
+    from workpool.pool import Workpool
+
+_MAX_BACKOFF = 5.0
+
+
+@dataclass
+class _Cursor:
+    """Last applied entry id per stream: XREAD wakes only for entries after them."""
+
+    start: str = "0-0"
+    completion: str = "0-0"
+
+
+class MainLoop:
+    """Runs the pool's transitions while it holds the lease; stands by otherwise."""
+
+    def __init__(self, pool: Workpool, *, owner: str | None = None, batch: int = 256,
+                 reap_interval: float | None = None) -> None:
+        self.pool = pool
+        self.owner = owner or uuid.uuid4().hex
+        self.engine = Engine(pool.keys, pool.engine_settings(batch))
+        self.ttl_ms = round(pool.lease_ttl * 1000)
+        self.reap_interval = reap_interval or min(1.0, pool.heartbeat_ttl / 4)
+        self.token: str | None = None
+        self.log = logger(pool=pool.name, loop=self.owner[:8])
+        self._renew_at = 0.0
+        self._reap_at = 0.0
+        self._cursor = _Cursor()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Act as main loop until `stop` is set; reconnects with backoff when Redis goes away."""
+        client = redis.asyncio.Redis.from_url(self.pool.url, decode_responses=False,
+                                              socket_connect_timeout=5)
+        backoff = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    if self.token is None:
+                        await self._campaign(client, stop)
+                    else:
+                        await self._tick(client, stop)
+                    backoff = 0.1
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    self.log.warning("redis unreachable, retrying", error=str(exc), backoff=backoff)
+                    await _wait(stop, backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+        finally:
+            await self._release(client)
+            await client.aclose()
+
+    async def _campaign(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
+        (reply,) = await arun(client, [self.engine.acquire(
+            self.owner, self.ttl_ms, self.pool.max_parallelism)])
+        lease = parse_lease(reply)
+        if lease.code == Code.OK:
+            self._lead(lease.token)
+            return
+        await _wait(stop, min(max(lease.ttl_ms, 50) / 1000, self.pool.lease_ttl / 3))
+
+    def _lead(self, token: str) -> None:
+        self.token = token
+        self._renew_at = time.monotonic() + self.pool.lease_ttl / 3
+        self._reap_at = 0.0
+        self._cursor = _Cursor()
+        self.log.info("main loop lease acquired", epoch=int(token.split(":", 1)[0]))
+
+    def _lose(self, why: str) -> None:
+        self.log.warning("main loop lease lost", reason=why, token=self.token)
+        self.token = None
+
+    async def _tick(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
+        assert self.token is not None  # noqa: S101 - guarded by run()
+        token, now = self.token, time.monotonic()
+        seed = secrets.token_hex(8)
+        renew, reap = now >= self._renew_at, now >= self._reap_at
+        calls: list[Call] = []
+        if renew:
+            calls.append(self.engine.acquire(self.owner, self.ttl_ms, self.pool.max_parallelism))
+        calls += [self.engine.ingest(token), self.engine.apply(token, seed),
+                  self.engine.start(token)]
+        if reap:
+            calls.append(self.engine.reap(token, seed))
+        replies = await arun(client, calls)
+        if renew:
+            lease = parse_lease(replies.pop(0))
+            if lease.code != Code.OK or lease.token != token:
+                self._lose("lease renewal refused")
+                return
+            self._renew_at = now + self.pool.lease_ttl / 3
+        ingest, apply_, start = (parse_batch(replies[0]), parse_batch(replies[1]),
+                                 parse_start(replies[2]))
+        if Code.NOT_LEADER in (ingest.code, apply_.code, start.code):
+            self._lose("fencing rejected a script")
+            return
+        if reap:
+            self._reaped(parse_reap(replies[3]))
+            self._reap_at = now + self.reap_interval
+        self._log_batch(ingest, "request")
+        self._log_batch(apply_, "outcome")
+        for job_id in start.ids:
+            self.log.debug("transition", job=job_id, transition="start")
+        self._cursor.start = ingest.last_entry_id or self._cursor.start
+        self._cursor.completion = apply_.last_entry_id or self._cursor.completion
+        batch = self.engine.settings.batch
+        if ingest.applied >= batch or apply_.applied >= batch or start.started >= batch:
+            return  # more work is waiting: go again at once
+        await self._idle(client, stop, self._idle_ms(start, now))
+
+    def _reaped(self, reap: Any) -> None:
+        if reap.code == Code.NOT_LEADER:
+            self._lose("fencing rejected reapLost")
+        elif reap.timed_out or reap.lost or reap.redelivered:
+            self.log.warning("reaped attempts", timed_out=reap.timed_out, worker_lost=reap.lost,
+                             callbacks_redelivered=reap.redelivered)
+
+    def _log_batch(self, reply: BatchReply, kind: str) -> None:
+        for job_id, code in reply.outcomes:
+            level = "warning" if code in (Code.REJECTED, Code.STALE_COMPLETION) else "debug"
+            getattr(self.log, level)("transition", job=job_id, transition=code.name.lower(),
+                                     entry=kind)
+
+    def _idle_ms(self, start: StartReply, now: float) -> int:
+        """How long nothing can happen unless a new entry arrives."""
+        waits = [self._renew_at - now, self._reap_at - now]
+        redis_now = start.now_ms
+        if start.next_due_ms is not None and start.running < start.max_parallelism:
+            waits.append((start.next_due_ms - redis_now) / 1000)
+        if start.next_callback_ms is not None:
+            waits.append((start.next_callback_ms - redis_now) / 1000)
+        return max(1, round(min(waits) * 1000))
+
+    async def _idle(self, client: redis.asyncio.Redis, stop: asyncio.Event, ms: int) -> None:
+        if stop.is_set():
+            return
+        keys = self.pool.keys
+        await client.xread({keys.pending_start: self._cursor.start,
+                            keys.pending_completion: self._cursor.completion},
+                           count=1, block=ms)
+
+    async def _release(self, client: redis.asyncio.Redis) -> None:
+        if self.token is None:
+            return
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            await arun(client, [self.engine.release(self.token)])
+            self.log.info("main loop lease released")
+        self.token = None
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    """Wait for `seconds` or until `stop` is set, whichever comes first."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,107 @@
+-- applyOutcomes: apply one batch of worker outcomes from pendingCompletion, oldest first.
+--   kind=run: success of the current attempt -> done/succeeded; failure -> retrying (attempts
+--     left, retryable, no cancel requested) or done/failed. An outcome of any attempt but the
+--     job's current running one is STALE_COMPLETION: counted, never applied.
+--   kind=cb: on_complete handler result; success closes the delivery, failure schedules it
+--     again with backoff (1 s doubling, capped at 60 s). Superseded ones are STALE_CALLBACK.
+-- Malformed entries are set aside in the rejected record. Every entry is deleted once applied.
+--
+-- KEYS[1] lease              STRING  main-loop lease, checked against ARGV[1] (fencing)
+-- KEYS[2] pendingCompletion  STREAM  worker outcomes
+-- KEYS[3] running            ZSET    id -> start time (ms)
+-- KEYS[4] deadlines          ZSET    id -> earliest timeout (ms)
+-- KEYS[5] dispatch           STREAM  entries for workers
+-- KEYS[6] due                ZSET    id -> due time (ms)
+-- KEYS[7] callbacksDue       ZSET    id -> time (ms) a failed delivery is tried again
+-- KEYS[8] stats              HASH    counters
+-- KEYS[9] rejected           STREAM  malformed entries set aside (capped ~10000)
+-- ARGV[1] token       lease token `<epoch>:<owner>`
+-- ARGV[2] prefix      key prefix `{wp:<pool>}:`
+-- ARGV[3] batch       max entries applied in this call (integer)
+-- ARGV[4] now         ms since epoch, or '' for Redis TIME
+-- ARGV[5] seed        jitter seed (string)
+-- ARGV[6] retention   ms a finished job is kept
+-- ARGV[7] group       consumer group of the dispatch stream
+-- Returns {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
+-- written) or OK, with the job id and a code per entry
+-- (SUCCEEDED, RETRY_SCHEDULED, FAILED, STALE_COMPLETION, CALLBACK_DELIVERED,
+-- CALLBACK_RETRY, STALE_CALLBACK, REJECTED).
+-- @include common
+-- @include finish
+
+if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, ''} end
+local prefix = ARGV[2]
+local ctx = {prefix = prefix, dispatch = KEYS[5], group = ARGV[7], running = KEYS[3],
+             deadlines = KEYS[4], due = KEYS[6], now = now_ms(ARGV[4]), seed = ARGV[5],
+             retention = tonumber(ARGV[6]), counts = {}, finished = 0}
+
+local function reject(entry_id, flat, reason)
+  return set_aside(KEYS[9], entry_id, flat, reason, ctx.counts)
+end
+
+local function run_outcome(entry_id, f, flat)
+  local attempt = tonumber(f.attempt or '')
+  if not f.id or not attempt or (f.ok ~= '1' and f.ok ~= '0') then
+    return reject(entry_id, flat, 'a run outcome needs id, attempt and ok (1 or 0)')
+  end
+  local jk = prefix .. 'job:' .. f.id
+  local h = rcall('HMGET', jk, 'state', 'attempts')
+  if h[1] ~= 'running' or tonumber(h[2]) ~= attempt then
+    bump(ctx.counts, 'stale_completions')
+    return C.STALE_COMPLETION
+  end
+  if f.ok == '1' then
+    end_attempt(ctx, f.id, jk)
+    rcall('HSET', jk, 'result', f.result or '')
+    finish(ctx, f.id, jk, 'done', 'succeeded')
+    return C.SUCCEEDED
+  end
+  return fail_attempt(ctx, f.id, jk, f.error or 'no error message', f.error_type or 'Error',
+                      f.retryable ~= '0')
+end
+
+local function callback_outcome(entry_id, f, flat)
+  local n = tonumber(f.n or '')
+  if not f.id or not n or (f.ok ~= '1' and f.ok ~= '0') then
+    return reject(entry_id, flat, 'a callback outcome needs id, n and ok (1 or 0)')
+  end
+  local jk = prefix .. 'job:' .. f.id
+  local h = rcall('HMGET', jk, 'cb', 'cb_n', 'cb_entry')
+  if h[1] ~= 'pending' or tonumber(h[2]) ~= n then
+    bump(ctx.counts, 'stale_callbacks')
+    return C.STALE_CALLBACK
+  end
+  drop_entry(ctx, h[3])
+  if f.ok == '1' then
+    rcall('HSET', jk, 'cb', 'delivered')
+    rcall('HDEL', jk, 'cb_entry')
+    rcall('PEXPIRE', jk, ctx.retention)
+    bump(ctx.counts, 'callbacks_delivered')
+    return C.CALLBACK_DELIVERED
+  end
+  local delay = math.min(60000, 1000 * 2 ^ (n - 1))
+  rcall('HSET', jk, 'cb_n', n + 1, 'cb_error', f.error or 'no error message')
+  rcall('HDEL', jk, 'cb_entry')
+  rcall('ZADD', KEYS[7], ctx.now + delay, f.id)
+  bump(ctx.counts, 'callback_failures')
+  return C.CALLBACK_RETRY
+end
+
+local handlers = {run = run_outcome, cb = callback_outcome}
+local entries = rcall('XRANGE', KEYS[2], '-', '+', 'COUNT', tonumber(ARGV[3]))
+local result = {C.OK, #entries, ''}
+for _, e in ipairs(entries) do
+  local entry_id, flat = e[1], e[2]
+  local f = fields_of(flat)
+  local handler = handlers[f.kind or '']
+  local code
+  if handler then code = handler(entry_id, f, flat)
+  else code = reject(entry_id, flat, 'unknown kind ' .. tostring(f.kind)) end
+  result[#result + 1] = f.id or entry_id
+  result[#result + 1] = code
+  rcall('XDEL', KEYS[2], entry_id)
+  result[3] = entry_id
+end
+count_throughput(ctx)
+flush_counts(KEYS[8], ctx.counts)
+return result

@@ -1,0 +1,44 @@
+-- Shared helpers, inlined once into every script that includes them.
+local rcall = redis.call
+
+-- Fencing: true only when `token` is the live main-loop lease (`<epoch>:<owner>`).
+local function holds_lease(lease_key, token)
+  return rcall('GET', lease_key) == token
+end
+
+-- Milliseconds: the passed-in time when given (tests, replays), else Redis TIME.
+local function now_ms(arg)
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = rcall('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A stream entry's flat field list as a table (last value wins on repeated fields).
+local function fields_of(flat)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  return f
+end
+
+-- Counter bag: scripts count in Lua and write each counter once per call.
+local function bump(counts, name, by)
+  counts[name] = (counts[name] or 0) + (by or 1)
+end
+
+local function flush_counts(stats_key, counts)
+  for name, n in pairs(counts) do
+    if n ~= 0 then rcall('HINCRBY', stats_key, name, n) end
+  end
+end
+
+-- Set a malformed stream entry aside, with its raw fields (prefixed `f.`) and the reason.
+local function set_aside(rejected_key, entry_id, flat, reason, counts)
+  local out = {'entry', entry_id, 'reason', reason}
+  for i = 1, #flat, 2 do
+    out[#out + 1] = 'f.' .. tostring(flat[i])
+    out[#out + 1] = flat[i + 1]
+  end
+  rcall('XADD', rejected_key, 'MAXLEN', '~', 10000, '*', unpack(out))
+  bump(counts, 'rejected')
+  return C.REJECTED
+end

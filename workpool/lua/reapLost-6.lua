@@ -1,0 +1,108 @@
+-- reapLost: end attempts whose worker is gone or whose per-job timeout passed, and hand out
+-- again the on_complete deliveries a dead worker held.
+--   timeout: a running job whose dispatch entry was delivered at least timeout_ms ago
+--     (delivery time from the stream's pending-entries list, i.e. Redis's clock) fails its
+--     attempt with error_type Timeout; the usual retry rules follow.
+--   lost worker: a consumer of the dispatch group whose heartbeat key has expired; each of its
+--     entries that is still the job's current attempt fails with error_type WorkerLost.
+-- A late outcome from such an attempt is then stale and is rejected by applyOutcomes.
+--
+-- KEYS[1] lease          STRING  main-loop lease, checked against ARGV[1] (fencing)
+-- KEYS[2] dispatch       STREAM  entries for workers (group ARGV[7])
+-- KEYS[3] running        ZSET    id -> start time (ms)
+-- KEYS[4] deadlines      ZSET    id -> earliest time (ms) its timeout could pass
+-- KEYS[5] due            ZSET    id -> due time (ms)
+-- KEYS[6] stats          HASH    counters
+-- ARGV[1] token          lease token `<epoch>:<owner>`
+-- ARGV[2] prefix         key prefix `{wp:<pool>}:`
+-- ARGV[3] batch          max jobs examined per check (integer)
+-- ARGV[4] now            ms since epoch, or '' for Redis TIME
+-- ARGV[5] seed           jitter seed (string)
+-- ARGV[6] retention      ms a finished job is kept
+-- ARGV[7] group          consumer group of the dispatch stream
+-- Returns {code, timed_out, lost, redelivered}; code is NOT_LEADER (nothing written) or OK.
+-- @include common
+-- @include finish
+
+if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, 0, 0} end
+local prefix = ARGV[2]
+local batch = tonumber(ARGV[3])
+local group = ARGV[7]
+local ctx = {prefix = prefix, dispatch = KEYS[2], group = group, running = KEYS[3],
+             deadlines = KEYS[4], due = KEYS[5], now = now_ms(ARGV[4]), seed = ARGV[5],
+             retention = tonumber(ARGV[6]), counts = {}, finished = 0}
+local timed_out, lost, redelivered = 0, 0, 0
+
+-- Per-job timeouts, measured from delivery to a worker (not from dispatch).
+local ids = rcall('ZRANGEBYSCORE', KEYS[4], '-inf', ctx.now, 'LIMIT', 0, batch)
+for _, id in ipairs(ids) do
+  local jk = prefix .. 'job:' .. id
+  local h = rcall('HMGET', jk, 'state', 'dispatch', 'timeout_ms', 'attempts')
+  local timeout = tonumber(h[3] or '0')
+  if h[1] ~= 'running' or timeout <= 0 then
+    rcall('ZREM', KEYS[4], id)
+  else
+    local p = rcall('XPENDING', KEYS[2], group, h[2], h[2], 1)
+    if #p == 0 then
+      rcall('ZADD', KEYS[4], ctx.now + timeout, id)
+    elseif tonumber(p[1][3]) >= timeout then
+      fail_attempt(ctx, id, jk, 'attempt ' .. h[4] .. ' ran past its timeout of ' .. timeout ..
+                   ' ms', 'Timeout', true)
+      timed_out = timed_out + 1
+    else
+      rcall('ZADD', KEYS[4], ctx.now + timeout - tonumber(p[1][3]), id)
+    end
+  end
+end
+
+-- One entry held by a dead consumer: end its attempt, or hand its delivery out again.
+local function recover(consumer, entry_id)
+  local e = rcall('XRANGE', KEYS[2], entry_id, entry_id)
+  if #e == 0 then
+    rcall('XACK', KEYS[2], group, entry_id)
+    return
+  end
+  local f = fields_of(e[1][2])
+  local jk = prefix .. 'job:' .. (f.id or '')
+  if f.kind == 'run' then
+    local h = rcall('HMGET', jk, 'state', 'attempts', 'dispatch')
+    if h[1] == 'running' and h[2] == f.attempt and h[3] == entry_id then
+      fail_attempt(ctx, f.id, jk, 'worker ' .. consumer .. ' stopped heart-beating during attempt '
+                   .. f.attempt, 'WorkerLost', true)
+      lost = lost + 1
+      return
+    end
+  elseif f.kind == 'cb' then
+    local h = rcall('HMGET', jk, 'cb', 'cb_n', 'cb_entry')
+    if h[1] == 'pending' and h[2] == f.n and h[3] == entry_id then
+      drop_entry(ctx, entry_id)
+      local n = tonumber(h[2]) + 1
+      local eid = rcall('XADD', KEYS[2], '*', 'kind', 'cb', 'id', f.id, 'n', n)
+      rcall('HSET', jk, 'cb_n', n, 'cb_entry', eid)
+      redelivered = redelivered + 1
+      return
+    end
+  end
+  drop_entry(ctx, entry_id)
+end
+
+-- Dead workers: consumers with pending entries and no live heartbeat.
+local summary = rcall('XPENDING', KEYS[2], group)
+local budget = batch
+for _, c in ipairs(summary[4] or {}) do
+  if budget <= 0 then break end
+  local consumer = c[1]
+  if rcall('EXISTS', prefix .. 'hb:' .. consumer) == 0 then
+    local entries = rcall('XPENDING', KEYS[2], group, '-', '+', budget, consumer)
+    for _, p in ipairs(entries) do recover(consumer, p[1]) end
+    budget = budget - #entries
+    if #entries == tonumber(c[2]) then rcall('XGROUP', 'DELCONSUMER', KEYS[2], group, consumer) end
+  end
+end
+
+bump(ctx.counts, 'timeouts', timed_out)
+bump(ctx.counts, 'workers_lost_attempts', lost)
+bump(ctx.counts, 'callbacks_redelivered', redelivered)
+count_throughput(ctx)
+flush_counts(KEYS[6], ctx.counts)
+return {C.OK, timed_out, lost, redelivered}

@@ -1,0 +1,119 @@
+"""The wire format: stream entry fields and value encodings (see docs/protocol.md).
+
+Values (args, kwargs, context, results) are msgpack by default, or JSON for clients that prefer
+it; an entry's `enc` field says which. Nothing is ever pickled, and a job is looked up by its
+registered name only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import msgpack
+
+from workpool.errors import ConfigurationError, PayloadTooLarge, SerializationError
+
+Encoding = Literal["msgpack", "json"]
+Fields = dict[str, str | bytes]
+
+_STREAM_ID = re.compile(r"^\d+-\d+$")
+
+
+def encode(value: Any, enc: Encoding = "msgpack") -> bytes:
+    """Encode one value; SerializationError says which type could not be encoded."""
+    try:
+        if enc == "json":
+            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        msg = f"cannot encode {type(value).__name__} as {enc}: {exc}. Pass plain data " \
+              "(str, int, float, bool, None, bytes, lists, dicts with str keys)."
+        raise SerializationError(msg) from exc
+
+
+def decode(data: bytes, enc: str) -> Any:
+    """Decode one value written by `encode` (or by any client following the protocol)."""
+    if not data:
+        return None
+    if enc == "json":
+        return json.loads(data)
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def new_job_id(key: str | None = None) -> str:
+    """A random job id, or the deterministic one of an idempotency key (`key:<key>`)."""
+    return uuid.uuid4().hex if key is None else "key:" + key
+
+
+def is_stream_id(job_id: str) -> bool:
+    """True for ids of the `<ms>-<seq>` form: an entry without `id` uses its entry id."""
+    return bool(_STREAM_ID.match(job_id))
+
+
+def _ms(seconds: float, name: str) -> int:
+    if not math.isfinite(seconds) or seconds < 0:
+        msg = f"{name} must be a finite number of seconds >= 0, got {seconds!r}"
+        raise ConfigurationError(msg)
+    return round(seconds * 1000)
+
+
+def enqueue_fields(
+    *,
+    job_id: str,
+    name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None,
+    enc: Encoding,
+    max_payload: int,
+    max_attempts: int,
+    initial_backoff: float,
+    base: float,
+    timeout: float | None,
+    run_at: float | None,
+    run_after: float | None,
+    on_complete: str | None,
+    context: Any,
+) -> Fields:
+    """Fields of one enqueue entry; raises before anything is written if they are unusable."""
+    fields: Fields = {"op": "enqueue", "id": job_id, "name": name, "enc": enc}
+    payload = 0
+    fields["args"] = encode(list(args), enc)
+    payload += len(fields["args"])
+    if kwargs:
+        fields["kwargs"] = encode(dict(kwargs), enc)
+        payload += len(fields["kwargs"])
+    if on_complete is not None:
+        fields["on_complete"] = on_complete
+        fields["context"] = encode(context, enc)
+        payload += len(fields["context"])
+    if payload > max_payload:
+        msg = f"job {name!r}: {payload} bytes of arguments and context exceed the pool's " \
+              f"max_payload_bytes={max_payload}; store large data elsewhere and pass a reference."
+        raise PayloadTooLarge(msg)
+    fields["max_attempts"] = str(max_attempts)
+    fields["initial_backoff_ms"] = str(_ms(initial_backoff, "initial_backoff"))
+    fields["base"] = repr(float(base))
+    if timeout is not None:
+        fields["timeout_ms"] = str(_ms(timeout, "timeout"))
+    if run_at is not None:
+        fields["run_at_ms"] = str(_ms(run_at, "run_at"))
+    if run_after is not None:
+        fields["run_after_ms"] = str(_ms(run_after, "run_after"))
+    return fields
+
+
+def text(value: bytes | str | None) -> str:
+    """Redis replies are bytes (decode_responses=False keeps payloads binary); fields are UTF-8."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def as_text_map(flat: Mapping[bytes, bytes]) -> dict[str, bytes]:
+    """A Redis hash or stream entry with text field names and raw byte values."""
+    return {text(k): v for k, v in flat.items()}

@@ -1,0 +1,101 @@
+"""Registered job functions and on_complete handlers: workers run only what is registered here."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workpool.errors import ConfigurationError, UnknownJobName
+from workpool.types import Retry
+
+_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A registered job: its name, the function, and per-job options."""
+
+    name: str
+    fn: Callable[..., Any]
+    retry: Retry | None
+    timeout: float | None
+
+    @property
+    def is_async(self) -> bool:
+        """True for `async def` jobs (run on the worker's event loop, not in a thread)."""
+        return inspect.iscoroutinefunction(self.fn)
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """A registered on_complete handler."""
+
+    name: str
+    fn: Callable[..., Any]
+
+    @property
+    def is_async(self) -> bool:
+        """True for `async def` handlers."""
+        return inspect.iscoroutinefunction(self.fn)
+
+
+def check_name(name: str) -> str:
+    """Job and handler names travel on the wire: keep them short, printable and unambiguous."""
+    if not _NAME.match(name):
+        msg = f"invalid name {name!r}: use letters, digits and _ . : - (at most 200 characters), " \
+              "starting with a letter or _"
+        raise ConfigurationError(msg)
+    return name
+
+
+class Registry:
+    """Name -> job / handler. Lookups by a name that came over the wire never import anything."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobSpec] = {}
+        self.handlers: dict[str, HandlerSpec] = {}
+
+    def add_job(self, spec: JobSpec) -> None:
+        """Register a job; a second function under the same name is a mistake worth stopping."""
+        other = self.jobs.get(spec.name)
+        if other is not None and other.fn is not spec.fn:
+            msg = f"job name {spec.name!r} is already registered to {other.fn!r}"
+            raise ConfigurationError(msg)
+        self.jobs[spec.name] = spec
+
+    def add_handler(self, spec: HandlerSpec) -> None:
+        """Register an on_complete handler."""
+        other = self.handlers.get(spec.name)
+        if other is not None and other.fn is not spec.fn:
+            msg = f"on_complete name {spec.name!r} is already registered to {other.fn!r}"
+            raise ConfigurationError(msg)
+        self.handlers[spec.name] = spec
+
+    def job(self, name: str) -> JobSpec:
+        """The job registered as `name`, or UnknownJobName listing what is registered."""
+        try:
+            return self.jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self.jobs)) or "none"
+            msg = f"no job named {name!r} is registered on this pool (registered: {known})"
+            raise UnknownJobName(msg) from None
+
+    def handler(self, name: str) -> HandlerSpec:
+        """The on_complete handler registered as `name`."""
+        try:
+            return self.handlers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.handlers)) or "none"
+            msg = f"no on_complete handler named {name!r} is registered (registered: {known})"
+            raise UnknownJobName(msg) from None
+
+    def name_of(self, fn: Callable[..., Any]) -> str | None:
+        """The registered name of a job or handler function, if any."""
+        for table in (self.jobs, self.handlers):
+            for name, spec in table.items():
+                if spec.fn is fn:
+                    return name
+        return None

@@ -1,0 +1,139 @@
+"""Loads the Lua transition scripts and runs them, one round trip per batch of calls.
+
+Each `lua/<verbNoun>-<numKeys>.lua` file is expanded once (`-- @include name` pulls in
+`lua/includes/name.lua`, each at most once) and prefixed with the shared code table. Calls go by
+EVALSHA; a NOSCRIPT reply (after SCRIPT FLUSH, a restart or a failover) loads the script and
+repeats just the calls that missed, which is safe because each script checks state before it
+writes and fails a whole call or none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.exceptions import NoScriptError
+
+from workpool.codes import lua_prelude
+
+_INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
+_FILE = re.compile(r"^(\w+)-(\d+)\.lua$")
+
+Arg = str | int | float | bytes
+
+
+@dataclass(frozen=True)
+class Script:
+    """One transition script: its name, how many KEYS it takes, expanded source and SHA1."""
+
+    name: str
+    num_keys: int
+    source: str
+
+    @property
+    def sha(self) -> str:
+        """SHA1 of the expanded source, as Redis names it in EVALSHA."""
+        return hashlib.sha1(self.source.encode()).hexdigest()  # noqa: S324 - Redis's own naming
+
+
+@dataclass(frozen=True)
+class Call:
+    """One script invocation: which script, its KEYS and its ARGV."""
+
+    script: Script
+    keys: Sequence[str]
+    args: Sequence[Arg]
+
+    def command(self) -> tuple[Arg, ...]:
+        """The EVALSHA command for this call."""
+        if len(self.keys) != self.script.num_keys:
+            msg = f"{self.script.name} takes {self.script.num_keys} keys, got {len(self.keys)}"
+            raise ValueError(msg)
+        return ("EVALSHA", self.script.sha, self.script.num_keys, *self.keys, *self.args)
+
+
+def _expand(text: str, lua_dir: Any, seen: set[str]) -> str:
+    def include(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in seen:
+            return ""
+        seen.add(name)
+        return _expand((lua_dir / "includes" / f"{name}.lua").read_text(), lua_dir, seen)
+
+    return _INCLUDE.sub(include, text)
+
+
+@cache
+def scripts() -> dict[str, Script]:
+    """All transition scripts by name (e.g. `startJobs`), expanded once per process."""
+    lua_dir = resources.files("workpool") / "lua"
+    found: dict[str, Script] = {}
+    for entry in lua_dir.iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            source = lua_prelude() + _expand(entry.read_text(), lua_dir, set())
+            found[match.group(1)] = Script(match.group(1), int(match.group(2)), source)
+    return found
+
+
+def script(name: str) -> Script:
+    """The script called `name`; KeyError names the ones that exist."""
+    return scripts()[name]
+
+
+def _missed(results: Sequence[Any]) -> list[int]:
+    return [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+
+
+def _raise_errors(results: Sequence[Any]) -> list[Any]:
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return list(results)
+
+
+def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run `calls` in one pipeline (one round trip); reload scripts Redis lost, then retry those."""
+    results = _pipeline(client, calls)
+    missed = _missed(results)
+    if missed:
+        for s in {calls[i].script for i in missed}:
+            client.script_load(s.source)
+        again = _pipeline(client, [calls[i] for i in missed])
+        for i, r in zip(missed, again, strict=True):
+            results[i] = r
+    return _raise_errors(results)
+
+
+def _pipeline(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for c in calls:
+        pipe.execute_command(*c.command())
+    return list(pipe.execute(raise_on_error=False))
+
+
+async def arun(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
+    """`run` for asyncio clients."""
+    results = await _apipeline(client, calls)
+    missed = _missed(results)
+    if missed:
+        for s in {calls[i].script for i in missed}:
+            await client.script_load(s.source)
+        again = await _apipeline(client, [calls[i] for i in missed])
+        for i, r in zip(missed, again, strict=True):
+            results[i] = r
+    return _raise_errors(results)
+
+
+async def _apipeline(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for c in calls:
+        pipe.execute_command(*c.command())
+    return list(await pipe.execute(raise_on_error=False))

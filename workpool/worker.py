@@ -1,0 +1,284 @@
+"""A worker process: takes attempts and callback deliveries from the dispatch stream, runs the
+registered function, and appends each outcome to pendingCompletion. That stream and its own
+heartbeat key are all a worker writes.
+
+1. A heartbeat thread keeps `hb:<worker>` alive (PX ttl), even while jobs hog the event loop.
+2. The reader takes at most as many entries as it has free slots (XREADGROUP, blocking).
+3. Async jobs run on the event loop; sync jobs in a thread pool, or in child processes that get
+   and return msgpack bytes only.
+4. Outcomes are batched: every outcome ready at the same moment goes in one pipeline.
+5. Unless told otherwise, the process also competes for the main-loop lease.
+6. SIGTERM/SIGINT: stop taking work, let running attempts finish (up to `grace`), flush, give
+   the lease back, delete the heartbeat so anything left is reaped at once as WorkerLost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import traceback
+import uuid
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+
+import redis
+import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from workpool import child
+from workpool.errors import NonRetryableError, SerializationError, UnknownJobName
+from workpool.keys import GROUP
+from workpool.logs import logger
+from workpool.loop import MainLoop, _wait
+from workpool.protocol import as_text_map, decode, encode, text
+from workpool.types import status_from_hash
+
+if TYPE_CHECKING:
+    from workpool.pool import Workpool
+
+ExecutorKind = Literal["thread", "process"]
+Outcome = dict[str, str | bytes]
+_MAX_BACKOFF = 5.0
+
+
+class Worker:
+    """Runs a pool's registered jobs and on_complete handlers."""
+
+    def __init__(self, pool: Workpool, *, concurrency: int = 10, executor: ExecutorKind = "thread",
+                 run_loop: bool = True, worker_id: str | None = None, grace: float = 30.0,
+                 pool_spec: str | None = None) -> None:
+        self.pool = pool
+        self.concurrency = concurrency
+        self.executor_kind = executor
+        self.run_loop = run_loop
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.grace = grace
+        self.pool_spec = pool_spec
+        self.log = logger(pool=pool.name, worker=self.id)
+        self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._executor: Executor | None = None
+        self._beat_stop = threading.Event()
+        self._slot_freed = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set, then stop gracefully."""
+        self._executor = self._make_executor()
+        beat = threading.Thread(target=self._heartbeat, name="workpool-heartbeat", daemon=True)
+        self._beat_stop.clear()
+        beat.start()
+        client = redis.asyncio.Redis.from_url(self.pool.url, decode_responses=False,
+                                              socket_connect_timeout=5)
+        loop_stop = asyncio.Event()
+        loop_task = (asyncio.create_task(MainLoop(self.pool, owner=self.id).run(loop_stop))
+                     if self.run_loop else None)
+        flusher = asyncio.create_task(self._flush_forever(client))
+        self.log.info("worker started", concurrency=self.concurrency, executor=self.executor_kind,
+                      main_loop=self.run_loop)
+        try:
+            await self._read_forever(client, stop)
+        finally:
+            await self._drain()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self._flush(client)
+            loop_stop.set()
+            if loop_task is not None:
+                await loop_task
+            self._beat_stop.set()
+            beat.join()
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                await client.delete(self.pool.keys.heartbeat(self.id))
+            await client.aclose()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self.log.info("worker stopped")
+
+    def _make_executor(self) -> Executor:
+        if self.executor_kind == "process":
+            if self.pool_spec is None:
+                msg = "the process executor needs pool_spec ('module:attribute') to import the pool"
+                raise ValueError(msg)
+            return ProcessPoolExecutor(self.concurrency, initializer=child.init,
+                                       initargs=(self.pool_spec,))
+        return ThreadPoolExecutor(self.concurrency, thread_name_prefix="workpool-job")
+
+    def _heartbeat(self) -> None:
+        """Thread: refresh the heartbeat key every ttl/3 with its own connection."""
+        ttl_ms = round(self.pool.heartbeat_ttl * 1000)
+        key = self.pool.keys.heartbeat(self.id)
+        client = redis.Redis.from_url(self.pool.url, socket_connect_timeout=5, socket_timeout=5)
+        while not self._beat_stop.is_set():
+            try:
+                client.set(key, f"pid={os.getpid()}", px=ttl_ms)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.log.warning("heartbeat failed", error=str(exc))
+            self._beat_stop.wait(self.pool.heartbeat_ttl / 3)
+        client.close()
+
+    async def _drain(self) -> None:
+        """Let running attempts finish within the grace period; abandon the rest to the reaper."""
+        if not self._inflight:
+            return
+        self.log.info("waiting for running attempts", running=len(self._inflight),
+                      grace=self.grace)
+        _, pending = await asyncio.wait(self._inflight, timeout=self.grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _read_forever(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
+        keys = self.pool.keys
+        backoff = 0.1
+        while not stop.is_set():
+            free = await self._free_slots(stop)
+            if free == 0:
+                continue
+            try:
+                reply = await client.xreadgroup(GROUP, self.id, {keys.dispatch: ">"},
+                                                count=free, block=500)
+                backoff = 0.1
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await _wait(stop, 0.2)  # no main loop has created the group yet
+                continue
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.log.warning("redis unreachable, retrying", error=str(exc), backoff=backoff)
+                await _wait(stop, backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            for _stream, entries in reply or []:
+                for _entry_id, raw in entries:
+                    self._spawn(as_text_map(raw), client)
+
+    async def _free_slots(self, stop: asyncio.Event) -> int:
+        """Wait until a slot is free (or stop is set); return how many are free."""
+        while len(self._inflight) >= self.concurrency and not stop.is_set():
+            self._slot_freed.clear()
+            waiters = {asyncio.create_task(self._slot_freed.wait()),
+                       asyncio.create_task(stop.wait())}
+            _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+        return 0 if stop.is_set() else self.concurrency - len(self._inflight)
+
+    def _spawn(self, f: dict[str, bytes], client: redis.asyncio.Redis) -> None:
+        work = self._deliver(client, f) if f.get("kind") == b"cb" else self._attempt(f)
+        task = asyncio.create_task(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slot_freed.set()
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _call(self, fn: Any, is_async: bool, args: list[Any], kwargs: dict[str, Any],
+                    timeout: float | None) -> Any:
+        if is_async:
+            return await asyncio.wait_for(fn(*args, **kwargs), timeout)
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(
+            loop.run_in_executor(self._executor, partial(fn, *args, **kwargs)), timeout)
+
+    async def _attempt(self, f: dict[str, bytes]) -> None:
+        job_id, attempt, name = text(f.get("id")), text(f.get("attempt")), text(f.get("name"))
+        enc = text(f.get("enc")) or "msgpack"
+        log = self.log.bind(job=job_id, attempt=attempt, name=name)
+        out: Outcome = {"kind": "run", "id": job_id, "attempt": attempt}
+        timeout_ms = int(f.get("timeout_ms") or 0)
+        try:
+            spec = self.pool.registry.job(name)
+            if self.executor_kind == "process" and not spec.is_async:
+                raw = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                    self._executor, child.run, name, f.get("args") or b"",
+                    f.get("kwargs") or b"", enc), timeout_ms / 1000 or None)
+                out.update(ok="1", result=raw)
+            else:
+                args = decode(f.get("args") or b"", enc) or []
+                kwargs = decode(f.get("kwargs") or b"", enc) or {}
+                value = await self._call(spec.fn, spec.is_async, args, kwargs,
+                                         timeout_ms / 1000 or None)
+                out.update(ok="1", result=encode(value, "json" if enc == "json" else "msgpack"))
+            log.info("transition", transition="attempt_succeeded")
+        except (UnknownJobName, NonRetryableError, SerializationError) as exc:
+            out.update(ok="0", retryable="0", error_type=type(exc).__name__, error=str(exc))
+            log.warning("transition", transition="attempt_failed", retryable=False,
+                        error=str(exc))
+        except asyncio.TimeoutError:
+            out.update(ok="0", retryable="1", error_type="Timeout",
+                       error=f"attempt {attempt} ran past its timeout of {timeout_ms} ms")
+            log.warning("transition", transition="attempt_timed_out")
+        except Exception as exc:  # noqa: BLE001 - any job error is an outcome, not a crash
+            out.update(ok="0", retryable="1", error_type=type(exc).__name__,
+                       error=f"{exc}\n{_short_traceback(exc)}")
+            log.warning("transition", transition="attempt_failed", retryable=True,
+                        error=repr(exc))
+        self._outcomes.put_nowait(out)
+
+    async def _deliver(self, client: redis.asyncio.Redis, f: dict[str, bytes]) -> None:
+        job_id, n = text(f.get("id")), text(f.get("n"))
+        log = self.log.bind(job=job_id, delivery=n)
+        h = as_text_map(await client.hgetall(self.pool.keys.job(job_id)))
+        if text(h.get("cb")) != "pending" or text(h.get("cb_n")) != n:
+            return  # superseded: the main loop already closed or re-issued this delivery
+        out: Outcome = {"kind": "cb", "id": job_id, "n": n}
+        try:
+            spec = self.pool.registry.handler(text(h.get("on_complete")))
+            result = status_from_hash(job_id, h).to_result()
+            context = decode(h.get("context") or b"", text(h.get("enc")) or "msgpack")
+            if spec.is_async:
+                await spec.fn(job_id, result, context)
+            else:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, spec.fn, job_id, result, context)
+            out["ok"] = "1"
+            log.info("transition", transition="callback_delivered")
+        except Exception as exc:  # noqa: BLE001 - a failing handler is retried, not fatal
+            out.update(ok="0", error=f"{type(exc).__name__}: {exc}")
+            log.warning("transition", transition="callback_failed", error=repr(exc))
+        self._outcomes.put_nowait(out)
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    async def _flush_forever(self, client: redis.asyncio.Redis) -> None:
+        while True:
+            first = await self._outcomes.get()
+            self._outcomes.put_nowait(first)
+            await self._flush(client)
+
+    async def _flush(self, client: redis.asyncio.Redis) -> None:
+        """Append every ready outcome in one pipeline; on a Redis outage keep them and retry."""
+        batch: list[Outcome] = []
+        while not self._outcomes.empty():
+            batch.append(self._outcomes.get_nowait())
+        backoff = 0.1
+        while batch:
+            try:
+                pipe = client.pipeline(transaction=False)
+                for out in batch:
+                    pipe.xadd(self.pool.keys.pending_completion, out)  # type: ignore[arg-type]
+                await pipe.execute()
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.log.warning("could not append outcomes, retrying", error=str(exc),
+                                 outcomes=len(batch), backoff=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+
+
+def _short_traceback(exc: BaseException, limit: int = 5) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-limit))
