@@ -1,0 +1,96 @@
+"""The job state machine as data: the one table that the Lua scripts implement, the model-based
+tests interpret, and `statemachine.md` prints (`python -m workpool.statemachine`).
+
+States are `absent` (no such job), `pending`, `running`, `retrying`, `done/succeeded`,
+`done/failed` and `canceled`. A row applies when the event matches, the job is in one of its
+source states and its guard holds; the first such row wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from workpool.codes import Code
+
+ABSENT, PENDING, RUNNING, RETRYING = "absent", "pending", "running", "retrying"
+SUCCEEDED, FAILED, CANCELED = "done/succeeded", "done/failed", "canceled"
+TERMINAL = (SUCCEEDED, FAILED, CANCELED)
+ANY = (ABSENT, PENDING, RUNNING, RETRYING, *TERMINAL)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One transition: on `event`, from any of `sources`, if `guard` holds, go to `target`."""
+
+    event: str
+    sources: tuple[str, ...]
+    guard: str  #: name of a fact that must be true ("" = always)
+    target: str | None  #: None: the state is unchanged
+    code: Code
+    script: str
+    note: str
+
+
+TABLE: tuple[Row, ...] = (
+    Row("enqueue", (ABSENT,), "well_formed", PENDING, Code.ENQUEUED, "ingestRequests",
+        "due at max(run_at, enqueue time + run_after)"),
+    Row("enqueue", (ABSENT,), "", None, Code.REJECTED, "ingestRequests",
+        "malformed entry set aside in the rejected record"),
+    Row("enqueue", ANY[1:], "", None, Code.DUPLICATE_ENQUEUE, "ingestRequests",
+        "same id (idempotency key): one job"),
+    Row("start", (PENDING, RETRYING), "due_and_slot_free", RUNNING, Code.STARTED, "startJobs",
+        "attempt += 1; the attempt fences this run"),
+    Row("succeed", (RUNNING,), "current_attempt", SUCCEEDED, Code.SUCCEEDED, "applyOutcomes",
+        "result stored; on_complete recorded"),
+    Row("fail", (RUNNING,), "current_attempt_may_retry", RETRYING, Code.RETRY_SCHEDULED,
+        "applyOutcomes", "attempts left, retryable, no cancel: due after backoff x jitter"),
+    Row("fail", (RUNNING,), "current_attempt", FAILED, Code.FAILED, "applyOutcomes",
+        "last attempt, NonRetryableError, or cancel requested; on_complete recorded"),
+    Row("succeed", ANY, "", None, Code.STALE_COMPLETION, "applyOutcomes",
+        "superseded attempt or job not running: counted, never applied"),
+    Row("fail", ANY, "", None, Code.STALE_COMPLETION, "applyOutcomes",
+        "superseded attempt or job not running: counted, never applied"),
+    Row("lose", (RUNNING,), "current_attempt_may_retry", RETRYING, Code.RETRY_SCHEDULED,
+        "reapLost", "worker stopped heart-beating (WorkerLost) or timeout passed (Timeout)"),
+    Row("lose", (RUNNING,), "current_attempt", FAILED, Code.FAILED, "reapLost",
+        "as fail, with error WorkerLost or Timeout"),
+    Row("cancel", (PENDING, RETRYING), "", CANCELED, Code.CANCELED, "ingestRequests",
+        "on_complete recorded with outcome canceled"),
+    Row("cancel", (RUNNING,), "not_cancel_requested", None, Code.CANCEL_MARKED,
+        "ingestRequests", "its attempt's outcome stands; never retried"),
+    Row("cancel", ANY, "", None, Code.CANCEL_NOOP, "ingestRequests",
+        "finished, unknown or already marked: harmless"),
+    Row("deliver_ok", TERMINAL, "delivery_current", None, Code.CALLBACK_DELIVERED,
+        "applyOutcomes", "on_complete closed; retention starts"),
+    Row("deliver_fail", TERMINAL, "delivery_current", None, Code.CALLBACK_RETRY,
+        "applyOutcomes", "delivered again after 1 s doubling, capped at 60 s"),
+    Row("deliver_ok", ANY, "", None, Code.STALE_CALLBACK, "applyOutcomes",
+        "closed or superseded delivery: dropped"),
+    Row("deliver_fail", ANY, "", None, Code.STALE_CALLBACK, "applyOutcomes",
+        "closed or superseded delivery: dropped"),
+)
+
+
+def step(event: str, state: str, facts: Mapping[str, bool]) -> Row:
+    """The row that applies to `event` in `state` given the guard `facts`."""
+    for row in TABLE:
+        if row.event == event and state in row.sources and (not row.guard or facts.get(row.guard)):
+            return row
+    msg = f"no transition for {event} in {state}"
+    raise LookupError(msg)
+
+
+def markdown_table() -> str:
+    """The transition table as Markdown, as statemachine.md shows it."""
+    lines = ["| event | from | guard | to | code | script | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in TABLE:
+        sources = "any" if r.sources == ANY else ", ".join(r.sources)
+        lines.append(f"| {r.event} | {sources} | {r.guard or '-'} | {r.target or '(unchanged)'} "
+                     f"| {r.code.name} | {r.script} | {r.note} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())  # noqa: T201 - the module's command-line output
