@@ -27,7 +27,7 @@ class Keys:
 
     @property
     def pending_start(self) -> str:
-        """STREAM: enqueue / cancel / config requests from clients (the only thing clients write)."""
+        """STREAM: enqueue, cancel and config requests: the only thing clients write."""
         return self._k("pendingStart")
 
     @property

@@ -108,7 +108,7 @@ class MainLoop:
         self.token = None
 
     async def _tick(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
-        assert self.token is not None  # noqa: S101 - guarded by run()
+        assert self.token is not None
         token, now = self.token, time.monotonic()
         seed = secrets.token_hex(8)
         renew, reap = now >= self._renew_at, now >= self._reap_at

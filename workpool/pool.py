@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
+from redis.client import Pipeline
 
 from workpool import ops
 from workpool.connection import resolve_url, sync_client, unavailable_as_typed
@@ -130,8 +131,9 @@ class Workpool:
             return check_name(ref)
         name = self.registry.name_of(ref)
         if name is None:
+            decorator = "job" if kind == "job" else "on_complete"
             msg = f"{kind} {getattr(ref, '__name__', ref)!r} is not registered on pool " \
-                  f"{self.name!r}: decorate it with @pool.{'job' if kind == 'job' else 'on_complete'}()"
+                  f"{self.name!r}: decorate it with @pool.{decorator}()"
             raise UnknownJobName(msg)
         return name
 
@@ -180,7 +182,7 @@ class Workpool:
         on_complete: JobRef | None = None, context: Any = None, run_after: float | None = None,
         run_at: float | datetime | None = None, retry: Retry | None = None,
         key: str | None = None, timeout: float | None = None,
-        transaction: redis.client.Pipeline | None = None,
+        transaction: Pipeline | None = None,
     ) -> str:
         """Enqueue one job; returns its id, which status() reports as pending at once.
 

@@ -40,7 +40,7 @@ class Script:
     @property
     def sha(self) -> str:
         """SHA1 of the expanded source, as Redis names it in EVALSHA."""
-        return hashlib.sha1(self.source.encode()).hexdigest()  # noqa: S324 - Redis's own naming
+        return hashlib.sha1(self.source.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -93,4 +93,4 @@ def markdown_table() -> str:
 
 
 if __name__ == "__main__":
-    print(markdown_table())  # noqa: T201 - the module's command-line output
+    print(markdown_table())

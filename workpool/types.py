@@ -120,7 +120,7 @@ def status_from_hash(job_id: str, h: dict[str, bytes]) -> JobStatus:
         name=text(h.get("name")),
         attempts=int(h.get("attempts") or 0),
         max_attempts=int(h.get("max_attempts") or 0),
-        outcome="succeeded" if outcome == "succeeded" else "failed" if outcome == "failed" else None,
+        outcome=outcome if outcome in ("succeeded", "failed") else None,  # type: ignore[arg-type]
         result=decode(h.get("result") or b"", enc),
         error=text(h.get("error")) or None,
         error_type=text(h.get("error_type")) or None,

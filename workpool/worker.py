@@ -23,7 +23,7 @@ import traceback
 import uuid
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import redis
 import redis.asyncio
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 ExecutorKind = Literal["thread", "process"]
 Outcome = dict[str, str | bytes]
+StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 _MAX_BACKOFF = 5.0
 
 
@@ -146,8 +147,8 @@ class Worker:
             if free == 0:
                 continue
             try:
-                reply = await client.xreadgroup(GROUP, self.id, {keys.dispatch: ">"},
-                                                count=free, block=500)
+                reply = cast("StreamReply", await client.xreadgroup(
+                    GROUP, self.id, {keys.dispatch: ">"}, count=free, block=500))
                 backoff = 0.1
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -222,7 +223,7 @@ class Worker:
             out.update(ok="0", retryable="1", error_type="Timeout",
                        error=f"attempt {attempt} ran past its timeout of {timeout_ms} ms")
             log.warning("transition", transition="attempt_timed_out")
-        except Exception as exc:  # noqa: BLE001 - any job error is an outcome, not a crash
+        except Exception as exc:
             out.update(ok="0", retryable="1", error_type=type(exc).__name__,
                        error=f"{exc}\n{_short_traceback(exc)}")
             log.warning("transition", transition="attempt_failed", retryable=True,
@@ -232,7 +233,8 @@ class Worker:
     async def _deliver(self, client: redis.asyncio.Redis, f: dict[str, bytes]) -> None:
         job_id, n = text(f.get("id")), text(f.get("n"))
         log = self.log.bind(job=job_id, delivery=n)
-        h = as_text_map(await client.hgetall(self.pool.keys.job(job_id)))
+        raw = cast("dict[bytes, bytes]", await client.hgetall(self.pool.keys.job(job_id)))
+        h = as_text_map(raw)
         if text(h.get("cb")) != "pending" or text(h.get("cb_n")) != n:
             return  # superseded: the main loop already closed or re-issued this delivery
         out: Outcome = {"kind": "cb", "id": job_id, "n": n}
@@ -247,7 +249,7 @@ class Worker:
                     None, spec.fn, job_id, result, context)
             out["ok"] = "1"
             log.info("transition", transition="callback_delivered")
-        except Exception as exc:  # noqa: BLE001 - a failing handler is retried, not fatal
+        except Exception as exc:
             out.update(ok="0", error=f"{type(exc).__name__}: {exc}")
             log.warning("transition", transition="callback_failed", error=repr(exc))
         self._outcomes.put_nowait(out)
