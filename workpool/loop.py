@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workpool.codes import Code
@@ -34,6 +35,7 @@ from workpool.engine import (
     parse_start,
 )
 from workpool.logs import logger
+from workpool.protocol import text
 from workpool.scripts import Call, arun
 
 if TYPE_CHECKING:
@@ -83,6 +85,10 @@ class MainLoop:
                     self.log.warning("redis unreachable, retrying", error=str(exc), backoff=backoff)
                     await _wait(stop, backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF)
+                except ResponseError as exc:  # a script error: the loop must outlive it
+                    self.log.error("script failed, retrying", error=str(exc), backoff=backoff)
+                    await _wait(stop, backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
         finally:
             await self._release(client)
             await client.aclose()
@@ -93,6 +99,7 @@ class MainLoop:
         lease = parse_lease(reply)
         if lease.code == Code.OK:
             self._lead(lease.token)
+            await self._check_server(client)
             return
         await _wait(stop, min(max(lease.ttl_ms, 50) / 1000, self.pool.lease_ttl / 3))
 
@@ -102,6 +109,22 @@ class MainLoop:
         self._reap_at = 0.0
         self._cursor = _Cursor()
         self.log.info("main loop lease acquired", epoch=int(token.split(":", 1)[0]))
+
+    async def _check_server(self, client: redis.asyncio.Redis) -> None:
+        """Warn about Redis settings that can lose jobs (CONFIG may be disabled: then skip)."""
+        try:
+            settings = {text(k): text(v) for k, v in (
+                await client.config_get("maxmemory-policy")).items()}
+            settings.update({text(k): text(v) for k, v in (
+                await client.config_get("appendonly")).items()})
+        except ResponseError:
+            return
+        policy = settings.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            self.log.warning("unsafe redis setting: maxmemory-policy should be noeviction; "
+                             "an evicted job is a lost job", maxmemory_policy=policy)
+        if settings.get("appendonly") != "yes":
+            self.log.warning("redis runs without AOF: a redis restart loses jobs")
 
     def _lose(self, why: str) -> None:
         self.log.warning("main loop lease lost", reason=why, token=self.token)

@@ -76,18 +76,24 @@ def cancel(keys: Keys, job_ids: Iterable[str]) -> Ops:
 def cancel_all(keys: Keys) -> Ops:
     """Cancel every job not finished now: pending, retrying, running and not yet applied ones.
 
-    Pages through the due set, the running set and the accepted ids with SCAN cursors (each
+    Pages through the accepted ids, the due set and the running set with SCAN cursors (each
     page one round trip), appending one cancel request per job; returns how many were sent.
+    The order follows jobs (incoming -> due -> running -> due again for attempts that failed
+    meanwhile), so a job moving on during the scan is not missed. A seen id is sent once.
     """
     sent = 0
-    for kind, key in (("ZSCAN", keys.due), ("ZSCAN", keys.running), ("SSCAN", keys.incoming)):
+    seen: set[str] = set()
+    passes = (("SSCAN", keys.incoming), ("ZSCAN", keys.due), ("ZSCAN", keys.running),
+              ("ZSCAN", keys.due))
+    for kind, key in passes:
         cursor: Any = 0
         while True:
             reply = yield Step([(kind, key, cursor, "COUNT", _PAGE)])
             cursor, items = reply[0]
-            members = [m for m, _ in items] if kind == "ZSCAN" else items
-            if members:
-                sent += yield from cancel(keys, [text(m) for m in members])
+            members = {text(m) for m in ([m for m, _ in items] if kind == "ZSCAN" else items)}
+            if members - seen:
+                sent += yield from cancel(keys, sorted(members - seen))
+                seen |= members
             if int(cursor) == 0:
                 break
     return sent
@@ -148,7 +154,9 @@ def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
         workers=int(replies[9]),
         finished_last_minute=this_minute + last_minute * (60 - elapsed) // 60,
         counters=counters,
-        rejected=[{text(k): text(v) for k, v in entry.items()} for _, entry in replies[6]],
+        # raw fields of a rejected entry may be any bytes (bad msgpack): shown escaped, never fatal
+        rejected=[{text(k): v.decode("utf-8", "backslashreplace") for k, v in entry.items()}
+                  for _, entry in replies[6]],
     )
 
 

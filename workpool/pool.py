@@ -76,6 +76,12 @@ class Workpool:
             self._url = resolve_url(None)
         return self._url
 
+    def use_url(self, url: str) -> None:
+        """Point the pool at another Redis (e.g. the CLI's --redis-url); drops open clients."""
+        self.close()
+        self._aio = None
+        self._url = url
+
     @property
     def redis(self) -> redis.Redis:
         """The pool's synchronous Redis client (created on first use)."""

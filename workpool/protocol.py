@@ -108,10 +108,14 @@ def enqueue_fields(
 
 
 def text(value: bytes | str | None) -> str:
-    """Redis replies are bytes (decode_responses=False keeps payloads binary); fields are UTF-8."""
+    """Redis replies are bytes (decode_responses=False keeps payloads binary); fields are UTF-8.
+
+    A foreign client may write invalid UTF-8: it is shown with replacement characters rather than
+    crashing whoever reads it.
+    """
     if value is None:
         return ""
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def as_text_map(flat: Mapping[bytes, bytes]) -> dict[str, bytes]:

@@ -67,6 +67,7 @@ class Worker:
         self._executor: Executor | None = None
         self._beat_stop = threading.Event()
         self._slot_freed = asyncio.Event()
+        self._closing = False  # set at shutdown: the flusher sends what is left and ends
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -81,6 +82,7 @@ class Worker:
         loop_stop = asyncio.Event()
         loop_task = (asyncio.create_task(MainLoop(self.pool, owner=self.id).run(loop_stop))
                      if self.run_loop else None)
+        await self._beat_once(client)  # alive before taking any entry, so none is reaped early
         flusher = asyncio.create_task(self._flush_forever(client))
         self.log.info("worker started", concurrency=self.concurrency, executor=self.executor_kind,
                       main_loop=self.run_loop)
@@ -88,9 +90,11 @@ class Worker:
             await self._read_forever(client, stop)
         finally:
             await self._drain()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            # Never cancel the flusher: a cancel mid-pipeline can drop the batch it holds, and
+            # redis-py may swallow it (the flusher then never ends). Wake it with {} instead.
+            self._closing = True
+            self._outcomes.put_nowait({})
+            await flusher
             await self._flush(client)
             loop_stop.set()
             if loop_task is not None:
@@ -111,6 +115,11 @@ class Worker:
             return ProcessPoolExecutor(self.concurrency, initializer=child.init,
                                        initargs=(self.pool_spec,))
         return ThreadPoolExecutor(self.concurrency, thread_name_prefix="workpool-job")
+
+    async def _beat_once(self, client: redis.asyncio.Redis) -> None:
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            await client.set(self.pool.keys.heartbeat(self.id), f"pid={os.getpid()}",
+                             px=round(self.pool.heartbeat_ttl * 1000))
 
     def _heartbeat(self) -> None:
         """Thread: refresh the heartbeat key every ttl/3 with its own connection."""
@@ -257,7 +266,7 @@ class Worker:
     # -- outcomes --------------------------------------------------------------------------
 
     async def _flush_forever(self, client: redis.asyncio.Redis) -> None:
-        while True:
+        while not self._closing:
             first = await self._outcomes.get()
             self._outcomes.put_nowait(first)
             await self._flush(client)
@@ -266,7 +275,9 @@ class Worker:
         """Append every ready outcome in one pipeline; on a Redis outage keep them and retry."""
         batch: list[Outcome] = []
         while not self._outcomes.empty():
-            batch.append(self._outcomes.get_nowait())
+            out = self._outcomes.get_nowait()
+            if out:  # {} only wakes the flusher
+                batch.append(out)
         backoff = 0.1
         while batch:
             try:

@@ -36,7 +36,66 @@ local ctx = {prefix = prefix, dispatch = KEYS[8], group = ARGV[8], now = now_ms(
              running = '', deadlines = '', due = KEYS[4]}
 local d_attempts, d_backoff, d_base = string.match(ARGV[7], '^([^,]+),([^,]+),([^,]+)$')
 
-local decoders = {msgpack = cmsgpack.unpack, json = cjson.decode}
+-- Redis's cmsgpack knows no bin or ext types (msgpack-python writes bytes as bin), so msgpack is
+-- checked by walking it: raises on malformed input; returns a table for an array or map.
+local mp_fixed = {[0xc0] = 0, [0xc2] = 0, [0xc3] = 0, [0xca] = 4, [0xcb] = 8, [0xcc] = 1,
+  [0xcd] = 2, [0xce] = 4, [0xcf] = 8, [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8,
+  [0xd4] = 2, [0xd5] = 3, [0xd6] = 5, [0xd7] = 9, [0xd8] = 17}
+local mp_sized = {[0xc4] = {1, 0}, [0xc5] = {2, 0}, [0xc6] = {4, 0}, [0xc7] = {1, 1},
+  [0xc8] = {2, 1}, [0xc9] = {4, 1}, [0xd9] = {1, 0}, [0xda] = {2, 0}, [0xdb] = {4, 0}}
+local mp_counted = {[0xdc] = {2, 1}, [0xdd] = {4, 1}, [0xde] = {2, 2}, [0xdf] = {4, 2}}
+
+local function msgpack_check(s)
+  local i, n, need = 1, #s, 1
+  if n == 0 then return nil end
+  local function uint(len)
+    if i + len > n then error('truncated msgpack') end
+    local v = 0
+    for k = i + 1, i + len do v = v * 256 + string.byte(s, k) end
+    return v
+  end
+  while need > 0 do
+    if i > n then error('truncated msgpack') end
+    local b = string.byte(s, i)
+    local skip, items = 0, 0
+    if b <= 0x7f or b >= 0xe0 then skip = 0
+    elseif b <= 0x8f then items = 2 * (b - 0x80)
+    elseif b <= 0x9f then items = b - 0x90
+    elseif b <= 0xbf then skip = b - 0xa0
+    elseif mp_fixed[b] then skip = mp_fixed[b]
+    elseif mp_sized[b] then skip = mp_sized[b][1] + mp_sized[b][2] + uint(mp_sized[b][1])
+    elseif mp_counted[b] then
+      skip, items = mp_counted[b][1], mp_counted[b][2] * uint(mp_counted[b][1])
+    else error('invalid msgpack byte') end
+    i = i + 1 + skip
+    need = need - 1 + items
+    if need > n - i + 1 then error('truncated msgpack') end
+  end
+  if i ~= n + 1 then error('trailing bytes after the msgpack value') end
+  local first = string.byte(s, 1)
+  if (first >= 0x80 and first <= 0x9f) or (first >= 0xdc and first <= 0xdf) then return {} end
+  return true
+end
+
+local decoders = {msgpack = msgpack_check, json = cjson.decode}
+
+-- args must encode an array and kwargs a map (a map passed as args would call fn(*keys)).
+-- msgpack: read the type byte; JSON: array keys are 1..n, map keys are strings ({} fits both).
+local function has_shape(enc, raw, value, want)
+  if enc == 'msgpack' then
+    local b = string.byte(raw, 1) or -1
+    if want == 'array' then return (b >= 0x90 and b <= 0x9f) or b == 0xdc or b == 0xdd end
+    return (b >= 0x80 and b <= 0x8f) or b == 0xde or b == 0xdf
+  end
+  if type(value) ~= 'table' then return false end
+  for k in pairs(value) do
+    if want == 'map' and type(k) ~= 'string' then return false end
+    if want == 'array' and (type(k) ~= 'number' or k < 1 or k ~= math.floor(k)) then
+      return false
+    end
+  end
+  return true
+end
 
 -- A number field: nil when absent, false when present but not a number within [lo, hi].
 local function number_field(f, name, default, lo, hi)
@@ -70,8 +129,10 @@ local function enqueue(entry_id, f, flat)
       size = size + #raw
       local ok, value = pcall(decode, raw)
       if not ok then return reject(entry_id, flat, 'field ' .. field .. ' is not valid ' .. enc) end
-      if field ~= 'context' and type(value) ~= 'table' then
-        return reject(entry_id, flat, 'field ' .. field .. ' must encode an array or map')
+      local want = ({args = 'array', kwargs = 'map'})[field]
+      if want and not has_shape(enc, raw, value, want) then
+        return reject(entry_id, flat, 'field ' .. field .. ' must encode ' ..
+                      (want == 'array' and 'an array' or 'a map'))
       end
     end
   end

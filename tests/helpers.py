@@ -1,0 +1,142 @@
+"""Test helpers: poll a condition with a deadline, run a Worker in a thread, drive redis-cli."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from workpool import Retry, Workpool
+from workpool.embedded import find_redis_server
+from workpool.worker import Worker
+
+T = TypeVar("T")
+
+_ENTRY_ID = re.compile(rb"^\d+-\d+$")
+
+
+def eventually(predicate: Callable[[], T | Literal[False] | None], timeout: float = 15.0,
+               what: str = "") -> T:
+    """Poll `predicate` until it returns something truthy (returned) or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            msg = f"still not true after {timeout} s: {what or predicate!r} (last: {value!r})"
+            raise AssertionError(msg)
+        time.sleep(0.01)  # poll interval, not a wait for the condition itself
+
+
+class Pools:
+    """Makes pools on the test server with short lease/heartbeat TTLs; closes them afterwards."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._made: list[Workpool] = []
+
+    def __call__(self, name: str = "t", **options: Any) -> Workpool:
+        options.setdefault("lease_ttl", 1.0)
+        options.setdefault("heartbeat_ttl", 2.0)
+        options.setdefault("retry", Retry(max_attempts=3, initial_backoff=0.01))
+        pool = Workpool(name, options.pop("redis_url", self.url), **options)
+        self._made.append(pool)
+        return pool
+
+    def close(self) -> None:
+        for pool in self._made:
+            pool.close()
+
+
+class _WorkerThread(threading.Thread):
+    """A Worker on its own event loop in a background thread."""
+
+    def __init__(self, pool: Workpool, options: dict[str, Any]) -> None:
+        super().__init__(name=f"worker-{pool.name}", daemon=True)
+        self.pool, self.options = pool, options
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+        self.worker: Worker | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to the test thread by stop()
+            self.error = exc
+        finally:
+            self.started.set()
+
+    async def _main(self) -> None:
+        self._event_loop, self._stop_event = asyncio.get_running_loop(), asyncio.Event()
+        self.worker = Worker(self.pool, **self.options)
+        self.started.set()
+        await self.worker.run(self._stop_event)
+
+    def stop(self, timeout: float) -> None:
+        if self._event_loop is not None and self._stop_event is not None and self.is_alive():
+            self._event_loop.call_soon_threadsafe(self._stop_event.set)
+        self.join(timeout)
+        if self.is_alive():
+            msg = f"worker of pool {self.pool.name!r} did not stop within {timeout} s"
+            raise AssertionError(msg)
+        if self.error is not None:
+            raise self.error
+
+
+@contextmanager
+def running_worker(pool: Workpool, **options: Any) -> Iterator[Worker]:
+    """Run a Worker (with its main-loop candidate, unless told otherwise) until the block ends."""
+    options.setdefault("grace", 2.0)
+    options.setdefault("worker_id", f"test-{pool.name}")
+    thread = _WorkerThread(pool, options)
+    thread.start()
+    thread.started.wait(10)
+    try:
+        if thread.worker is None:
+            thread.stop(10)
+            msg = "worker did not start"
+            raise AssertionError(msg)
+        yield thread.worker
+    finally:
+        thread.stop(30)
+
+
+def redis_cli_path() -> str:
+    """The redis-cli next to the redis-server the tests run (else the one on PATH)."""
+    beside = Path(find_redis_server()).with_name("redis-cli")
+    if beside.is_file():
+        return str(beside)
+    on_path = shutil.which("redis-cli")
+    if on_path is None:
+        msg = f"no redis-cli next to {find_redis_server()} nor on PATH"
+        raise FileNotFoundError(msg)
+    return on_path
+
+
+def redis_cli(url: str, *args: str | bytes, stdin: bytes | None = None) -> bytes:
+    """Run redis-cli against `url` (raw output); `stdin` feeds `-x` or a command script."""
+    out = subprocess.run([redis_cli_path(), "-u", url, *args], input=stdin,
+                         capture_output=True, check=True, timeout=30)
+    if out.stdout.startswith((b"ERR", b"WRONGTYPE")) or out.stderr:
+        msg = f"redis-cli {args!r} failed: {out.stdout!r} {out.stderr!r}"
+        raise AssertionError(msg)
+    return out.stdout
+
+
+def xadd(url: str, key: str, *fields: str | bytes, last: bytes | None = None) -> str:
+    """XADD one entry with redis-cli; `last` is a binary value sent through stdin (`-x`)."""
+    args: tuple[str | bytes, ...] = ("XADD", key, "*", *fields)
+    reply = redis_cli(url, "-x", *args, stdin=last) if last is not None else redis_cli(url, *args)
+    entry_id = reply.strip()
+    assert _ENTRY_ID.match(entry_id), reply
+    return entry_id.decode()

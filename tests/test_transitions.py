@@ -1,0 +1,1042 @@
+"""One test per row of the job state machine (TABLE in workpool/statemachine.py), legal and illegal.
+
+Each test sets a state up the way clients and workers do (entries appended to pendingStart and
+pendingCompletion, XREADGROUP on dispatch), runs the real Lua scripts with an explicit `now` (ms),
+and checks the codes, the resulting Redis state, and that the table predicts the same row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgpack
+import pytest
+import redis
+import redis.crc
+
+from workpool import Retry, State, Workpool
+from workpool.codes import Code
+from workpool.engine import (
+    BatchReply,
+    Engine,
+    LeaseReply,
+    ReapReply,
+    StartReply,
+    parse_batch,
+    parse_lease,
+    parse_reap,
+    parse_start,
+)
+from workpool.keys import GROUP, Keys
+from workpool.protocol import as_text_map, decode, encode, text
+from workpool.scripts import Call, run, scripts
+from workpool.statemachine import (
+    ABSENT,
+    CANCELED,
+    FAILED,
+    PENDING,
+    RETRYING,
+    RUNNING,
+    SUCCEEDED,
+    TABLE,
+    step,
+)
+
+SEED = "seed-1"
+OWNER, OTHER = "loop-a", "loop-b"
+LEASE_MS = 60_000
+RETENTION_MS = 3_600_000
+BACKOFF_MS, BASE = 1000, 2.0
+FAR = 10**9  #: ms: "much later" for clocks passed to the scripts
+
+F = TypeVar("F", bound=Callable[..., Any])
+COVERED: set[tuple[str, Code]] = set()
+
+
+def covers(event: str, code: Code) -> Callable[[F], F]:
+    """Mark a test as the one for the TABLE row (event, code)."""
+
+    def mark(fn: F) -> F:
+        COVERED.add((event, code))
+        return fn
+
+    return mark
+
+
+def assert_table(event: str, before: str, code: Code, after: str, *facts: str) -> None:
+    """The table, given the facts that hold, predicts what the scripts did."""
+    row = step(event, before, dict.fromkeys(facts, True))
+    assert (row.code, row.target or before) == (code, after), row
+
+
+def jitter(seed: str, job_id: str, attempt: int) -> float:
+    """The scripts' jitter: 0.5 + the first 32 bits of sha1(seed:id:attempt) / 2**32."""
+    digest = hashlib.sha1(f"{seed}:{job_id}:{attempt}".encode()).hexdigest()
+    return 0.5 + int(digest[:8], 16) / 2**32
+
+
+def retry_due(now: int, job_id: str, attempt: int, backoff_ms: int = BACKOFF_MS,
+              base: float = BASE) -> int:
+    """Due time of the retry after failed `attempt`: now + backoff * base**(attempt-1) * jitter."""
+    return now + int(backoff_ms * base ** (attempt - 1) * jitter(SEED, job_id, attempt))
+
+
+def entries(reply: Any) -> list[tuple[str, dict[str, bytes]]]:
+    """Stream entries (XRANGE or one stream of XREADGROUP) as (entry id, fields)."""
+    return [(text(eid), as_text_map(f)) for eid, f in reply or []]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `predicate` until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        time.sleep(0.001)
+
+
+@dataclass
+class Pool:
+    """A pool under test: a client, the engine, a lease token, and Redis helpers."""
+
+    r: redis.Redis
+    client: Workpool
+    engine: Engine
+    token: str
+
+    @property
+    def keys(self) -> Keys:
+        return self.engine.keys
+
+    def clock(self) -> int:
+        """Redis's clock in ms (entry ids, hence enqueued_at, come from it)."""
+        sec, usec = self.r.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    def call(self, c: Call) -> Any:
+        return run(self.r, [c])[0]
+
+    def ingest(self, now: int, token: str | None = None) -> BatchReply:
+        return parse_batch(self.call(self.engine.ingest(token or self.token, now)))
+
+    def apply(self, now: int, token: str | None = None) -> BatchReply:
+        return parse_batch(self.call(self.engine.apply(token or self.token, SEED, now)))
+
+    def start(self, now: int, token: str | None = None) -> StartReply:
+        return parse_start(self.call(self.engine.start(token or self.token, now)))
+
+    def reap(self, now: int, token: str | None = None) -> ReapReply:
+        return parse_reap(self.call(self.engine.reap(token or self.token, SEED, now)))
+
+    def acquire(self, owner: str) -> LeaseReply:
+        return parse_lease(self.call(self.engine.acquire(owner, LEASE_MS, 10)))
+
+    def job(self, job_id: str) -> dict[str, bytes]:
+        raw: Any = self.r.hgetall(self.keys.job(job_id))
+        return as_text_map(raw)
+
+    def state(self, job_id: str) -> str:
+        """The job's state as the table names it (done/succeeded, absent, ...)."""
+        h = self.job(job_id)
+        if not h:
+            return ABSENT
+        state = text(h["state"])
+        return f"done/{text(h['outcome'])}" if state == "done" else state
+
+    def stat(self, name: str) -> int:
+        return int(self.r.hget(self.keys.stats, name) or 0)
+
+    def score(self, zset: str, job_id: str) -> float | None:
+        return self.r.zscore(zset, job_id)
+
+    def finish_run(self, job_id: str, attempt: int, *, ok: bool, retryable: bool = True,
+                   result: Any = None, error: str = "boom", error_type: str = "ValueError") -> None:
+        """Append a run outcome exactly as a worker does."""
+        out: dict[str, str | bytes] = {"kind": "run", "id": job_id, "attempt": str(attempt)}
+        if ok:
+            out.update(ok="1", result=encode(result))
+        else:
+            out.update(ok="0", retryable="1" if retryable else "0", error_type=error_type,
+                       error=error)
+        self.r.xadd(self.keys.pending_completion, out)  # type: ignore[arg-type]
+
+    def finish_callback(self, job_id: str, n: int, *, ok: bool) -> None:
+        """Append an on_complete delivery outcome exactly as a worker does."""
+        out: dict[str, str | bytes] = {"kind": "cb", "id": job_id, "n": str(n)}
+        out.update(ok="1") if ok else out.update(ok="0", error="RuntimeError: handler down")
+        self.r.xadd(self.keys.pending_completion, out)  # type: ignore[arg-type]
+
+    def beat(self, worker: str) -> None:
+        self.r.set(self.keys.heartbeat(worker), "pid=1", px=LEASE_MS)
+
+    def deliver(self, worker: str, count: int = 10) -> list[tuple[str, dict[str, bytes]]]:
+        """XREADGROUP as worker `worker`: the dispatch entries it now holds."""
+        reply: Any = self.r.xreadgroup(GROUP, worker, {self.keys.dispatch: ">"}, count=count)
+        return [e for _, stream in reply or [] for e in entries(stream)]
+
+    def dispatched(self, kind: str | None = None) -> list[tuple[str, dict[str, bytes]]]:
+        """Entries in the dispatch stream (optionally of one kind)."""
+        found = entries(self.r.xrange(self.keys.dispatch))
+        return [e for e in found if kind is None or e[1]["kind"] == kind.encode()]
+
+    def held(self) -> int:
+        """Dispatch entries delivered and not acknowledged."""
+        return int(self.r.xpending(self.keys.dispatch, GROUP)["pending"])
+
+    def running_job(self, *args: Any, worker: str | None = "w1", **options: Any) -> tuple[str, int]:
+        """Enqueue, ingest and start one job at Redis's clock; deliver it to a live worker."""
+        job_id = self.client.enqueue("work", *args, **options)
+        t = self.clock()
+        assert self.ingest(t).outcomes == [(job_id, Code.ENQUEUED)]
+        assert self.start(t).ids == [job_id]
+        if worker is not None:
+            self.beat(worker)
+            assert [f["id"] for _, f in self.deliver(worker)] == [job_id.encode()]
+        return job_id, t
+
+    def retrying_job(self, **options: Any) -> tuple[str, int]:
+        """A job whose first attempt failed (retryable) at time `now`, returned with it."""
+        job_id, t = self.running_job(**options)
+        self.finish_run(job_id, 1, ok=False)
+        now = t + 5
+        assert self.apply(now).outcomes == [(job_id, Code.RETRY_SCHEDULED)]
+        return job_id, now
+
+    def snapshot(self) -> dict[bytes, bytes | None]:
+        """DUMP of every key of the pool: equal snapshots mean nothing was written."""
+        names = sorted(self.r.scan_iter(match=self.keys.prefix + "*"))
+        return {k: self.r.dump(k) for k in names}
+
+
+@pytest.fixture
+def p(redis_url: str, redis_client: redis.Redis) -> Iterator[Pool]:
+    """A pool with max_parallelism 10, 3 attempts, 1 s backoff doubling, and the lease held."""
+    client = Workpool("t", redis_url, max_parallelism=10, retention=RETENTION_MS / 1000,
+                      retry=Retry(max_attempts=3, initial_backoff=BACKOFF_MS / 1000, base=BASE))
+    engine = Engine(client.keys, client.engine_settings())
+    lease = parse_lease(run(redis_client, [engine.acquire(OWNER, LEASE_MS, 10)])[0])
+    assert (lease.code, lease.token) == (Code.OK, f"1:{OWNER}")
+    try:
+        yield Pool(redis_client, client, engine, lease.token)
+    finally:
+        client.close()
+
+
+# -- enqueue ------------------------------------------------------------------------------------
+
+
+@covers("enqueue", Code.ENQUEUED)
+def test_an_enqueued_job_is_pending_at_once_and_stays_pending_once_ingested(p: Pool) -> None:
+    job_id = p.client.enqueue("work", 1, 2, kwargs={"x": 3})
+    assert p.client.status(job_id).state == State.PENDING
+    assert p.job(job_id) == {}
+    assert p.r.sismember(p.keys.incoming, job_id)
+
+    t = p.clock()
+    assert p.ingest(t).outcomes == [(job_id, Code.ENQUEUED)]
+    h = p.job(job_id)
+    assert (h["state"], h["attempts"], h["name"]) == (b"pending", b"0", b"work")
+    assert decode(h["args"], "msgpack") == [1, 2]
+    assert decode(h["kwargs"], "msgpack") == {"x": 3}
+    assert (h["max_attempts"], h["backoff_ms"], h["base"]) == (b"3", b"1000", b"2")
+    enqueued_at = int(h["enqueued_at"])
+    assert enqueued_at <= t
+    assert int(h["due_at"]) == enqueued_at == p.score(p.keys.due, job_id)
+    assert not p.r.sismember(p.keys.incoming, job_id)
+    assert p.r.xlen(p.keys.pending_start) == 0
+    assert p.client.status(job_id).state == State.PENDING
+    assert p.stat("enqueued") == 1
+    assert_table("enqueue", ABSENT, Code.ENQUEUED, PENDING, "well_formed")
+
+
+MALFORMED: list[tuple[dict[str, str | bytes], str]] = [
+    ({"op": "enqueue", "id": "bad"}, "missing field name"),
+    ({"id": "bad", "name": "work", "enc": "pickle"}, "field enc must be msgpack or json"),
+    ({"id": "bad", "name": "work", "args": b"\x93\x01"}, "field args is not valid msgpack"),
+    ({"id": "bad", "name": "work", "enc": "json", "args": "[1,"}, "field args is not valid json"),
+    ({"id": "bad", "name": "work", "args": b"\x91\xc1"}, "field args is not valid msgpack"),
+    ({"id": "bad", "name": "work", "args": encode([1]) + b"\x01"}, "field args is not valid"),
+    ({"id": "bad", "name": "work", "args": b"\xc6\x00\x00\x00\x09x"}, "field args is not valid"),
+    ({"id": "bad", "name": "work", "args": b"\xdd\x00\x01\x00\x00"}, "field args is not valid"),
+    ({"id": "bad", "name": "work", "args": encode(5)}, "field args must encode an array"),
+    ({"id": "bad", "name": "work", "kwargs": encode([1])}, "field kwargs must encode a map"),
+    ({"id": "bad", "name": "work", "context": b"\xd9"}, "field context is not valid msgpack"),
+    ({"id": "bad", "name": "work", "max_attempts": "1.5"}, "max_attempts must be an integer"),
+    ({"id": "bad", "name": "work", "max_attempts": "0"}, "a numeric option is not a number"),
+    ({"id": "bad", "name": "work", "run_at_ms": "soon"}, "a numeric option is not a number"),
+    ({"id": "bad", "name": "work", "args": encode([b"x" * (1 << 20)])}, "payload of "),
+    ({"op": "frobnicate", "id": "bad"}, "unknown op frobnicate"),
+]
+
+
+@covers("enqueue", Code.REJECTED)
+@pytest.mark.parametrize(("fields", "reason"), MALFORMED, ids=[r for _, r in MALFORMED])
+def test_a_malformed_enqueue_is_set_aside_with_its_raw_fields_and_the_batch_goes_on(
+    p: Pool, fields: dict[str, str | bytes], reason: str,
+) -> None:
+    bad_entry = text(p.r.xadd(p.keys.pending_start, fields))  # type: ignore[arg-type]
+    p.r.sadd(p.keys.incoming, "bad")
+    good = p.client.enqueue("work", 1)
+
+    reply = p.ingest(p.clock())
+    assert reply.outcomes == [("bad", Code.REJECTED), (good, Code.ENQUEUED)]
+    ((_, record),) = entries(p.r.xrange(p.keys.rejected))
+    assert record["entry"] == bad_entry.encode()
+    assert text(record["reason"]).startswith(reason)
+    kept = {k[2:]: v for k, v in record.items() if k.startswith("f.")}
+    assert kept == {k: v if isinstance(v, bytes) else v.encode() for k, v in fields.items()}
+    assert p.state("bad") == ABSENT
+    assert not p.r.sismember(p.keys.incoming, "bad")
+    assert p.state(good) == PENDING
+    assert p.r.xlen(p.keys.pending_start) == 0
+    assert p.stat("rejected") == 1
+    assert_table("enqueue", ABSENT, Code.REJECTED, ABSENT)
+
+
+WELL_FORMED: list[tuple[Any, ...]] = [
+    (b"\x00\xff",),
+    (b"x" * 300, b"y" * 70_000),
+    ("s" * 40, "t" * 300, "u" * 70_000),
+    (list(range(20)), {str(i): i for i in range(20)}),
+    (-1, -200, -70_000, 2**40, -(2**40), 2**64 - 1, 1.5, None, True, False),
+    ([[[{"deep": [b"bin"]}]]],),
+    (msgpack.ExtType(1, b"ab"), msgpack.ExtType(2, b"x" * 300)),
+]
+
+
+@pytest.mark.parametrize("args", WELL_FORMED, ids=range(len(WELL_FORMED)))
+def test_an_enqueue_of_any_msgpack_value_is_accepted_bytes_included(
+    p: Pool, args: tuple[Any, ...],
+) -> None:
+    job_id = p.client.enqueue("work", *args, kwargs={"blob": b"\x01"}, on_complete="record",
+                              context=b"\x00" * 10)
+    assert p.ingest(p.clock()).outcomes == [(job_id, Code.ENQUEUED)]
+    h = p.job(job_id)
+    assert decode(h["args"], "msgpack") == list(args)
+    assert decode(h["context"], "msgpack") == b"\x00" * 10
+
+
+@covers("enqueue", Code.DUPLICATE_ENQUEUE)
+def test_a_second_enqueue_with_the_same_idempotency_key_makes_no_second_job(p: Pool) -> None:
+    first = p.client.enqueue("work", 1, key="order-7")
+    second = p.client.enqueue("work", 2, key="order-7")
+    assert first == second == "key:order-7"
+    t = p.clock()
+    reply = p.ingest(t)
+    assert reply.outcomes == [(first, Code.ENQUEUED), (first, Code.DUPLICATE_ENQUEUE)]
+    assert decode(p.job(first)["args"], "msgpack") == [1]
+    assert p.r.zcard(p.keys.due) == 1
+    assert_table("enqueue", PENDING, Code.DUPLICATE_ENQUEUE, PENDING)
+
+    assert p.start(t).ids == [first]
+    p.client.enqueue("work", 3, key="order-7")
+    assert p.ingest(t + 1).outcomes == [(first, Code.DUPLICATE_ENQUEUE)]
+    h = p.job(first)
+    assert (h["state"], h["attempts"]) == (b"running", b"1")
+    assert decode(h["args"], "msgpack") == [1]
+    assert p.r.zcard(p.keys.due) == 0
+    assert p.stat("duplicate_enqueues") == 2
+    assert_table("enqueue", RUNNING, Code.DUPLICATE_ENQUEUE, RUNNING)
+
+
+# -- start --------------------------------------------------------------------------------------
+
+
+def test_a_job_with_run_at_is_not_started_before_it_is_due(p: Pool) -> None:
+    at = p.clock() + 60_000
+    job_id = p.client.enqueue("work", run_at=at / 1000)
+    assert p.ingest(at - 60_000).codes == [Code.ENQUEUED]
+    assert int(p.job(job_id)["due_at"]) == at == p.score(p.keys.due, job_id)
+
+    early = p.start(at - 1)
+    assert (early.started, early.ids, early.next_due_ms) == (0, [], at)
+    assert p.state(job_id) == PENDING
+    with pytest.raises(LookupError):
+        step("start", PENDING, {})  # not due: no row applies, the job stays pending
+    assert p.start(at).ids == [job_id]
+    assert p.state(job_id) == RUNNING
+
+
+def test_a_job_with_run_after_is_due_that_long_after_its_enqueue(p: Pool) -> None:
+    job_id = p.client.enqueue("work", run_after=30, run_at=1.0)  # the later of the two wins
+    p.ingest(p.clock())
+    h = p.job(job_id)
+    due = int(h["enqueued_at"]) + 30_000
+    assert int(h["due_at"]) == due == p.score(p.keys.due, job_id)
+    assert p.start(due - 1).ids == []
+    assert p.state(job_id) == PENDING
+    assert p.start(due).ids == [job_id]
+
+
+def test_jobs_start_only_while_running_is_below_max_parallelism(p: Pool) -> None:
+    p.client.configure(max_parallelism=2)
+    ids = {p.client.enqueue("work", i) for i in range(3)}
+    t = p.clock()
+    assert p.ingest(t).codes == [Code.CONFIGURED] + [Code.ENQUEUED] * 3
+    first = p.start(t)
+    assert (first.started, first.running, first.max_parallelism) == (2, 2, 2)
+    (waiting,) = ids - set(first.ids)
+    assert p.start(t + FAR).started == 0
+    assert p.state(waiting) == PENDING
+    assert p.r.zcard(p.keys.running) == 2
+
+    p.finish_run(first.ids[0], 1, ok=True)
+    assert p.apply(t + 1).codes == [Code.SUCCEEDED]
+    assert p.start(t + 1).ids == [waiting]
+    assert p.r.zcard(p.keys.running) == 2
+
+
+def test_max_parallelism_zero_pauses_the_pool_until_a_config_entry_raises_it(p: Pool) -> None:
+    p.client.configure(max_parallelism=0)
+    job_id = p.client.enqueue("work")
+    t = p.clock()
+    assert p.ingest(t).codes == [Code.CONFIGURED, Code.ENQUEUED]
+    assert p.r.hget(p.keys.config, "max_parallelism") == b"0"
+    paused = p.start(t + FAR)
+    assert (paused.started, paused.max_parallelism) == (0, 0)
+    assert p.state(job_id) == PENDING
+
+    p.client.configure(max_parallelism=1)
+    assert p.ingest(t + FAR).codes == [Code.CONFIGURED]
+    assert p.start(t + FAR).ids == [job_id]
+    assert p.state(job_id) == RUNNING
+
+
+@covers("start", Code.STARTED)
+def test_each_start_increments_the_attempt_and_dispatches_that_attempt(p: Pool) -> None:
+    job_id = p.client.enqueue("work", 7)
+    t = p.clock()
+    p.ingest(t)
+    assert p.start(t).ids == [job_id]
+    h = p.job(job_id)
+    assert (h["state"], h["attempts"], h["started_at"]) == (b"running", b"1", str(t).encode())
+    ((entry, f),) = p.dispatched()
+    assert h["dispatch"] == entry.encode()
+    assert (f["kind"], f["id"], f["attempt"], f["name"]) == (b"run", job_id.encode(), b"1", b"work")
+    assert decode(f["args"], "msgpack") == [7]
+    assert p.score(p.keys.running, job_id) == t
+    assert p.score(p.keys.due, job_id) is None
+    assert_table("start", PENDING, Code.STARTED, RUNNING, "due_and_slot_free")
+
+    p.finish_run(job_id, 1, ok=False)
+    assert p.apply(t + 10).codes == [Code.RETRY_SCHEDULED]
+    due = retry_due(t + 10, job_id, 1)
+    assert p.start(due).ids == [job_id]
+    h = p.job(job_id)
+    assert (h["state"], h["attempts"]) == (b"running", b"2")
+    ((entry, f),) = p.dispatched()  # attempt 1's entry is gone
+    assert (h["dispatch"], f["attempt"]) == (entry.encode(), b"2")
+    assert p.stat("started") == 2
+    assert_table("start", RETRYING, Code.STARTED, RUNNING, "due_and_slot_free")
+
+
+# -- attempt outcomes ---------------------------------------------------------------------------
+
+
+@covers("succeed", Code.SUCCEEDED)
+def test_success_of_the_current_attempt_makes_the_job_done_succeeded_with_its_result(
+    p: Pool,
+) -> None:
+    job_id, t = p.running_job()
+    pubsub = p.r.pubsub()
+    pubsub.subscribe(p.keys.done_channel(job_id))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    p.finish_run(job_id, 1, ok=True, result={"sum": 42})
+    now = t + 5
+    assert p.apply(now).outcomes == [(job_id, Code.SUCCEEDED)]
+
+    h = p.job(job_id)
+    assert (h["state"], h["outcome"]) == (b"done", b"succeeded")
+    assert h["finished_at"] == str(now).encode()
+    assert decode(h["result"], "msgpack") == {"sum": 42}
+    assert "error" not in h
+    assert p.score(p.keys.running, job_id) is None
+    assert (p.r.xlen(p.keys.dispatch), p.held(), p.r.xlen(p.keys.pending_completion)) == (0, 0, 0)
+    assert 0 < p.r.pttl(p.keys.job(job_id)) <= RETENTION_MS
+    assert p.stat("succeeded") == 1
+    assert p.client.status(job_id).result == {"sum": 42}
+    message = pubsub.get_message(timeout=5)
+    assert message is not None
+    assert message["data"] == b"done"
+    pubsub.close()
+    assert_table("succeed", RUNNING, Code.SUCCEEDED, SUCCEEDED, "current_attempt")
+
+
+@covers("fail", Code.RETRY_SCHEDULED)
+def test_a_failed_attempt_with_attempts_left_is_retrying_after_backoff_times_jitter(
+    p: Pool,
+) -> None:
+    job_id, t = p.running_job()
+    p.finish_run(job_id, 1, ok=False, error="boom", error_type="ValueError")
+    now = t + 7
+    assert p.apply(now).outcomes == [(job_id, Code.RETRY_SCHEDULED)]
+    due = retry_due(now, job_id, 1)
+    assert now + 500 <= due < now + 1500
+    h = p.job(job_id)
+    assert (h["state"], h["attempts"], h["due_at"]) == (b"retrying", b"1", str(due).encode())
+    assert (h["error"], h["error_type"]) == (b"boom", b"ValueError")
+    assert p.score(p.keys.due, job_id) == due
+    assert p.score(p.keys.running, job_id) is None
+    assert (p.r.xlen(p.keys.dispatch), p.held()) == (0, 0)
+    assert (p.stat("retried"), p.stat("retrying")) == (1, 1)
+    assert_table("fail", RUNNING, Code.RETRY_SCHEDULED, RETRYING, "current_attempt_may_retry",
+                 "current_attempt")
+
+    assert p.start(due).ids == [job_id]
+    p.finish_run(job_id, 2, ok=False)
+    later = due + 3
+    assert p.apply(later).codes == [Code.RETRY_SCHEDULED]
+    second = retry_due(later, job_id, 2)
+    assert later + 1000 <= second < later + 3000
+    assert p.score(p.keys.due, job_id) == second
+
+
+def test_a_retrying_job_holds_no_slot(p: Pool) -> None:
+    p.client.configure(max_parallelism=1)
+    p.ingest(p.clock())
+    job_id, now = p.retrying_job()
+    other = p.client.enqueue("work")
+    p.ingest(now)
+    started = p.start(now + 1)
+    assert (started.ids, started.running) == ([other], 1)
+    assert p.state(job_id) == RETRYING
+
+
+def test_a_retrying_job_runs_again_once_its_backoff_is_due(p: Pool) -> None:
+    job_id, now = p.retrying_job()
+    due = retry_due(now, job_id, 1)
+    assert p.start(due - 1).ids == []
+    assert p.state(job_id) == RETRYING
+    assert p.start(due).ids == [job_id]
+    h = p.job(job_id)
+    assert (h["state"], h["attempts"]) == (b"running", b"2")
+    assert p.score(p.keys.running, job_id) == due
+    assert p.stat("retrying") == 0
+
+
+@covers("fail", Code.FAILED)
+def test_the_failure_of_the_last_attempt_makes_the_job_done_failed(p: Pool) -> None:
+    job_id, now = p.retrying_job(retry=Retry(max_attempts=2, initial_backoff=0.01))
+    due = retry_due(now, job_id, 1, backoff_ms=10)
+    assert p.start(due).ids == [job_id]
+    p.finish_run(job_id, 2, ok=False, error="still broken", error_type="KeyError")
+    assert p.apply(due + 1).outcomes == [(job_id, Code.FAILED)]
+    h = p.job(job_id)
+    assert (h["state"], h["outcome"], h["attempts"]) == (b"done", b"failed", b"2")
+    assert (h["error"], h["error_type"]) == (b"still broken", b"KeyError")
+    assert h["finished_at"] == str(due + 1).encode()
+    assert p.score(p.keys.due, job_id) is None
+    assert p.score(p.keys.running, job_id) is None
+    assert 0 < p.r.pttl(p.keys.job(job_id)) <= RETENTION_MS
+    assert p.stat("failed") == 1
+    assert p.client.status(job_id).outcome == "failed"
+    assert_table("fail", RUNNING, Code.FAILED, FAILED, "current_attempt")
+
+
+def test_a_non_retryable_failure_makes_the_job_done_failed_at_once(p: Pool) -> None:
+    job_id, t = p.running_job()
+    p.finish_run(job_id, 1, ok=False, retryable=False, error_type="NonRetryableError")
+    assert p.apply(t + 1).outcomes == [(job_id, Code.FAILED)]
+    h = p.job(job_id)
+    assert (h["state"], h["outcome"], h["attempts"], h["max_attempts"]) == \
+        (b"done", b"failed", b"1", b"3")
+    assert h["error_type"] == b"NonRetryableError"
+    assert p.score(p.keys.due, job_id) is None
+    assert p.start(t + FAR).started == 0
+
+
+# -- cancel -------------------------------------------------------------------------------------
+
+
+@covers("cancel", Code.CANCEL_MARKED)
+def test_a_cancel_of_a_running_job_marks_it_and_its_failure_is_never_retried(p: Pool) -> None:
+    job_id, t = p.running_job()
+    p.client.cancel(job_id)
+    assert p.ingest(t + 1).outcomes == [(job_id, Code.CANCEL_MARKED)]
+    h = p.job(job_id)
+    assert (h["state"], h["cancel"]) == (b"running", b"1")
+    assert p.score(p.keys.running, job_id) == t
+    assert p.client.status(job_id).cancel_requested
+    assert p.stat("cancel_marked") == 1
+    assert_table("cancel", RUNNING, Code.CANCEL_MARKED, RUNNING, "not_cancel_requested")
+
+    p.finish_run(job_id, 1, ok=False, retryable=True)
+    assert p.apply(t + 2).outcomes == [(job_id, Code.FAILED)]
+    assert p.state(job_id) == FAILED
+    assert p.score(p.keys.due, job_id) is None
+    assert p.start(t + FAR).started == 0
+    assert_table("fail", RUNNING, Code.FAILED, FAILED, "current_attempt")
+
+
+def test_a_cancel_of_a_running_job_lets_its_success_stand(p: Pool) -> None:
+    job_id, t = p.running_job()
+    p.client.cancel(job_id)
+    assert p.ingest(t + 1).codes == [Code.CANCEL_MARKED]
+    p.finish_run(job_id, 1, ok=True, result="fine")
+    assert p.apply(t + 2).outcomes == [(job_id, Code.SUCCEEDED)]
+    assert p.state(job_id) == SUCCEEDED
+    assert decode(p.job(job_id)["result"], "msgpack") == "fine"
+
+
+def _assert_one_delivery_recorded(p: Pool, job_id: str) -> None:
+    h = p.job(job_id)
+    ((entry, f),) = p.dispatched("cb")
+    assert (f["id"], f["n"]) == (job_id.encode(), b"1")
+    assert (h["cb"], h["cb_n"], h["cb_entry"]) == (b"pending", b"1", entry.encode())
+    assert p.r.pttl(p.keys.job(job_id)) == -1  # kept until the delivery is closed
+
+
+@covers("cancel", Code.CANCELED)
+def test_a_cancel_of_a_pending_job_cancels_it_and_records_one_on_complete_delivery(
+    p: Pool,
+) -> None:
+    job_id = p.client.enqueue("work", on_complete="record", context={"user": 1})
+    t = p.clock()
+    p.ingest(t)
+    p.client.cancel(job_id)
+    assert p.ingest(t + 1).outcomes == [(job_id, Code.CANCELED)]
+    h = p.job(job_id)
+    assert (h["state"], h["outcome"], h["cancel"]) == (b"canceled", b"canceled", b"1")
+    assert h["finished_at"] == str(t + 1).encode()
+    assert decode(h["context"], "msgpack") == {"user": 1}
+    _assert_one_delivery_recorded(p, job_id)
+    assert p.score(p.keys.due, job_id) is None
+    assert p.stat("canceled") == 1
+    assert p.start(t + FAR).started == 0
+    assert_table("cancel", PENDING, Code.CANCELED, CANCELED)
+
+
+def test_a_cancel_of_a_retrying_job_cancels_it_and_records_one_on_complete_delivery(
+    p: Pool,
+) -> None:
+    job_id, now = p.retrying_job(on_complete="record")
+    assert p.stat("retrying") == 1
+    p.client.cancel(job_id)
+    assert p.ingest(now + 1).outcomes == [(job_id, Code.CANCELED)]
+    assert p.state(job_id) == CANCELED
+    _assert_one_delivery_recorded(p, job_id)
+    assert p.score(p.keys.due, job_id) is None
+    assert (p.stat("retrying"), p.stat("canceled")) == (0, 1)
+    assert p.start(now + FAR).started == 0
+    assert_table("cancel", RETRYING, Code.CANCELED, CANCELED)
+
+
+@covers("cancel", Code.CANCEL_NOOP)
+def test_a_cancel_of_a_finished_job_changes_nothing(p: Pool) -> None:
+    job_id, t = p.running_job()
+    p.finish_run(job_id, 1, ok=True)
+    p.apply(t + 1)
+    before = p.job(job_id), p.dispatched()
+    p.client.cancel(job_id)
+    assert p.ingest(t + 2).outcomes == [(job_id, Code.CANCEL_NOOP)]
+    assert (p.job(job_id), p.dispatched()) == before
+    assert p.stat("cancel_noop") == 1
+    assert_table("cancel", SUCCEEDED, Code.CANCEL_NOOP, SUCCEEDED)
+
+
+def test_a_second_cancel_is_a_harmless_noop(p: Pool) -> None:
+    pending = p.client.enqueue("work", on_complete="record")
+    p.client.cancel(pending)
+    p.client.cancel(pending)
+    t = p.clock()
+    assert p.ingest(t).codes == [Code.ENQUEUED, Code.CANCELED, Code.CANCEL_NOOP]
+    assert p.state(pending) == CANCELED
+    assert len(p.dispatched("cb")) == 1
+    assert_table("cancel", CANCELED, Code.CANCEL_NOOP, CANCELED)
+
+    running, t = p.running_job(worker=None)
+    p.client.cancel(running)
+    p.client.cancel(running)
+    assert p.ingest(t).codes == [Code.CANCEL_MARKED, Code.CANCEL_NOOP]
+    assert (p.state(running), p.job(running)["cancel"]) == (RUNNING, b"1")
+    assert (p.stat("canceled"), p.stat("cancel_marked"), p.stat("cancel_noop")) == (1, 1, 2)
+    assert_table("cancel", RUNNING, Code.CANCEL_NOOP, RUNNING)
+
+
+def test_a_cancel_of_an_unknown_job_is_a_noop(p: Pool) -> None:
+    p.client.cancel("nope")
+    assert p.ingest(p.clock()).outcomes == [("nope", Code.CANCEL_NOOP)]
+    assert p.state("nope") == ABSENT
+    assert (p.r.xlen(p.keys.dispatch), p.r.zcard(p.keys.due)) == (0, 0)
+    assert_table("cancel", ABSENT, Code.CANCEL_NOOP, ABSENT)
+
+
+# -- stale and duplicate outcomes ---------------------------------------------------------------
+
+
+@covers("succeed", Code.STALE_COMPLETION)
+def test_a_completion_of_a_superseded_attempt_is_rejected_and_counted(p: Pool) -> None:
+    job_id, now = p.retrying_job()
+    due = retry_due(now, job_id, 1)
+    assert p.start(due).ids == [job_id]
+    p.finish_run(job_id, 1, ok=True, result="late")
+    assert p.apply(due + 1).outcomes == [(job_id, Code.STALE_COMPLETION)]
+    h = p.job(job_id)
+    assert (h["state"], h["attempts"]) == (b"running", b"2")
+    assert "result" not in h
+    assert p.score(p.keys.running, job_id) == due
+    assert [e for e, _ in p.dispatched()] == [text(h["dispatch"])]
+    assert p.r.xlen(p.keys.pending_completion) == 0
+    assert p.stat("stale_completions") == 1
+    assert_table("succeed", RUNNING, Code.STALE_COMPLETION, RUNNING)
+
+
+@covers("fail", Code.STALE_COMPLETION)
+def test_a_failure_report_for_a_job_that_is_not_running_is_rejected_and_counted(
+    p: Pool,
+) -> None:
+    job_id, now = p.retrying_job()
+    before = p.job(job_id)
+    p.finish_run(job_id, 1, ok=False)
+    assert p.apply(now + 1).outcomes == [(job_id, Code.STALE_COMPLETION)]
+    assert p.job(job_id) == before
+    assert p.score(p.keys.due, job_id) == retry_due(now, job_id, 1)
+    assert (p.stat("stale_completions"), p.stat("retried")) == (1, 1)
+    assert_table("fail", RETRYING, Code.STALE_COMPLETION, RETRYING)
+
+
+def test_a_second_completion_of_the_same_attempt_is_stale_and_doubles_nothing(p: Pool) -> None:
+    job_id, t = p.running_job(on_complete="record")
+    p.finish_run(job_id, 1, ok=True, result=1)
+    p.finish_run(job_id, 1, ok=True, result=2)
+    p.finish_run(job_id, 1, ok=False)
+    now = t + 1
+    assert p.apply(now).codes == [Code.SUCCEEDED, Code.STALE_COMPLETION, Code.STALE_COMPLETION]
+    h = p.job(job_id)
+    assert (p.state(job_id), decode(h["result"], "msgpack")) == (SUCCEEDED, 1)
+    assert len(p.dispatched("cb")) == 1
+    assert (p.stat("succeeded"), p.stat("stale_completions")) == (1, 2)
+    assert p.r.get(p.keys.throughput(now // 60_000)) == b"1"
+    assert_table("succeed", SUCCEEDED, Code.STALE_COMPLETION, SUCCEEDED)
+
+
+def test_a_completion_for_an_unknown_job_is_stale(p: Pool) -> None:
+    p.finish_run("ghost", 1, ok=True)
+    p.finish_run("ghost", 1, ok=False)
+    assert p.apply(p.clock()).outcomes == [("ghost", Code.STALE_COMPLETION)] * 2
+    assert p.state("ghost") == ABSENT
+    assert p.stat("stale_completions") == 2
+    assert_table("succeed", ABSENT, Code.STALE_COMPLETION, ABSENT)
+    assert_table("fail", ABSENT, Code.STALE_COMPLETION, ABSENT)
+
+
+def test_a_malformed_worker_outcome_is_set_aside_and_the_batch_goes_on(p: Pool) -> None:
+    job_id, t = p.running_job()
+    bad = text(p.r.xadd(p.keys.pending_completion, {"kind": "run", "id": job_id, "ok": "1"}))
+    p.finish_run(job_id, 1, ok=True)
+    assert p.apply(t + 1).codes == [Code.REJECTED, Code.SUCCEEDED]
+    ((_, record),) = entries(p.r.xrange(p.keys.rejected))
+    assert (record["entry"], record["f.kind"]) == (bad.encode(), b"run")
+    assert p.state(job_id) == SUCCEEDED
+
+
+# -- lost attempts ------------------------------------------------------------------------------
+
+
+@covers("lose", Code.RETRY_SCHEDULED)
+def test_an_attempt_held_by_a_worker_without_heartbeat_fails_as_worker_lost_and_is_retried(
+    p: Pool,
+) -> None:
+    first, second = p.client.enqueue("work", 1), p.client.enqueue("work", 2)
+    t = p.clock()
+    p.ingest(t)
+    assert sorted(p.start(t).ids) == sorted([first, second])
+    ((_, gone),) = p.deliver("w1", count=1)  # w1 never set its heartbeat: it is dead
+    p.beat("w2")
+    ((_, alive),) = p.deliver("w2", count=1)
+    lost, kept = text(gone["id"]), text(alive["id"])
+
+    now = t + 100
+    assert p.reap(now) == ReapReply(Code.OK, 0, 1, 0)
+    h = p.job(lost)
+    assert (h["state"], h["error_type"]) == (b"retrying", b"WorkerLost")
+    assert b"worker w1" in h["error"]
+    assert p.score(p.keys.due, lost) == retry_due(now, lost, 1)
+    assert p.score(p.keys.running, lost) is None
+    assert (p.state(kept), p.job(kept)["attempts"]) == (RUNNING, b"1")
+    consumers = [text(c["name"]) for c in p.r.xinfo_consumers(p.keys.dispatch, GROUP)]
+    assert consumers == ["w2"]
+    assert p.held() == 1
+    assert p.stat("workers_lost_attempts") == 1
+    assert_table("lose", RUNNING, Code.RETRY_SCHEDULED, RETRYING, "current_attempt_may_retry",
+                 "current_attempt")
+
+    p.finish_run(lost, 1, ok=True)  # the "dead" worker was only slow
+    assert p.apply(now + 1).outcomes == [(lost, Code.STALE_COMPLETION)]
+    assert p.state(lost) == RETRYING
+    assert p.reap(now + 2) == ReapReply(Code.OK, 0, 0, 0)
+
+
+@covers("lose", Code.FAILED)
+def test_a_lost_last_attempt_makes_the_job_done_failed_as_worker_lost(p: Pool) -> None:
+    job_id, t = p.running_job(worker=None, retry=Retry(max_attempts=1), on_complete="record")
+    p.deliver("w1")
+    assert p.reap(t + 1) == ReapReply(Code.OK, 0, 1, 0)
+    h = p.job(job_id)
+    assert (h["state"], h["outcome"], h["error_type"]) == (b"done", b"failed", b"WorkerLost")
+    assert p.score(p.keys.running, job_id) is None
+    assert [f["kind"] for _, f in p.dispatched()] == [b"cb"]
+    _assert_one_delivery_recorded(p, job_id)
+    assert_table("lose", RUNNING, Code.FAILED, FAILED, "current_attempt")
+
+
+def test_an_attempt_past_its_timeout_counted_from_delivery_fails_as_timeout(p: Pool) -> None:
+    job_id, t = p.running_job(worker=None, timeout=0.001)
+    assert p.job(job_id)["timeout_ms"] == b"1"
+    assert p.score(p.keys.deadlines, job_id) == t + 1
+    assert p.reap(t + FAR) == ReapReply(Code.OK, 0, 0, 0)  # not delivered yet: no clock running
+    assert p.state(job_id) == RUNNING
+    assert p.score(p.keys.deadlines, job_id) == t + FAR + 1
+
+    p.beat("w2")
+    p.deliver("w2")
+    wait_until(lambda: int(p.r.xpending_range(p.keys.dispatch, GROUP, "-", "+", 1)[0]
+                           ["time_since_delivered"]) >= 1)
+    now = t + 2 * FAR
+    assert p.reap(now) == ReapReply(Code.OK, 1, 0, 0)
+    h = p.job(job_id)
+    assert (h["state"], h["error_type"]) == (b"retrying", b"Timeout")
+    assert p.score(p.keys.due, job_id) == retry_due(now, job_id, 1)
+    assert p.r.zcard(p.keys.running) == p.r.zcard(p.keys.deadlines) == 0
+    assert p.stat("timeouts") == 1
+    p.finish_run(job_id, 1, ok=True)
+    assert p.apply(now + 1).codes == [Code.STALE_COMPLETION]
+    assert_table("lose", RUNNING, Code.RETRY_SCHEDULED, RETRYING, "current_attempt_may_retry")
+
+
+def test_an_attempt_within_its_timeout_since_delivery_keeps_running_whatever_the_clock(
+    p: Pool,
+) -> None:
+    job_id, t = p.running_job(timeout=3600)
+    now = t + FAR
+    assert p.reap(now) == ReapReply(Code.OK, 0, 0, 0)
+    assert p.state(job_id) == RUNNING
+    deadline = p.score(p.keys.deadlines, job_id)
+    assert deadline is not None
+    assert now < deadline <= now + 3_600_000
+
+
+# -- on_complete deliveries ---------------------------------------------------------------------
+
+
+@covers("deliver_ok", Code.CALLBACK_DELIVERED)
+def test_a_successful_on_complete_delivery_is_closed_and_the_job_then_expires(p: Pool) -> None:
+    job_id, t = p.running_job(on_complete="record")
+    p.finish_run(job_id, 1, ok=True)
+    assert p.apply(t + 1).codes == [Code.SUCCEEDED]
+    _assert_one_delivery_recorded(p, job_id)
+    ((_, f),) = p.deliver("w1")
+    assert (f["kind"], f["n"]) == (b"cb", b"1")
+
+    p.finish_callback(job_id, 1, ok=True)
+    assert p.apply(t + 2).outcomes == [(job_id, Code.CALLBACK_DELIVERED)]
+    h = p.job(job_id)
+    assert h["cb"] == b"delivered"
+    assert "cb_entry" not in h
+    assert (p.r.xlen(p.keys.dispatch), p.held()) == (0, 0)
+    assert 0 < p.r.pttl(p.keys.job(job_id)) <= RETENTION_MS
+    assert p.client.status(job_id).callback == "delivered"
+    assert p.stat("callbacks_delivered") == 1
+    assert_table("deliver_ok", SUCCEEDED, Code.CALLBACK_DELIVERED, SUCCEEDED, "delivery_current")
+
+
+@covers("deliver_fail", Code.CALLBACK_RETRY)
+def test_a_failed_on_complete_delivery_is_retried_after_one_second_doubling_capped_at_60(
+    p: Pool,
+) -> None:
+    job_id, t = p.running_job(on_complete="record")
+    p.finish_run(job_id, 1, ok=False, retryable=False)
+    now = t + 1
+    assert p.apply(now).codes == [Code.FAILED]
+    delays = [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+    for n, delay in enumerate(delays, start=1):
+        ((_, f),) = p.deliver("w1")
+        assert (f["kind"], f["n"]) == (b"cb", str(n).encode())
+        p.finish_callback(job_id, n, ok=False)
+        assert p.apply(now).outcomes == [(job_id, Code.CALLBACK_RETRY)]
+        h = p.job(job_id)
+        assert (h["cb"], h["cb_n"], h["cb_error"]) == \
+            (b"pending", str(n + 1).encode(), b"RuntimeError: handler down")
+        assert "cb_entry" not in h
+        assert p.score(p.keys.callbacks_due, job_id) == now + delay
+        assert (p.r.xlen(p.keys.dispatch), p.held()) == (0, 0)
+        assert p.start(now + delay - 1).next_callback_ms == now + delay
+        assert p.dispatched() == []
+        now += delay
+        p.start(now)
+        ((entry, f),) = p.dispatched()
+        assert (f["kind"], f["n"], p.job(job_id)["cb_entry"]) == \
+            (b"cb", str(n + 1).encode(), entry.encode())
+        assert p.score(p.keys.callbacks_due, job_id) is None
+    assert p.stat("callback_failures") == len(delays)
+    assert_table("deliver_fail", FAILED, Code.CALLBACK_RETRY, FAILED, "delivery_current")
+
+    p.deliver("w1")
+    p.finish_callback(job_id, len(delays) + 1, ok=True)
+    assert p.apply(now).codes == [Code.CALLBACK_DELIVERED]
+
+
+@covers("deliver_ok", Code.STALE_CALLBACK)
+def test_an_outcome_of_a_closed_delivery_is_stale_and_dropped(p: Pool) -> None:
+    job_id = p.client.enqueue("work", on_complete="record")
+    t = p.clock()
+    p.ingest(t)
+    p.client.cancel(job_id)
+    p.ingest(t)
+    p.finish_callback(job_id, 1, ok=True)
+    p.finish_callback(job_id, 1, ok=True)
+    p.finish_callback(job_id, 1, ok=False)
+    p.finish_callback("ghost", 1, ok=True)
+    assert p.apply(t + 1).codes == [Code.CALLBACK_DELIVERED] + [Code.STALE_CALLBACK] * 3
+    h = p.job(job_id)
+    assert (h["cb"], h["cb_n"]) == (b"delivered", b"1")
+    assert p.score(p.keys.callbacks_due, job_id) is None
+    assert p.state("ghost") == ABSENT
+    assert p.stat("stale_callbacks") == 3
+    assert_table("deliver_ok", CANCELED, Code.STALE_CALLBACK, CANCELED)
+    assert_table("deliver_ok", ABSENT, Code.STALE_CALLBACK, ABSENT)
+
+
+@covers("deliver_fail", Code.STALE_CALLBACK)
+def test_a_delivery_held_by_a_dead_worker_is_handed_out_again_and_its_late_outcome_is_stale(
+    p: Pool,
+) -> None:
+    job_id, t = p.running_job(on_complete="record")
+    p.finish_run(job_id, 1, ok=True)
+    p.apply(t + 1)
+    ((old, _),) = p.deliver("dead")  # no heartbeat for "dead"
+    assert p.reap(t + 2) == ReapReply(Code.OK, 0, 0, 1)
+    h = p.job(job_id)
+    ((entry, f),) = p.dispatched()
+    assert entry != old
+    assert (f["kind"], f["n"]) == (b"cb", b"2")
+    assert (h["cb"], h["cb_n"], h["cb_entry"]) == (b"pending", b"2", entry.encode())
+    assert p.held() == 0
+    assert p.stat("callbacks_redelivered") == 1
+
+    p.finish_callback(job_id, 1, ok=False)
+    p.finish_callback(job_id, 1, ok=True)
+    assert p.apply(t + 3).codes == [Code.STALE_CALLBACK] * 2
+    assert (p.job(job_id)["cb"], p.job(job_id)["cb_n"]) == (b"pending", b"2")
+    assert p.score(p.keys.callbacks_due, job_id) is None
+    assert_table("deliver_fail", SUCCEEDED, Code.STALE_CALLBACK, SUCCEEDED)
+
+    p.deliver("w1")
+    p.finish_callback(job_id, 2, ok=True)
+    assert p.apply(t + 4).codes == [Code.CALLBACK_DELIVERED]
+
+
+# -- the lease: fencing and epochs --------------------------------------------------------------
+
+
+def _expire_lease(p: Pool) -> None:
+    p.r.pexpire(p.keys.lease, 1)
+    wait_until(lambda: not p.r.exists(p.keys.lease))
+
+
+def test_a_second_owner_cannot_take_the_lease_while_the_first_holds_it(p: Pool) -> None:
+    refused = p.acquire(OTHER)
+    assert (refused.code, refused.token) == (Code.NOT_LEADER, "")
+    assert 0 < refused.ttl_ms <= LEASE_MS
+    assert p.r.get(p.keys.lease) == p.token.encode()
+    renewed = p.acquire(OWNER)
+    assert (renewed.code, renewed.token) == (Code.OK, p.token)
+    assert p.r.get(p.keys.epoch) == b"1"
+
+
+def test_after_the_lease_expires_a_new_owner_gets_a_higher_epoch(p: Pool) -> None:
+    _expire_lease(p)
+    taken = p.acquire(OTHER)
+    assert (taken.code, taken.token) == (Code.OK, f"2:{OTHER}")
+    assert p.acquire(OWNER).code == Code.NOT_LEADER
+    assert p.call(p.engine.release(taken.token)) == [Code.OK]
+    assert not p.r.exists(p.keys.lease)
+    assert p.acquire(OWNER).token == f"3:{OWNER}"  # epochs are never reused
+
+
+def test_every_script_called_with_an_old_token_after_the_lease_changed_hands_writes_nothing(
+    p: Pool,
+) -> None:
+    ids = {p.client.enqueue("work", 1), p.client.enqueue("work", 2)}
+    t = p.clock()
+    p.ingest(t)
+    p.start(t)
+    ((_, f),) = p.deliver("dead", count=1)  # a lost attempt for reapLost
+    p.beat("w1")
+    p.deliver("w1")
+    (done,) = ids - {text(f["id"])}
+    p.finish_run(done, 1, ok=True)  # an outcome for applyOutcomes
+    due = p.client.enqueue("work", 3)
+    p.ingest(t)  # a due job for startJobs
+    p.client.enqueue("work", 4)  # a request for ingestRequests
+    old = p.token
+    _expire_lease(p)
+    new = p.acquire(OTHER).token
+    assert new == f"2:{OTHER}"
+
+    before = p.snapshot()
+    now = t + FAR
+    assert p.ingest(now, old).code == Code.NOT_LEADER
+    assert p.apply(now, old).code == Code.NOT_LEADER
+    assert p.start(now, old).code == Code.NOT_LEADER
+    assert p.reap(now, old).code == Code.NOT_LEADER
+    assert p.call(p.engine.release(old)) == [Code.NOT_LEADER]
+    assert p.acquire(OWNER).code == Code.NOT_LEADER
+    assert p.snapshot() == before
+
+    assert p.ingest(now, new).codes == [Code.ENQUEUED]
+    assert p.apply(now, new).outcomes == [(done, Code.SUCCEEDED)]
+    assert due in p.start(now, new).ids
+    assert p.reap(now, new).lost == 1
+    assert p.snapshot() != before
+
+
+def _every_call(p: Pool, token: str, t: int) -> list[Call]:
+    """One call of each script, the lease release last."""
+    return [p.engine.acquire(OWNER, LEASE_MS, 10), p.engine.ingest(token, t),
+            p.engine.apply(token, SEED, t), p.engine.start(token, t),
+            p.engine.reap(token, SEED, t), p.engine.release(token)]
+
+
+def test_every_script_survives_a_script_flush(p: Pool) -> None:
+    t = p.clock()
+    calls = _every_call(p, p.token, t)
+    assert {c.script.name for c in calls} == set(scripts())
+    p.r.script_flush()
+    assert [r[0] for r in run(p.r, calls)] == [Code.OK] * len(calls)  # one pipeline, all missed
+
+    calls = _every_call(p, p.acquire(OWNER).token, t)
+    for c in calls:
+        p.r.script_flush()
+        assert p.call(c)[0] == Code.OK, c.script.name
+        assert p.r.script_exists(c.script.sha) == [True]
+    assert not p.r.exists(p.keys.lease)
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def test_every_key_of_a_pool_shares_one_cluster_hash_slot(p: Pool) -> None:
+    keys = p.keys
+    slot = redis.crc.key_slot(b"{wp:t}")
+    names = [getattr(keys, n) for n, v in vars(Keys).items()
+             if isinstance(v, property) and n != "prefix"]
+    names += [keys.job("x"), keys.heartbeat("w1"), keys.done_channel("x"), keys.throughput(1)]
+    for c in _every_call(p, p.token, p.clock()):
+        names += c.keys
+    assert len(names) > 40
+    assert {redis.crc.key_slot(n.encode()) for n in names} == {slot}
+
+    job_id, t = p.running_job(on_complete="record")  # a life that touches every kind of key
+    p.finish_run(job_id, 1, ok=True)
+    p.apply(t + 1)
+    live = list(p.r.scan_iter())
+    assert live
+    assert {redis.crc.key_slot(k) for k in live} == {slot}
+
+
+def test_every_row_of_the_transition_table_has_a_test() -> None:
+    assert {(r.event, r.code) for r in TABLE} == COVERED

@@ -1,0 +1,6 @@
+"""`python -m workpool`: the same command as `workpool`."""
+
+from workpool.cli import main
+
+if __name__ == "__main__":
+    main()

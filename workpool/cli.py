@@ -1,0 +1,319 @@
+"""The `workpool` command: run workers and main loops, enqueue, inspect and cancel jobs, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
+from multiprocessing.process import BaseProcess
+from typing import Any, cast
+
+import click
+
+from workpool.cli_support import load_pool
+from workpool.connection import ENV_URL, resolve_url
+from workpool.errors import WorkpoolError
+from workpool.logs import LogFormat, configure_logging, logger
+from workpool.ops import PoolStats
+from workpool.pool import Workpool
+from workpool.types import JobStatus
+
+ENV_POOL = "WORKPOOL_POOL"
+ANOMALIES = ("stale_completions", "stale_callbacks", "rejected", "duplicate_enqueues",
+             "timeouts", "workers_lost_attempts", "callback_failures", "orphan_due_entries")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The group's global options, handed to every command."""
+
+    redis_url: str | None
+    log_format: LogFormat
+    log_level: str
+
+    def setup_logging(self) -> None:
+        """Only long-running commands log, so only they configure structlog."""
+        configure_logging(self.log_format, self.log_level)
+
+
+class _Group(click.Group):
+    """Turns workpool's typed errors into a one-line message and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WorkpoolError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def _pool(ctx: click.Context, spec: str) -> Workpool:
+    """MODULE:POOL imports the pool; a plain name gives a bare pool (enqueue by name)."""
+    url = cast("Settings", ctx.obj).redis_url
+    if ":" in spec:
+        try:
+            pool = load_pool(spec)
+        except ImportError as exc:
+            raise click.ClickException(f"cannot import the pool {spec!r}: {exc}") from exc
+        if url:
+            pool.use_url(url)
+    else:
+        pool = Workpool(spec, url)
+    ctx.call_on_close(pool.close)
+    return pool
+
+
+async def _until_signaled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run until SIGTERM/SIGINT sets the stop event; a second signal acts at once."""
+    stop, loop = asyncio.Event(), asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        logger().info("stopping gracefully", signal=sig.name)
+        stop.set()
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(s)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await run(stop)
+
+
+@click.group(cls=_Group)
+@click.option("--redis-url", envvar=ENV_URL, default=None,
+              help=f"Redis to use (default ${ENV_URL}, else the pool's own, else the embedded "
+                   "per-user server). Overrides the URL of a pool loaded from MODULE:POOL.")
+@click.option("--log-format", type=click.Choice(["console", "json"]), default="console",
+              show_default=True)
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str | None, log_format: LogFormat, log_level: str) -> None:
+    """workpool: a job queue on Redis with an explicit, Lua-enforced job state machine."""
+    ctx.obj = Settings(redis_url, log_format, log_level.upper())
+
+
+@cli.command()
+@click.argument("spec", metavar="MODULE:POOL")
+@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--executor", type=click.Choice(["thread", "process"]), default="thread",
+              show_default=True, help="Where sync jobs run (async jobs run on the event loop).")
+@click.option("--no-loop", is_flag=True, help="Do not compete for the main-loop lease.")
+@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds running attempts get to finish after SIGTERM/SIGINT.")
+@click.option("--worker-id", default=None, help="Consumer name (default host-pid-random).")
+@click.pass_context
+def worker(ctx: click.Context, *, spec: str, concurrency: int, executor: str, no_loop: bool,
+           grace: float, worker_id: str | None) -> None:
+    """Run the pool's jobs and on_complete handlers until SIGTERM/SIGINT."""
+    from workpool.worker import ExecutorKind, Worker  # noqa: PLC0415 - keeps other commands light
+
+    settings = cast("Settings", ctx.obj)
+    settings.setup_logging()
+    pool = _pool(ctx, spec)
+    if settings.redis_url:
+        os.environ[ENV_URL] = settings.redis_url  # child processes of the process executor
+    runner = Worker(pool, concurrency=concurrency, executor=cast("ExecutorKind", executor),
+                    run_loop=not no_loop, worker_id=worker_id, grace=grace, pool_spec=spec)
+    asyncio.run(_until_signaled(runner.run))
+    _leave_abandoned_attempts()
+
+
+def _leave_abandoned_attempts() -> None:
+    """Attempts still running after the grace period were left to the reaper (WorkerLost):
+    exit now rather than wait for their threads or child processes at interpreter exit."""
+
+    def busy() -> list[threading.Thread | BaseProcess]:
+        threads = [t for t in threading.enumerate() if t.name.startswith("workpool-job")]
+        return [*threads, *multiprocessing.active_children()]
+
+    deadline = time.monotonic() + 1.0  # idle ones end at once after the executor's shutdown
+    while (left := busy()) and time.monotonic() < deadline:
+        left[0].join(0.05)
+    if not left:
+        return
+    children = [c for c in left if isinstance(c, BaseProcess)]
+    logger().warning("exiting without the attempts still running after the grace period",
+                     threads=len(left) - len(children), processes=len(children))
+    for child in children:
+        child.kill()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+@cli.command()
+@click.argument("spec", metavar="MODULE:POOL")
+@click.pass_context
+def loop(ctx: click.Context, spec: str) -> None:
+    """Run only a main loop for the pool (a standby one until it wins the lease)."""
+    from workpool.loop import MainLoop  # noqa: PLC0415
+
+    cast("Settings", ctx.obj).setup_logging()
+    asyncio.run(_until_signaled(MainLoop(_pool(ctx, spec)).run))
+
+
+def _parse_args(raw: Sequence[str], strict: bool) -> list[Any]:
+    values = []
+    for arg in raw:
+        try:
+            values.append(json.loads(arg))
+        except ValueError as exc:
+            if strict:
+                raise click.BadParameter(f"{arg!r} is not JSON ({exc})", param_hint="ARGS") from exc
+            values.append(arg)
+    return values
+
+
+@cli.command()
+@click.argument("spec", metavar="POOL")
+@click.argument("name")
+@click.argument("args", nargs=-1)
+@click.option("--key", default=None, help="Idempotency key: same key, same job.")
+@click.option("--run-after", type=click.FloatRange(min=0), default=None,
+              help="Do not start before this many seconds from now.")
+@click.option("--json-args", is_flag=True,
+              help="Every ARG must be JSON (no fallback to a plain string).")
+@click.pass_context
+def enqueue(ctx: click.Context, *, spec: str, name: str, args: tuple[str, ...], key: str | None,
+            run_after: float | None, json_args: bool) -> None:
+    """Enqueue job NAME on POOL (MODULE:POOL or a pool name); prints the job id.
+
+    Each ARG is parsed as JSON, falling back to a plain string: `workpool enqueue emails
+    send '"a@b.c"' 3 '{"x": 1}'`.
+    """
+    pool = _pool(ctx, spec)
+    if pool.registry.jobs:
+        pool.registry.job(name)  # the pool's code is at hand: catch a misspelt name now
+    click.echo(pool.enqueue(name, *_parse_args(args, json_args), key=key, run_after=run_after))
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=repr)
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _aligned(rows: Sequence[tuple[str, str]]) -> list[str]:
+    width = max(len(label) for label, _ in rows)
+    lines = []
+    for label, value in rows:
+        first, *rest = value.splitlines() or [""]
+        lines.append(f"{label:<{width}}  {first}")
+        lines.extend(" " * (width + 2) + line for line in rest)
+    return lines
+
+
+def status_lines(st: JobStatus) -> list[str]:
+    """A job's status as aligned `label  value` lines."""
+    rows = [("id", st.id), ("state", st.state.value), ("outcome", st.outcome or "-"),
+            ("name", st.name or "-"), ("attempts", f"{st.attempts} of {st.max_attempts}"),
+            ("result", _show(st.result) if st.outcome == "succeeded" else "-"),
+            ("error", f"{st.error_type}: {st.error}" if st.error else "-")]
+    if st.cancel_requested:
+        rows.append(("cancel", "requested"))
+    if st.callback:
+        rows.append(("on_complete", st.callback))
+    rows += [("enqueued_at", _when(st.enqueued_at)), ("finished_at", _when(st.finished_at))]
+    return _aligned(rows)
+
+
+pool_option = click.option("--pool", "spec", envvar=ENV_POOL, required=True, metavar="POOL",
+                           help=f"MODULE:POOL or a pool name (default ${ENV_POOL}).")
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@pool_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
+@click.pass_context
+def status(ctx: click.Context, job_id: str, spec: str, as_json: bool) -> None:
+    """Print a job's state, attempts, outcome, result and error."""
+    st = _pool(ctx, spec).status(job_id)
+    if as_json:
+        click.echo(_show({**dataclasses.asdict(st), "state": st.state.value}))
+    else:
+        click.echo("\n".join(status_lines(st)))
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@pool_option
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str, spec: str) -> None:
+    """Cancel a job: pending/retrying ones end canceled; a running one is never retried."""
+    pool = _pool(ctx, spec)
+    was = pool.status(job_id).state.value  # JobNotFound for an unknown id
+    pool.cancel(job_id)
+    click.echo(f"cancel requested for {job_id} (it was {was})")
+
+
+def stats_lines(s: PoolStats) -> list[str]:
+    """Pool stats as aligned lines, then the most recent rejected entries with their reason."""
+    c = s.counters
+    limit = "unset (no main loop yet)" if s.max_parallelism is None else str(s.max_parallelism)
+    rows = [
+        ("pool", s.pool),
+        ("pending", f"{s.pending} ({s.accepted_not_applied} accepted, not applied yet)"),
+        ("running", f"{s.running} of max_parallelism {limit}"),
+        ("retrying", str(s.retrying)),
+        ("done", f"{c.get('succeeded', 0) + c.get('failed', 0)} (succeeded "
+                 f"{c.get('succeeded', 0)}, failed {c.get('failed', 0)}; all time)"),
+        ("canceled", f"{c.get('canceled', 0)} (all time)"),
+        ("leader", s.leader or "none"),
+        ("workers", f"{s.workers} live"),
+        ("throughput", f"{s.throughput:.2f} jobs/s (last minute)"),
+        ("anomalies", "\n".join(f"{name} {c.get(name, 0)}" for name in ANOMALIES)),
+    ]
+    lines = _aligned(rows)
+    if s.rejected:
+        lines.append("recent rejected entries (newest first):")
+    for entry in s.rejected:
+        fields = " ".join(f"{k[2:]}={v!r}" for k, v in entry.items() if k.startswith("f."))
+        lines.append(f"  {entry.get('entry', '?')}  {entry.get('reason', '?')}  [{fields}]")
+    return lines
+
+
+@cli.command()
+@click.argument("spec", metavar="POOL")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
+@click.pass_context
+def stats(ctx: click.Context, spec: str, as_json: bool) -> None:
+    """Counts per state, running vs limit, leader, workers, throughput and anomalies."""
+    s = _pool(ctx, spec).stats()
+    if as_json:
+        click.echo(_show({**dataclasses.asdict(s), "throughput": s.throughput}))
+    else:
+        click.echo("\n".join(stats_lines(s)))
+
+
+@cli.command()
+@click.option("--jobs", default=300, show_default=True, type=click.IntRange(min=10))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=1),
+              help="Give up if the jobs are not all finished after this many seconds.")
+@click.pass_context
+def demo(ctx: click.Context, jobs: int, workers: int, timeout: float) -> None:
+    """Enqueue a few hundred jobs, run them on worker processes, show progress and counts."""
+    from workpool import demo as demo_module  # noqa: PLC0415
+
+    settings = cast("Settings", ctx.obj)
+    url = resolve_url(settings.redis_url)
+    click.echo(f"demo on {url}: {jobs} jobs, {workers} worker processes")
+    if not demo_module.run(url, jobs, workers, timeout, click.echo):
+        raise click.ClickException("the demo did not finish every job in time")
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="workpool")
