@@ -157,10 +157,9 @@ class Workpool:
         handler = None if on_complete is None else self._name_of(on_complete, "on_complete")
         at = run_at.timestamp() if isinstance(run_at, datetime) else run_at
         entries = []
-        for i, args in enumerate(args_list):
-            job_key = None if key is None else (key if i == 0 else f"{key}:{i}")
+        for args in args_list:
             entries.append(enqueue_fields(
-                job_id=new_job_id(job_key), name=name, args=args, kwargs=kwargs,
+                job_id=new_job_id(key), name=name, args=args, kwargs=kwargs,
                 enc=self.encoding, max_payload=self.max_payload_bytes,
                 max_attempts=policy.max_attempts, initial_backoff=policy.initial_backoff,
                 base=policy.base, timeout=timeout if timeout is not None else

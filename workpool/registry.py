@@ -6,7 +6,7 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from workpool.errors import ConfigurationError, UnknownJobName
 from workpool.types import Retry
@@ -60,37 +60,19 @@ class Registry:
 
     def add_job(self, spec: JobSpec) -> None:
         """Register a job; a second function under the same name is a mistake worth stopping."""
-        other = self.jobs.get(spec.name)
-        if other is not None and other.fn is not spec.fn:
-            msg = f"job name {spec.name!r} is already registered to {other.fn!r}"
-            raise ConfigurationError(msg)
-        self.jobs[spec.name] = spec
+        _add(self.jobs, spec, "job")
 
     def add_handler(self, spec: HandlerSpec) -> None:
         """Register an on_complete handler."""
-        other = self.handlers.get(spec.name)
-        if other is not None and other.fn is not spec.fn:
-            msg = f"on_complete name {spec.name!r} is already registered to {other.fn!r}"
-            raise ConfigurationError(msg)
-        self.handlers[spec.name] = spec
+        _add(self.handlers, spec, "on_complete handler")
 
     def job(self, name: str) -> JobSpec:
         """The job registered as `name`, or UnknownJobName listing what is registered."""
-        try:
-            return self.jobs[name]
-        except KeyError:
-            known = ", ".join(sorted(self.jobs)) or "none"
-            msg = f"no job named {name!r} is registered on this pool (registered: {known})"
-            raise UnknownJobName(msg) from None
+        return _get(self.jobs, name, "job")
 
     def handler(self, name: str) -> HandlerSpec:
         """The on_complete handler registered as `name`."""
-        try:
-            return self.handlers[name]
-        except KeyError:
-            known = ", ".join(sorted(self.handlers)) or "none"
-            msg = f"no on_complete handler named {name!r} is registered (registered: {known})"
-            raise UnknownJobName(msg) from None
+        return _get(self.handlers, name, "on_complete handler")
 
     def name_of(self, fn: Callable[..., Any]) -> str | None:
         """The registered name of a job or handler function, if any."""
@@ -99,3 +81,23 @@ class Registry:
                 if spec.fn is fn:
                     return name
         return None
+
+
+S = TypeVar("S", JobSpec, HandlerSpec)
+
+
+def _add(table: dict[str, S], spec: S, kind: str) -> None:
+    other = table.get(spec.name)
+    if other is not None and other.fn is not spec.fn:
+        msg = f"{kind} name {spec.name!r} is already registered to {other.fn!r}"
+        raise ConfigurationError(msg)
+    table[spec.name] = spec
+
+
+def _get(table: dict[str, S], name: str, kind: str) -> S:
+    try:
+        return table[name]
+    except KeyError:
+        known = ", ".join(sorted(table)) or "none"
+        msg = f"no {kind} named {name!r} is registered on this pool (registered: {known})"
+        raise UnknownJobName(msg) from None

@@ -117,6 +117,7 @@ class Worker:
         return ThreadPoolExecutor(self.concurrency, thread_name_prefix="workpool-job")
 
     async def _beat_once(self, client: redis.asyncio.Redis) -> None:
+        """Set the heartbeat once, right away (the thread keeps it alive from then on)."""
         with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
             await client.set(self.pool.keys.heartbeat(self.id), f"pid={os.getpid()}",
                              px=round(self.pool.heartbeat_ttl * 1000))

@@ -199,20 +199,7 @@ local function configure(entry_id, f, flat)
 end
 
 local handlers = {enqueue = enqueue, cancel = cancel, config = configure}
-local entries = rcall('XRANGE', KEYS[2], '-', '+', 'COUNT', tonumber(ARGV[3]))
-local result = {C.OK, #entries, ''}
-for _, e in ipairs(entries) do
-  local entry_id, flat = e[1], e[2]
-  local f = fields_of(flat)
-  local handler = handlers[f.op or 'enqueue']
-  local code
-  if handler then code = handler(entry_id, f, flat)
-  else code = reject(entry_id, flat, 'unknown op ' .. tostring(f.op)) end
-  result[#result + 1] = f.id or entry_id
-  result[#result + 1] = code
-  rcall('XDEL', KEYS[2], entry_id)
-  result[3] = entry_id
-end
+local result = apply_entries(KEYS[2], tonumber(ARGV[3]), 'op', 'enqueue', handlers, reject)
 count_throughput(ctx)
 flush_counts(KEYS[5], ctx.counts)
 return result

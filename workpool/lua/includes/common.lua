@@ -42,3 +42,24 @@ local function set_aside(rejected_key, entry_id, flat, reason, counts)
   bump(counts, 'rejected')
   return C.REJECTED
 end
+
+-- Apply up to `batch` entries of `stream`, oldest first, each by the handler its `field` names
+-- (`default` when absent), else set aside; each entry is deleted once applied.
+-- Returns {OK, applied, last_entry_id, id1, code1, ...}.
+local function apply_entries(stream, batch, field, default, handlers, reject)
+  local entries = rcall('XRANGE', stream, '-', '+', 'COUNT', batch)
+  local result = {C.OK, #entries, ''}
+  for _, e in ipairs(entries) do
+    local entry_id, flat = e[1], e[2]
+    local f = fields_of(flat)
+    local handler = handlers[f[field] or default]
+    local code
+    if handler then code = handler(entry_id, f, flat)
+    else code = reject(entry_id, flat, 'unknown ' .. field .. ' ' .. tostring(f[field])) end
+    result[#result + 1] = f.id or entry_id
+    result[#result + 1] = code
+    rcall('XDEL', stream, entry_id)
+    result[3] = entry_id
+  end
+  return result
+end
