@@ -249,7 +249,7 @@ def test_an_enqueued_job_is_pending_at_once_and_stays_pending_once_ingested(p: P
     assert p.r.xlen(p.keys.pending_start) == 0
     assert p.client.status(job_id).state == State.PENDING
     assert p.stat("enqueued") == 1
-    assert_table("enqueue", ABSENT, Code.ENQUEUED, PENDING, "well_formed")
+    assert_table("enqueue", ABSENT, Code.ENQUEUED, PENDING)
 
 
 MALFORMED: list[tuple[dict[str, str | bytes], str]] = [
@@ -293,7 +293,35 @@ def test_a_malformed_enqueue_is_set_aside_with_its_raw_fields_and_the_batch_goes
     assert p.state(good) == PENDING
     assert p.r.xlen(p.keys.pending_start) == 0
     assert p.stat("rejected") == 1
-    assert_table("enqueue", ABSENT, Code.REJECTED, ABSENT)
+    assert_table("enqueue", ABSENT, Code.REJECTED, ABSENT, "malformed")
+
+
+def test_a_malformed_enqueue_with_the_id_of_an_existing_job_is_set_aside_not_a_duplicate(
+    p: Pool,
+) -> None:
+    job_id = p.client.enqueue("work", 1, key="k")
+    t = p.clock()
+    p.ingest(t)
+    before = p.job(job_id)
+    p.r.xadd(p.keys.pending_start, {"id": job_id, "name": "work", "args": b"\xc1"})
+    assert p.ingest(t + 1).outcomes == [(job_id, Code.REJECTED)]
+    assert p.job(job_id) == before
+    assert p.r.xlen(p.keys.rejected) == 1
+    assert p.stat("duplicate_enqueues") == 0
+    assert_table("enqueue", PENDING, Code.REJECTED, PENDING, "malformed")
+
+
+@covers("cancel", Code.REJECTED)
+def test_a_cancel_without_an_id_is_set_aside_and_changes_nothing(p: Pool) -> None:
+    job_id = p.client.enqueue("work", 1)
+    t = p.clock()
+    p.ingest(t)
+    p.r.xadd(p.keys.pending_start, {"op": "cancel"})
+    assert p.ingest(t + 1).codes == [Code.REJECTED]
+    assert p.state(job_id) == PENDING
+    ((_, record),) = entries(p.r.xrange(p.keys.rejected))
+    assert text(record["reason"]) == "cancel needs field id"
+    assert_table("cancel", ABSENT, Code.REJECTED, ABSENT, "malformed")
 
 
 WELL_FORMED: list[tuple[Any, ...]] = [

@@ -33,10 +33,10 @@ class Row:
 
 
 TABLE: tuple[Row, ...] = (
-    Row("enqueue", (ABSENT,), "well_formed", PENDING, Code.ENQUEUED, "ingestRequests",
+    Row("enqueue", ANY, "malformed", None, Code.REJECTED, "ingestRequests",
+        "set aside in the rejected record; checked before the id is looked up"),
+    Row("enqueue", (ABSENT,), "", PENDING, Code.ENQUEUED, "ingestRequests",
         "due at max(run_at, enqueue time + run_after)"),
-    Row("enqueue", (ABSENT,), "", None, Code.REJECTED, "ingestRequests",
-        "malformed entry set aside in the rejected record"),
     Row("enqueue", ANY[1:], "", None, Code.DUPLICATE_ENQUEUE, "ingestRequests",
         "same id (idempotency key): one job"),
     Row("start", (PENDING, RETRYING), "due_and_slot_free", RUNNING, Code.STARTED, "startJobs",
@@ -55,6 +55,8 @@ TABLE: tuple[Row, ...] = (
         "reapLost", "worker stopped heart-beating (WorkerLost) or timeout passed (Timeout)"),
     Row("lose", (RUNNING,), "current_attempt", FAILED, Code.FAILED, "reapLost",
         "as fail, with error WorkerLost or Timeout"),
+    Row("cancel", ANY, "malformed", None, Code.REJECTED, "ingestRequests",
+        "a cancel without an id is set aside in the rejected record"),
     Row("cancel", (PENDING, RETRYING), "", CANCELED, Code.CANCELED, "ingestRequests",
         "on_complete recorded with outcome canceled"),
     Row("cancel", (RUNNING,), "not_cancel_requested", None, Code.CANCEL_MARKED,
