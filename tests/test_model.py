@@ -1,6 +1,7 @@
 """Model-based test: interleavings of client, worker and leader actions (random, and one golden
 hand-written one) drive the real Lua scripts on a real redis-server, and a pure-Python model
-interpreting `statemachine.TABLE` predicts every reply code and every key the scripts write."""
+interpreting `statemachine.TABLE` predicts every reply code and every key the scripts write,
+admission control included (priorities, rate limits, concurrency keys, live settings)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import hashlib
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import redis
@@ -23,7 +25,14 @@ from hypothesis.stateful import (
 )
 
 from workpool.codes import Code
-from workpool.engine import Engine, parse_batch, parse_lease, parse_reap, parse_start
+from workpool.engine import (
+    Engine,
+    StartReply,
+    parse_batch,
+    parse_lease,
+    parse_reap,
+    parse_start,
+)
 from workpool.keys import GROUP, Keys
 from workpool.protocol import enqueue_fields, text
 from workpool.scripts import Call, run
@@ -47,6 +56,13 @@ BATCH = 256  #: EngineSettings().batch
 WORKERS = ("w1", "w2", "w3")
 PICK = st.integers(0, 1 << 16)  #: index into a sorted list of candidates
 KEYS = st.sampled_from(["a", "b", "a0", "aa", "0", "ab"])  #: few ids, prefixes of each other
+NAMES = ("mail", "sync", "misc")  #: job names, each with its own settings
+CKEYS = ("k1", "k2")  #: concurrency keys
+#: Rate specs "limit/per_ms". A bucket key gets PEXPIRE per_ms in *real* time; with per_ms >= 60 s
+#: no bucket expires while one example runs, so "absent bucket = full" never disagrees.
+RATES = ("1/60000", "2/60000", "3/120000", "10/60000")  #: per job name
+POOL_RATES = ("10/60000", "30/60000")  #: pool-wide
+RANK = 10**12  #: rank = -priority * RANK + seq
 HASH_OF = {PENDING: ("pending", None), RUNNING: ("running", None),
            RETRYING: ("retrying", None), SUCCEEDED: ("done", "succeeded"),
            FAILED: ("done", "failed"), CANCELED: ("canceled", "canceled")}
@@ -61,6 +77,33 @@ def jitter(seed: str, job_id: str, attempt: int) -> float:
 def zset_order(scores: dict[str, float]) -> list[tuple[str, float]]:
     """Members as Redis orders a ZSET: by score, then by member bytes."""
     return sorted(scores.items(), key=lambda kv: (kv[1], kv[0].encode()))
+
+
+def rate_of(spec: str) -> tuple[int, int]:
+    """"limit/per_ms" -> (limit, per_ms)."""
+    limit, per = spec.split("/")
+    return int(limit), int(per)
+
+
+def bucket_wait(spec: str, tokens: float) -> int:
+    """Milliseconds until a bucket holding `tokens` holds one again (admission.lua)."""
+    limit, per = rate_of(spec)
+    return max(1, math.ceil((1 - tokens) * per / limit))
+
+
+def valid_config_value(name: str, value: str) -> bool:
+    """What ingestRequests accepts in a config entry ('' clears the override)."""
+    if value == "":
+        return True
+    if name == "paused":
+        return value in ("0", "1")
+    if name == "rate" or name.startswith("rate:"):
+        parts = value.split("/")
+        return value == "none" or (len(parts) == 2 and all(p.isdigit() for p in parts)
+                                   and int(parts[0]) >= 1 and int(parts[1]) >= 1)
+    if name in ("max_parallelism", "max_per_key") or name.startswith("max_per_key:"):
+        return value.isdigit()
+    return False
 
 
 @dataclass(eq=False)
@@ -83,6 +126,10 @@ class Job:
     backoff_ms: int
     base: float
     on_complete: bool
+    name: str = "misc"
+    priority: int = 0
+    ckey: str = ""
+    seq: int = 0
     state: str = PENDING
     attempts: int = 0
     cancel: bool = False
@@ -94,6 +141,11 @@ class Job:
     delivery_records: int = 0  #: on_complete records (cb entries with n=1) created
     maxp_at_start: int = 0  #: max_parallelism in force when its current attempt started
 
+    @property
+    def rank(self) -> float:
+        """Place in the ready set: higher priority first, then enqueue order."""
+        return float(-self.priority * RANK + self.seq)
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -104,12 +156,35 @@ class JobSpec:
     base: float = 2.0
     on_complete: bool = False
     run_after_ms: int = 0  #: > 0: not due yet
+    name: str = "misc"
+    priority: int = 0
+    ckey: str | None = None
 
 
 SPECS = st.builds(JobSpec, max_attempts=st.sampled_from([3, 2, 1]),
                   backoff_ms=st.sampled_from([0, 10, 250, 1000]),
                   base=st.sampled_from([1.0, 1.5, 2.0]), on_complete=st.booleans(),
-                  run_after_ms=st.sampled_from([0, 0, 0, 50, 2000]))
+                  run_after_ms=st.sampled_from([0, 0, 0, 50, 2000]),
+                  name=st.sampled_from([*NAMES, "mail"]), priority=st.integers(-2, 2),
+                  ckey=st.sampled_from([None, *CKEYS]))
+NAME_RATE_FIELDS = st.sampled_from([f"rate:{n}" for n in NAMES])
+KEY_FIELDS = st.sampled_from(["max_per_key", *(f"max_per_key:{n}" for n in NAMES)])
+#: Declared settings (acquireLease writes them as defaults): as `declared_settings` makes them.
+DECLARED = st.lists(st.one_of(st.tuples(NAME_RATE_FIELDS, st.sampled_from(RATES)),
+                              st.tuples(st.just("rate"), st.sampled_from(POOL_RATES)),
+                              st.tuples(KEY_FIELDS, st.sampled_from(["0", "1", "1", "2"]))),
+                    max_size=4).map(dict)
+#: Live overrides of one config entry ('' clears the override; 'none' means no limit).
+CONFIG_PAIRS = st.one_of(
+    st.tuples(st.just("max_parallelism"), st.sampled_from(["0", "1", "2", "3", "4", ""])),
+    st.tuples(st.just("paused"), st.sampled_from(["0", "1", ""])),
+    st.tuples(NAME_RATE_FIELDS, st.sampled_from([*RATES, "none", ""])),
+    st.tuples(st.just("rate"), st.sampled_from([*POOL_RATES, "none", ""])),
+    st.tuples(KEY_FIELDS, st.sampled_from(["0", "1", "1", "2", ""])),
+)
+BAD_CONFIGS: tuple[dict[str, str], ...] = (
+    {"rate": "fast"}, {"max_per_key": "none"}, {"speed": "1"}, {}, {"rate:mail": "0/60000"},
+    {"paused": "2"}, {"max_parallelism": "-1"})
 
 
 @dataclass
@@ -122,7 +197,7 @@ class Request:
     well_formed: bool = True
     spec: JobSpec = JobSpec()
     due: int = 0
-    maxp: int = 0
+    fields: dict[str, str] = field(default_factory=dict)  #: config fields (op excluded)
 
 
 @dataclass
@@ -150,6 +225,258 @@ class Outcome:
         return f
 
 
+@dataclass
+class StartPlan:
+    """What the model predicts one startJobs call does."""
+
+    maxp: int
+    free: int
+    promoted: int
+    started: list[str] = field(default_factory=list)
+    next_admission: int | None = None
+    pool_dry: bool = False  #: stopped because the pool's bucket had no token
+    looked: int = 0
+
+
+class Admission:
+    """The model of the admission structures (includes/admission.lua), on the model's clock."""
+
+    def __init__(self, jobs: dict[str, Job]) -> None:
+        self.jobs = jobs
+        self.config: dict[str, str] = {}  #: live overrides ('' = explicitly no limit)
+        self.defaults: dict[str, str] = {}  #: written by each fresh lease holder
+        self.ready: dict[str, float] = {}
+        self.keyq: dict[str, dict[str, float]] = {k: {} for k in CKEYS}
+        self.nameq: dict[str, dict[str, float]] = {n: {} for n in NAMES}
+        self.head: dict[str, str] = {}
+        self.krun: Counter[str] = Counter()
+        self.throttled: dict[str, float] = {}
+        self.buckets: dict[str, tuple[float, int]] = {}  #: scope -> (tokens, ts)
+        self.waiting: set[str] = set()
+        self.seq = 0
+        self.priorities: set[int] = set()
+
+    # -- settings --------------------------------------------------------------------------
+
+    def setting(self, name: str) -> str | None:
+        """The override, else the declared default; '' and absent both mean none."""
+        value = self.config[name] if name in self.config else self.defaults.get(name)
+        return value or None
+
+    def maxp(self) -> int:
+        """max_parallelism in force (0 while paused)."""
+        if self.setting("paused") == "1":
+            return 0
+        return int(self.setting("max_parallelism") or "0")
+
+    def key_limit(self, name: str) -> int:
+        """Concurrency-key limit of jobs named `name` (0: unlimited)."""
+        return int(self.setting(f"max_per_key:{name}") or self.setting("max_per_key") or "0")
+
+    def key_at_limit(self, job: Job) -> bool:
+        """The job's key already runs as many attempts as the job's name allows per key."""
+        limit = self.key_limit(job.name) if job.ckey else 0
+        return limit > 0 and self.krun[job.ckey] >= limit
+
+    def configure(self, fields: dict[str, str]) -> Code:
+        """An op=config entry: all fields or nothing; rate:<name> and key limits re-checked."""
+        sets = {k: v for k, v in fields.items() if k != "reset"}
+        if not all(valid_config_value(k, v) for k, v in sets.items()):
+            return Code.REJECTED
+        reset = fields.get("reset") == "1"
+        if not sets and not reset:
+            return Code.REJECTED
+        keys_changed = reset or any(k.startswith("max_per_key") for k in sets)
+        if reset:  # a dropped rate override is re-checked too
+            sets = {**{k: "" for k in self.config if k.startswith("rate:")}, **sets}
+            self.config.clear()
+        for k, v in sets.items():
+            if v == "":
+                self.config.pop(k, None)
+            else:
+                self.config[k] = "" if v == "none" else v
+            if k.startswith("rate:") and k[5:] in self.throttled:
+                self.throttled[k[5:]] = 0
+        if keys_changed:
+            self.recheck_keys()
+        return Code.CONFIGURED
+
+    def declare(self, maxp: int, declared: dict[str, str]) -> None:
+        """A fresh lease holder replaces the defaults (a raised limit takes effect at once)."""
+        was, self.defaults = self.defaults, {"max_parallelism": str(maxp), **declared}
+        for name in self.throttled:
+            if was.get(f"rate:{name}") != self.defaults.get(f"rate:{name}"):
+                self.throttled[name] = 0
+        self.recheck_keys()
+
+    def recheck_keys(self) -> None:
+        """Keys with running attempts may admit more after a limit changed."""
+        for ckey in list(self.krun):
+            self.advance_key(ckey)
+
+    # -- token buckets -----------------------------------------------------------------------
+
+    def tokens(self, scope: str, spec: str | None, now: int) -> float:
+        """Tokens in the bucket now; an absent bucket is full; no spec: no limit."""
+        if spec is None:
+            return math.inf
+        limit, per = rate_of(spec)
+        if scope not in self.buckets:
+            return limit
+        tokens, ts = self.buckets[scope]
+        return min(limit, tokens + max(0, now - ts) * limit / per)
+
+    def take(self, scope: str, tokens: float, now: int) -> None:
+        """Every start consumes a token that exists."""
+        assert tokens >= 1, (scope, tokens)
+        self.buckets[scope] = (tokens - 1, now)
+
+    # -- queues ------------------------------------------------------------------------------
+
+    def make_ready(self, job: Job) -> None:
+        """A due job joins `ready`, or its key's queue when another job stands for the key
+        there or the key is at its limit."""
+        if job.ckey and self.key_limit(job.name) > 0:
+            head = self.head.get(job.ckey)
+            if head in self.ready and job.rank < self.ready[head]:
+                # a better-ranked job (a retry keeps its place) stands for the key instead
+                self.keyq[job.ckey][head] = self.ready.pop(head)
+                self.head[job.ckey] = job.id
+                self.ready[job.id] = job.rank
+                return
+            if head is not None or self.key_at_limit(job):
+                row = step("start", job.state, {"key_at_limit": True})
+                assert (row.code, row.target) == (Code.HELD_BY_KEY, None)
+                self.keyq[job.ckey][job.id] = job.rank
+                return
+            self.head[job.ckey] = job.id
+        self.ready[job.id] = job.rank
+
+    def advance_key(self, ckey: str) -> None:
+        """The best waiting job of the key stands for it in `ready`, if the key is below its
+        limit (jobs of names without a limit for keys go to `ready` and the next is tried)."""
+        while ckey not in self.head and self.keyq[ckey]:
+            job_id, rank = zset_order(self.keyq[ckey])[0]
+            limit = self.key_limit(self.jobs[job_id].name)
+            if limit > 0 and self.krun[ckey] >= limit:
+                return
+            del self.keyq[ckey][job_id]
+            if limit > 0:
+                self.head[ckey] = job_id
+            self.ready[job_id] = rank
+
+    def key_started(self, job: Job) -> None:
+        """An attempt of the job's key starts: the next job of the key may stand for it."""
+        if job.ckey:
+            if self.head.get(job.ckey) == job.id:
+                del self.head[job.ckey]
+            self.krun[job.ckey] += 1
+            limit = self.key_limit(job.name)
+            assert limit == 0 or self.krun[job.ckey] <= limit, (job.id, job.ckey, limit)
+            self.advance_key(job.ckey)
+
+    def key_ended(self, job: Job) -> None:
+        """An attempt of the job's key ended (success, failure, lost, timeout)."""
+        if job.ckey:
+            self.krun[job.ckey] -= 1
+            if self.krun[job.ckey] <= 0:
+                del self.krun[job.ckey]
+            self.advance_key(job.ckey)
+
+    def unqueue(self, job: Job) -> None:
+        """A canceled pending/retrying job leaves every queue; its key moves on."""
+        self.waiting.discard(job.id)
+        self.ready.pop(job.id, None)
+        self.nameq[job.name].pop(job.id, None)
+        if job.ckey:
+            self.keyq[job.ckey].pop(job.id, None)
+            if self.head.get(job.ckey) == job.id:
+                del self.head[job.ckey]
+            self.advance_key(job.ckey)
+
+    def hold_by_key(self, job: Job) -> None:
+        """A ready job whose key reached its limit since (a limit was lowered) waits again."""
+        del self.ready[job.id]
+        self.keyq[job.ckey][job.id] = job.rank
+        if self.head.get(job.ckey) == job.id:
+            del self.head[job.ckey]
+        self.advance_key(job.ckey)
+
+    def park(self, job: Job, spec: str, tokens: float, now: int) -> None:
+        """The job's name has no token: parked until the name's next token (ZADD LT)."""
+        del self.ready[job.id]
+        self.nameq[job.name][job.id] = job.rank
+        at = now + bucket_wait(spec, tokens)
+        self.throttled[job.name] = min(at, self.throttled.get(job.name, math.inf))
+
+    def unpark(self, now: int) -> None:
+        """Names whose next token is due release max(1, floor(tokens)) jobs, best first."""
+        for name, _ in [kv for kv in zset_order(self.throttled) if kv[1] <= now][:BATCH]:
+            del self.throttled[name]
+            spec = self.setting(f"rate:{name}")
+            n = BATCH
+            if spec is not None:
+                n = max(1, math.floor(self.tokens(f"name:{name}", spec, now)))
+            for job_id, rank in zset_order(self.nameq[name])[:min(n, BATCH)]:
+                del self.nameq[name][job_id]
+                self.ready[job_id] = rank
+            if self.nameq[name]:
+                limit, per = rate_of(spec) if spec else (1, 0)
+                self.throttled[name] = now + math.ceil(per / limit)
+
+    def plan_start(self, now: int, running: int, due: dict[str, float],
+                   start_job: Callable[[Job, int], None]) -> StartPlan:
+        """startJobs' admission: unpark, promote due jobs, then start the best ready jobs into
+        free slots within the limits; `start_job` does the start itself."""
+        self.unpark(now)
+        promoted = [job_id for job_id, at in zset_order(due) if at <= now][:BATCH]
+        for job_id in promoted:
+            del due[job_id]
+            self.make_ready(self.jobs[job_id])
+        maxp = self.maxp()
+        plan = StartPlan(maxp, min(maxp - running, BATCH), len(promoted))
+        pool_rate = self.setting("rate")
+        while len(plan.started) < plan.free and plan.looked < 2 * BATCH and self.ready:
+            plan.looked += 1
+            job = self.jobs[zset_order(self.ready)[0][0]]
+            assert job.state in (PENDING, RETRYING)
+            pool_tokens = self.tokens("pool", pool_rate, now)
+            if pool_rate is not None and pool_tokens < 1:
+                plan.next_admission = now + bucket_wait(pool_rate, pool_tokens)
+                plan.pool_dry = True
+                break
+            name_rate = self.setting(f"rate:{job.name}")
+            name_tokens = self.tokens(f"name:{job.name}", name_rate, now)
+            row = step("start", job.state, {"key_at_limit": self.key_at_limit(job),
+                                            "rate_exhausted": name_tokens < 1,
+                                            "due_and_slot_free": True})
+            if row.code == Code.HELD_BY_KEY:
+                self.hold_by_key(job)
+            elif row.code == Code.HELD_BY_RATE:
+                assert name_rate is not None
+                self.park(job, name_rate, name_tokens, now)
+            else:
+                assert (row.code, row.target) == (Code.STARTED, RUNNING)
+                if pool_rate is not None:
+                    self.take("pool", pool_tokens, now)
+                if name_rate is not None:
+                    self.take(f"name:{job.name}", name_tokens, now)
+                del self.ready[job.id]
+                self.waiting.discard(job.id)
+                self.key_started(job)
+                start_job(job, maxp)
+                plan.started.append(job.id)
+        if self.throttled:
+            first = int(zset_order(self.throttled)[0][1])
+            plan.next_admission = min(first, plan.next_admission or first)
+        return plan
+
+    def could_start(self, job: Job, now: int) -> bool:
+        """A ready job whose name has a token and whose key is below its limit."""
+        name_tokens = self.tokens(f"name:{job.name}", self.setting(f"rate:{job.name}"), now)
+        return name_tokens >= 1 and not self.key_at_limit(job)
+
+
 class WorkpoolModel(RuleBasedStateMachine):
     """Drives the real scripts; after every step Redis must equal the model."""
 
@@ -162,12 +489,13 @@ class WorkpoolModel(RuleBasedStateMachine):
         self.pubsub = self.r.pubsub()
         self.pubsub.psubscribe(POOL.done_channel("*"))
         self.engine = Engine(POOL)
-        self.now, self.seq, self.epoch, self.maxp = T0, 0, 0, 0
+        self.now, self.seq, self.epoch = T0, 0, 0
         self.token = ""
         self.old_tokens: list[str] = []
         self.jobs: dict[str, Job] = {}
+        self.adm = Admission(self.jobs)
         self.ghosts: set[str] = set()  #: ids used but never enqueued: no hash may exist
-        self.due: dict[str, float] = {}
+        self.due: dict[str, float] = {}  #: pending/retrying jobs not promoted yet
         self.running: dict[str, float] = {}
         self.cb_due: dict[str, float] = {}
         self.dispatch: list[Entry] = []
@@ -181,6 +509,8 @@ class WorkpoolModel(RuleBasedStateMachine):
         self.records_seen: Counter[str] = Counter()  #: Redis side: cb n=1 entries per job
         self.published: Counter[str] = Counter()  #: Redis side: done-channel messages per job
         self.syncs = 0
+        self.last_start: StartReply | None = None
+        self.code: tuple[int, dict[str, str]] = (1, {})  #: max_parallelism, settings declared
 
     def teardown(self) -> None:
         self.pubsub.close()
@@ -248,10 +578,12 @@ class WorkpoolModel(RuleBasedStateMachine):
             return row.code
         self.running.pop(job.id)
         self._drop(job.run_entry)
+        self.adm.key_ended(job)
         if row.target == RETRYING:
             delay = job.backoff_ms * job.base ** (job.attempts - 1) * jitter(seed, job.id,
                                                                            job.attempts)
             self.due[job.id] = self.now + math.floor(delay)
+            self.adm.waiting.add(job.id)
             job.state = RETRYING
         else:
             self._finish(job, row.target)
@@ -276,8 +608,9 @@ class WorkpoolModel(RuleBasedStateMachine):
 
     def _ingest_one(self, req: Request) -> Code:
         if req.op == "config":
-            self.maxp = req.maxp
-            return Code.CONFIGURED
+            code = self.adm.configure(req.fields)
+            self.stats["rejected"] += code == Code.REJECTED
+            return code
         job = self.jobs.get(req.job_id)
         state = job.state if job else ABSENT
         if req.op == "cancel":
@@ -286,7 +619,8 @@ class WorkpoolModel(RuleBasedStateMachine):
             if job is None:
                 self.ghosts.add(req.job_id)
             elif row.target == CANCELED:
-                del self.due[job.id]
+                self.due.pop(job.id, None)
+                self.adm.unqueue(job)
                 job.cancel = True
                 self._finish(job, CANCELED)
             elif row.code == Code.CANCEL_MARKED:
@@ -297,8 +631,12 @@ class WorkpoolModel(RuleBasedStateMachine):
         if row.target == PENDING:
             self.ghosts.discard(req.job_id)
             s = req.spec
+            self.adm.seq += 1
             self.jobs[req.job_id] = Job(req.job_id, s.max_attempts, s.backoff_ms, s.base,
-                                        s.on_complete)
+                                        s.on_complete, s.name, s.priority, s.ckey or "",
+                                        self.adm.seq)
+            self.adm.priorities.add(s.priority)
+            self.adm.waiting.add(req.job_id)
             self.due[req.job_id] = req.due
         elif row.code == Code.DUPLICATE_ENQUEUE:
             self.stats["duplicate_enqueues"] += 1
@@ -308,12 +646,22 @@ class WorkpoolModel(RuleBasedStateMachine):
                 self.ghosts.add(req.job_id)
         return row.code
 
+    def _start_job(self, job: Job, maxp: int) -> None:
+        assert len(self.running) < maxp  # max_parallelism in force at this start
+        job.state, job.attempts, job.maxp_at_start = RUNNING, job.attempts + 1, maxp
+        job.run_entry = Entry("run", job.id, job.attempts)
+        self.dispatch.append(job.run_entry)
+        self.running[job.id] = self.now
+
     # -- actions (each asserts the script's reply equals the model's prediction) --------------
 
-    def boot(self, max_parallelism: int) -> str:
-        """The first main loop takes the lease and seeds max_parallelism; worker w1 is alive."""
-        lease = parse_lease(self._call(self.engine.acquire("owner-0", LEASE_TTL, max_parallelism)))
-        self.epoch, self.maxp = 1, max_parallelism
+    def boot(self, max_parallelism: int, declared: dict[str, str] | None = None) -> str:
+        """The first main loop takes the lease and declares its settings; w1 is alive."""
+        declared = declared or {}
+        lease = parse_lease(self._call(self.engine.acquire("owner-0", LEASE_TTL,
+                                                           max_parallelism, declared)))
+        self.epoch = 1
+        self.adm.declare(max_parallelism, declared)
         assert (lease.code, lease.token) == (Code.OK, "1:owner-0")
         self.token = lease.token
         self.set_heartbeat("w1", alive=True)
@@ -324,10 +672,11 @@ class WorkpoolModel(RuleBasedStateMachine):
         """Append an enqueue entry as a client does (no id: the entry id is the job id)."""
         eid = self._next_eid()
         fields = enqueue_fields(
-            job_id=job_id or "", name="task", args=[self.seq], kwargs=None, enc="msgpack",
+            job_id=job_id or "", name=spec.name, args=[self.seq], kwargs=None, enc="msgpack",
             max_payload=1 << 20, max_attempts=spec.max_attempts, initial_backoff=0.0,
             base=spec.base, timeout=None, run_at=None, run_after=None,
-            on_complete="record" if spec.on_complete else None, context={"n": self.seq})
+            on_complete="record" if spec.on_complete else None, context={"n": self.seq},
+            priority=spec.priority, concurrency_key=spec.ckey)
         fields["initial_backoff_ms"] = str(spec.backoff_ms)
         if spec.run_after_ms:
             fields["run_after_ms"] = str(spec.run_after_ms)
@@ -353,12 +702,12 @@ class WorkpoolModel(RuleBasedStateMachine):
         self.requests.append(Request(eid, "cancel", job_id))
         return eid
 
-    def configure(self, max_parallelism: int) -> str:
-        """Append a live-configuration request; returns its entry id."""
+    def configure(self, fields: dict[str, str]) -> str:
+        """Append a live-configuration request (as `pool.configure` does); returns its id."""
         eid = self._next_eid()
-        self.r.xadd(POOL.pending_start, {"op": "config", "max_parallelism": max_parallelism},
-                    id=eid)
-        self.requests.append(Request(eid, "config", maxp=max_parallelism))
+        entry: dict[Any, Any] = {"op": "config", **fields}
+        self.r.xadd(POOL.pending_start, entry, id=eid)
+        self.requests.append(Request(eid, "config", fields=dict(fields)))
         return eid
 
     def ingest(self) -> list[tuple[str, Code]]:
@@ -372,19 +721,11 @@ class WorkpoolModel(RuleBasedStateMachine):
         return reply.outcomes
 
     def start(self) -> list[str]:
-        """startJobs: due jobs by (due, id) while running < max_parallelism, then callbacks."""
-        free, started = min(self.maxp - len(self.running), BATCH), []
-        if free > 0:
-            for job_id, _ in [kv for kv in zset_order(self.due) if kv[1] <= self.now][:free]:
-                del self.due[job_id]
-                job = self.jobs[job_id]
-                row = step("start", job.state, {"due_and_slot_free": True})
-                assert row.target == RUNNING
-                job.state, job.attempts, job.maxp_at_start = RUNNING, job.attempts + 1, self.maxp
-                job.run_entry = Entry("run", job_id, job.attempts)
-                self.dispatch.append(job.run_entry)
-                self.running[job_id] = self.now
-                started.append(job_id)
+        """startJobs: promote due jobs, start the best ready ones within every limit, then hand
+        out due callbacks. Afterwards nothing that could start is left behind."""
+        running = len(self.running)
+        plan = self.adm.plan_start(self.now, running, self.due, self._start_job)
+        self.stats["started"] += len(plan.started)
         for job_id, _ in [kv for kv in zset_order(self.cb_due) if kv[1] <= self.now][:BATCH]:
             del self.cb_due[job_id]
             job = self.jobs[job_id]
@@ -392,15 +733,16 @@ class WorkpoolModel(RuleBasedStateMachine):
                 job.cb_entry = Entry("cb", job_id, job.cb_n)
                 self.dispatch.append(job.cb_entry)
         reply = parse_start(self._call(self.engine.start(self.token, self.now)))
-        first_due = zset_order(self.due)[0][1] if self.due else None
-        first_cb = zset_order(self.cb_due)[0][1] if self.cb_due else None
-        assert reply.code == Code.OK
-        assert (reply.ids, reply.started, reply.running, reply.max_parallelism) == (
-            started, len(started), len(self.running), self.maxp)
-        assert (reply.next_due_ms, reply.next_callback_ms, reply.now_ms) == (
-            first_due, first_cb, self.now)
-        if started:
-            assert reply.running <= self.maxp
+        self.last_start = reply
+        first_due = int(zset_order(self.due)[0][1]) if self.due else None
+        first_cb = int(zset_order(self.cb_due)[0][1]) if self.cb_due else None
+        assert reply == StartReply(Code.OK, len(plan.started), len(self.running), plan.maxp,
+                                   first_due, first_cb, self.now, plan.next_admission,
+                                   plan.promoted, plan.started)
+        assert reply.running <= max(plan.maxp, running)
+        if len(plan.started) < plan.free and not plan.pool_dry:  # no lost wake-up
+            assert not [i for i in self.adm.ready
+                        if self.adm.could_start(self.jobs[i], self.now)], self.adm.ready
         return reply.ids
 
     def report(self, out: Outcome) -> str:
@@ -472,8 +814,11 @@ class WorkpoolModel(RuleBasedStateMachine):
             Code.OK, 0, lost, redelivered)
         return lost, redelivered
 
-    def change_leader(self, *, expire: bool, max_parallelism: int) -> str:
-        """The lease expires (or its key is deleted); a new owner takes over with a new epoch."""
+    def change_leader(self, *, expire: bool, max_parallelism: int,
+                      declared: dict[str, str] | None = None) -> str:
+        """The lease expires (or its key is deleted); a new owner takes over with a new epoch
+        and declares its code's settings as the pool's defaults."""
+        declared = declared or {}
         if expire:
             self.r.pexpire(POOL.lease, 1)
             deadline = time.monotonic() + 5
@@ -484,11 +829,14 @@ class WorkpoolModel(RuleBasedStateMachine):
         self.old_tokens.append(self.token)
         self.epoch += 1
         owner = f"owner-{self.epoch}"
-        lease = parse_lease(self._call(self.engine.acquire(owner, LEASE_TTL, max_parallelism)))
+        lease = parse_lease(self._call(self.engine.acquire(owner, LEASE_TTL, max_parallelism,
+                                                           declared)))
         assert (lease.code, lease.token) == (Code.OK, f"{self.epoch}:{owner}")
+        self.adm.declare(max_parallelism, declared)
         self.token = lease.token
         old_owner = self.old_tokens[-1].split(":", 1)[1]
-        refused = parse_lease(self._call(self.engine.acquire(old_owner, LEASE_TTL, 1)))
+        refused = parse_lease(self._call(self.engine.acquire(old_owner, LEASE_TTL, 1,
+                                                             {"rate": "1/60000"})))
         assert (refused.code, refused.token) == (Code.NOT_LEADER, "")
         return self.token
 
@@ -507,40 +855,87 @@ class WorkpoolModel(RuleBasedStateMachine):
 
     # -- hypothesis rules (few, with a `what` choice each, so every kind of actor acts often) -
 
-    @initialize(maxp=st.integers(1, 3),
-                first=st.lists(st.tuples(KEYS, SPECS), min_size=1, max_size=4))
-    def boot_pool(self, maxp: int, first: list[tuple[str, JobSpec]]) -> None:
-        self.boot(maxp)
+    @initialize(maxp=st.integers(1, 4), declared=DECLARED, first_rate=st.sampled_from(RATES),
+                key_limit=st.sampled_from(["1", "1", "2"]), misc_per_key=st.sampled_from(["", "0"]),
+                first=st.lists(st.tuples(st.one_of(st.none(), KEYS), SPECS), min_size=3,
+                               max_size=8))
+    def boot_pool(self, *, maxp: int, declared: dict[str, str], first_rate: str,
+                  key_limit: str, misc_per_key: str,
+                  first: list[tuple[str | None, JobSpec]]) -> None:
+        """The first leader declares a rate limit for mail and a limit per key, maybe none for
+        misc (keys then mix limited and unlimited jobs), maybe more; clients enqueue a first
+        lot (with entry ids, or a few ids that collide)."""
+        misc = {"max_per_key:misc": misc_per_key} if misc_per_key else {}
+        self.code = (maxp, {"rate:mail": first_rate, "max_per_key": key_limit, **misc,
+                            **declared})
+        self.boot(*self.code)
         for key, spec in first:
-            self.enqueue_job("key:" + key, spec)
+            self.enqueue_job(None if key is None else "key:" + key, spec)
         self.ingest()
 
-    @rule(how=st.sampled_from(["key", "key", "reuse", "entry-id", "malformed"]),
-          key=KEYS, pick=PICK, spec=SPECS)
-    def client_enqueues(self, how: str, key: str, pick: int, spec: JobSpec) -> None:
-        job_id: str | None = "key:" + key
-        if how == "reuse" and self.jobs:
-            job_id = sorted(self.jobs)[pick % len(self.jobs)]
-        elif how == "entry-id":
-            job_id = None
-        elif how == "malformed":  # may hit an existing id: validation comes first (REJECTED)
-            job_id = key
-        self.enqueue_job(job_id, spec, well_formed=how != "malformed")
+    @rule(how=st.sampled_from(["key", "key", "reuse", "entry-id", "entry-id", "malformed"]),
+          key=KEYS, pick=PICK, specs=st.lists(SPECS, min_size=1, max_size=4))
+    def client_enqueues(self, how: str, key: str, pick: int, specs: list[JobSpec]) -> None:
+        """One to four enqueues (more share an id, or have entry ids, or are malformed)."""
+        for spec in specs:
+            job_id: str | None = "key:" + key
+            if how == "reuse" and self.jobs:
+                job_id = sorted(self.jobs)[pick % len(self.jobs)]
+            elif how == "entry-id":
+                job_id = None
+            elif how == "malformed":  # may hit an existing id: validation comes first
+                job_id = key
+            self.enqueue_job(job_id, spec, well_formed=how != "malformed")
 
-    @rule(what=st.sampled_from(["running", "waiting", "any", "unknown", "config"]), pick=PICK,
-          maxp=st.sampled_from([0, 1, 1, 2, 2, 3, 3]))
-    def client_cancels_or_configures(self, what: str, pick: int, maxp: int) -> None:
-        """Cancel a running, a pending/retrying, any (finished too) or an unknown job; or
-        change max_parallelism (0 pauses the pool)."""
-        if what == "config":
-            self.configure(maxp)
-            return
-        ids = {"running": sorted(self.running), "waiting": sorted(self.due),
+    @rule(what=st.sampled_from(["running", "waiting", "held", "any", "unknown"]), pick=PICK)
+    def client_cancels(self, what: str, pick: int) -> None:
+        """Cancel a running, a pending/retrying, a held (by a key or a rate limit), any
+        (finished too) or an unknown job."""
+        held = [i for q in (*self.adm.keyq.values(), *self.adm.nameq.values()) for i in q]
+        ids = {"running": sorted(self.running), "waiting": sorted(self.adm.waiting),
+               "held": sorted(held) + sorted(self.adm.head.values()),
                "any": sorted(set(self.jobs) | {r.job_id for r in self.requests
                                                if r.op == "enqueue"})}
         choice = ids.get(what) or ids["any"]
         self.cancel_job(choice[pick % len(choice)] if choice and what != "unknown"
                         else f"ghost:{pick % 3}")
+
+    @rule(how=st.sampled_from(["set", "set", "set", "reset", "reset+set", "bad"]),
+          pairs=st.lists(CONFIG_PAIRS, min_size=1, max_size=3), bad=st.sampled_from(BAD_CONFIGS))
+    def client_configures(self, how: str, pairs: list[tuple[str, str]],
+                          bad: dict[str, str]) -> None:
+        """Live settings: limits set, cleared ('') or lifted ('none'), all reset, or a
+        malformed entry (rejected whole)."""
+        fields = dict(pairs) if how != "reset" else {}
+        if how.startswith("reset"):
+            fields["reset"] = "1"
+        self.configure(bad if how == "bad" else fields)
+
+    @rule(how=st.sampled_from(["slow-override", "lift", "lift", "lift-in-code", "reset"]),
+          pick=PICK, rate=st.sampled_from([*RATES, "none"]), key_limit=st.sampled_from(["0", "2"]))
+    def operator_changes_held_limits(self, how: str, pick: int, rate: str,
+                                     key_limit: str) -> None:
+        """Limits change while they hold jobs: a slow rate override for a name, then a limit
+        that holds jobs now is raised or lifted (live, or by a new version of the code), or
+        every override is reset. Nothing held that could go may be left waiting."""
+        a = self.adm
+        held = sorted({*(f"rate:{n}" for n, q in a.nameq.items() if q),
+                       *(f"max_per_key:{self.jobs[i].name}" for q in a.keyq.values() for i in q)})
+        if how == "slow-override":
+            self.configure({f"rate:{NAMES[pick % len(NAMES)]}": "1/600000"})
+        elif how == "reset":
+            self.configure({"reset": "1"})
+        elif held:
+            name = held[pick % len(held)]
+            value = rate if name.startswith("rate:") else key_limit
+            if how == "lift":
+                self.configure({name: value})
+            else:
+                self.code = (self.code[0], {**self.code[1], name: value})
+                if value == "none":
+                    del self.code[1][name]
+                self.change_leader(expire=False, max_parallelism=self.code[0],
+                                   declared=self.code[1])
 
     @rule(what=st.sampled_from(["tick", "tick+reap", "tick", "tick+reap", "ingest", "apply",
                                 "start", "reap"]),
@@ -556,10 +951,14 @@ class WorkpoolModel(RuleBasedStateMachine):
         if what in ("tick+reap", "reap"):
             self.reap(seed)
 
-    @rule(ms=st.sampled_from([1, 10, 100, 1000, 5000]))
-    def advance_time(self, ms: int) -> None:
-        """The clock passed to every script moves on (backoff, run_after, callback retries)."""
+    @rule(ms=st.sampled_from([1, 10, 100, 1000, 5000, 20000, 30000, 60000]),
+          tick=st.booleans(), seed=st.sampled_from(["s1", "s2"]))
+    def advance_time(self, ms: int, tick: bool, seed: str) -> None:
+        """The clock passed to every script moves on (backoff, run_after, callback retries,
+        token buckets refilling); the leader may tick at once (as it wakes up when due)."""
         self.now += ms
+        if tick:
+            self.main_loop("tick", seed)
 
     @rule(what=st.sampled_from(["current", "current", "current", "old", "repeat", "callback",
                                 "callback", "closed-callback"]),
@@ -585,6 +984,24 @@ class WorkpoolModel(RuleBasedStateMachine):
             result = results[i % len(results)]
             ok = result != "fatal" if e.kind == "cb" else result == "ok"
             self.report(Outcome(e.kind, e.job, e.num, ok, result == "retryable"))
+
+    @rule(new=st.lists(st.one_of(st.none(), SPECS), min_size=1, max_size=6),
+          ms=st.sampled_from([100, 5000, 30000, 60000]),
+          results=st.lists(st.sampled_from(["retryable", "ok", "ok", "fatal"]), min_size=1,
+                           max_size=3),
+          seed=st.sampled_from(["s1", "s2"]))
+    def steady_work(self, new: list[JobSpec | None], ms: int, results: list[str],
+                    seed: str) -> None:
+        """Rounds of steady work: a client may enqueue a job, a live worker takes and finishes
+        work, the leader ticks, time passes: held jobs are released and started over several
+        periods of the limits."""
+        self.set_heartbeat("w1", alive=True)
+        for spec in new:
+            if spec is not None:
+                self.enqueue_job(None, spec)
+            self.worker_works("w1", 4, True, results)
+            self.main_loop("tick", seed)
+            self.now += ms
 
     def _report_choices(self, pick: int, ok: bool, retryable: bool) -> dict[str, Outcome]:
         choices: dict[str, Outcome] = {}
@@ -621,38 +1038,46 @@ class WorkpoolModel(RuleBasedStateMachine):
     @rule(what=st.sampled_from(["change", "expire", "old-leader", "old-leader", "contender"]),
           pick=PICK,
           script=st.sampled_from(["ingest", "apply", "start", "reap", "release"]),
-          maxp=st.integers(1, 3))
-    def leadership(self, what: str, pick: int, script: str, maxp: int) -> None:
-        """The lease moves to a new owner; old owners and contenders are fenced off."""
+          new_code=st.sampled_from([False, False, True]), maxp=st.integers(1, 4),
+          declared=DECLARED)
+    def leadership(self, *, what: str, pick: int, script: str, new_code: bool, maxp: int,
+                   declared: dict[str, str]) -> None:
+        """The lease moves to a new owner, running the same code or a new version declaring
+        other settings; old owners and contenders are fenced off and write nothing."""
         if what in ("change", "expire"):
-            self.change_leader(expire=what == "expire", max_parallelism=maxp)
+            if new_code:
+                self.code = (maxp, declared)
+            self.change_leader(expire=what == "expire", max_parallelism=self.code[0],
+                               declared=self.code[1])
         elif what == "old-leader" and self.old_tokens:
             self.old_leader_call(self.old_tokens[pick % len(self.old_tokens)], script)
         else:
-            refused = parse_lease(self._call(self.engine.acquire("intruder", LEASE_TTL, 3)))
+            refused = parse_lease(self._call(self.engine.acquire("intruder", LEASE_TTL, 3,
+                                                                 declared)))
             assert refused.code == Code.NOT_LEADER
             owner = self.token.split(":", 1)[1]
-            renewed = parse_lease(self._call(self.engine.acquire(owner, LEASE_TTL, 3)))
-            assert (renewed.code, renewed.token) == (Code.OK, self.token)
+            renewed = parse_lease(self._call(self.engine.acquire(owner, LEASE_TTL, 3, declared)))
+            assert (renewed.code, renewed.token) == (Code.OK, self.token)  # defaults unchanged
 
     # -- invariants --------------------------------------------------------------------------
 
     @invariant()
     def job_hashes_agree(self) -> None:
-        """State, outcome, attempt, cancel mark and delivery of every job the model knows."""
+        """State, outcome, attempt, cancel mark, delivery and admission fields of every job."""
         if not self.token:
             return
         ids = sorted(set(self.jobs) | self.ghosts)
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
             pipe.execute_command("HMGET", POOL.job(i), "state", "outcome", "attempts", "cancel",
-                                 "cb", "cb_n")
+                                 "cb", "cb_n", "name", "priority", "ckey", "seq")
         for i, got in zip(ids, pipe.execute(), strict=True):
             job = self.jobs.get(i)
-            want: tuple[str | None, ...] = (None,) * 6
+            want: tuple[str | None, ...] = (None,) * 10
             if job is not None:
                 want = (*HASH_OF[job.state], str(job.attempts), "1" if job.cancel else None,
-                        job.cb, str(job.cb_n) if job.cb else None)
+                        job.cb, str(job.cb_n) if job.cb else None, job.name, str(job.priority),
+                        job.ckey, str(job.seq))
             assert tuple(None if g is None else text(g) for g in got) == want, i
 
     @invariant()
@@ -688,8 +1113,80 @@ class WorkpoolModel(RuleBasedStateMachine):
             assert counters.get(name, 0) == n, name
         retrying = sum(j.state == RETRYING for j in self.jobs.values())
         assert counters.get("retrying", 0) == retrying
+        gauges = {"held_by_rate": sum(map(len, self.adm.nameq.values())),
+                  "held_by_key": sum(map(len, self.adm.keyq.values())),
+                  "orphan_due_entries": 0}
+        assert {g: counters.get(g, 0) for g in gauges} == gauges
         assert {text(p["message_id"]): text(p["consumer"]) for p in pel} == {
             e.eid: e.holder for e in self.dispatch if e.holder is not None}
+
+    @invariant()
+    def admission_agrees(self) -> None:
+        """ready, keyq:*, nameq:*, keyHead, keyRunning, throttled, buckets, waiting, settings."""
+        if not self.token:
+            return
+        a, k = self.adm, POOL
+        pipe = self.r.pipeline(transaction=False)
+        for z in (k.ready, k.throttled, *map(k.key_queue, CKEYS), *map(k.name_queue, NAMES)):
+            pipe.execute_command("ZRANGE", z, 0, -1, "WITHSCORES")
+        scopes = ["pool", *(f"name:{n}" for n in NAMES)]
+        for h in (k.key_heads, k.key_running, k.config, k.defaults, *map(k.bucket, scopes)):
+            pipe.execute_command("HGETALL", h)
+        pipe.execute_command("SMEMBERS", k.waiting)
+        pipe.execute_command("SMEMBERS", k.priorities)
+        pipe.execute_command("GET", k.seq)
+        for pattern in ("keyq:*", "nameq:*", "bucket:*"):
+            pipe.execute_command("KEYS", k.prefix + pattern)
+        replies = pipe.execute()
+        zsets, hashes = replies[:7], replies[7:11 + len(scopes)]
+        waiting, priorities, seq, keyqs, nameqs, bucket_keys = replies[11 + len(scopes):]
+        queues = [a.ready, a.throttled, *(a.keyq[c] for c in CKEYS), *(a.nameq[n] for n in NAMES)]
+        for raw, scores in zip(zsets, queues, strict=True):
+            assert [(text(m), s) for m, s in raw] == zset_order(scores)
+        heads, krun, config, defaults, *buckets = [
+            {text(f): text(v) for f, v in h.items()} for h in hashes]
+        assert (heads, krun) == (a.head, {c: str(n) for c, n in a.krun.items()})
+        assert (config, defaults) == (a.config, a.defaults)
+        for scope, got in zip(scopes, buckets, strict=True):
+            bucket = (float(got["tokens"]), int(got["ts"])) if got else None
+            assert bucket == a.buckets.get(scope), scope
+        assert {text(m) for m in waiting} == a.waiting
+        assert {int(p) for p in priorities} == a.priorities
+        assert int(seq or 0) == a.seq
+        assert {text(q) for q in (*keyqs, *nameqs)} == {
+            *(k.key_queue(c) for c, q in a.keyq.items() if q),
+            *(k.name_queue(n) for n, q in a.nameq.items() if q)}
+        assert {text(b) for b in bucket_keys} == {k.bucket(s) for s in a.buckets}
+
+    @invariant()
+    def admission_is_sound(self) -> None:
+        """Every waiting job is in exactly one place; no limit is exceeded; nothing held could
+        go: a key's first waiting job has its key at its limit or another job standing for it,
+        and every name with parked jobs is throttled until at most one token period of its
+        rate in force (now, if it has none)."""
+        a = self.adm
+        assert a.waiting == {i for i, j in self.jobs.items() if j.state in (PENDING, RETRYING)}
+        places = Counter([*self.due, *a.ready, *(i for q in a.keyq.values() for i in q),
+                          *(i for q in a.nameq.values() for i in q)])
+        assert places == Counter(a.waiting)
+        assert +a.krun == Counter(self.jobs[i].ckey for i in self.running if self.jobs[i].ckey)
+        for ckey, job_id in a.head.items():
+            job = self.jobs[job_id]
+            assert job.ckey == ckey
+            assert job_id in a.ready or job_id in a.nameq[job.name]
+        for ckey, q in a.keyq.items():
+            assert all(self.jobs[i].ckey == ckey for i in q)
+            if q:
+                first = self.jobs[zset_order(q)[0][0]]
+                assert ckey in a.head or a.key_at_limit(first), (ckey, first.id)
+        for name, q in a.nameq.items():
+            assert all(self.jobs[i].name == name for i in q)
+            if q:
+                spec = a.setting(f"rate:{name}")
+                limit, per = rate_of(spec) if spec else (1, 0)
+                assert name in a.throttled, name
+                assert a.throttled[name] <= self.now + math.ceil(per / limit), name
+        assert all(tokens >= 0 for tokens, _ in a.buckets.values())
 
     @invariant()
     def one_terminal_state_and_one_delivery_record_per_job(self) -> None:
@@ -726,6 +1223,8 @@ class WorkpoolModel(RuleBasedStateMachine):
         self.job_hashes_agree()
         self.running_never_exceeds_max_parallelism()
         self.queues_agree()
+        self.admission_agrees()
+        self.admission_is_sound()
         self.one_terminal_state_and_one_delivery_record_per_job()
         return value
 
@@ -734,7 +1233,7 @@ def test_random_interleavings_of_clients_workers_and_leaders_match_the_model(
     redis_url: str,
 ) -> None:
     WorkpoolModel.url = redis_url
-    run_state_machine_as_test(WorkpoolModel, settings=settings(stateful_step_count=40))
+    run_state_machine_as_test(WorkpoolModel, settings=settings(stateful_step_count=80))
 
 
 def test_a_golden_interleaving_replays_with_the_codes_the_table_predicts(redis_url: str) -> None:
@@ -744,30 +1243,33 @@ def test_a_golden_interleaving_replays_with_the_codes_the_table_predicts(redis_u
         _golden_retry_and_cancel(m)
         _golden_lost_worker_and_callbacks(m)
         _golden_live_worker_and_cancels(m)
+        _golden_admission(m)
+        _golden_limits_change(m)
     finally:
         m.teardown()
 
 
-# The golden interleaving, in three phases: every reply is spelled out, and `ok` checks every
+# The golden interleaving, in five phases: every reply is spelled out, and `ok` checks every
 # invariant after each step.
 
 
 def _golden_retry_and_cancel(m: WorkpoolModel) -> None:
     ok, c = m.checked, Code
     ok(m.boot(max_parallelism=1))
-    ok(m.enqueue_job("key:b", JobSpec(max_attempts=2)))
     ok(m.enqueue_job("key:a", JobSpec(max_attempts=2, backoff_ms=100, on_complete=True)))
+    ok(m.enqueue_job("key:b", JobSpec(max_attempts=2)))
     ok(m.enqueue_job("key:a", JobSpec(max_attempts=3)))
     ok(m.enqueue_job("key:c", JobSpec(run_after_ms=2000)))
     ok(m.enqueue_job("key:d", JobSpec(on_complete=True)))
     ok(m.cancel_job("key:d"))
     ok(m.cancel_job("ghost:x"))
-    assert ok(m.ingest()) == [("key:b", c.ENQUEUED), ("key:a", c.ENQUEUED),
+    assert ok(m.ingest()) == [("key:a", c.ENQUEUED), ("key:b", c.ENQUEUED),
                               ("key:a", c.DUPLICATE_ENQUEUE), ("key:c", c.ENQUEUED),
                               ("key:d", c.ENQUEUED), ("key:d", c.CANCELED),
                               ("ghost:x", c.CANCEL_NOOP)]
     assert [(e.kind, e.job, e.num) for e in ok(m.read("w1", 5))] == [("cb", "key:d", 1)]
-    # a and b are due at once: the lower id starts first, and only one fits; c is not due yet
+    # a and b are due at once with one priority: the one enqueued first starts, only one fits;
+    # c is not due yet
     assert ok(m.start()) == ["key:a"]
     ok(m.report(Outcome("cb", "key:d", 1, ok=True)))
     ok(m.report(Outcome("run", "key:a", 1, ok=False, retryable=True)))
@@ -832,3 +1334,67 @@ def _golden_live_worker_and_cancels(m: WorkpoolModel) -> None:
     assert {i: j.state for i, j in m.jobs.items()} == {
         "key:a": FAILED, "key:b": FAILED, "key:c": SUCCEEDED, "key:d": CANCELED,
         "key:e": CANCELED}
+
+
+def _golden_admission(m: WorkpoolModel) -> None:
+    """Priorities, a rate-limited name (2 per minute) parking and unparking, a serial key."""
+    ok, c = m.checked, Code
+    eid = ok(m.configure({"max_parallelism": "5", "rate:mail": "2/60000",
+                          "max_per_key:sync": "1"}))
+    assert ok(m.ingest()) == [(eid, c.CONFIGURED)]
+    jobs = [("key:low", "misc", -1, None), ("key:m1", "mail", 0, None),
+            ("key:m2", "mail", 0, None), ("key:m3", "mail", 0, None),
+            ("key:s1", "sync", 0, "k1"), ("key:s2", "sync", 0, "k1"), ("key:hi", "misc", 2, None)]
+    for job_id, name, priority, ckey in jobs:
+        ok(m.enqueue_job(job_id, JobSpec(max_attempts=2, name=name, priority=priority,
+                                         ckey=ckey)))
+    assert ok(m.ingest()) == [(j[0], c.ENQUEUED) for j in jobs]
+    # hi first, then priority 0 in enqueue order: m3 finds no token left and is parked until
+    # the next one (30 s), s2 waits behind s1 on key k1; low comes last
+    assert ok(m.start()) == ["key:hi", "key:m1", "key:m2", "key:s1", "key:low"]
+    assert m.last_start is not None
+    assert (m.last_start.promoted, m.last_start.next_admission_ms) == (7, m.now + 30_000)
+    assert (list(m.adm.nameq["mail"]), list(m.adm.keyq["k1"])) == (["key:m3"], ["key:s2"])
+    m.now += 29_999
+    ok(m.report(Outcome("run", "key:s1", 1, ok=False, retryable=True)))
+    ok(m.report(Outcome("run", "key:hi", 1, ok=True)))
+    assert ok(m.apply("s")) == [("key:s1", c.RETRY_SCHEDULED), ("key:hi", c.SUCCEEDED)]
+    # s1's attempt ended: s2 stood for k1, but s1's retry (due at once) keeps its place in line
+    # and stands for k1 instead; m3 is not looked at before its token
+    assert ok(m.start()) == ["key:s1"]
+    assert list(m.adm.keyq["k1"]) == ["key:s2"]
+    m.now += 1
+    assert ok(m.start()) == ["key:m3"]
+    assert m.last_start is not None and m.last_start.next_admission_ms is None
+    ok(m.report(Outcome("run", "key:s1", 2, ok=True)))
+    assert ok(m.apply("s")) == [("key:s1", c.SUCCEEDED)]
+    assert ok(m.start()) == ["key:s2"]
+
+
+def _golden_limits_change(m: WorkpoolModel) -> None:
+    """A key shared by a limited and an unlimited name; a slower rate override; then a reset
+    that lifts both limits releases every held job at once."""
+    ok, c = m.checked, Code
+    for job_id in ("key:m1", "key:m2", "key:low", "key:m3", "key:s2"):
+        ok(m.report(Outcome("run", job_id, 1, ok=True)))
+    assert ok(m.apply("s")) == [(i, c.SUCCEEDED) for i in ("key:m1", "key:m2", "key:low",
+                                                            "key:m3", "key:s2")]
+    eid = ok(m.configure({"max_per_key:misc": "0", "rate:mail": "1/600000"}))
+    assert ok(m.ingest()) == [(eid, c.CONFIGURED)]
+    jobs = [("key:x", "sync", 0, "k2"), ("key:y", "misc", 1, "k2"), ("key:m4", "mail", 0, None),
+            ("key:m5", "mail", 0, None)]
+    for job_id, name, priority, ckey in jobs:
+        ok(m.enqueue_job(job_id, JobSpec(name=name, priority=priority, ckey=ckey)))
+    assert ok(m.ingest()) == [(j[0], c.ENQUEUED) for j in jobs]
+    # y (no key limit for misc) goes first and takes k2, so x (sync: 1 per key) waits again;
+    # mail's bucket is empty at its new, slower rate: m4 and m5 are parked for 10 minutes
+    assert ok(m.start()) == ["key:y"]
+    assert m.last_start is not None and m.last_start.next_admission_ms == m.now + 600_000
+    assert (list(m.adm.keyq["k2"]), sorted(m.adm.nameq["mail"])) == (["key:x"],
+                                                                     ["key:m4", "key:m5"])
+    eid = ok(m.configure({"reset": "1"}))  # back to the declared settings: no limits but 3
+    assert ok(m.ingest()) == [(eid, c.CONFIGURED)]
+    assert list(m.adm.ready) == ["key:x"] and m.adm.throttled == {"mail": 0}
+    # two free slots of 3: x and m4 in enqueue order; m5 is next in line for a free slot
+    assert ok(m.start()) == ["key:x", "key:m4"]
+    assert list(m.adm.ready) == ["key:m5"]

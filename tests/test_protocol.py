@@ -215,8 +215,11 @@ MALFORMED = {
         [b"id", b"bad", b"name", b"add", b"enc", b"json", b"args", b"[1,2]",
          b"max_attempts", b"2.5"], "max_attempts must be an integer"),
     "cancel without id": ([b"op", b"cancel"], "cancel needs field id"),
-    "config without a count": ([b"op", b"config", b"max_parallelism", b"-1"],
-                               "config needs max_parallelism"),
+    "config with a negative count": ([b"op", b"config", b"max_parallelism", b"-1"],
+                                     "config field max_parallelism has an unusable value"),
+    "config setting nothing": ([b"op", b"config"], "config sets nothing"),
+    "config of an unknown setting": ([b"op", b"config", b"colour", b"red"],
+                                     "config field colour has an unusable value"),
 }
 
 

@@ -14,9 +14,9 @@ from workpool.errors import (
     WaitTimeout,
     WorkpoolError,
 )
-from workpool.ops import PoolStats
 from workpool.pool import Workpool
-from workpool.types import JobStatus, Result, Retry, State
+from workpool.stats import PoolStats
+from workpool.types import JobStatus, RateLimit, Result, Retry, State
 
 __all__ = [
     "AsyncWorkpool",
@@ -27,6 +27,7 @@ __all__ = [
     "NonRetryableError",
     "PayloadTooLarge",
     "PoolStats",
+    "RateLimit",
     "RedisServerNotFound",
     "RedisUnavailable",
     "Result",

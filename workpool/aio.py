@@ -10,8 +10,11 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio
 
 from workpool import ops
+from workpool.admission import config_fields
 from workpool.connection import unavailable_as_typed
 from workpool.errors import WaitTimeout
+from workpool.stats import PoolStats
+from workpool.stats import stats as stats_ops
 from workpool.types import JobStatus, Retry
 
 if TYPE_CHECKING:
@@ -52,12 +55,14 @@ class AsyncWorkpool:
         self, job: JobRef, *args: Any, kwargs: Mapping[str, Any] | None = None,
         on_complete: JobRef | None = None, context: Any = None, run_after: float | None = None,
         run_at: float | datetime | None = None, retry: Retry | None = None,
-        key: str | None = None, timeout: float | None = None,
+        key: str | None = None, timeout: float | None = None, priority: int = 0,
+        concurrency_key: str | None = None,
     ) -> str:
         """`Workpool.enqueue`, awaitable."""
         entries = self.pool.build_entries(
             job, [args], kwargs=kwargs, on_complete=on_complete, context=context,
-            run_after=run_after, run_at=run_at, retry=retry, key=key, timeout=timeout)
+            run_after=run_after, run_at=run_at, retry=retry, key=key, timeout=timeout,
+            priority=priority, concurrency_key=concurrency_key)
         ids: list[str] = await self._drive(ops.enqueue(self.pool.keys, entries))
         return ids[0]
 
@@ -65,12 +70,13 @@ class AsyncWorkpool:
         self, job: JobRef, args_list: Iterable[Sequence[Any]], *,
         on_complete: JobRef | None = None, context: Any = None, run_after: float | None = None,
         run_at: float | datetime | None = None, retry: Retry | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None, priority: int = 0, concurrency_key: str | None = None,
     ) -> list[str]:
         """`Workpool.enqueue_many`, awaitable."""
         entries = self.pool.build_entries(
             job, args_list, on_complete=on_complete, context=context, run_after=run_after,
-            run_at=run_at, retry=retry, timeout=timeout)
+            run_at=run_at, retry=retry, timeout=timeout, priority=priority,
+            concurrency_key=concurrency_key)
         if not entries:
             return []
         ids: list[str] = await self._drive(ops.enqueue(self.pool.keys, entries))
@@ -90,13 +96,13 @@ class AsyncWorkpool:
         sent: int = await self._drive(ops.cancel_all(self.pool.keys))
         return sent
 
-    async def configure(self, *, max_parallelism: int) -> None:
-        """`Workpool.configure`, awaitable."""
-        await self._drive(ops.configure(self.pool.keys, max_parallelism))
+    async def configure(self, **settings: Any) -> None:
+        """`Workpool.configure`, awaitable (same keyword arguments)."""
+        await self._drive(ops.configure(self.pool.keys, config_fields(**settings)))
 
-    async def stats(self) -> ops.PoolStats:
+    async def stats(self) -> PoolStats:
         """`Workpool.stats`, awaitable."""
-        result: ops.PoolStats = await self._drive(ops.stats(self.pool.keys))
+        result: PoolStats = await self._drive(stats_ops(self.pool.keys))
         return result
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:

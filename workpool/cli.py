@@ -22,9 +22,9 @@ from workpool.cli_support import load_pool
 from workpool.connection import ENV_URL, resolve_url
 from workpool.errors import WorkpoolError
 from workpool.logs import LogFormat, configure_logging, logger
-from workpool.ops import PoolStats
 from workpool.pool import Workpool
-from workpool.types import JobStatus
+from workpool.stats import PoolStats
+from workpool.types import JobStatus, RateLimit
 
 ENV_POOL = "WORKPOOL_POOL"
 ANOMALIES = ("stale_completions", "stale_callbacks", "rejected", "duplicate_enqueues",
@@ -265,8 +265,13 @@ def stats_lines(s: PoolStats) -> list[str]:
     rows = [
         ("pool", s.pool),
         ("pending", f"{s.pending} ({s.accepted_not_applied} accepted, not applied yet)"),
-        ("running", f"{s.running} of max_parallelism {limit}"),
+        ("running", f"{s.running} of max_parallelism {limit}" + (" (PAUSED)" if s.paused else "")),
         ("retrying", str(s.retrying)),
+        ("ready", f"{s.ready} due, waiting for a slot or the pool's rate limit"
+                  + "".join(f"; priority {p}: {n}" for p, n in
+                            sorted(s.ready_by_priority.items(), reverse=True))),
+        ("held", f"{s.held_by_rate} by job rate limits, {s.held_by_key} by concurrency-key limits"),
+        ("limits", " ".join(f"{k}={v}" for k, v in sorted(s.settings.items())) or "none"),
         ("done", f"{c.get('succeeded', 0) + c.get('failed', 0)} (succeeded "
                  f"{c.get('succeeded', 0)}, failed {c.get('failed', 0)}; all time)"),
         ("canceled", f"{c.get('canceled', 0)} (all time)"),
@@ -292,7 +297,8 @@ def stats(ctx: click.Context, spec: str, as_json: bool) -> None:
     """Counts per state, running vs limit, leader, workers, throughput and anomalies."""
     s = _pool(ctx, spec).stats()
     if as_json:
-        click.echo(_show({**dataclasses.asdict(s), "throughput": s.throughput}))
+        click.echo(_show({**dataclasses.asdict(s), "throughput": s.throughput,
+                          "max_parallelism": s.max_parallelism, "paused": s.paused}))
     else:
         click.echo("\n".join(stats_lines(s)))
 
@@ -317,3 +323,53 @@ def demo(ctx: click.Context, jobs: int, workers: int, timeout: float) -> None:
 def main() -> None:
     """Console entry point."""
     cli(prog_name="workpool")
+
+
+def _named(pairs: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            msg = f"{what} expects NAME=VALUE, got {pair!r}"
+            raise click.BadParameter(msg)
+        out[name] = value
+    return out
+
+
+def _rate(text: str) -> RateLimit | None:
+    return None if text == "none" else RateLimit.parse(text)
+
+
+@cli.command("config")
+@click.argument("spec", metavar="POOL")
+@click.option("--max-parallelism", type=int, help="Running jobs across all workers.")
+@click.option("--pause/--resume", "paused", default=None, help="Stop / resume starting jobs.")
+@click.option("--rate-limit", help="Pool-wide starts, LIMIT/PERIOD (50/1s, 10/500ms) or none.")
+@click.option("--job-rate-limit", multiple=True, metavar="NAME=RATE",
+              help="Starts of one job name, e.g. send_email=50/1s (repeatable).")
+@click.option("--max-per-key", type=int, help="Running jobs per concurrency key (1 = serial).")
+@click.option("--job-max-per-key", multiple=True, metavar="NAME=N",
+              help="Per-key limit of one job name (repeatable).")
+@click.option("--reset", is_flag=True, help="Drop every live override first (code values apply).")
+@click.pass_context
+def config(ctx: click.Context, spec: str, *, max_parallelism: int | None, paused: bool | None,
+           rate_limit: str | None, job_rate_limit: tuple[str, ...], max_per_key: int | None,
+           job_max_per_key: tuple[str, ...], reset: bool) -> None:
+    """Change a running pool at once (persisted in Redis; raising a limit wakes the loop)."""
+    settings: dict[str, Any] = {"reset": reset}
+    if max_parallelism is not None:
+        settings["max_parallelism"] = max_parallelism
+    if paused is not None:
+        settings["paused"] = paused
+    if rate_limit is not None:
+        settings["rate_limit"] = _rate(rate_limit)
+    if job_rate_limit:
+        settings["rate_limits"] = {n: _rate(v) for n, v in
+                                   _named(job_rate_limit, "--job-rate-limit").items()}
+    if max_per_key is not None:
+        settings["max_per_key"] = max_per_key
+    if job_max_per_key:
+        settings["max_per_key_for"] = {n: int(v) for n, v in
+                                       _named(job_max_per_key, "--job-max-per-key").items()}
+    _pool(ctx, spec).configure(**settings)
+    click.echo(f"configuration sent to pool {spec}")

@@ -30,6 +30,8 @@ class Code(IntEnum):
     STALE_CALLBACK = 15  #: outcome of a delivery that is already closed or superseded: dropped
     CONFIGURED = 16  #: pool configuration changed
     REDELIVERED = 17  #: callback delivery of a dead worker handed out again
+    HELD_BY_RATE = 18  #: due job held: its job name's rate limit has no token (stays pending)
+    HELD_BY_KEY = 19  #: due job held: its concurrency key is at its limit (stays pending)
 
 
 def lua_prelude() -> str:

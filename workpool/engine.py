@@ -6,7 +6,7 @@ so the KEYS/ARGV order of each script is written down exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,8 @@ class StartReply:
     next_due_ms: int | None
     next_callback_ms: int | None
     now_ms: int
+    next_admission_ms: int | None  #: when a rate limit lets a held job go
+    promoted: int  #: due jobs moved to the ready set by this call
     ids: list[str]
 
 
@@ -87,11 +89,13 @@ class Engine:
         self.keys = keys
         self.settings = settings or EngineSettings()
 
-    def acquire(self, owner: str, ttl_ms: int, default_max_parallelism: int) -> Call:
-        """Take or renew the main-loop lease."""
+    def acquire(self, owner: str, ttl_ms: int, default_max_parallelism: int,
+                declared: Mapping[str, str] | None = None) -> Call:
+        """Take or renew the main-loop lease; a fresh holder writes its declared settings."""
         k = self.keys
-        return Call(script("acquireLease"), [k.lease, k.epoch, k.dispatch, k.config],
-                    [owner, ttl_ms, GROUP, default_max_parallelism])
+        pairs = [x for item in (declared or {}).items() for x in item]
+        return Call(script("acquireLease"), [k.lease, k.epoch, k.dispatch, k.defaults],
+                    [owner, ttl_ms, GROUP, default_max_parallelism, *pairs])
 
     def release(self, token: str) -> Call:
         """Give the lease up (graceful stop)."""
@@ -152,8 +156,8 @@ def parse_batch(reply: Sequence[Any]) -> BatchReply:
 def parse_start(reply: Sequence[Any]) -> StartReply:
     """Parse a startJobs reply."""
     return StartReply(Code(reply[0]), int(reply[1]), int(reply[2]), int(reply[3]),
-                      _opt_ms(reply[4]), _opt_ms(reply[5]), int(reply[6]),
-                      [text(i) for i in reply[7:]])
+                      _opt_ms(reply[4]), _opt_ms(reply[5]), int(reply[6]), _opt_ms(reply[7]),
+                      int(reply[8]), [text(i) for i in reply[9:]])
 
 
 def parse_reap(reply: Sequence[Any]) -> ReapReply:

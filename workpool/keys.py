@@ -77,8 +77,65 @@ class Keys:
 
     @property
     def config(self) -> str:
-        """HASH: live pool configuration (max_parallelism)."""
+        """HASH: live overrides (max_parallelism, paused, rate, rate:<name>, max_per_key...)."""
         return self._k("config")
+
+    @property
+    def defaults(self) -> str:
+        """HASH: the settings the main loop holder's code declares; `config` overrides them."""
+        return self._k("defaults")
+
+    @property
+    def ready(self) -> str:
+        """ZSET id -> rank (-priority * 1e12 + seq): due jobs free to start, best first."""
+        return self._k("ready")
+
+    @property
+    def waiting(self) -> str:
+        """SET: every pending and retrying job, wherever it waits (due, ready or held)."""
+        return self._k("waiting")
+
+    @property
+    def seq(self) -> str:
+        """STRING counter: FIFO order within a priority."""
+        return self._k("seq")
+
+    @property
+    def priorities(self) -> str:
+        """SET: priorities ever enqueued (for per-priority counts in stats)."""
+        return self._k("priorities")
+
+    @property
+    def key_heads(self) -> str:
+        """HASH concurrency key -> the one job standing for it in `ready`."""
+        return self._k("keyHead")
+
+    @property
+    def key_running(self) -> str:
+        """HASH concurrency key -> attempts of that key running now."""
+        return self._k("keyRunning")
+
+    def key_queue(self, concurrency_key: str) -> str:
+        """ZSET id -> rank: due jobs of the key waiting for its limit."""
+        return self._k("keyq:" + concurrency_key)
+
+    def name_queue(self, name: str) -> str:
+        """ZSET id -> rank: due jobs of a job name held by its rate limit."""
+        return self._k("nameq:" + name)
+
+    @property
+    def throttled(self) -> str:
+        """ZSET job name -> time (ms) its next rate-limit token is expected."""
+        return self._k("throttled")
+
+    def bucket(self, scope: str) -> str:
+        """HASH tokens, ts: the token bucket of `pool` or `name:<job name>`."""
+        return self._k("bucket:" + scope)
+
+    @property
+    def cron(self) -> str:
+        """HASH cron name -> last tick (ms) enqueued."""
+        return self._k("cron")
 
     @property
     def stats(self) -> str:

@@ -35,6 +35,7 @@ from workpool.engine import (
     parse_start,
 )
 from workpool.logs import logger
+from workpool.periodic import decide, last_ticks, tick_call
 from workpool.protocol import text
 from workpool.scripts import Call, arun
 
@@ -67,6 +68,8 @@ class MainLoop:
         self._renew_at = 0.0
         self._reap_at = 0.0
         self._cursor = _Cursor()
+        self._cron_last: dict[str, int] = {}
+        self._cron_next: dict[str, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Act as main loop until `stop` is set; reconnects with backoff when Redis goes away."""
@@ -95,11 +98,13 @@ class MainLoop:
 
     async def _campaign(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
         (reply,) = await arun(client, [self.engine.acquire(
-            self.owner, self.ttl_ms, self.pool.max_parallelism)])
+            self.owner, self.ttl_ms, self.pool.max_parallelism, self.pool.declared_settings())])
         lease = parse_lease(reply)
         if lease.code == Code.OK:
             self._lead(lease.token)
             await self._check_server(client)
+            self._cron_last = last_ticks(await client.hgetall(self.pool.keys.cron))
+            self._cron_next = {}
             return
         await _wait(stop, min(max(lease.ttl_ms, 50) / 1000, self.pool.lease_ttl / 3))
 
@@ -137,7 +142,8 @@ class MainLoop:
         renew, reap = now >= self._renew_at, now >= self._reap_at
         calls: list[Call] = []
         if renew:
-            calls.append(self.engine.acquire(self.owner, self.ttl_ms, self.pool.max_parallelism))
+            calls.append(self.engine.acquire(self.owner, self.ttl_ms, self.pool.max_parallelism,
+                                             self.pool.declared_settings()))
         calls += [self.engine.ingest(token), self.engine.apply(token, seed),
                   self.engine.start(token)]
         if reap:
@@ -161,12 +167,39 @@ class MainLoop:
         self._log_batch(apply_, "outcome")
         for job_id in start.ids:
             self.log.debug("transition", job=job_id, transition="start")
+        await self._cron(client, start.now_ms)
         self._cursor.start = ingest.last_entry_id or self._cursor.start
         self._cursor.completion = apply_.last_entry_id or self._cursor.completion
         batch = self.engine.settings.batch
-        if ingest.applied >= batch or apply_.applied >= batch or start.started >= batch:
+        if (ingest.applied >= batch or apply_.applied >= batch or start.started >= batch
+                or start.promoted >= batch):
             return  # more work is waiting: go again at once
         await self._idle(client, stop, self._idle_ms(start, now))
+
+    async def _cron(self, client: redis.asyncio.Redis, now_ms: int) -> None:
+        """Enqueue (or skip, if missed) the due tick of each periodic job, in one round trip."""
+        token = self.token
+        due = [job for job in self.pool.crons if self._cron_next.get(job.name, 0) <= now_ms]
+        if not due or token is None:
+            return
+        calls, decided = [], []
+        for job in due:
+            decision = decide(job, self._cron_last.get(job.name), now_ms)
+            if decision is None:
+                self._cron_next[job.name] = job.schedule.next_after(now_ms)
+                continue
+            (fields,) = self.pool.build_entries(job.name, [()], key=f"cron:{job.name}:"
+                                                f"{decision.tick_ms}")
+            calls.append(tick_call(self.pool.keys, token, job, decision, fields))
+            decided.append((job, decision))
+        for (job, decision), reply in zip(decided, await arun(client, calls), strict=True):
+            if Code(reply[0]) == Code.NOT_LEADER:
+                self._lose("fencing rejected enqueueCronTick")
+                return
+            self._cron_last[job.name] = decision.tick_ms
+            self._cron_next[job.name] = decision.next_ms
+            self.log.info("cron tick", job=job.name, tick_ms=decision.tick_ms,
+                          transition="enqueued" if decision.enqueue else "skipped_missed")
 
     def _reaped(self, reap: Any) -> None:
         if reap.code == Code.NOT_LEADER:
@@ -185,10 +218,13 @@ class MainLoop:
         """How long nothing can happen unless a new entry arrives."""
         waits = [self._renew_at - now, self._reap_at - now]
         redis_now = start.now_ms
-        if start.next_due_ms is not None and start.running < start.max_parallelism:
-            waits.append((start.next_due_ms - redis_now) / 1000)
+        if start.running < start.max_parallelism:
+            for t in (start.next_due_ms, start.next_admission_ms):
+                if t is not None:
+                    waits.append((t - redis_now) / 1000)
         if start.next_callback_ms is not None:
             waits.append((start.next_callback_ms - redis_now) / 1000)
+        waits += [(t - redis_now) / 1000 for t in self._cron_next.values()]
         return max(1, round(min(waits) * 1000))
 
     async def _idle(self, client: redis.asyncio.Redis, stop: asyncio.Event, ms: int) -> None:

@@ -6,12 +6,12 @@ and receives their replies, so `Workpool` and `AsyncWorkpool` share every line o
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from workpool.errors import JobNotFound
-from workpool.keys import GROUP, Keys
+from workpool.keys import Keys
 from workpool.protocol import Fields, as_text_map, is_stream_id, text
 from workpool.types import JobStatus, State, status_from_hash
 
@@ -76,15 +76,16 @@ def cancel(keys: Keys, job_ids: Iterable[str]) -> Ops:
 def cancel_all(keys: Keys) -> Ops:
     """Cancel every job not finished now: pending, retrying, running and not yet applied ones.
 
-    Pages through the accepted ids, the due set and the running set with SCAN cursors (each
-    page one round trip), appending one cancel request per job; returns how many were sent.
-    The order follows jobs (incoming -> due -> running -> due again for attempts that failed
-    meanwhile), so a job moving on during the scan is not missed. A seen id is sent once.
+    Pages through the accepted ids, the waiting set and the running set with SCAN cursors
+    (each page one round trip), appending one cancel request per job; returns how many were
+    sent. The order follows jobs (incoming -> waiting -> running -> waiting again for attempts
+    that failed meanwhile), so a job moving on during the scan is not missed. Each id is sent
+    once.
     """
     sent = 0
     seen: set[str] = set()
-    passes = (("SSCAN", keys.incoming), ("ZSCAN", keys.due), ("ZSCAN", keys.running),
-              ("ZSCAN", keys.due))
+    passes = (("SSCAN", keys.incoming), ("SSCAN", keys.waiting), ("ZSCAN", keys.running),
+              ("SSCAN", keys.waiting))
     for kind, key in passes:
         cursor: Any = 0
         while True:
@@ -99,74 +100,7 @@ def cancel_all(keys: Keys) -> Ops:
     return sent
 
 
-def configure(keys: Keys, max_parallelism: int) -> Ops:
-    """Append a live-configuration request; the main loop applies it at once."""
-    yield Step([("XADD", keys.pending_start, "*", "op", "config",
-                 "max_parallelism", max_parallelism)])
+def configure(keys: Keys, fields: Mapping[str, str]) -> Ops:
+    """Append a live-configuration request; it wakes the main loop, which applies it at once."""
+    yield Step([("XADD", keys.pending_start, "*", *[x for kv in fields.items() for x in kv])])
     return None
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """Counts per state, running vs limit, throughput and anomaly counters of one pool."""
-
-    pool: str
-    pending: int
-    running: int
-    retrying: int
-    max_parallelism: int | None
-    accepted_not_applied: int  #: enqueue entries the main loop has not applied yet
-    leader: str | None  #: lease token of the main-loop holder, if any
-    workers: int  #: worker processes with a live heartbeat that have read from the pool
-    finished_last_minute: int
-    counters: dict[str, int] = field(default_factory=dict)
-    rejected: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def throughput(self) -> float:
-        """Jobs finished per second over the last minute."""
-        return self.finished_last_minute / 60
-
-
-def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
-    """Read the pool's counters and gauges in two round trips."""
-    (now,) = yield Step([("TIME",)])
-    minute = int(now[0]) // 60
-    replies = yield Step([
-        ("ZCARD", keys.due), ("ZCARD", keys.running), ("HGETALL", keys.stats),
-        ("HGET", keys.config, "max_parallelism"), ("SCARD", keys.incoming), ("GET", keys.lease),
-        ("XREVRANGE", keys.rejected, "+", "-", "COUNT", rejected_shown),
-        ("GET", keys.throughput(minute)), ("GET", keys.throughput(minute - 1)),
-        ("EVAL", _LIVE_WORKERS, 1, keys.dispatch, GROUP, keys.prefix),
-    ])
-    counters = {text(k): int(v) for k, v in replies[2].items()}
-    retrying = counters.get("retrying", 0)
-    this_minute, last_minute = int(replies[7] or 0), int(replies[8] or 0)
-    elapsed = int(now[0]) % 60 + 1
-    return PoolStats(
-        pool=keys.pool,
-        pending=int(replies[0]) - retrying + int(replies[4]),
-        running=int(replies[1]),
-        retrying=retrying,
-        max_parallelism=None if replies[3] is None else int(replies[3]),
-        accepted_not_applied=int(replies[4]),
-        leader=text(replies[5]) or None,
-        workers=int(replies[9]),
-        finished_last_minute=this_minute + last_minute * (60 - elapsed) // 60,
-        counters=counters,
-        # raw fields of a rejected entry may be any bytes (bad msgpack): shown escaped, never fatal
-        rejected=[{text(k): v.decode("utf-8", "backslashreplace") for k, v in entry.items()}
-                  for _, entry in replies[6]],
-    )
-
-
-# Read-only: consumers of the dispatch group whose heartbeat is live (0 before the group exists).
-_LIVE_WORKERS = """
-local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-if not ok then return 0 end
-local live = 0
-for _, c in ipairs(consumers) do
-  if redis.call('EXISTS', ARGV[2] .. 'hb:' .. c[2]) == 1 then live = live + 1 end
-end
-return live
-"""

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from redis.client import Pipeline
 
 from workpool import ops
+from workpool.admission import UNSET, _Unset, check_max_per_key, config_fields, declared_settings
 from workpool.connection import resolve_url, sync_client, unavailable_as_typed
+from workpool.cron import parse_schedule
 from workpool.engine import EngineSettings
 from workpool.errors import ConfigurationError, UnknownJobName, WaitTimeout
 from workpool.keys import Keys
+from workpool.periodic import CronJob
 from workpool.protocol import Encoding, Fields, enqueue_fields, new_job_id
 from workpool.registry import HandlerSpec, JobSpec, Registry, check_name
-from workpool.types import JobStatus, Retry
+from workpool.stats import PoolStats
+from workpool.stats import stats as stats_ops
+from workpool.types import JobStatus, RateLimit, Retry
 
 if TYPE_CHECKING:
     from workpool.aio import AsyncWorkpool
@@ -43,6 +48,8 @@ class Workpool:
         lease_ttl: float = 5.0,
         heartbeat_ttl: float = 10.0,
         encoding: Encoding = "msgpack",
+        rate_limit: RateLimit | None = None,
+        max_per_key: int | None = None,
     ) -> None:
         check_name(name)
         if not isinstance(max_parallelism, int) or max_parallelism < 0:
@@ -62,7 +69,10 @@ class Workpool:
         self.lease_ttl = lease_ttl
         self.heartbeat_ttl = heartbeat_ttl
         self.encoding = encoding
+        self.rate_limit = rate_limit
+        self.max_per_key = None if max_per_key is None else check_max_per_key(max_per_key)
         self.registry = Registry()
+        self.crons: list[CronJob] = []
         self._url = redis_url
         self._redis: redis.Redis | None = None
         self._aio: AsyncWorkpool | None = None
@@ -109,17 +119,48 @@ class Workpool:
     # -- registration --------------------------------------------------------------------
 
     def job(self, name: str | None = None, *, retry: Retry | None = None,
-            timeout: float | None = None) -> Callable[[F], F]:
-        """Register a sync or async function as a job (by default under its `__name__`)."""
+            timeout: float | None = None, rate_limit: RateLimit | None = None,
+            max_per_key: int | None = None) -> Callable[[F], F]:
+        """Register a sync or async function as a job (by default under its `__name__`).
+
+        `rate_limit`: starts of this job across all workers; `max_per_key`: running jobs of this
+        name per concurrency key (1 = serial per key).
+        """
         if timeout is not None and not timeout > 0:
             msg = f"timeout must be a positive number of seconds, got {timeout!r}"
             raise ConfigurationError(msg)
+        if max_per_key is not None:
+            check_max_per_key(max_per_key)
 
         def register(fn: F) -> F:
-            self.registry.add_job(JobSpec(check_name(name or fn.__name__), fn, retry, timeout))
+            self.registry.add_job(JobSpec(check_name(name or fn.__name__), fn, retry, timeout,
+                                          rate_limit, max_per_key))
             return fn
 
         return register
+
+    def cron(self, schedule: str | float | timedelta, *, name: str | None = None,
+             catch_up: bool = False, grace: float = 60.0, retry: Retry | None = None,
+             timeout: float | None = None) -> Callable[[F], F]:
+        """Register a job enqueued once per tick of `schedule` (a cron line in UTC, or seconds).
+
+        Exactly one job per tick however many processes run: the tick time is its idempotency
+        key. A tick more than `grace` seconds old when the main loop sees it was missed (every
+        process was down): with `catch_up` the latest missed tick runs once, else it is skipped.
+        """
+        parsed = parse_schedule(schedule)
+
+        def register(fn: F) -> F:
+            job_name = check_name(name or fn.__name__)
+            self.job(job_name, retry=retry, timeout=timeout)(fn)
+            self.crons.append(CronJob(job_name, parsed, catch_up, grace))
+            return fn
+
+        return register
+
+    def declared_settings(self) -> dict[str, str]:
+        """Rate and key limits this code declares; a new main-loop holder writes them."""
+        return declared_settings(self.rate_limit, self.max_per_key, self.registry)
 
     def on_complete(self, name: str | None = None) -> Callable[[F], F]:
         """Register `fn(job_id, result, context)` to be called once a job is terminal."""
@@ -148,7 +189,8 @@ class Workpool:
         kwargs: Mapping[str, Any] | None = None, on_complete: JobRef | None = None,
         context: Any = None, run_after: float | None = None,
         run_at: float | datetime | None = None, retry: Retry | None = None,
-        key: str | None = None, timeout: float | None = None,
+        key: str | None = None, timeout: float | None = None, priority: int = 0,
+        concurrency_key: str | None = None,
     ) -> list[Fields]:
         """Validate and encode enqueue entries; raises before anything is written."""
         name = self._name_of(job, "job")
@@ -164,7 +206,8 @@ class Workpool:
                 max_attempts=policy.max_attempts, initial_backoff=policy.initial_backoff,
                 base=policy.base, timeout=timeout if timeout is not None else
                 (spec.timeout if spec else None), run_at=at, run_after=run_after,
-                on_complete=handler, context=context,
+                on_complete=handler, context=context, priority=priority,
+                concurrency_key=concurrency_key,
             ))
         return entries
 
@@ -186,8 +229,8 @@ class Workpool:
         self, job: JobRef, *args: Any, kwargs: Mapping[str, Any] | None = None,
         on_complete: JobRef | None = None, context: Any = None, run_after: float | None = None,
         run_at: float | datetime | None = None, retry: Retry | None = None,
-        key: str | None = None, timeout: float | None = None,
-        transaction: Pipeline | None = None,
+        key: str | None = None, timeout: float | None = None, priority: int = 0,
+        concurrency_key: str | None = None, transaction: Pipeline | None = None,
     ) -> str:
         """Enqueue one job; returns its id, which status() reports as pending at once.
 
@@ -196,7 +239,8 @@ class Workpool:
         """
         entries = self.build_entries(
             job, [args], kwargs=kwargs, on_complete=on_complete, context=context,
-            run_after=run_after, run_at=run_at, retry=retry, key=key, timeout=timeout)
+            run_after=run_after, run_at=run_at, retry=retry, key=key, timeout=timeout,
+            priority=priority, concurrency_key=concurrency_key)
         if transaction is not None:
             for command in ops.enqueue_commands(self.keys, entries):
                 transaction.execute_command(*command)
@@ -208,12 +252,13 @@ class Workpool:
         self, job: JobRef, args_list: Iterable[Sequence[Any]], *,
         on_complete: JobRef | None = None, context: Any = None, run_after: float | None = None,
         run_at: float | datetime | None = None, retry: Retry | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None, priority: int = 0, concurrency_key: str | None = None,
     ) -> list[str]:
         """Enqueue one job per argument tuple in one round trip (all accepted, or none)."""
         entries = self.build_entries(
             job, args_list, on_complete=on_complete, context=context, run_after=run_after,
-            run_at=run_at, retry=retry, timeout=timeout)
+            run_at=run_at, retry=retry, timeout=timeout, priority=priority,
+            concurrency_key=concurrency_key)
         if not entries:
             return []
         ids: list[str] = self._drive(ops.enqueue(self.keys, entries))
@@ -233,16 +278,27 @@ class Workpool:
         sent: int = self._drive(ops.cancel_all(self.keys))
         return sent
 
-    def configure(self, *, max_parallelism: int) -> None:
-        """Change the live max_parallelism of the pool (0 pauses it); applied at once."""
-        if not isinstance(max_parallelism, int) or max_parallelism < 0:
-            msg = f"max_parallelism must be an integer >= 0, got {max_parallelism!r}"
-            raise ConfigurationError(msg)
-        self._drive(ops.configure(self.keys, max_parallelism))
+    def configure(
+        self, *, max_parallelism: int | _Unset = UNSET, paused: bool | _Unset = UNSET,
+        rate_limit: RateLimit | _Unset | None = UNSET,
+        rate_limits: Mapping[str, RateLimit | None] | None = None,
+        max_per_key: int | _Unset = UNSET, max_per_key_for: Mapping[str, int] | None = None,
+        reset: bool = False,
+    ) -> None:
+        """Change a running pool at once, persisted in Redis (overrides what code declares).
 
-    def stats(self) -> ops.PoolStats:
+        `rate_limit=None` lifts the pool's limit; `rate_limits={"job": None}` a job's;
+        `reset=True` drops every override so the code's values apply again.
+        """
+        fields = config_fields(
+            max_parallelism=max_parallelism, paused=paused, rate_limit=rate_limit,
+            rate_limits=rate_limits, max_per_key=max_per_key, max_per_key_for=max_per_key_for,
+            reset=reset)
+        self._drive(ops.configure(self.keys, fields))
+
+    def stats(self) -> PoolStats:
         """Counts per state, running vs limit, throughput and anomaly counters."""
-        result: ops.PoolStats = self._drive(ops.stats(self.keys))
+        result: PoolStats = self._drive(stats_ops(self.keys))
         return result
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:

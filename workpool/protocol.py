@@ -78,6 +78,8 @@ def enqueue_fields(
     run_after: float | None,
     on_complete: str | None,
     context: Any,
+    priority: int = 0,
+    concurrency_key: str | None = None,
 ) -> Fields:
     """Fields of one enqueue entry; raises before anything is written if they are unusable."""
     fields: Fields = {"op": "enqueue", "id": job_id, "name": name, "enc": enc}
@@ -104,6 +106,17 @@ def enqueue_fields(
         fields["run_at_ms"] = str(_ms(run_at, "run_at"))
     if run_after is not None:
         fields["run_after_ms"] = str(_ms(run_after, "run_after"))
+    if priority:
+        if not isinstance(priority, int) or not -1000 <= priority <= 1000:
+            msg = f"priority must be an integer in [-1000, 1000], got {priority!r}"
+            raise ConfigurationError(msg)
+        fields["priority"] = str(priority)
+    if concurrency_key is not None:
+        if not concurrency_key or len(concurrency_key.encode()) > 512:
+            msg = f"concurrency_key must be a non-empty string of at most 512 bytes, " \
+                  f"got {concurrency_key!r}"
+            raise ConfigurationError(msg)
+        fields["concurrency_key"] = concurrency_key
     return fields
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from workpool.errors import ConfigurationError, UnknownJobName
-from workpool.types import Retry
+from workpool.types import RateLimit, Retry
 
 _NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
 
@@ -22,6 +22,8 @@ class JobSpec:
     fn: Callable[..., Any]
     retry: Retry | None
     timeout: float | None
+    rate_limit: RateLimit | None = None  #: starts of this job name across all workers
+    max_per_key: int | None = None  #: running jobs of this name per concurrency key (1 = serial)
 
     @property
     def is_async(self) -> bool:

@@ -34,6 +34,41 @@ class Retry:
 NO_RETRY = Retry(max_attempts=1)
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `limit` starts per `per` seconds across all workers (a token bucket of capacity
+    `limit`, refilled at limit/per on Redis's clock)."""
+
+    limit: int
+    per: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.limit, int) or self.limit < 1:
+            msg = f"RateLimit.limit must be an integer >= 1, got {self.limit!r}"
+            raise ConfigurationError(msg)
+        if not math.isfinite(self.per) or self.per < 0.001:
+            msg = f"RateLimit.per must be at least 0.001 seconds, got {self.per!r}"
+            raise ConfigurationError(msg)
+
+    @property
+    def spec(self) -> str:
+        """The wire form `limit/per_ms` the scripts read."""
+        return f"{self.limit}/{round(self.per * 1000)}"
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        """`50/1s`, `50/1.5`, `10/500ms`, `100/1m`: a limit per a period (seconds by default)."""
+        limit, sep, per = text.partition("/")
+        units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        try:
+            unit = next((u for u in ("ms", "s", "m", "h") if per.endswith(u)), "")
+            seconds = float(per[: len(per) - len(unit)] or 1) * units.get(unit, 1.0)
+            return cls(int(limit), seconds if sep else 1.0)
+        except ValueError:
+            msg = f"rate limit {text!r}: expected LIMIT/PERIOD such as 50/1s, 10/500ms, 100/1m"
+            raise ConfigurationError(msg) from None
+
+
 class State(str, Enum):
     """Where a job is in its life; `done` and `canceled` are terminal."""
 

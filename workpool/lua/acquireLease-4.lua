@@ -1,18 +1,25 @@
 -- acquireLease: take or renew the pool's main-loop lease. A fresh lease gets a new fencing epoch
 -- (never reused), so every script of a paused or partitioned old holder is rejected by Redis.
--- The first holder also creates the dispatch group and seeds max_parallelism if unset.
+-- A fresh holder also creates the dispatch group and writes the settings its code declares
+-- (max_parallelism, rate limits, key limits) as the pool's defaults; live overrides set with
+-- `configure` (the config hash) still win over them.
 --
 -- KEYS[1] lease     STRING  `<epoch>:<owner>` with a TTL
 -- KEYS[2] epoch     STRING  counter of epochs handed out
 -- KEYS[3] dispatch  STREAM  entries for workers (its group is created here)
--- KEYS[4] config    HASH    max_parallelism
+-- KEYS[4] defaults  HASH    code-declared settings (replaced on each fresh acquisition)
+-- Derived from KEYS[1]'s prefix (same hash tag): the admission keys (includes/admission.lua)
+-- and stats, to let held jobs go when the declared limits were raised.
 -- ARGV[1] owner     unique id of the calling process
 -- ARGV[2] ttl       lease time to live (ms)
 -- ARGV[3] group     consumer group of the dispatch stream
--- ARGV[4] default   max_parallelism to seed when the pool has none configured
+-- ARGV[4] default   max_parallelism declared in code
+-- ARGV[5..] pairs   further declared settings: field, value, ... ('rate', 'rate:<name>',
+--                   'max_per_key', 'max_per_key:<name>'; rates as "limit/per_ms")
 -- Returns {code, token, ttl_ms}: OK with the live token `<epoch>:<owner>` when the caller holds
 -- the lease (fresh or renewed), NOT_LEADER with '' and the holder's remaining ttl otherwise.
 -- @include common
+-- @include admission
 
 local cur = rcall('GET', KEYS[1])
 if cur then
@@ -29,5 +36,19 @@ local ok = redis.pcall('XGROUP', 'CREATE', KEYS[3], ARGV[3], '0', 'MKSTREAM')
 if type(ok) == 'table' and ok.err and not string.find(ok.err, 'BUSYGROUP') then
   return redis.error_reply(ok.err)
 end
-rcall('HSETNX', KEYS[4], 'max_parallelism', ARGV[4])
+local was = {}
+local old = rcall('HGETALL', KEYS[4])
+for i = 1, #old, 2 do was[old[i]] = old[i + 1] end
+rcall('DEL', KEYS[4])
+rcall('HSET', KEYS[4], 'max_parallelism', ARGV[4], unpack(ARGV, 5))
+-- A declared limit raised or lifted must not leave held jobs waiting: names whose declared rate
+-- changed are looked at again now, and keys with running attempts may admit more.
+local a = adm(string.sub(KEYS[1], 1, -6), {})
+for _, name in ipairs(rcall('ZRANGE', a.throttled, 0, -1)) do
+  if (rcall('HGET', KEYS[4], 'rate:' .. name) or '') ~= (was['rate:' .. name] or '') then
+    rcall('ZADD', a.throttled, 0, name)
+  end
+end
+for _, ckey in ipairs(rcall('HKEYS', a.krun)) do advance_key(a, ckey) end
+flush_counts(a.prefix .. 'stats', a.counts)
 return {C.OK, token, tonumber(ARGV[2])}

@@ -1,7 +1,8 @@
 -- ingestRequests: apply one batch of client requests from pendingStart, oldest first.
 --   enqueue -> pending (new job), or DUPLICATE_ENQUEUE when a job with that id exists
 --   cancel  -> pending/retrying become canceled; running is marked (never retried)
---   config  -> live pool configuration (max_parallelism)
+--   config  -> live overrides of the pool's settings (max_parallelism, paused, rate limits,
+--              key limits), validated in full before any is written
 -- Malformed entries are set aside in the rejected record with their raw fields. Every entry is
 -- deleted once applied, so the stream holds only requests not yet applied.
 --
@@ -145,11 +146,17 @@ local function enqueue(entry_id, f, flat)
   local timeout = number_field(f, 'timeout_ms', 0, 0, 1e12)
   local run_at = number_field(f, 'run_at_ms', 0, 0, 1e15)
   local run_after = number_field(f, 'run_after_ms', 0, 0, 1e15)
-  if not (max_attempts and backoff and base and timeout and run_at and run_after) then
+  local priority = number_field(f, 'priority', 0, -1000, 1000)
+  local ckey = f.concurrency_key or ''
+  if #ckey > 512 then return reject(entry_id, flat, 'field concurrency_key is longer than 512 bytes') end
+  if not (max_attempts and backoff and base and timeout and run_at and run_after and priority) then
     return reject(entry_id, flat, 'a numeric option is not a number in its allowed range')
   end
   if max_attempts ~= math.floor(max_attempts) then
     return reject(entry_id, flat, 'max_attempts must be an integer')
+  end
+  if priority ~= math.floor(priority) then
+    return reject(entry_id, flat, 'priority must be an integer')
   end
   local jk = prefix .. 'job:' .. id
   rcall('SREM', KEYS[3], id)
@@ -162,8 +169,11 @@ local function enqueue(entry_id, f, flat)
   rcall('HSET', jk, 'state', 'pending', 'name', name, 'enc', enc, 'attempts', 0,
         'max_attempts', max_attempts, 'backoff_ms', backoff, 'base', base, 'timeout_ms', timeout,
         'enqueued_at', enqueued_at, 'due_at', due, 'args', f.args or '', 'kwargs', f.kwargs or '',
-        'context', f.context or '', 'on_complete', f.on_complete or '')
+        'context', f.context or '', 'on_complete', f.on_complete or '', 'priority', priority,
+        'ckey', ckey, 'seq', rcall('INCR', prefix .. 'seq'))
+  rcall('SADD', prefix .. 'priorities', priority)
   rcall('ZADD', KEYS[4], due, id)
+  rcall('SADD', prefix .. 'waiting', id)
   bump(ctx.counts, 'enqueued')
   return C.ENQUEUED
 end
@@ -172,10 +182,11 @@ local function cancel(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then return reject(entry_id, flat, 'cancel needs field id') end
   local jk = prefix .. 'job:' .. id
-  local h = rcall('HMGET', jk, 'state', 'cancel')
+  local h = rcall('HMGET', jk, 'state', 'cancel', 'name', 'ckey')
   local state = h[1]
   if state == 'pending' or state == 'retrying' then
     rcall('ZREM', KEYS[4], id)
+    unqueue(adm(prefix, ctx.counts), id, h[3], h[4])
     rcall('HSET', jk, 'cancel', '1')
     if state == 'retrying' then bump(ctx.counts, 'retrying', -1) end
     finish(ctx, id, jk, 'canceled', 'canceled')
@@ -189,12 +200,54 @@ local function cancel(entry_id, f, flat)
   return C.CANCEL_NOOP
 end
 
-local function configure(entry_id, f, flat)
-  local maxp = tonumber(f.max_parallelism or '')
-  if maxp == nil or maxp < 0 or maxp ~= math.floor(maxp) then
-    return reject(entry_id, flat, 'config needs max_parallelism, an integer >= 0')
+-- A config value: '' clears the override (the code's default applies again); else it must fit.
+local function config_value(field, v)
+  if v == '' then return true end
+  if field == 'paused' then return v == '0' or v == '1' end
+  if field == 'rate' or string.sub(field, 1, 5) == 'rate:' then
+    if v == 'none' then return true end
+    local limit, per = string.match(v, '^(%d+)/(%d+)$')
+    return limit ~= nil and tonumber(limit) >= 1 and tonumber(per) >= 1
   end
-  rcall('HSET', KEYS[7], 'max_parallelism', maxp)
+  if field == 'max_parallelism' or field == 'max_per_key' or
+     string.sub(field, 1, 12) == 'max_per_key:' then
+    return string.match(v, '^%d+$') ~= nil
+  end
+  return false
+end
+
+-- Live configuration: validate every field, then write them all (or nothing).
+local function configure(entry_id, f, flat)
+  local sets, keys_changed, n = {}, false, 0
+  for i = 1, #flat, 2 do
+    local field, v = flat[i], flat[i + 1]
+    if field ~= 'op' and field ~= 'reset' then
+      if not config_value(field, v) then
+        return reject(entry_id, flat, 'config field ' .. field .. ' has an unusable value')
+      end
+      sets[field] = v
+      n = n + 1
+      if string.sub(field, 1, 11) == 'max_per_key' then keys_changed = true end
+    end
+  end
+  if n == 0 and f.reset ~= '1' then return reject(entry_id, flat, 'config sets nothing') end
+  if f.reset == '1' then
+    for _, field in ipairs(rcall('HKEYS', KEYS[7])) do  -- a dropped rate override: re-check
+      if string.sub(field, 1, 5) == 'rate:' and not sets[field] then sets[field] = '' end
+    end
+    rcall('DEL', KEYS[7]); keys_changed = true
+  end
+  local a = adm(prefix, ctx.counts)
+  for field, v in pairs(sets) do
+    if v == '' then rcall('HDEL', KEYS[7], field)
+    else rcall('HSET', KEYS[7], field, v == 'none' and '' or v) end
+    if string.sub(field, 1, 5) == 'rate:' then
+      rcall('ZADD', a.throttled, 'XX', 0, string.sub(field, 6))  -- held jobs: look again now
+    end
+  end
+  if keys_changed then  -- a raised key limit: keys with running attempts may admit more now
+    for _, ckey in ipairs(rcall('HKEYS', a.krun)) do advance_key(a, ckey) end
+  end
   return C.CONFIGURED
 end
 

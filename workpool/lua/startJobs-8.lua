@@ -1,56 +1,136 @@
--- startJobs: move due jobs from pending/retrying to running while running < max_parallelism,
--- oldest due first, and hand out due on_complete deliveries. Each start increments the attempt
--- (the fencing token of that run) and appends one entry to the dispatch stream for workers.
+-- startJobs: admission. Moves due jobs into the ready set (by priority, FIFO within one), then
+-- starts the best ready jobs while running < max_parallelism (and the pool is not paused),
+-- subject to the pool's and each job name's rate limit (token buckets on Redis time) and each
+-- concurrency key's limit. Each start increments the attempt (the fencing token of that run)
+-- and appends one entry to the dispatch stream. Also hands out due on_complete deliveries.
+-- A job held by a name's rate limit is parked in nameq:<name> until the name's next token; a
+-- job whose key is at its limit waits in keyq:<key>: neither is looked at again until then.
 --
 -- KEYS[1] lease          STRING  main-loop lease, checked against ARGV[1] (fencing)
--- KEYS[2] config         HASH    max_parallelism (0 pauses the pool)
--- KEYS[3] due            ZSET    id -> due time (ms): pending and retrying jobs
+-- KEYS[2] config         HASH    live overrides (max_parallelism, paused, rate limits, ...)
+-- KEYS[3] due            ZSET    id -> due time (ms): pending and retrying jobs not yet ready
 -- KEYS[4] running        ZSET    id -> start time (ms)
 -- KEYS[5] dispatch       STREAM  entries for workers
 -- KEYS[6] deadlines      ZSET    id -> earliest time (ms) its timeout could pass
 -- KEYS[7] callbacksDue   ZSET    id -> time (ms) a failed delivery is tried again
 -- KEYS[8] stats          HASH    counters
+-- Derived from ARGV[2] (same hash tag): the admission keys listed in includes/admission.lua.
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
--- ARGV[3] batch          max starts (and max deliveries) in this call (integer)
+-- ARGV[3] batch          max promotions, starts and deliveries in this call (integer)
 -- ARGV[4] now            ms since epoch, or '' for Redis TIME
--- Returns {code, started, running, max_parallelism, next_due_ms, next_callback_ms, now, ids...}
--- with -1 for "nothing scheduled"; code is NOT_LEADER (nothing written) or OK.
+-- Returns {code, started, running, max_parallelism, next_due_ms, next_callback_ms, now,
+-- next_admission_ms, promoted, ids...} with -1 for "nothing scheduled"; next_admission_ms is
+-- when a rate limit lets a held job go. code is NOT_LEADER (nothing written) or OK.
 -- @include common
+-- @include admission
 
-if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, 0, 0, -1, -1, 0} end
+if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, 0, 0, -1, -1, 0, -1, 0} end
 local prefix = ARGV[2]
 local batch = tonumber(ARGV[3])
 local now = now_ms(ARGV[4])
-local maxp = tonumber(rcall('HGET', KEYS[2], 'max_parallelism') or '0')
-local running = rcall('ZCARD', KEYS[4])
 local counts = {}
+local a = adm(prefix, counts)
+local maxp = tonumber(setting(a, 'max_parallelism') or '0')
+if setting(a, 'paused') == '1' then maxp = 0 end
+local running = rcall('ZCARD', KEYS[4])
 local started = {}
+local next_admission = -1
 
-local free = math.min(maxp - running, batch)
-if free > 0 then
-  local ids = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, free)
-  for _, id in ipairs(ids) do
-    local jk = prefix .. 'job:' .. id
-    local h = rcall('HMGET', jk, 'state', 'attempts', 'name', 'args', 'kwargs', 'enc', 'timeout_ms')
-    rcall('ZREM', KEYS[3], id)
-    if h[1] == 'pending' or h[1] == 'retrying' then
-      local attempt = tonumber(h[2]) + 1
-      local eid = rcall('XADD', KEYS[5], '*', 'kind', 'run', 'id', id, 'attempt', attempt,
-                        'name', h[3], 'args', h[4], 'kwargs', h[5], 'enc', h[6], 'timeout_ms', h[7])
-      rcall('HSET', jk, 'state', 'running', 'attempts', attempt, 'started_at', now, 'dispatch', eid)
-      rcall('ZADD', KEYS[4], now, id)
-      local timeout = tonumber(h[7])
-      if timeout > 0 then rcall('ZADD', KEYS[6], now + timeout, id) end
-      started[#started + 1] = id
-      if h[1] == 'retrying' then bump(counts, 'retrying', -1) end
-    else
-      bump(counts, 'orphan_due_entries')
-    end
-  end
-  if #started > 0 then bump(counts, 'started', #started) end
+local function wake_at(t)
+  if next_admission < 0 or t < next_admission then next_admission = t end
 end
 
+-- 1. Names whose next token is due: their held jobs go back to `ready`, as many as tokens.
+for _, name in ipairs(rcall('ZRANGEBYSCORE', a.throttled, '-inf', now, 'LIMIT', 0, batch)) do
+  rcall('ZREM', a.throttled, name)
+  local q = prefix .. 'nameq:' .. name
+  local spec = setting(a, 'rate:' .. name)
+  local n = batch
+  if spec then n = math.max(1, math.floor(bucket_tokens(a, 'name:' .. name, spec, now))) end
+  local held = rcall('ZRANGE', q, 0, math.min(n, batch) - 1, 'WITHSCORES')
+  for i = 1, #held, 2 do
+    rcall('ZREM', q, held[i])
+    rcall('ZADD', a.ready, held[i + 1], held[i])
+  end
+  bump(counts, 'held_by_rate', -#held / 2)
+  if rcall('EXISTS', q) == 1 then
+    local limit, per = 1, 0
+    if spec then limit, per = rate_of(spec) end
+    rcall('ZADD', a.throttled, now + math.ceil(per / limit), name)
+  end
+end
+
+-- 2. Due jobs become ready (or wait in their key's queue).
+local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, batch)
+for _, id in ipairs(due) do
+  local h = rcall('HMGET', prefix .. 'job:' .. id, 'state', 'name', 'priority', 'seq', 'ckey')
+  rcall('ZREM', KEYS[3], id)
+  if h[1] == 'pending' or h[1] == 'retrying' then
+    make_ready(a, id, h[2], tonumber(h[3] or '0') or 0, tonumber(h[4] or '0') or 0, h[5])
+  else
+    bump(counts, 'orphan_due_entries')
+  end
+end
+
+-- 3. Start the best ready jobs into free slots, within the rate limits.
+local pool_rate = setting(a, 'rate')
+local free = math.min(maxp - running, batch)
+local looked = 0
+while #started < free and looked < 2 * batch do
+  local top = rcall('ZRANGE', a.ready, 0, 0, 'WITHSCORES')
+  if #top == 0 then break end
+  looked = looked + 1
+  local id, rank = top[1], top[2]
+  local jk = prefix .. 'job:' .. id
+  local h = rcall('HMGET', jk, 'state', 'attempts', 'name', 'args', 'kwargs', 'enc', 'timeout_ms',
+                  'ckey')
+  local pool_tokens = pool_rate and bucket_tokens(a, 'pool', pool_rate, now)
+  local name_rate = setting(a, 'rate:' .. (h[3] or ''))
+  local name_tokens = name_rate and bucket_tokens(a, 'name:' .. h[3], name_rate, now)
+  if h[1] ~= 'pending' and h[1] ~= 'retrying' then
+    rcall('ZREM', a.ready, id)
+    bump(counts, 'orphan_due_entries')
+  elseif pool_tokens and pool_tokens < 1 then
+    wake_at(now + bucket_wait(pool_rate, pool_tokens))
+    break
+  elseif key_at_limit(a, h[8], h[3]) then  -- its key reached its limit since: wait again
+    rcall('ZREM', a.ready, id)
+    rcall('ZADD', prefix .. 'keyq:' .. h[8], rank, id)
+    bump(counts, 'held_by_key')
+    if rcall('HGET', a.head, h[8]) == id then rcall('HDEL', a.head, h[8]) end
+    advance_key(a, h[8])
+  elseif name_tokens and name_tokens < 1 then
+    rcall('ZREM', a.ready, id)
+    rcall('ZADD', prefix .. 'nameq:' .. h[3], rank, id)
+    rcall('ZADD', a.throttled, 'LT', now + bucket_wait(name_rate, name_tokens), h[3])
+    bump(counts, 'held_by_rate')
+  else
+    if pool_tokens then bucket_take(a, 'pool', pool_rate, now, pool_tokens) end
+    if name_tokens then bucket_take(a, 'name:' .. h[3], name_rate, now, name_tokens) end
+    rcall('ZREM', a.ready, id)
+    rcall('SREM', a.waiting, id)
+    if h[8] and h[8] ~= '' then
+      if rcall('HGET', a.head, h[8]) == id then rcall('HDEL', a.head, h[8]) end
+      key_running(a, h[8], 1)
+      advance_key(a, h[8])
+    end
+    local attempt = tonumber(h[2]) + 1
+    local eid = rcall('XADD', KEYS[5], '*', 'kind', 'run', 'id', id, 'attempt', attempt,
+                      'name', h[3], 'args', h[4], 'kwargs', h[5], 'enc', h[6], 'timeout_ms', h[7])
+    rcall('HSET', jk, 'state', 'running', 'attempts', attempt, 'started_at', now, 'dispatch', eid)
+    rcall('ZADD', KEYS[4], now, id)
+    local timeout = tonumber(h[7])
+    if timeout > 0 then rcall('ZADD', KEYS[6], now + timeout, id) end
+    started[#started + 1] = id
+    if h[1] == 'retrying' then bump(counts, 'retrying', -1) end
+  end
+end
+if #started > 0 then bump(counts, 'started', #started) end
+local next_throttled = rcall('ZRANGE', a.throttled, 0, 0, 'WITHSCORES')
+if #next_throttled > 0 then wake_at(tonumber(next_throttled[2])) end
+
+-- 4. Due on_complete deliveries go out again.
 local deliveries = rcall('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, batch)
 for _, id in ipairs(deliveries) do
   local jk = prefix .. 'job:' .. id
@@ -70,6 +150,6 @@ end
 
 flush_counts(KEYS[8], counts)
 local out = {C.OK, #started, running + #started, maxp, first_score(KEYS[3]),
-             first_score(KEYS[7]), now}
+             first_score(KEYS[7]), now, next_admission, #due}
 for _, id in ipairs(started) do out[#out + 1] = id end
 return out

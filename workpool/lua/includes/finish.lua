@@ -1,4 +1,5 @@
 -- Terminal transitions and the end of an attempt. Needs common.lua.
+-- @include admission
 -- `ctx` carries: prefix, dispatch, group, running, deadlines, due, callbacks_due, now,
 -- retention (ms), seed (jitter), counts, finished (count of terminal transitions this call).
 
@@ -20,7 +21,9 @@ end
 local function end_attempt(ctx, id, jk)
   rcall('ZREM', ctx.running, id)
   rcall('ZREM', ctx.deadlines, id)
-  drop_entry(ctx, rcall('HGET', jk, 'dispatch'))
+  local h = rcall('HMGET', jk, 'dispatch', 'ckey')
+  drop_entry(ctx, h[1])
+  key_running(adm(ctx.prefix, ctx.counts), h[2], -1)
 end
 
 -- The one place a job becomes terminal (done or canceled). It records the on_complete delivery
@@ -50,6 +53,7 @@ local function fail_attempt(ctx, id, jk, err, etype, retryable)
     local due = ctx.now + math.floor(delay)
     rcall('HSET', jk, 'state', 'retrying', 'due_at', due)
     rcall('ZADD', ctx.due, due, id)
+    rcall('SADD', ctx.prefix .. 'waiting', id)
     bump(ctx.counts, 'retried')
     bump(ctx.counts, 'retrying')
     return C.RETRY_SCHEDULED

@@ -1,0 +1,135 @@
+-- Admission control: which pending/retrying job may start next. Needs common.lua.
+-- Keys are derived from the pool's hash-tagged prefix (one cluster slot):
+--   ready       ZSET  id -> rank: due jobs free to start, best first
+--   keyq:<K>    ZSET  id -> rank: due jobs of concurrency key K waiting for K's limit
+--   keyHead     HASH  K -> the one job of K in `ready` (or parked by a rate limit)
+--   keyRunning  HASH  K -> attempts of K running now
+--   nameq:<N>   ZSET  id -> rank: due jobs of job name N held by N's rate limit
+--   throttled   ZSET  N -> time (ms) N's next token is expected
+--   bucket:<S>  HASH  tokens, ts: token bucket of scope S (`pool` or `name:<N>`)
+--   seq         STRING counter: each job's place in line, taken when it is enqueued
+--   waiting     SET   every pending and retrying job, wherever it waits (cancel_all, stats)
+--   config      HASH  live overrides; defaults HASH: values declared in code (config wins)
+-- rank = -priority * 1e12 + seq: higher priority first, then the order jobs were enqueued in
+-- (a retry keeps its place). Written with %.0f: Lua's own number format keeps 14 digits only.
+
+local function adm(prefix, counts)
+  return {prefix = prefix, counts = counts, ready = prefix .. 'ready', head = prefix .. 'keyHead',
+          krun = prefix .. 'keyRunning', throttled = prefix .. 'throttled',
+          seq = prefix .. 'seq', waiting = prefix .. 'waiting', config = prefix .. 'config', defaults = prefix .. 'defaults'}
+end
+
+-- Effective setting: the live override, else the code-declared default; '' means "none".
+local function setting(a, field)
+  local v = rcall('HGET', a.config, field)
+  if not v then v = rcall('HGET', a.defaults, field) end
+  if not v or v == '' then return nil end
+  return v
+end
+
+-- Rate spec "limit/per_ms" -> limit, per_ms.
+local function rate_of(spec)
+  local limit, per = string.match(spec, '^(%d+)/(%d+)$')
+  return tonumber(limit), tonumber(per)
+end
+
+-- Token bucket of `scope`: capacity `limit`, refilled at limit/per_ms. Returns tokens now.
+local function bucket_tokens(a, scope, spec, now)
+  local limit, per = rate_of(spec)
+  local h = rcall('HMGET', a.prefix .. 'bucket:' .. scope, 'tokens', 'ts')
+  local tokens, ts = tonumber(h[1]), tonumber(h[2])
+  if not tokens or not ts then return limit end
+  return math.min(limit, tokens + math.max(0, now - ts) * limit / per)
+end
+
+-- Take one token (the caller checked there is one); an idle bucket expires full after per_ms.
+local function bucket_take(a, scope, spec, now, tokens)
+  local _, per = rate_of(spec)
+  local k = a.prefix .. 'bucket:' .. scope
+  rcall('HSET', k, 'tokens', tokens - 1, 'ts', now)
+  rcall('PEXPIRE', k, per)
+end
+
+-- Milliseconds until the bucket holds one token again.
+local function bucket_wait(spec, tokens)
+  local limit, per = rate_of(spec)
+  return math.max(1, math.ceil((1 - tokens) * per / limit))
+end
+
+local function key_limit(a, name)
+  return tonumber(setting(a, 'max_per_key:' .. name) or setting(a, 'max_per_key') or '0')
+end
+
+-- K runs as many attempts as jobs named `name` allow per key (checked again at start: a limit
+-- may have been lowered, or jobs of another name share K, since the job became ready).
+local function key_at_limit(a, ckey, name)
+  if not ckey or ckey == '' then return false end
+  local limit = key_limit(a, name)
+  return limit > 0 and tonumber(rcall('HGET', a.krun, ckey) or '0') >= limit
+end
+
+-- A due job joins the ready set, or its key's queue while the key is at its limit (or another
+-- job of the key already stands for it in `ready`).
+local function make_ready(a, id, name, priority, seq, ckey)
+  local rank = string.format('%.0f', -priority * 1e12 + seq)
+  if ckey and ckey ~= '' then
+    local limit = key_limit(a, name)
+    if limit > 0 then
+      local running = tonumber(rcall('HGET', a.krun, ckey) or '0')
+      local head = rcall('HGET', a.head, ckey)
+      local head_rank = head and rcall('ZSCORE', a.ready, head)
+      if head_rank and tonumber(rank) < tonumber(head_rank) then
+        -- a better-ranked job of the key (enqueued earlier in the same ms, or of a higher
+        -- priority) stands for it instead; the head it replaces waits in the key's queue
+        rcall('ZREM', a.ready, head)
+        rcall('ZADD', a.prefix .. 'keyq:' .. ckey, head_rank, head)
+        bump(a.counts, 'held_by_key')
+        rcall('HSET', a.head, ckey, id)
+        rcall('ZADD', a.ready, rank, id)
+        return
+      end
+      if head or running >= limit then
+        rcall('ZADD', a.prefix .. 'keyq:' .. ckey, rank, id)
+        bump(a.counts, 'held_by_key')
+        return
+      end
+      rcall('HSET', a.head, ckey, id)
+    end
+  end
+  rcall('ZADD', a.ready, rank, id)
+end
+
+-- Let the next waiting job of key K stand for it in `ready`, if K is below its limit.
+local function advance_key(a, ckey)
+  if rcall('HEXISTS', a.head, ckey) == 1 then return end
+  local q = a.prefix .. 'keyq:' .. ckey
+  local nxt = rcall('ZRANGE', q, 0, 0, 'WITHSCORES')
+  if #nxt == 0 then return end
+  local name = rcall('HGET', a.prefix .. 'job:' .. nxt[1], 'name') or ''
+  local limit = key_limit(a, name)
+  if limit > 0 and tonumber(rcall('HGET', a.krun, ckey) or '0') >= limit then return end
+  rcall('ZREM', q, nxt[1])
+  bump(a.counts, 'held_by_key', -1)
+  if limit > 0 then rcall('HSET', a.head, ckey, nxt[1]) end
+  rcall('ZADD', a.ready, nxt[2], nxt[1])
+  if limit == 0 then return advance_key(a, ckey) end  -- no key limit for its name: next one too
+end
+
+-- An attempt of key K started (+1) or ended (-1).
+local function key_running(a, ckey, delta)
+  if not ckey or ckey == '' then return end
+  if rcall('HINCRBY', a.krun, ckey, delta) <= 0 then rcall('HDEL', a.krun, ckey) end
+  if delta < 0 then advance_key(a, ckey) end
+end
+
+-- A pending/retrying job leaves every admission queue (cancel); its key moves on.
+local function unqueue(a, id, name, ckey)
+  rcall('SREM', a.waiting, id)
+  rcall('ZREM', a.ready, id)
+  if rcall('ZREM', a.prefix .. 'nameq:' .. name, id) == 1 then bump(a.counts, 'held_by_rate', -1) end
+  if ckey and ckey ~= '' then
+    if rcall('ZREM', a.prefix .. 'keyq:' .. ckey, id) == 1 then bump(a.counts, 'held_by_key', -1) end
+    if rcall('HGET', a.head, ckey) == id then rcall('HDEL', a.head, ckey) end
+    advance_key(a, ckey)  -- it may have stood for the key, or been first in line ahead of a job
+  end                     -- that its key's limit lets go (another name, another limit)
+end

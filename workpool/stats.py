@@ -1,0 +1,102 @@
+"""`workpool stats`: counts per state, admission holds, limits, throughput and anomalies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workpool.keys import GROUP, Keys
+from workpool.ops import Ops, Step
+from workpool.protocol import text
+
+_RANK = 10**12  # ready-set rank = -priority * 1e12 + seq (see lua/includes/admission.lua)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of one pool."""
+
+    pool: str
+    pending: int  #: accepted jobs waiting for their first start (due or not)
+    running: int
+    retrying: int
+    ready: int  #: due jobs free to start now, waiting for a slot or a pool-wide token
+    held_by_rate: int  #: due jobs held by their job name's rate limit
+    held_by_key: int  #: due jobs waiting for their concurrency key's limit
+    ready_by_priority: dict[int, int]
+    settings: dict[str, str]  #: effective settings (live overrides over code defaults)
+    accepted_not_applied: int  #: enqueue entries the main loop has not applied yet
+    leader: str | None  #: lease token of the main-loop holder, if any
+    workers: int  #: worker processes with a live heartbeat that have read from the pool
+    finished_last_minute: int
+    counters: dict[str, int] = field(default_factory=dict)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def max_parallelism(self) -> int | None:
+        """The limit in force (None before any main loop ran)."""
+        value = self.settings.get("max_parallelism")
+        return None if value is None else int(value)
+
+    @property
+    def paused(self) -> bool:
+        """True while the pool is paused by `configure(paused=True)`."""
+        return self.settings.get("paused") == "1"
+
+    @property
+    def throughput(self) -> float:
+        """Jobs finished per second over the last minute."""
+        return self.finished_last_minute / 60
+
+
+def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
+    """Read the pool's counters and gauges in three round trips."""
+    (now,) = yield Step([("TIME",)])
+    minute = int(now[0]) // 60
+    replies = yield Step([
+        ("SCARD", keys.waiting), ("ZCARD", keys.running), ("HGETALL", keys.stats),
+        ("HGETALL", keys.defaults), ("SCARD", keys.incoming), ("GET", keys.lease),
+        ("XREVRANGE", keys.rejected, "+", "-", "COUNT", rejected_shown),
+        ("GET", keys.throughput(minute)), ("GET", keys.throughput(minute - 1)),
+        ("EVAL", _LIVE_WORKERS, 1, keys.dispatch, GROUP, keys.prefix),
+        ("HGETALL", keys.config), ("ZCARD", keys.ready), ("SMEMBERS", keys.priorities),
+    ])
+    priorities = sorted(int(p) for p in replies[12])
+    counts = yield Step([("ZCOUNT", keys.ready, -p * _RANK, f"({-p * _RANK + _RANK}")
+                         for p in priorities])
+    counters = {text(k): int(v) for k, v in replies[2].items()}
+    settings = {text(k): text(v) for k, v in replies[3].items()}
+    settings.update({text(k): text(v) or "none" for k, v in replies[10].items()})
+    retrying = counters.get("retrying", 0)
+    this_minute, last_minute = int(replies[7] or 0), int(replies[8] or 0)
+    elapsed = int(now[0]) % 60 + 1
+    return PoolStats(
+        pool=keys.pool,
+        pending=int(replies[0]) - retrying + int(replies[4]),
+        running=int(replies[1]),
+        retrying=retrying,
+        ready=int(replies[11]),
+        held_by_rate=counters.get("held_by_rate", 0),
+        held_by_key=counters.get("held_by_key", 0),
+        ready_by_priority={p: int(n) for p, n in zip(priorities, counts, strict=True) if n},
+        settings=settings,
+        accepted_not_applied=int(replies[4]),
+        leader=text(replies[5]) or None,
+        workers=int(replies[9]),
+        finished_last_minute=this_minute + last_minute * (60 - elapsed) // 60,
+        counters=counters,
+        # raw fields of a rejected entry may be any bytes (bad msgpack): shown escaped, never fatal
+        rejected=[{text(k): v.decode("utf-8", "backslashreplace") for k, v in entry.items()}
+                  for _, entry in replies[6]],
+    )
+
+
+# Read-only: consumers of the dispatch group whose heartbeat is live (0 before the group exists).
+_LIVE_WORKERS = """
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local live = 0
+for _, c in ipairs(consumers) do
+  if redis.call('EXISTS', ARGV[2] .. 'hb:' .. c[2]) == 1 then live = live + 1 end
+end
+return live
+"""
