@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -140,3 +143,46 @@ def xadd(url: str, key: str, *fields: str | bytes, last: bytes | None = None) ->
     entry_id = reply.strip()
     assert _ENTRY_ID.match(entry_id), reply
     return entry_id.decode()
+
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+class CliProcs:
+    """`python -m workpool ...` processes on a test server, each in its own session (so its
+    children go with it) and logging to its own file; all are SIGKILLed at teardown."""
+
+    def __init__(self, url: str, logs: Path) -> None:
+        self.url, self.logs = url, logs
+        self.started: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, label: str, *args: str) -> subprocess.Popen[bytes]:
+        """Run the CLI with `args` (tests/ importable, JSON logs to `<label>.log`)."""
+        path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path, "WORKPOOL_REDIS_URL": self.url}
+        with (self.logs / f"{label}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "workpool", "--redis-url", self.url, "--log-format",
+                 "json", *args], cwd=TESTS_DIR.parent, env=env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started[label] = proc
+        return proc
+
+    def log(self, label: str) -> str:
+        """Everything the process has logged so far."""
+        return (self.logs / f"{label}.log").read_text(errors="replace")
+
+    def kill(self, label: str) -> None:
+        """SIGKILL one process and its children (no goodbye: leases and heartbeats expire)."""
+        proc = self.started[label]
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def kill_all(self) -> None:
+        """Kill whatever still runs; print each one's last lines (shown when a test fails)."""
+        for label, proc in self.started.items():
+            if proc.poll() is None:
+                self.kill(label)
+            print(f"--- {label} (exit {proc.returncode}), last lines:")
+            print("\n".join(self.log(label).splitlines()[-15:]))

@@ -4,13 +4,10 @@ the session's redis-server, running the jobs of `e2e_app`, which record what the
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,35 +28,18 @@ from e2e_app import (
     work,
 )
 from e2e_app import pool as e2e_pool
-from helpers import eventually
+from helpers import CliProcs, eventually
 
 from workpool import State, Workpool
 from workpool.cli import cli
 from workpool.protocol import text
 
-TESTS_DIR = Path(__file__).resolve().parent
 APP = "e2e_app:pool"
 FINISH_TIMEOUT = 30.0
 
 
-class Procs:
-    """Starts `python -m workpool ...` processes on the test server, each in its own session
-    (so its children go with it), logging to one file each; kills them all at teardown."""
-
-    def __init__(self, url: str, logs: Path) -> None:
-        self.url, self.logs = url, logs
-        self.started: dict[str, subprocess.Popen[bytes]] = {}
-
-    def spawn(self, label: str, *args: str) -> subprocess.Popen[bytes]:
-        path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "PYTHONPATH": path, "WORKPOOL_REDIS_URL": self.url}
-        with (self.logs / f"{label}.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "workpool", "--redis-url", self.url, "--log-format",
-                 "json", *args], cwd=TESTS_DIR.parent, env=env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.started[label] = proc
-        return proc
+class Procs(CliProcs):
+    """CLI processes of the e2e app."""
 
     def worker(self, worker_id: str, *options: str) -> subprocess.Popen[bytes]:
         """A worker process named `worker_id` (its consumer name and heartbeat key)."""
@@ -68,18 +48,6 @@ class Procs:
 
     def label_of(self, pid: int) -> str:
         return next(label for label, proc in self.started.items() if proc.pid == pid)
-
-    def log(self, label: str) -> str:
-        return (self.logs / f"{label}.log").read_text(errors="replace")
-
-    def kill_all(self) -> None:
-        for label, proc in self.started.items():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            print(f"--- {label} (exit {proc.returncode}), last lines:")  # shown on failure
-            print("\n".join(self.log(label).splitlines()[-15:]))
 
 
 @pytest.fixture

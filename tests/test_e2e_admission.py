@@ -5,13 +5,9 @@ judge rate limits, serial keys, cron ticks and live configuration from those rec
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from itertools import pairwise
@@ -36,53 +32,23 @@ from e2e_admission_app import (
     rate_pool,
     serial,
 )
-from helpers import eventually
+from helpers import CliProcs, eventually
 
 from workpool import Workpool
 from workpool.cli import cli
 from workpool.protocol import text
 
-TESTS_DIR = Path(__file__).resolve().parent
 FINISH_TIMEOUT = 30.0
 WOKEN_DEADLINE = 0.5  # seconds: well under the idle loop's shortest timer (the 1 s reap)
 
 
-class Procs:
-    """`python -m workpool worker ...` processes on the test server, each in its own session
-    and logging to its own file; all are SIGKILLed at teardown."""
-
-    def __init__(self, url: str, logs: Path) -> None:
-        self.url, self.logs = url, logs
-        self.started: dict[str, subprocess.Popen[bytes]] = {}
+class Procs(CliProcs):
+    """CLI worker processes of `e2e_admission_app`."""
 
     def worker(self, pool: str, worker_id: str, concurrency: int = 16) -> subprocess.Popen[bytes]:
         """A worker (with its main-loop candidate) of `e2e_admission_app:<pool>`."""
-        path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "PYTHONPATH": path}
-        with (self.logs / f"{worker_id}.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "workpool", "--redis-url", self.url, "--log-format", "json",
-                 "worker", f"e2e_admission_app:{pool}", "--worker-id", worker_id,
-                 "--concurrency", str(concurrency)],
-                cwd=TESTS_DIR.parent, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
-        self.started[worker_id] = proc
-        return proc
-
-    def kill(self, worker_id: str) -> None:
-        """SIGKILL one worker (no goodbye: its lease and heartbeat just expire)."""
-        proc = self.started[worker_id]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def kill_all(self) -> None:
-        for worker_id, proc in self.started.items():
-            if proc.poll() is None:
-                self.kill(worker_id)
-            tail = (self.logs / f"{worker_id}.log").read_text(errors="replace").splitlines()
-            print(f"--- {worker_id} (exit {proc.returncode}), last lines:")  # shown on failure
-            print("\n".join(tail[-10:]))
+        return self.spawn(worker_id, "worker", f"e2e_admission_app:{pool}", "--worker-id",
+                          worker_id, "--concurrency", str(concurrency))
 
 
 @pytest.fixture
