@@ -1,11 +1,16 @@
-"""End-to-end throughput of no-op jobs on real worker processes, on a private redis-server.
+"""Throughput of no-op jobs on a private redis-server: enqueue rates, end-to-end rates with W
+worker processes, and the main loop's transitions per second on its own.
 
-Enqueues N no-op jobs with enqueue_many in chunks (the enqueue rate), then starts K workers
-(`python -m workpool worker throughput:pool`) and measures jobs/s from the first start to the
-last finish, both read from the job hashes (Redis clock).
+- enqueue: one `enqueue` call per job, and `enqueue_many` in chunks (one round trip each);
+- end to end: N jobs pre-loaded, then W worker processes (W = 1, 2, 4 by default, each also a
+  main-loop candidate); the rate is N over the span from the first start to the last finish,
+  read from the job hashes (Redis clock), so process start-up is not counted;
+- main loop alone: N jobs pre-loaded, a standalone `workpool loop` process with no worker
+  ingests and starts them all (max_parallelism N), then N outcomes are appended at once as a
+  worker would and the loop applies them: transitions per second for each step.
 
-    python bench/throughput.py [--jobs 20000] [--workers 2] [--concurrency 32]
-                               [--max-parallelism 64] [--chunk 1000] [--kind sync|async]
+    python bench/throughput.py [--jobs 20000] [--workers 1,2,4] [--concurrency 64]
+                               [--max-parallelism 256] [--chunk 5000] [--aof]
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from workpool import Workpool
 from workpool.embedded import RedisServer
+from workpool.protocol import encode, text
 
 BENCH_DIR = Path(__file__).resolve().parent
 MAXP_ENV = "BENCH_MAX_PARALLELISM"  # the workers import this module: the limit travels by env
-pool = Workpool("bench", max_parallelism=int(os.environ.get(MAXP_ENV, "64")), retention=3600.0)
+pool = Workpool("bench", max_parallelism=int(os.environ.get(MAXP_ENV, "256")), retention=3600.0)
 
 
 @pool.job()
@@ -38,47 +46,60 @@ async def anoop() -> None:
     """Does nothing (runs on the worker's event loop)."""
 
 
-def _options() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=20000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--max-parallelism", type=int, default=64)
-    parser.add_argument("--chunk", type=int, default=1000, help="jobs per enqueue_many call")
-    parser.add_argument("--kind", choices=["sync", "async"], default="sync")
-    parser.add_argument("--timeout", type=float, default=600.0)
-    return parser.parse_args()
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=20000)
+    p.add_argument("--single", type=int, default=5000, help="jobs enqueued one call each")
+    p.add_argument("--workers", default="1,2,4", help="worker process counts to run")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--max-parallelism", type=int, default=256)
+    p.add_argument("--chunk", type=int, default=5000, help="jobs per enqueue_many call")
+    p.add_argument("--kind", choices=["sync", "async"], default="async")
+    p.add_argument("--aof", action="store_true", help="appendonly yes, appendfsync everysec")
+    p.add_argument("--redis-url", default=None, help="use this server (for bench/limit.py)")
+    p.add_argument("--quiet", action="store_true", help="no table (bench/limit.py)")
+    p.add_argument("--timeout", type=float, default=600.0)
+    return p.parse_args(argv)
 
 
-def _enqueue(job: str, jobs: int, chunk: int) -> tuple[list[str], float]:
-    started = time.perf_counter()
-    ids: list[str] = []
-    for first in range(0, jobs, chunk):
-        ids += pool.enqueue_many(job, [()] * min(chunk, jobs - first))
-    return ids, time.perf_counter() - started
-
-
-def _finished(jobs: int, timeout: float) -> float:
-    """Poll the counters until every job succeeded; return the wall time it took."""
-    started = time.perf_counter()
-    while pool.stats().counters.get("succeeded", 0) < jobs:
-        if time.perf_counter() - started > timeout:
-            msg = f"not finished after {timeout} s: {pool.stats()}"
+def _until(done: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            msg = f"{what} not reached within {timeout} s: {pool.stats().counters}"
             raise TimeoutError(msg)
-        time.sleep(0.05)
-    return time.perf_counter() - started
+        time.sleep(0.02)  # polling the stats counters
 
 
-def _span_ms(ids: list[str]) -> tuple[int, int]:
-    """(first started_at, last finished_at) over the jobs, in Redis milliseconds."""
-    first, last = 2**63, 0
-    for i in range(0, len(ids), 2000):
-        pipe = pool.redis.pipeline(transaction=False)
-        for job_id in ids[i:i + 2000]:
-            pipe.hmget(pool.keys.job(job_id), "started_at", "finished_at")
-        for started_at, finished_at in pipe.execute():
-            first, last = min(first, int(started_at)), max(last, int(finished_at))
-    return first, last
+def _counter(name: str) -> int:
+    return int(pool.redis.hget(pool.keys.stats, name) or 0)
+
+
+def enqueue_rates(o: argparse.Namespace, job: str) -> tuple[float, float]:
+    """(jobs/s one call each, jobs/s with enqueue_many) on an empty pool."""
+    pool.redis.flushall()
+    began = time.perf_counter()
+    for _ in range(o.single):
+        pool.enqueue(job)
+    single = o.single / (time.perf_counter() - began)
+    pool.redis.flushall()
+    return single, o.jobs / preload(job, o.jobs, o.chunk)
+
+
+def preload(job: str, jobs: int, chunk: int) -> float:
+    """Enqueue `jobs` jobs with enqueue_many; returns the seconds it took."""
+    began = time.perf_counter()
+    for first in range(0, jobs, chunk):
+        pool.enqueue_many(job, [()] * min(chunk, jobs - first))
+    return time.perf_counter() - began
+
+
+def _spawn(url: str, o: argparse.Namespace, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, MAXP_ENV: str(o.max_parallelism),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR),
+                                                       os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-m", "workpool", "--redis-url", url,
+                             "--log-level", "WARNING", *args], env=env)
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -93,37 +114,102 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-def main() -> None:
-    """Run the benchmark once and print its figures and settings."""
-    o = _options()
+def _span_s() -> float:
+    """Seconds from the first start to the last finish over every job (Redis clock)."""
+    first, last = 2**63, 0
+    for keys in _job_keys():
+        pipe = pool.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, "started_at", "finished_at")
+        for started_at, finished_at in pipe.execute():
+            first, last = min(first, int(started_at)), max(last, int(finished_at))
+    return (last - first) / 1000
+
+
+def _job_keys() -> list[list[bytes]]:
+    keys = list(pool.redis.scan_iter(match=pool.keys.job("*"), count=5000))
+    return [keys[i:i + 2000] for i in range(0, len(keys), 2000)]
+
+
+def end_to_end(url: str, o: argparse.Namespace, job: str, workers: int) -> float:
+    """Jobs/s with `workers` worker processes on a pre-loaded backlog."""
+    pool.redis.flushall()
+    preload(job, o.jobs, o.chunk)
+    procs = [_spawn(url, o, "worker", "throughput:pool", "--concurrency", str(o.concurrency),
+                    "--worker-id", f"bench-{i}") for i in range(workers)]
+    try:
+        _until(lambda: _counter("succeeded") >= o.jobs, o.timeout, "all jobs done")
+    finally:
+        _stop(procs)
+    rate: float = o.jobs / _span_s()
+    return rate
+
+
+def main_loop_alone(url: str, o: argparse.Namespace, job: str) -> tuple[float, float, float]:
+    """(ingest, start, apply) transitions/s of a standalone main loop with no worker."""
+    pool.redis.flushall()
+    pool.configure(max_parallelism=o.jobs)
+    preload(job, o.jobs, o.chunk)
+    loop = _spawn(url, o, "loop", "throughput:pool")
+    try:
+        began = time.perf_counter()
+        _until(lambda: _counter("enqueued") >= o.jobs, o.timeout, "all ingested")
+        ingested = time.perf_counter()
+        _until(lambda: _counter("started") >= o.jobs, o.timeout, "all started")
+        started = time.perf_counter()
+        outcomes = _fake_outcomes()
+        applied_from = time.perf_counter()
+        pipe = pool.redis.pipeline(transaction=False)
+        for fields in outcomes:
+            pipe.xadd(pool.keys.pending_completion, fields)  # type: ignore[arg-type]
+        pipe.execute()
+        _until(lambda: _counter("succeeded") >= o.jobs, o.timeout, "all applied")
+        applied = time.perf_counter()
+    finally:
+        _stop([loop])
+    return (o.jobs / (ingested - began), o.jobs / (started - ingested),
+            o.jobs / (applied - applied_from))
+
+
+def _fake_outcomes() -> list[dict[str, str | bytes]]:
+    """What a worker would append for every started attempt (read from the dispatch stream)."""
+    nil = encode(None, "msgpack")
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", pool.redis.xrange(pool.keys.dispatch))
+    return [{"kind": "run", "id": text(f[b"id"]), "attempt": text(f[b"attempt"]), "ok": "1",
+             "result": nil} for _, f in entries]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every measurement once and print the figures with their settings."""
+    o = options(argv)
     job = "noop" if o.kind == "sync" else "anoop"
-    with tempfile.TemporaryDirectory() as tmp, RedisServer.start(Path(tmp)) as server:
-        pool.use_url(server.url)
-        ids, enqueue_s = _enqueue(job, o.jobs, o.chunk)
-        env = {**os.environ, MAXP_ENV: str(o.max_parallelism),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR),
-                                                           os.environ.get("PYTHONPATH")]))}
-        procs = [subprocess.Popen(
-            [sys.executable, "-m", "workpool", "--redis-url", server.url, "--log-level",
-             "WARNING", "worker", "throughput:pool", "--concurrency", str(o.concurrency),
-             "--worker-id", f"bench-{i}"], env=env) for i in range(o.workers)]
+    extra = [] if o.aof else ["--appendonly", "no"]
+    with tempfile.TemporaryDirectory() as tmp:
+        server = None if o.redis_url else RedisServer.start(Path(tmp), extra_args=extra)
+        url = o.redis_url or server.url  # type: ignore[union-attr]
+        pool.use_url(url)
         try:
-            wall_s = _finished(o.jobs, o.timeout)
-            first, last = _span_ms(ids)
+            if o.quiet:
+                end_to_end(url, o, job, 2)
+                return
+            single, batched = enqueue_rates(o, job)
+            runs = {w: end_to_end(url, o, job, w) for w in map(int, o.workers.split(","))}
+            ingest, start, apply_ = main_loop_alone(url, o, job)
+            version = pool.redis.info("server")["redis_version"]
         finally:
-            _stop(procs)
-        version = pool.redis.info("server")["redis_version"]
-        pool.close()
-    span_s = (last - first) / 1000
-    print(f"settings: jobs={o.jobs} kind={o.kind} ({job}) chunk={o.chunk} workers={o.workers} "
-          f"concurrency={o.concurrency} max_parallelism={o.max_parallelism} executor=thread "
-          f"worker_log_level=WARNING redis={version} appendfsync=everysec "
+            pool.close()
+            if server is not None:
+                server.stop()
+    print(f"throughput: jobs={o.jobs} kind={o.kind} ({job}) chunk={o.chunk} "
+          f"concurrency={o.concurrency}/worker max_parallelism={o.max_parallelism} "
+          f"redis={version} persistence={'aof everysec' if o.aof else 'none'} "
           f"python={platform.python_version()} cpus={os.cpu_count()} {platform.machine()}")
-    print(f"enqueue:  {o.jobs} jobs in {enqueue_s:.2f} s = {o.jobs / enqueue_s:,.0f} jobs/s")
-    print(f"run:      {o.jobs} jobs from first start to last finish in {span_s:.2f} s = "
-          f"{o.jobs / span_s:,.0f} jobs/s (Redis clock)")
-    print(f"wall:     {wall_s:.2f} s from launching the workers to the last finish "
-          f"(includes process start-up) = {o.jobs / wall_s:,.0f} jobs/s")
+    print(f"enqueue one call each   {single:>10,.0f} jobs/s ({o.single} jobs)")
+    print(f"enqueue_many x{o.chunk:<9}{batched:>10,.0f} jobs/s")
+    for w, rate in runs.items():
+        print(f"end to end, {w} worker{'s' if w > 1 else ' '}   {rate:>10,.0f} jobs/s")
+    print(f"main loop alone: ingest {ingest:,.0f}/s, start {start:,.0f}/s, "
+          f"apply outcomes {apply_:,.0f}/s transitions")
 
 
 if __name__ == "__main__":

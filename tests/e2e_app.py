@@ -6,6 +6,7 @@ the jobs saw rather than from the engine's counters. Short TTLs make recovery fa
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -78,6 +79,26 @@ def gated(gate: str) -> str:
             raise TimeoutError(msg)
         time.sleep(0.01)
     r.rpush(ended_key(gate), os.getpid())
+    return "released"
+
+
+def cancelled_key(gate: str) -> str:
+    """The pids of the processes whose `gated_async` job was cancelled at its gate."""
+    return f"e2e:cancelled:{gate}"
+
+
+@pool.job()
+async def gated_async(gate: str) -> str:
+    """`gated` on the event loop: a cancel (the worker fencing itself) is recorded."""
+    r = pool.aio.redis
+    await r.rpush(started_key(gate), os.getpid())
+    try:
+        while not await r.exists(gate_key(gate)):
+            await asyncio.sleep(0.01)
+    except asyncio.CancelledError:
+        pool.redis.rpush(cancelled_key(gate), os.getpid())
+        raise
+    await r.rpush(ended_key(gate), os.getpid())
     return "released"
 
 

@@ -5,6 +5,7 @@ the session's redis-server, running the jobs of `e2e_app`, which record what the
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -20,9 +21,11 @@ from e2e_app import (
     MAX_PARALLELISM,
     PEAK,
     PIDS,
+    cancelled_key,
     ended_key,
     gate_key,
     gated,
+    gated_async,
     record,
     started_key,
     work,
@@ -140,6 +143,28 @@ def test_a_job_whose_worker_is_killed_mid_attempt_is_retried_by_another_worker_a
     assert (st.state, st.outcome, st.result) == (State.DONE, "succeeded", "released")
     assert (st.attempts, st.error_type) == (2, "WorkerLost")
     assert _pids(redis_client, ended_key("b")) == [second]
+
+
+def test_a_worker_paused_past_its_heartbeat_cancels_the_attempt_it_lost_when_it_wakes_up(
+    procs: Procs, app: Workpool, redis_client: redis.Redis,
+) -> None:
+    procs.worker("w-a")
+    procs.worker("w-b")
+    _live(redis_client, app, "w-a", "w-b")
+    job_id = app.enqueue(gated_async, "p")
+    first = eventually(lambda: _pids(redis_client, started_key("p")), what="1st start")[0]
+    os.kill(first, signal.SIGSTOP)  # frozen: its heartbeat expires, its attempt is given away
+    try:
+        second = eventually(lambda: _pids(redis_client, started_key("p"))[1:], FINISH_TIMEOUT,
+                            "a second attempt")[0]
+    finally:
+        os.kill(first, signal.SIGCONT)
+    assert eventually(lambda: _pids(redis_client, cancelled_key("p")), FINISH_TIMEOUT,
+                      "the woken worker cancels its stale attempt") == [first]
+    redis_client.set(gate_key("p"), 1)
+    st = app.wait(job_id, timeout=FINISH_TIMEOUT)
+    assert (st.outcome, st.attempts, st.error_type) == ("succeeded", 2, "WorkerLost")
+    assert _pids(redis_client, ended_key("p")) == [second]
 
 
 def test_killing_the_main_loop_holder_hands_the_lease_over_and_no_job_is_lost_or_doubled(

@@ -960,6 +960,34 @@ class WorkpoolModel(RuleBasedStateMachine):
         if tick:
             self.main_loop("tick", seed)
 
+    @rule(how=st.sampled_from(["restart", "script-flush"]))
+    def redis_crashes(self, how: str) -> None:
+        """redis-server comes back from its AOF (DEBUG LOADAOF: flush, then reload, as after a
+        restart) or loses its script cache (as after a restart or failover): every key reads
+        back the same, and the next script call reloads what it needs (NOSCRIPT)."""
+        before = self._durable_state()
+        if how == "restart":
+            self.r.execute_command("DEBUG", "LOADAOF")
+        else:
+            self.r.script_flush()
+        assert self._durable_state() == before
+
+    def _durable_state(self) -> dict[bytes, Any]:
+        """Every key's value; a stream's entries, groups and pending entries (not the
+        consumers' last-seen times, which a reload resets)."""
+        state: dict[bytes, Any] = {}
+        for key, dump in self._snapshot().items():
+            if self.r.type(key) != b"stream":
+                state[key] = dump
+                continue
+            groups = [(g["name"], g["pending"], g["last-delivered-id"])
+                      for g in self.r.xinfo_groups(key)]
+            pending = [[(p["message_id"], p["consumer"], p["times_delivered"])
+                        for p in self.r.xpending_range(key, g[0], "-", "+", 10_000)]
+                       for g in groups]
+            state[key] = (self.r.xrange(key), groups, pending)
+        return state
+
     @rule(what=st.sampled_from(["current", "current", "current", "old", "repeat", "callback",
                                 "callback", "closed-callback"]),
           pick=PICK, ok=st.booleans(), retryable=st.booleans(), twice=st.booleans())

@@ -11,7 +11,7 @@ import hashlib
 import importlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import msgpack
@@ -220,7 +220,8 @@ def p(redis_url: str, redis_client: redis.Redis) -> Iterator[Pool]:
     """A pool with max_parallelism 10, 3 attempts, 1 s backoff doubling, and the lease held."""
     client = Workpool("t", redis_url, max_parallelism=10, retention=RETENTION_MS / 1000,
                       retry=Retry(max_attempts=3, initial_backoff=BACKOFF_MS / 1000, base=BASE))
-    engine = Engine(client.keys, client.engine_settings())
+    # A silent worker is lost at the first reap here; the suspicion grace has its own tests.
+    engine = Engine(client.keys, replace(client.engine_settings(), silence_grace_ms=0))
     lease = parse_lease(run(redis_client, [engine.acquire(OWNER, LEASE_MS, 10)])[0])
     assert (lease.code, lease.token) == (Code.OK, f"1:{OWNER}")
     try:
@@ -800,6 +801,54 @@ def test_an_attempt_held_by_a_worker_without_heartbeat_fails_as_worker_lost_and_
     assert p.apply(now + 1).outcomes == [(lost, Code.STALE_COMPLETION)]
     assert p.state(lost) == RETRYING
     assert p.reap(now + 2) == ReapReply(Code.OK, 0, 0, 0)
+
+
+GRACE_MS = 1000
+
+
+def with_grace(p: Pool) -> Pool:
+    """The same pool whose reaper suspects a silent worker for GRACE_MS before it is lost."""
+    return replace(p, engine=Engine(p.keys, replace(p.engine.settings,
+                                                    silence_grace_ms=GRACE_MS)))
+
+
+def test_a_silent_worker_is_lost_only_once_suspected_for_the_grace(p: Pool) -> None:
+    g = with_grace(p)
+    job_id, _ = g.running_job(1, worker=None)
+    g.deliver("w1")  # w1 never beats
+    t = g.clock()
+    assert g.reap(t).lost == 0  # first seen silent: suspected
+    assert g.reap(t + GRACE_MS // 2).lost == 0
+    assert g.reap(t + GRACE_MS).lost == 1
+    assert (g.job(job_id)["error_type"], g.r.hexists(g.keys.suspects, "w1")) == (
+        b"WorkerLost", False)
+
+
+def test_a_gap_between_reaps_suspects_silent_workers_afresh(p: Pool) -> None:
+    g = with_grace(p)
+    g.running_job(1, worker=None)
+    g.deliver("w1")
+    t = g.clock()
+    assert g.reap(t).lost == 0
+    later = t + 5 * GRACE_MS  # no reap meanwhile: Redis was down, or no leader reaped
+    assert g.reap(later).lost == 0  # heartbeats may not have had their chance: suspect again
+    assert g.reap(later + GRACE_MS // 2).lost == 0
+    assert g.reap(later + GRACE_MS).lost == 1
+
+
+def test_a_worker_that_beats_again_is_no_longer_suspected(p: Pool) -> None:
+    g = with_grace(p)
+    job_id, _ = g.running_job(1, worker=None)
+    g.deliver("w1")
+    t = g.clock()
+    assert g.reap(t).lost == 0
+    g.beat("w1")
+    assert g.reap(t + GRACE_MS // 2).lost == 0
+    assert not g.r.hexists(g.keys.suspects, "w1")
+    g.r.delete(g.keys.heartbeat("w1"))
+    assert g.reap(t + GRACE_MS).lost == 0  # silent again: suspected from now on
+    assert g.reap(t + 2 * GRACE_MS).lost == 1
+    assert g.state(job_id) == RETRYING
 
 
 @covers("lose", Code.FAILED)

@@ -1,6 +1,7 @@
 """workpool: a job-queue engine on Redis with an explicit, Lua-enforced job state machine."""
 
 from workpool.aio import AsyncWorkpool
+from workpool.current import Running, current
 from workpool.errors import (
     ConfigurationError,
     JobFailed,
@@ -32,10 +33,12 @@ __all__ = [
     "RedisUnavailable",
     "Result",
     "Retry",
+    "Running",
     "SerializationError",
     "State",
     "UnknownJobName",
     "WaitTimeout",
     "Workpool",
     "WorkpoolError",
+    "current",
 ]

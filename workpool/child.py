@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from workpool.current import Running, enter
 from workpool.protocol import decode, encode
 
 if TYPE_CHECKING:
@@ -22,11 +23,12 @@ def init(pool_spec: str) -> None:
     _pool = load_pool(pool_spec)
 
 
-def run(name: str, args: bytes, kwargs: bytes, enc: str) -> bytes:
+def run(name: str, args: bytes, kwargs: bytes, enc: str, running: Running) -> bytes:
     """Run the registered sync job `name` on msgpack/JSON-encoded arguments; return its result."""
     if _pool is None:
         msg = "child process was not initialised with a pool"
         raise RuntimeError(msg)
+    enter(running)
     spec = _pool.registry.job(name)
     value = spec.fn(*(decode(args, enc) or []), **(decode(kwargs, enc) or {}))
     return encode(value, "json" if enc == "json" else "msgpack")

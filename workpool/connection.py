@@ -37,6 +37,6 @@ def unavailable_as_typed(url: str) -> Generator[None, None, None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        msg = f"cannot reach Redis at {url} ({exc}); nothing was written by this call " \
-              "unless it was acknowledged before the error. Check the server and retry."
+        msg = f"cannot reach Redis at {url} ({exc}); the call may or may not have taken " \
+              "effect. Check the server and retry: an enqueue with key= is safe to repeat."
         raise RedisUnavailable(msg) from exc

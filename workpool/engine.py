@@ -26,6 +26,7 @@ class EngineSettings:
     max_attempts: int = 5  #: defaults for entries that omit them (plain XADD clients)
     initial_backoff_ms: int = 250
     base: float = 2.0
+    silence_grace_ms: int = 0  #: a silent worker is lost after this long suspected (reapLost)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ class Engine:
             script("applyOutcomes"),
             [k.lease, k.pending_completion, k.running, k.deadlines, k.dispatch, k.due,
              k.callbacks_due, k.stats, k.rejected],
-            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP],
+            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP,
+             s.silence_grace_ms],
         )
 
     def reap(self, token: str, seed: str, now: int | None = None) -> Call:
@@ -138,7 +140,8 @@ class Engine:
         return Call(
             script("reapLost"),
             [k.lease, k.dispatch, k.running, k.deadlines, k.due, k.stats],
-            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP],
+            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP,
+             s.silence_grace_ms],
         )
 
 

@@ -96,6 +96,16 @@ class Keys:
         return self._k("waiting")
 
     @property
+    def suspects(self) -> str:
+        """HASH worker -> ms first seen silent: lost once silent for the grace (reapLost)."""
+        return self._k("suspects")
+
+    @property
+    def reaped_at(self) -> str:
+        """STRING: ms of the previous reap; a longer gap than the grace suspects afresh."""
+        return self._k("reapedAt")
+
+    @property
     def seq(self) -> str:
         """STRING counter: FIFO order within a priority."""
         return self._k("seq")

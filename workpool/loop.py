@@ -36,13 +36,13 @@ from workpool.engine import (
 )
 from workpool.logs import logger
 from workpool.periodic import decide, last_ticks, tick_call
-from workpool.protocol import text
 from workpool.scripts import Call, arun
+from workpool.server_check import check_server
 
 if TYPE_CHECKING:
     from workpool.pool import Workpool
 
-_MAX_BACKOFF = 5.0
+_MAX_BACKOFF = 1.0  # retrying once a second is cheap; Redis may be back
 
 
 @dataclass
@@ -116,20 +116,9 @@ class MainLoop:
         self.log.info("main loop lease acquired", epoch=int(token.split(":", 1)[0]))
 
     async def _check_server(self, client: redis.asyncio.Redis) -> None:
-        """Warn about Redis settings that can lose jobs (CONFIG may be disabled: then skip)."""
-        try:
-            settings = {text(k): text(v) for k, v in (
-                await client.config_get("maxmemory-policy")).items()}
-            settings.update({text(k): text(v) for k, v in (
-                await client.config_get("appendonly")).items()})
-        except ResponseError:
-            return
-        policy = settings.get("maxmemory-policy", "noeviction")
-        if policy != "noeviction":
-            self.log.warning("unsafe redis setting: maxmemory-policy should be noeviction; "
-                             "an evicted job is a lost job", maxmemory_policy=policy)
-        if settings.get("appendonly") != "yes":
-            self.log.warning("redis runs without AOF: a redis restart loses jobs")
+        """Warn about Redis settings that can lose jobs (see server_check)."""
+        for finding in await check_server(client):
+            getattr(self.log, finding.level)(finding.message)
 
     def _lose(self, why: str) -> None:
         self.log.warning("main loop lease lost", reason=why, token=self.token)

@@ -114,6 +114,7 @@ class Workpool:
             batch=batch, max_payload=self.max_payload_bytes,
             retention_ms=round(self.retention * 1000), max_attempts=self.retry.max_attempts,
             initial_backoff_ms=round(self.retry.initial_backoff * 1000), base=self.retry.base,
+            silence_grace_ms=round(self.heartbeat_ttl * 500),  # a beat comes every ttl/3
         )
 
     # -- registration --------------------------------------------------------------------

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import socket
 import threading
+import time
 import traceback
 import uuid
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -32,7 +34,9 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workpool import child
+from workpool.current import Running, enter
 from workpool.errors import NonRetryableError, SerializationError, UnknownJobName
+from workpool.fencing import still_current
 from workpool.keys import GROUP
 from workpool.logs import logger
 from workpool.loop import MainLoop, _wait
@@ -45,7 +49,8 @@ if TYPE_CHECKING:
 ExecutorKind = Literal["thread", "process"]
 Outcome = dict[str, str | bytes]
 StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
-_MAX_BACKOFF = 5.0
+_MAX_BACKOFF = 1.0  # retrying once a second is cheap; Redis may be back
+_SEEN = 65536  # entry ids remembered, so a re-read of our pending entries skips what we took
 
 
 class Worker:
@@ -68,17 +73,24 @@ class Worker:
         self._beat_stop = threading.Event()
         self._slot_freed = asyncio.Event()
         self._closing = False  # set at shutdown: the flusher sends what is left and ends
+        self._seen: dict[bytes, None] = {}  # entry ids taken, oldest first (bounded)
+        self._attempts: dict[asyncio.Task[None], tuple[str, int]] = {}  # running: job, attempt
+        self._fencing: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: redis.asyncio.Redis | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then stop gracefully."""
         self._executor = self._make_executor()
+        self._loop = asyncio.get_running_loop()
         beat = threading.Thread(target=self._heartbeat, name="workpool-heartbeat", daemon=True)
         self._beat_stop.clear()
         beat.start()
         client = redis.asyncio.Redis.from_url(self.pool.url, decode_responses=False,
                                               socket_connect_timeout=5)
+        self._client = client
         loop_stop = asyncio.Event()
         loop_task = (asyncio.create_task(MainLoop(self.pool, owner=self.id).run(loop_stop))
                      if self.run_loop else None)
@@ -127,12 +139,19 @@ class Worker:
         ttl_ms = round(self.pool.heartbeat_ttl * 1000)
         key = self.pool.keys.heartbeat(self.id)
         client = redis.Redis.from_url(self.pool.url, socket_connect_timeout=5, socket_timeout=5)
+        failures, last_beat = 0, time.monotonic()
         while not self._beat_stop.is_set():
             try:
                 client.set(key, f"pid={os.getpid()}", px=ttl_ms)
+                failures, previous, last_beat = 0, last_beat, time.monotonic()
+                if last_beat - previous > self.pool.heartbeat_ttl and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._lapsed)  # we may have been reaped
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.log.warning("heartbeat failed", error=str(exc))
-            self._beat_stop.wait(self.pool.heartbeat_ttl / 3)
+                failures += 1
+            # After a failure try again soon: a short outage must not outlast the key's TTL.
+            interval = self.pool.heartbeat_ttl / 3
+            self._beat_stop.wait(min(0.05 * 2**failures, interval) if failures else interval)
         client.close()
 
     async def _drain(self) -> None:
@@ -152,11 +171,16 @@ class Worker:
     async def _read_forever(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
         keys = self.pool.keys
         backoff = 0.1
+        check_every = max(1.0, self.pool.heartbeat_ttl / 2)
+        check_at = 0.0  # when to look for entries delivered to us that we never saw
         while not stop.is_set():
             free = await self._free_slots(stop)
             if free == 0:
                 continue
             try:
+                if time.monotonic() >= check_at:
+                    await self._take_unseen(client)
+                    check_at = time.monotonic() + check_every
                 reply = cast("StreamReply", await client.xreadgroup(
                     GROUP, self.id, {keys.dispatch: ">"}, count=free, block=500))
                 backoff = 0.1
@@ -167,12 +191,31 @@ class Worker:
                 continue
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.log.warning("redis unreachable, retrying", error=str(exc), backoff=backoff)
+                check_at = 0.0  # a reply lost with the connection may have carried entries
                 await _wait(stop, backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             for _stream, entries in reply or []:
-                for _entry_id, raw in entries:
-                    self._spawn(as_text_map(raw), client)
+                for entry_id, raw in entries:
+                    self._spawn(entry_id, as_text_map(raw), client)
+
+    async def _take_unseen(self, client: redis.asyncio.Redis) -> None:
+        """Run the entries Redis delivered to us but we never saw: a read whose reply was lost
+        with its connection (or silently retried by the client library) leaves them in our
+        pending list, where nobody would ever run them, since we are alive. XPENDING and
+        XRANGE read without touching the entries' delivery times (the timeouts' clock)."""
+        dispatch = self.pool.keys.dispatch
+        pending = await client.xpending_range(dispatch, GROUP, "-", "+", 256, self.id)
+        for p in pending:
+            entry_id = cast("bytes", p["message_id"])
+            if entry_id in self._seen:
+                continue
+            found = cast("list[tuple[bytes, dict[bytes, bytes]]]",
+                         await client.xrange(dispatch, entry_id, entry_id))
+            if found and found[0][1]:
+                self.log.warning("running an entry delivered to us but never seen",
+                                 entry=text(entry_id))
+                self._spawn(entry_id, as_text_map(found[0][1]), client)
 
     async def _free_slots(self, stop: asyncio.Event) -> int:
         """Wait until a slot is free (or stop is set); return how many are free."""
@@ -185,15 +228,43 @@ class Worker:
                 task.cancel()
         return 0 if stop.is_set() else self.concurrency - len(self._inflight)
 
-    def _spawn(self, f: dict[str, bytes], client: redis.asyncio.Redis) -> None:
-        work = self._deliver(client, f) if f.get("kind") == b"cb" else self._attempt(f)
-        task = asyncio.create_task(work)
+    def _spawn(self, entry_id: bytes, f: dict[str, bytes], client: redis.asyncio.Redis) -> None:
+        self._seen[entry_id] = None
+        if len(self._seen) > _SEEN:
+            del self._seen[next(iter(self._seen))]
+        if f.get("kind") == b"cb":
+            task = asyncio.create_task(self._deliver(client, f))
+        else:
+            task = asyncio.create_task(self._attempt(f, client, time.monotonic()))
+            self._attempts[task] = (text(f.get("id")), int(f.get("attempt") or 0))
         self._inflight.add(task)
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._attempts.pop(task, None)
         self._slot_freed.set()
+
+    def _lapsed(self) -> None:
+        """Our heartbeat lapsed (paused, or Redis unreachable): check our running attempts."""
+        if self._client is not None and self._attempts:
+            task = asyncio.create_task(self._fence(self._client))
+            self._fencing.add(task)
+            task.add_done_callback(self._fencing.discard)
+
+    async def _fence(self, client: redis.asyncio.Redis) -> None:
+        """Cancel the attempts that were given away while we could not beat."""
+        running = list(self._attempts.items())
+        try:
+            current = await still_current(client, self.pool.keys, [a for _, a in running])
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return  # the next successful beat after a lapse tries again
+        for (task, (job_id, attempt)), ok in zip(running, current, strict=True):
+            if not ok:
+                self.log.warning("cancelling an attempt given away while this worker was "
+                                 "unreachable (a thread-run job cannot be stopped, only left)",
+                                 job=job_id, attempt=attempt)
+                task.cancel()
 
     # -- running ---------------------------------------------------------------------------
 
@@ -202,21 +273,28 @@ class Worker:
         if is_async:
             return await asyncio.wait_for(fn(*args, **kwargs), timeout)
         loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(
-            loop.run_in_executor(self._executor, partial(fn, *args, **kwargs)), timeout)
+        run = partial(contextvars.copy_context().run, fn, *args, **kwargs)  # keeps current()
+        return await asyncio.wait_for(loop.run_in_executor(self._executor, run), timeout)
 
-    async def _attempt(self, f: dict[str, bytes]) -> None:
+    async def _attempt(self, f: dict[str, bytes], client: redis.asyncio.Redis,
+                       received: float) -> None:
         job_id, attempt, name = text(f.get("id")), text(f.get("attempt")), text(f.get("name"))
         enc = text(f.get("enc")) or "msgpack"
         log = self.log.bind(job=job_id, attempt=attempt, name=name)
+        if time.monotonic() - received > self.pool.heartbeat_ttl / 2 and not await self._mine(
+                client, job_id, int(attempt or 0)):
+            log.warning("skipping an attempt given away while this worker stalled")
+            return
         out: Outcome = {"kind": "run", "id": job_id, "attempt": attempt}
         timeout_ms = int(f.get("timeout_ms") or 0)
+        running = Running(job_id, name, int(attempt or 0), 0, self.id)
+        enter(running)  # this task's own context: current() inside the job
         try:
             spec = self.pool.registry.job(name)
             if self.executor_kind == "process" and not spec.is_async:
                 raw = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
                     self._executor, child.run, name, f.get("args") or b"",
-                    f.get("kwargs") or b"", enc), timeout_ms / 1000 or None)
+                    f.get("kwargs") or b"", enc, running), timeout_ms / 1000 or None)
                 out.update(ok="1", result=raw)
             else:
                 args = decode(f.get("args") or b"", enc) or []
@@ -243,26 +321,46 @@ class Worker:
     async def _deliver(self, client: redis.asyncio.Redis, f: dict[str, bytes]) -> None:
         job_id, n = text(f.get("id")), text(f.get("n"))
         log = self.log.bind(job=job_id, delivery=n)
-        raw = cast("dict[bytes, bytes]", await client.hgetall(self.pool.keys.job(job_id)))
-        h = as_text_map(raw)
+        h = await self._job_hash(client, job_id)
         if text(h.get("cb")) != "pending" or text(h.get("cb_n")) != n:
             return  # superseded: the main loop already closed or re-issued this delivery
         out: Outcome = {"kind": "cb", "id": job_id, "n": n}
+        handler = text(h.get("on_complete"))
+        enter(Running(job_id, handler, 0, int(n), self.id))
         try:
-            spec = self.pool.registry.handler(text(h.get("on_complete")))
+            spec = self.pool.registry.handler(handler)
             result = status_from_hash(job_id, h).to_result()
             context = decode(h.get("context") or b"", text(h.get("enc")) or "msgpack")
             if spec.is_async:
                 await spec.fn(job_id, result, context)
             else:
                 await asyncio.get_running_loop().run_in_executor(
-                    None, spec.fn, job_id, result, context)
+                    None, contextvars.copy_context().run, spec.fn, job_id, result, context)
             out["ok"] = "1"
             log.info("transition", transition="callback_delivered")
         except Exception as exc:
             out.update(ok="0", error=f"{type(exc).__name__}: {exc}")
             log.warning("transition", transition="callback_failed", error=repr(exc))
         self._outcomes.put_nowait(out)
+
+    async def _mine(self, client: redis.asyncio.Redis, job_id: str, attempt: int) -> bool:
+        """Is this attempt still the job's current one? (If Redis cannot say: assume so.)"""
+        try:
+            return (await still_current(client, self.pool.keys, [(job_id, attempt)]))[0]
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return True
+
+    async def _job_hash(self, client: redis.asyncio.Redis, job_id: str) -> dict[str, bytes]:
+        """The job's hash; waits out a Redis outage (dropping the delivery would strand it)."""
+        backoff = 0.1
+        while True:
+            try:
+                raw = await client.hgetall(self.pool.keys.job(job_id))
+                return as_text_map(cast("dict[bytes, bytes]", raw))
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.log.warning("redis unreachable, retrying", error=str(exc), backoff=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
 
     # -- outcomes --------------------------------------------------------------------------
 

@@ -182,17 +182,17 @@ local function cancel(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then return reject(entry_id, flat, 'cancel needs field id') end
   local jk = prefix .. 'job:' .. id
-  local h = rcall('HMGET', jk, 'state', 'cancel', 'name', 'ckey')
+  local h = rcall('HMGET', jk, 'state', 'cancel', 'name', 'ckey', 'attempts')
   local state = h[1]
   if state == 'pending' or state == 'retrying' then
     rcall('ZREM', KEYS[4], id)
     unqueue(adm(prefix, ctx.counts), id, h[3], h[4])
-    rcall('HSET', jk, 'cancel', '1')
+    rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', h[5] or '0')
     if state == 'retrying' then bump(ctx.counts, 'retrying', -1) end
     finish(ctx, id, jk, 'canceled', 'canceled')
     return C.CANCELED
   elseif state == 'running' and h[2] ~= '1' then
-    rcall('HSET', jk, 'cancel', '1')
+    rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', h[5])
     bump(ctx.counts, 'cancel_marked')
     return C.CANCEL_MARKED
   end

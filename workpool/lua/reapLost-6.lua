@@ -5,6 +5,11 @@
 --     attempt with error_type Timeout; the usual retry rules follow.
 --   lost worker: a consumer of the dispatch group whose heartbeat key has expired; each of its
 --     entries that is still the job's current attempt fails with error_type WorkerLost.
+--     With a grace (ARGV[8] > 0) a silent consumer is first only suspected (suspects[c] = now)
+--     and is lost once it is still silent at a reap at least grace ms later. A reap that comes
+--     more than grace ms after the previous one (Redis was down or stalled, or no leader
+--     reaped) suspects afresh: heartbeats may not have had their chance, so nobody is lost
+--     before the workers could beat again.
 -- A late outcome from such an attempt is then stale and is rejected by applyOutcomes.
 --
 -- KEYS[1] lease          STRING  main-loop lease, checked against ARGV[1] (fencing)
@@ -20,6 +25,9 @@
 -- ARGV[5] seed           jitter seed (string)
 -- ARGV[6] retention      ms a finished job is kept
 -- ARGV[7] group          consumer group of the dispatch stream
+-- ARGV[8] grace          ms a silent consumer stays suspected before it is lost (0: at once)
+-- Derived from ARGV[2] (same hash tag): suspects (HASH consumer -> ms first seen silent) and
+-- reapedAt (STRING, ms of the previous reap), written only when grace > 0.
 -- Returns {code, timed_out, lost, redelivered}; code is NOT_LEADER (nothing written) or OK.
 -- @include common
 -- @include finish
@@ -86,17 +94,43 @@ local function recover(consumer, entry_id)
   drop_entry(ctx, entry_id)
 end
 
+-- Silent consumers: lost at once (no grace), or once suspected for grace ms without a gap.
+local grace = tonumber(ARGV[8] or '0') or 0
+local suspects = prefix .. 'suspects'
+local afresh = false
+if grace > 0 then
+  local previous = tonumber(rcall('GET', prefix .. 'reapedAt') or '0')
+  afresh = ctx.now - previous > grace
+  rcall('SET', prefix .. 'reapedAt', ctx.now)
+end
+local function lost_now(consumer)
+  if rcall('EXISTS', prefix .. 'hb:' .. consumer) == 1 then
+    if grace > 0 then rcall('HDEL', suspects, consumer) end
+    return false
+  end
+  if grace <= 0 then return true end
+  local since = tonumber(rcall('HGET', suspects, consumer) or '')
+  if since == nil or afresh then
+    rcall('HSET', suspects, consumer, ctx.now)
+    return false
+  end
+  return ctx.now - since >= grace
+end
+
 -- Dead workers: consumers with pending entries and no live heartbeat.
 local summary = rcall('XPENDING', KEYS[2], group)
 local budget = batch
 for _, c in ipairs(summary[4] or {}) do
   if budget <= 0 then break end
   local consumer = c[1]
-  if rcall('EXISTS', prefix .. 'hb:' .. consumer) == 0 then
+  if lost_now(consumer) then
     local entries = rcall('XPENDING', KEYS[2], group, '-', '+', budget, consumer)
     for _, p in ipairs(entries) do recover(consumer, p[1]) end
     budget = budget - #entries
-    if #entries == tonumber(c[2]) then rcall('XGROUP', 'DELCONSUMER', KEYS[2], group, consumer) end
+    if #entries == tonumber(c[2]) then
+      rcall('XGROUP', 'DELCONSUMER', KEYS[2], group, consumer)
+      if grace > 0 then rcall('HDEL', suspects, consumer) end
+    end
   end
 end
 

@@ -1,0 +1,63 @@
+"""workpool as a peer: the same no-op job and record as every other adapter (see _common).
+
+Best settings: async job on the worker's event loop, concurrency 64 per worker process,
+max_parallelism 256 (no admission limit in the way), enqueue_many in chunks of 5,000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import redis.asyncio
+from _common import POOL_NAME, arecord, options, paced, timed
+
+from workpool import Workpool
+from workpool.worker import Worker
+
+pool = Workpool(POOL_NAME, os.environ.get("BENCH_URL"), max_parallelism=256, retention=600.0)
+_client: redis.asyncio.Redis | None = None
+CHUNK = 5000
+
+
+@pool.job()
+async def noop(sent_ms: float) -> None:
+    global _client  # noqa: PLW0603 - one client per worker process
+    if _client is None:
+        _client = redis.asyncio.Redis.from_url(pool.url)
+    await arecord(_client, sent_ms)
+
+
+async def _work(concurrency: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Worker(pool, concurrency=concurrency).run(stop)
+
+
+def main() -> None:
+    o = options()
+    pool.use_url(o.url)
+    if o.command == "worker":
+        asyncio.run(_work(o.concurrency))
+    elif o.command == "enqueue":
+        def bulk() -> None:
+            for first in range(0, o.n, CHUNK):
+                pool.enqueue_many(noop, [(0.0,)] * min(CHUNK, o.n - first))
+        timed(o.n, f"enqueue_many x{CHUNK}", bulk)
+    elif o.command == "enqueue-one":
+        def one_by_one() -> None:
+            for _ in range(o.n):
+                pool.enqueue(noop, 0.0)
+        timed(o.n, "enqueue", one_by_one)
+    else:
+        def send(sent_ms: float) -> Any:
+            return pool.enqueue(noop, sent_ms)
+        paced(o.url, o.n, o.rate, send)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""A short seeded chaos run (every fault kind at least once) and a redis-server crash under
+`appendfsync always`: the checker must find no violation, and no acknowledged enqueue lost.
+
+The long run is `python -m workpool.chaos run --duration 600 --faults-per-kind 50 ...`
+(README, "Guarantees"); this one keeps CI at about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from workpool.chaos.faults import KINDS
+
+SEED = 3
+
+
+def chaos(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "workpool.chaos", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def test_a_seeded_chaos_run_with_every_fault_kind_violates_no_guarantee(tmp_path: Path) -> None:
+    out = chaos("run", "--seed", str(SEED), "--duration", "45", "--faults-per-kind", "1",
+                "--rate", "40", "--out", str(tmp_path))
+    print(out.stdout, out.stderr[-3000:])  # the table, shown when the test fails
+    saved = json.loads((tmp_path / "report.json").read_text())
+    report = saved["report"]
+    assert {k: report["faults"].get(k, 0) for k in KINDS} == dict.fromkeys(KINDS, 1)
+    assert report["acked"] > 1000
+    assert report["outcomes"].get("succeeded", 0) > 0 and report["outcomes"].get("canceled", 0)
+    violations = {k: len(report[k]) for k in ("lost", "lost_callbacks", "duplicated",
+                                               "unexpected", "canceled_then_started",
+                                               "stale_accepted")}
+    assert violations == dict.fromkeys(violations, 0)
+    assert report["parallelism_breaches"] == 0
+    assert out.returncode == 0
+
+
+def test_a_redis_server_crash_under_appendfsync_always_loses_no_acknowledged_enqueue(
+        tmp_path: Path) -> None:
+    out = chaos("durability", "--appendfsync", "always", "--crashes", "2", "--out",
+                str(tmp_path))
+    print(out.stdout, out.stderr[-3000:])
+    row = next(line.split() for line in out.stdout.splitlines() if line.startswith("always"))
+    crashes, acked, lost = int(row[1]), int(row[2]), int(row[4])
+    assert (crashes, lost) == (2, 0)
+    assert acked > 100
+    assert out.returncode == 0

@@ -1,0 +1,61 @@
+"""The Redis settings workpool depends on, checked by each new main-loop leader: what is unsafe
+is logged as a warning naming the fix (README, "Redis settings")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import redis.asyncio
+from redis.exceptions import ResponseError
+
+from workpool.protocol import text
+
+_SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One setting's verdict."""
+
+    level: Literal["warning", "info"]
+    message: str
+
+
+def assess(config: Mapping[str, str], replication: Mapping[str, str]) -> list[Finding]:
+    """Judge CONFIG values and INFO replication fields (missing ones are not judged)."""
+    found: list[Finding] = []
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        found.append(Finding("warning", f"unsafe redis setting maxmemory-policy={policy}: an "
+                             "evicted job is a lost job; set maxmemory-policy noeviction"))
+    if config.get("appendonly", "yes") != "yes":
+        found.append(Finding("warning", "redis runs without AOF (appendonly no): a redis "
+                             "restart loses every job; set appendonly yes"))
+    elif config.get("appendfsync") == "no":
+        found.append(Finding("warning", "appendfsync no: a machine crash can lose about 30 s "
+                             "of acknowledged jobs and transitions; use everysec or always"))
+    elif config.get("appendfsync") == "everysec":
+        found.append(Finding("info", "appendfsync everysec: a machine crash (not a redis "
+                             "crash) can lose up to about 1 s of acknowledged writes; "
+                             "appendfsync always closes that window"))
+    if replication.get("role") == "master" and int(replication.get("connected_slaves", "0")):
+        found.append(Finding("info", "redis has replicas: replication is asynchronous, so a "
+                             "failover can lose acknowledged writes (README, 'Failover')"))
+    return found
+
+
+async def check_server(client: redis.asyncio.Redis) -> list[Finding]:
+    """Read the settings (CONFIG may be renamed or disabled: then only INFO is judged)."""
+    config: dict[str, str] = {}
+    for name in _SETTINGS:
+        try:
+            config.update({text(k): text(v) for k, v in (await client.config_get(name)).items()})
+        except ResponseError:
+            break
+    try:
+        info = await client.info("replication")
+    except ResponseError:
+        info = {}
+    return assess(config, {str(k): str(v) for k, v in info.items()})
