@@ -148,13 +148,15 @@ def end_to_end(url: str, o: argparse.Namespace, job: str, workers: int) -> float
 def main_loop_alone(url: str, o: argparse.Namespace, job: str) -> tuple[float, float, float]:
     """(ingest, start, apply) transitions/s of a standalone main loop with no worker."""
     pool.redis.flushall()
-    pool.configure(max_parallelism=o.jobs)
+    pool.configure(max_parallelism=o.jobs, paused=True)  # ingest everything first
     preload(job, o.jobs, o.chunk)
     loop = _spawn(url, o, "loop", "throughput:pool")
     try:
+        _until(lambda: _counter("enqueued") > 0, o.timeout, "the loop is up")
         began = time.perf_counter()
         _until(lambda: _counter("enqueued") >= o.jobs, o.timeout, "all ingested")
         ingested = time.perf_counter()
+        pool.configure(paused=False)
         _until(lambda: _counter("started") >= o.jobs, o.timeout, "all started")
         started = time.perf_counter()
         outcomes = _fake_outcomes()

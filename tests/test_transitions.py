@@ -701,6 +701,28 @@ def test_a_cancel_of_an_unknown_job_is_a_noop(p: Pool) -> None:
 
 
 @covers("succeed", Code.STALE_COMPLETION)
+def test_a_batch_entry_applies_each_outcome_it_carries_and_sets_aside_what_is_malformed(
+        p: Pool) -> None:
+    ok_id, _ = p.running_job(1)
+    failing, _ = p.running_job(2)
+    items = [["kind", "run", "id", ok_id, "attempt", "1", "ok", "1", "result", b"\xc0"],
+             ["kind", "run", "id", failing, "attempt", 1, "ok", "0", "retryable", "0",
+              "error", "no", "error_type", "ValueError"],  # a number is read as its text
+             ["kind", "run", "id", ["nested"]],  # not a flat array of strings
+             ["kind", "nope", "id", "x"]]
+    p.r.xadd(p.keys.pending_completion,
+             {"kind": "batch", "o": msgpack.packb(items, use_bin_type=False)})
+    p.r.xadd(p.keys.pending_completion, {"kind": "batch", "o": b"\xc1 not msgpack"})
+    reply = p.apply(p.clock())
+    assert reply.codes == [Code.SUCCEEDED, Code.FAILED, Code.REJECTED, Code.REJECTED,
+                           Code.REJECTED]
+    assert (p.state(ok_id), p.state(failing)) == (SUCCEEDED, FAILED)
+    reasons = [f["reason"] for _, f in entries(p.r.xrange(p.keys.rejected))]
+    assert reasons == [b"an outcome must be a flat array of strings", b"unknown kind nope",
+                       b"field o must be a msgpack array of outcomes"]
+    assert p.r.xlen(p.keys.pending_completion) == 0
+
+
 def test_a_completion_of_a_superseded_attempt_is_rejected_and_counted(p: Pool) -> None:
     job_id, now = p.retrying_job()
     due = retry_due(now, job_id, 1)
@@ -849,6 +871,38 @@ def test_a_worker_that_beats_again_is_no_longer_suspected(p: Pool) -> None:
     assert g.reap(t + GRACE_MS).lost == 0  # silent again: suspected from now on
     assert g.reap(t + 2 * GRACE_MS).lost == 1
     assert g.state(job_id) == RETRYING
+
+
+def test_with_a_grace_the_timeout_backstop_waits_two_graces_more_for_the_worker(
+        p: Pool) -> None:
+    g = with_grace(p)
+    job_id, _ = g.running_job(worker=None, timeout=0.001)
+    g.beat("w2")
+    g.deliver("w2")
+    g.reap(g.clock())  # a first reap: the reaper has been running (no gap)
+    t = g.clock()
+    assert g.reap(t).timed_out == 0  # 1 ms past delivery: the worker times itself out
+    deadline = g.score(g.keys.deadlines, job_id)
+    assert deadline is not None and t < deadline <= t + 1 + 2 * GRACE_MS
+    wait_until(lambda: int(g.r.xpending_range(g.keys.dispatch, GROUP, "-", "+", 1)[0]
+                           ["time_since_delivered"]) >= 1 + 2 * GRACE_MS, timeout=10)
+    g.beat("w2")
+    g.reap(g.clock() - GRACE_MS // 2)  # keep reaping without a gap
+    assert g.reap(g.clock()).timed_out == 1
+    assert g.job(job_id)["error_type"] == b"Timeout"
+
+
+def test_a_reap_after_a_gap_times_out_and_loses_nothing(p: Pool) -> None:
+    g = with_grace(p)
+    job_id, _ = g.running_job(worker=None, timeout=0.001)
+    g.deliver("w1")  # never beats
+    wait_until(lambda: int(g.r.xpending_range(g.keys.dispatch, GROUP, "-", "+", 1)[0]
+                           ["time_since_delivered"]) >= 1 + 2 * GRACE_MS, timeout=10)
+    t = g.clock()
+    assert g.reap(t - 10 * GRACE_MS) == ReapReply(Code.OK, 0, 0, 0)
+    assert g.reap(t) == ReapReply(Code.OK, 0, 0, 0)  # a gap: Redis down, or no leader
+    assert g.state(job_id) == RUNNING
+    assert g.reap(t + GRACE_MS // 2).timed_out == 1
 
 
 @covers("lose", Code.FAILED)

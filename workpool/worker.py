@@ -27,6 +27,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+import msgpack
 import redis
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -51,6 +52,7 @@ Outcome = dict[str, str | bytes]
 StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 _MAX_BACKOFF = 1.0  # retrying once a second is cheap; Redis may be back
 _SEEN = 65536  # entry ids remembered, so a re-read of our pending entries skips what we took
+_PER_ENTRY = 64  # outcomes per pendingCompletion entry (the main loop applies 256 per call)
 
 
 class Worker:
@@ -271,10 +273,11 @@ class Worker:
     async def _call(self, fn: Any, is_async: bool, args: list[Any], kwargs: dict[str, Any],
                     timeout: float | None) -> Any:
         if is_async:
-            return await asyncio.wait_for(fn(*args, **kwargs), timeout)
-        loop = asyncio.get_running_loop()
-        run = partial(contextvars.copy_context().run, fn, *args, **kwargs)  # keeps current()
-        return await asyncio.wait_for(loop.run_in_executor(self._executor, run), timeout)
+            work = fn(*args, **kwargs)
+        else:
+            run = partial(contextvars.copy_context().run, fn, *args, **kwargs)  # keeps current()
+            work = asyncio.get_running_loop().run_in_executor(self._executor, run)
+        return await (work if timeout is None else asyncio.wait_for(work, timeout))
 
     async def _attempt(self, f: dict[str, bytes], client: redis.asyncio.Redis,
                        received: float) -> None:
@@ -371,18 +374,22 @@ class Worker:
             await self._flush(client)
 
     async def _flush(self, client: redis.asyncio.Redis) -> None:
-        """Append every ready outcome in one pipeline; on a Redis outage keep them and retry."""
-        batch: list[Outcome] = []
+        """Append every ready outcome, _PER_ENTRY to a `kind=batch` entry, in one round trip;
+        on a Redis outage keep them and retry."""
+        batch: list[list[str | bytes]] = []
         while not self._outcomes.empty():
             out = self._outcomes.get_nowait()
             if out:  # {} only wakes the flusher
-                batch.append(out)
+                batch.append([x for pair in out.items() for x in pair])
+        entries = [msgpack.packb(batch[i:i + _PER_ENTRY], use_bin_type=False)  # Redis's Lua
+                   for i in range(0, len(batch), _PER_ENTRY)]                  # reads no bin
         backoff = 0.1
-        while batch:
+        while entries:
             try:
                 pipe = client.pipeline(transaction=False)
-                for out in batch:
-                    pipe.xadd(self.pool.keys.pending_completion, out)  # type: ignore[arg-type]
+                for packed in entries:
+                    pipe.execute_command("XADD", self.pool.keys.pending_completion, "*",
+                                         "kind", "batch", "o", packed)
                 await pipe.execute()
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

@@ -4,6 +4,9 @@
 --     job's current running one is STALE_COMPLETION: counted, never applied.
 --   kind=cb: on_complete handler result; success closes the delivery, failure schedules it
 --     again with backoff (1 s doubling, capped at 60 s). Superseded ones are STALE_CALLBACK.
+--   kind=batch: field `o` is a msgpack array of outcomes, each a flat [field, value, ...]
+--     array of a run or cb outcome; each is applied as if it were its own entry (a worker sends
+--     everything it has ready as one entry).
 -- Malformed entries are set aside in the rejected record. Every entry is deleted once applied.
 --
 -- KEYS[1] lease              STRING  main-loop lease, checked against ARGV[1] (fencing)
@@ -17,13 +20,13 @@
 -- KEYS[9] rejected           STREAM  malformed entries set aside (capped ~10000)
 -- ARGV[1] token       lease token `<epoch>:<owner>`
 -- ARGV[2] prefix      key prefix `{wp:<pool>}:`
--- ARGV[3] batch       max entries applied in this call (integer)
+-- ARGV[3] batch       outcomes applied in this call: no entry is begun once this many are
 -- ARGV[4] now         ms since epoch, or '' for Redis TIME
 -- ARGV[5] seed        jitter seed (string)
 -- ARGV[6] retention   ms a finished job is kept
 -- ARGV[7] group       consumer group of the dispatch stream
 -- Returns {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
--- written) or OK, with the job id and a code per entry
+-- written) or OK, with the job id and a code per outcome
 -- (SUCCEEDED, RETRY_SCHEDULED, FAILED, STALE_COMPLETION, CALLBACK_DELIVERED,
 -- CALLBACK_RETRY, STALE_CALLBACK, REJECTED).
 -- @include common
@@ -87,7 +90,45 @@ local function callback_outcome(entry_id, f, flat)
   return C.CALLBACK_RETRY
 end
 
-local handlers = {run = run_outcome, cb = callback_outcome}
+local single = {run = run_outcome, cb = callback_outcome}
+
+-- A batched outcome as a flat array of strings (numbers written as text), or nil if it is not.
+local function as_strings(item)
+  if type(item) ~= 'table' or #item % 2 ~= 0 then return nil end
+  local out = {}
+  for i, v in ipairs(item) do
+    if type(v) == 'number' then v = tostring(v) end
+    if type(v) ~= 'string' then return nil end
+    out[i] = v
+  end
+  return out
+end
+
+local function batch_outcome(entry_id, f, flat)
+  local ok, outcomes = pcall(cmsgpack.unpack, f.o or '')
+  if not ok or type(outcomes) ~= 'table' then
+    return reject(entry_id, flat, 'field o must be a msgpack array of outcomes')
+  end
+  local codes = {}
+  for _, item in ipairs(outcomes) do
+    local flat_item = as_strings(item)
+    local code, id = C.REJECTED, entry_id
+    if flat_item then
+      local g = fields_of(flat_item)
+      local handler = single[g.kind]
+      id = g.id or entry_id
+      if handler then code = handler(entry_id, g, flat_item)
+      else code = reject(entry_id, flat_item, 'unknown kind ' .. tostring(g.kind)) end
+    else
+      reject(entry_id, {'o', tostring(item)}, 'an outcome must be a flat array of strings')
+    end
+    codes[#codes + 1] = id
+    codes[#codes + 1] = code
+  end
+  return codes
+end
+
+local handlers = {run = run_outcome, cb = callback_outcome, batch = batch_outcome}
 local result = apply_entries(KEYS[2], tonumber(ARGV[3]), 'kind', '', handlers, reject)
 count_throughput(ctx)
 flush_counts(KEYS[8], ctx.counts)

@@ -2,7 +2,9 @@
 -- again the on_complete deliveries a dead worker held.
 --   timeout: a running job whose dispatch entry was delivered at least timeout_ms ago
 --     (delivery time from the stream's pending-entries list, i.e. Redis's clock) fails its
---     attempt with error_type Timeout; the usual retry rules follow.
+--     attempt with error_type Timeout; the usual retry rules follow. With a grace, the worker
+--     (which times out its own attempts from when it received them) gets 2 x grace more: the
+--     reaper is then only the backstop for a worker that could not.
 --   lost worker: a consumer of the dispatch group whose heartbeat key has expired; each of its
 --     entries that is still the job's current attempt fails with error_type WorkerLost.
 --     With a grace (ARGV[8] > 0) a silent consumer is first only suspected (suspects[c] = now)
@@ -25,7 +27,9 @@
 -- ARGV[5] seed           jitter seed (string)
 -- ARGV[6] retention      ms a finished job is kept
 -- ARGV[7] group          consumer group of the dispatch stream
--- ARGV[8] grace          ms a silent consumer stays suspected before it is lost (0: at once)
+-- ARGV[8] grace          ms a silent consumer stays suspected before it is lost (0: at once);
+--                        also the timeout backstop's margin (2 x grace) and, after a gap in
+--                        reaping longer than grace, nothing is timed out or lost this call
 -- Derived from ARGV[2] (same hash tag): suspects (HASH consumer -> ms first seen silent) and
 -- reapedAt (STRING, ms of the previous reap), written only when grace > 0.
 -- Returns {code, timed_out, lost, redelivered}; code is NOT_LEADER (nothing written) or OK.
@@ -40,9 +44,18 @@ local ctx = {prefix = prefix, dispatch = KEYS[2], group = group, running = KEYS[
              deadlines = KEYS[4], due = KEYS[5], now = now_ms(ARGV[4]), seed = ARGV[5],
              retention = tonumber(ARGV[6]), counts = {}, finished = 0}
 local timed_out, lost, redelivered = 0, 0, 0
+local grace = tonumber(ARGV[8] or '0') or 0
+local suspects = prefix .. 'suspects'
+local afresh = false  -- no reap for longer than the grace: workers may not have had their say
+if grace > 0 then
+  local previous = tonumber(rcall('GET', prefix .. 'reapedAt') or '0')
+  afresh = ctx.now - previous > grace
+  rcall('SET', prefix .. 'reapedAt', ctx.now)
+end
 
 -- Per-job timeouts, measured from delivery to a worker (not from dispatch).
-local ids = rcall('ZRANGEBYSCORE', KEYS[4], '-inf', ctx.now, 'LIMIT', 0, batch)
+local ids = {}
+if not afresh then ids = rcall('ZRANGEBYSCORE', KEYS[4], '-inf', ctx.now, 'LIMIT', 0, batch) end
 for _, id in ipairs(ids) do
   local jk = prefix .. 'job:' .. id
   local h = rcall('HMGET', jk, 'state', 'dispatch', 'timeout_ms', 'attempts')
@@ -53,12 +66,12 @@ for _, id in ipairs(ids) do
     local p = rcall('XPENDING', KEYS[2], group, h[2], h[2], 1)
     if #p == 0 then
       rcall('ZADD', KEYS[4], ctx.now + timeout, id)
-    elseif tonumber(p[1][3]) >= timeout then
+    elseif tonumber(p[1][3]) >= timeout + 2 * grace then
       fail_attempt(ctx, id, jk, 'attempt ' .. h[4] .. ' ran past its timeout of ' .. timeout ..
                    ' ms', 'Timeout', true)
       timed_out = timed_out + 1
     else
-      rcall('ZADD', KEYS[4], ctx.now + timeout - tonumber(p[1][3]), id)
+      rcall('ZADD', KEYS[4], ctx.now + timeout + 2 * grace - tonumber(p[1][3]), id)
     end
   end
 end
@@ -95,14 +108,6 @@ local function recover(consumer, entry_id)
 end
 
 -- Silent consumers: lost at once (no grace), or once suspected for grace ms without a gap.
-local grace = tonumber(ARGV[8] or '0') or 0
-local suspects = prefix .. 'suspects'
-local afresh = false
-if grace > 0 then
-  local previous = tonumber(rcall('GET', prefix .. 'reapedAt') or '0')
-  afresh = ctx.now - previous > grace
-  rcall('SET', prefix .. 'reapedAt', ctx.now)
-end
 local function lost_now(consumer)
   if rcall('EXISTS', prefix .. 'hb:' .. consumer) == 1 then
     if grace > 0 then rcall('HDEL', suspects, consumer) end

@@ -43,21 +43,32 @@ local function set_aside(rejected_key, entry_id, flat, reason, counts)
   return C.REJECTED
 end
 
--- Apply up to `batch` entries of `stream`, oldest first, each by the handler its `field` names
--- (`default` when absent), else set aside; each entry is deleted once applied.
--- Returns {OK, applied, last_entry_id, id1, code1, ...}.
+-- Apply entries of `stream`, oldest first, until `batch` items are applied: each entry by the
+-- handler its `field` names (`default` when absent), else set aside; each entry is deleted
+-- once applied. A handler returns a code, or (for an entry carrying many items) a list of
+-- {id, code} pairs. Returns {OK, items applied, last_entry_id, id1, code1, ...}.
 local function apply_entries(stream, batch, field, default, handlers, reject)
   local entries = rcall('XRANGE', stream, '-', '+', 'COUNT', batch)
-  local result = {C.OK, #entries, ''}
+  local result = {C.OK, 0, ''}
   for _, e in ipairs(entries) do
+    if result[2] >= batch then break end
     local entry_id, flat = e[1], e[2]
     local f = fields_of(flat)
     local handler = handlers[f[field] or default]
     local code
     if handler then code = handler(entry_id, f, flat)
     else code = reject(entry_id, flat, 'unknown ' .. field .. ' ' .. tostring(f[field])) end
-    result[#result + 1] = f.id or entry_id
-    result[#result + 1] = code
+    if type(code) == 'table' then
+      for i = 1, #code, 2 do
+        result[#result + 1] = code[i]
+        result[#result + 1] = code[i + 1]
+      end
+      result[2] = result[2] + #code / 2
+    else
+      result[#result + 1] = f.id or entry_id
+      result[#result + 1] = code
+      result[2] = result[2] + 1
+    end
     rcall('XDEL', stream, entry_id)
     result[3] = entry_id
   end
