@@ -39,6 +39,20 @@ def eventually(predicate: Callable[[], T | Literal[False] | None], timeout: floa
         time.sleep(0.01)  # poll interval, not a wait for the condition itself
 
 
+def hold_job(pool: Workpool) -> tuple[threading.Event, threading.Event]:
+    """Register the sync job `hold`: it sets `holding`, then blocks until `release` is set
+    (30 s at most), keeping a worker slot busy. Returns (holding, release)."""
+    holding, release = threading.Event(), threading.Event()
+
+    @pool.job(name="hold")
+    def hold() -> str:
+        holding.set()
+        release.wait(30)
+        return "held"
+
+    return holding, release
+
+
 class Pools:
     """Makes pools on the test server with short lease/heartbeat TTLs; closes them afterwards."""
 

@@ -3,12 +3,11 @@ the attempt number is the fencing token users key their outside effects by."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
 import redis
-from helpers import Pools, eventually, running_worker
+from helpers import Pools, eventually, hold_job, running_worker
 
 import workpool
 from workpool import Result, State
@@ -53,17 +52,11 @@ def test_a_cancel_records_the_attempt_it_found(redis_url: str,
                                                redis_client: redis.Redis) -> None:
     pools = Pools(redis_url)
     pool = pools("cancelat", max_parallelism=1)
-    holding, release = threading.Event(), threading.Event()
-
-    @pool.job()
-    def hold() -> str:
-        holding.set()
-        release.wait(30)
-        return "done"
+    holding, release = hold_job(pool)
 
     with running_worker(pool):
-        running = pool.enqueue(hold)
-        waiting = pool.enqueue(hold)  # the only slot is taken: it stays pending
+        running = pool.enqueue("hold")
+        waiting = pool.enqueue("hold")  # the only slot is taken: it stays pending
         assert holding.wait(15)
         pool.cancel(waiting)
         pool.cancel(running)

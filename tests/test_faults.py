@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import Pools, eventually, running_worker
+from helpers import Pools, eventually, hold_job, running_worker
 
 from workpool import Retry, State, Workpool
 from workpool.embedded import RedisServer
@@ -72,13 +72,7 @@ def test_after_a_redis_restart_a_silent_worker_gets_time_to_beat_again_before_it
         own_server: RedisServer, comes_back: bool) -> None:
     pool = Workpool("restart", own_server.url, heartbeat_ttl=1.0, lease_ttl=1.0,
                     retry=Retry(max_attempts=3, initial_backoff=0.01))
-    release, holding = threading.Event(), threading.Event()
-
-    @pool.job()
-    def hold() -> str:
-        holding.set()
-        release.wait(30)
-        return "held"
+    holding, release = hold_job(pool)
 
     @pool.job()
     def other() -> str:
@@ -87,7 +81,7 @@ def test_after_a_redis_restart_a_silent_worker_gets_time_to_beat_again_before_it
     client = redis.Redis.from_url(own_server.url)
     ghost = pool.keys.heartbeat("ghost")  # a worker of another process, played by the test
     with running_worker(pool, concurrency=1):
-        pool.enqueue(hold)
+        pool.enqueue("hold")
         assert holding.wait(15)
         job = pool.enqueue(other)
         client.set(ghost, "pid=0", px=1000)
@@ -112,20 +106,14 @@ def test_an_entry_delivered_to_a_worker_whose_read_reply_was_lost_still_runs(
         redis_url: str, tmp_path: Path) -> None:
     pools = Pools(redis_url)
     pool = pools("lostread", max_parallelism=2)
-    release, holding = threading.Event(), threading.Event()
-
-    @pool.job()
-    def hold() -> str:
-        holding.set()
-        release.wait(30)
-        return "held"
+    holding, release = hold_job(pool)
 
     @pool.job()
     def quick() -> str:
         return "quick"
 
     with running_worker(pool, worker_id="w-lost", concurrency=1):
-        pool.enqueue(hold)
+        pool.enqueue("hold")
         assert holding.wait(15)
         second = pool.enqueue(quick)  # dispatched, but the worker's only slot is busy
         client = redis.Redis.from_url(redis_url)

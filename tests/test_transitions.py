@@ -858,6 +858,31 @@ def test_a_gap_between_reaps_suspects_silent_workers_afresh(p: Pool) -> None:
     assert g.reap(later + GRACE_MS).lost == 1
 
 
+def test_a_gap_vouched_for_by_a_leader_that_saw_redis_answer_is_not_suspected_afresh(
+        p: Pool) -> None:
+    g = with_grace(p)
+    g.running_job(1, worker=None)
+    g.deliver("w1")
+    t = g.clock()
+
+    def reap(now: int, sent: int) -> ReapReply:
+        return parse_reap(g.call(g.engine.reap(g.token, SEED, now, sent_ms=sent)))
+
+    assert reap(t, t).lost == 0  # suspected
+    later = t + 5 * GRACE_MS  # a leader handover: heartbeats went on meanwhile
+    assert reap(later, later - GRACE_MS // 2).lost == 0  # this call waited: Redis was frozen
+    assert reap(later + GRACE_MS // 2, later + GRACE_MS // 2).lost == 0
+    assert reap(later + GRACE_MS, later + GRACE_MS).lost == 1  # suspected since `later`
+    g2 = with_grace(p)
+    job2, _ = g2.running_job(2, worker=None)
+    g2.deliver("w2")
+    t2 = later + GRACE_MS + 1
+    assert reap(t2, t2).lost == 0  # w2 first seen silent
+    after_handover = t2 + 5 * GRACE_MS
+    assert reap(after_handover, after_handover).lost == 1  # the gap is vouched for: lost
+    assert g2.job(job2)["error_type"] == b"WorkerLost"
+
+
 def test_a_worker_that_beats_again_is_no_longer_suspected(p: Pool) -> None:
     g = with_grace(p)
     job_id, _ = g.running_job(1, worker=None)

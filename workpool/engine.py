@@ -134,14 +134,16 @@ class Engine:
              s.silence_grace_ms],
         )
 
-    def reap(self, token: str, seed: str, now: int | None = None) -> Call:
-        """End attempts of dead workers and timed-out attempts."""
+    def reap(self, token: str, seed: str, now: int | None = None,
+             sent_ms: int | None = None) -> Call:
+        """End attempts of dead workers and timed-out attempts. `sent_ms`: Redis time at send,
+        given only by a caller that saw Redis answer promptly for the last grace."""
         k, s = self.keys, self.settings
         return Call(
             script("reapLost"),
             [k.lease, k.dispatch, k.running, k.deadlines, k.due, k.stats],
             [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP,
-             s.silence_grace_ms],
+             s.silence_grace_ms, _now(sent_ms)],
         )
 
 

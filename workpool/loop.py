@@ -16,8 +16,9 @@ import contextlib
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -42,6 +43,7 @@ from workpool.server_check import check_server
 if TYPE_CHECKING:
     from workpool.pool import Workpool
 
+T = TypeVar("T")
 _MAX_BACKOFF = 1.0  # retrying once a second is cheap; Redis may be back
 
 
@@ -70,6 +72,10 @@ class MainLoop:
         self._cursor = _Cursor()
         self._cron_last: dict[str, int] = {}
         self._cron_next: dict[str, int] = {}
+        self._trouble_at = time.monotonic()  # last error or stalled round trip seen
+        self._stall_s = pool.heartbeat_ttl / 4  # a round trip this much slower: a stall
+        self._grace_s = pool.heartbeat_ttl / 2  # the reaper's silence grace
+        self._clock: tuple[int, float] | None = None  # (Redis ms, monotonic) of a reply
 
     async def run(self, stop: asyncio.Event) -> None:
         """Act as main loop until `stop` is set; reconnects with backoff when Redis goes away."""
@@ -86,6 +92,7 @@ class MainLoop:
                     backoff = 0.1
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     self.log.warning("redis unreachable, retrying", error=str(exc), backoff=backoff)
+                    self._trouble_at = time.monotonic()
                     await _wait(stop, backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF)
                 except ResponseError as exc:  # a script error: the loop must outlive it
@@ -96,9 +103,26 @@ class MainLoop:
             await self._release(client)
             await client.aclose()
 
+    async def _timed(self, reply: Awaitable[T], expected_s: float = 0.0) -> T:
+        """Await one round trip; one slower than expected by a stall's margin marks trouble
+        (Redis frozen, or this process paused): heartbeats may have lapsed meanwhile."""
+        began = time.monotonic()
+        result = await reply
+        if time.monotonic() - began > expected_s + self._stall_s:
+            self._trouble_at = time.monotonic()
+        return result
+
+    def _reap_sent_ms(self) -> int | None:
+        """Redis time now (from the last reply), if Redis answered promptly for the last grace:
+        the reaper then knows heartbeats could be written all along."""
+        if self._clock is None or time.monotonic() - self._trouble_at < self._grace_s:
+            return None
+        redis_ms, at = self._clock
+        return redis_ms + round((time.monotonic() - at) * 1000)
+
     async def _campaign(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
-        (reply,) = await arun(client, [self.engine.acquire(
-            self.owner, self.ttl_ms, self.pool.max_parallelism, self.pool.declared_settings())])
+        (reply,) = await self._timed(arun(client, [self.engine.acquire(
+            self.owner, self.ttl_ms, self.pool.max_parallelism, self.pool.declared_settings())]))
         lease = parse_lease(reply)
         if lease.code == Code.OK:
             self._lead(lease.token)
@@ -128,7 +152,8 @@ class MainLoop:
         assert self.token is not None
         token, now = self.token, time.monotonic()
         seed = secrets.token_hex(8)
-        renew, reap = now >= self._renew_at, now >= self._reap_at
+        renew = now >= self._renew_at
+        reap = now >= self._reap_at and self._clock is not None  # first, learn Redis's clock
         calls: list[Call] = []
         if renew:
             calls.append(self.engine.acquire(self.owner, self.ttl_ms, self.pool.max_parallelism,
@@ -136,8 +161,8 @@ class MainLoop:
         calls += [self.engine.ingest(token), self.engine.apply(token, seed),
                   self.engine.start(token)]
         if reap:
-            calls.append(self.engine.reap(token, seed))
-        replies = await arun(client, calls)
+            calls.append(self.engine.reap(token, seed, sent_ms=self._reap_sent_ms()))
+        replies = await self._timed(arun(client, calls))
         if renew:
             lease = parse_lease(replies.pop(0))
             if lease.code != Code.OK or lease.token != token:
@@ -149,6 +174,7 @@ class MainLoop:
         if Code.NOT_LEADER in (ingest.code, apply_.code, start.code):
             self._lose("fencing rejected a script")
             return
+        self._clock = (start.now_ms, time.monotonic())
         if reap:
             self._reaped(parse_reap(replies[3]))
             self._reap_at = now + self.reap_interval
@@ -220,9 +246,9 @@ class MainLoop:
         if stop.is_set():
             return
         keys = self.pool.keys
-        await client.xread({keys.pending_start: self._cursor.start,
-                            keys.pending_completion: self._cursor.completion},
-                           count=1, block=ms)
+        await self._timed(client.xread({keys.pending_start: self._cursor.start,
+                                        keys.pending_completion: self._cursor.completion},
+                                       count=1, block=ms), ms / 1000)
 
     async def _release(self, client: redis.asyncio.Redis) -> None:
         if self.token is None:

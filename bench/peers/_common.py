@@ -93,6 +93,21 @@ def paced(url: str, n: int, rate: float, enqueue_one: Callable[[float], None]) -
     emit(n=n, seconds=time.perf_counter() - began, api="paced")
 
 
+async def asend_all(command: str, url: str, n: int, rate: float, *, api: str,
+                    send: Callable[[float], Awaitable[None]]) -> None:
+    """`paced`, or `enqueue`/`enqueue-one` as n single sends timed, for queues whose client is
+    async (and that have no bulk API: `api` says so)."""
+    if command == "paced":
+        await apaced(url, n, rate, send)
+        return
+
+    async def loop() -> None:
+        for _ in range(n):
+            await send(0.0)
+
+    await atimed(n, api, loop)
+
+
 async def apaced(url: str, n: int, rate: float,
                  enqueue_one: Callable[[float], Awaitable[None]]) -> None:
     """`paced` for queues whose client is async."""

@@ -14,7 +14,7 @@ import asyncio
 from typing import Any
 
 import redis.asyncio
-from _common import apaced, arecord, atimed, options
+from _common import arecord, asend_all, options
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
@@ -43,15 +43,8 @@ async def _client_command(command: str, n: int, rate: float) -> None:
     async def send(sent_ms: float) -> None:
         await pool.enqueue_job("noop", sent_ms)
 
-    async def loop() -> None:
-        for _ in range(n):
-            await send(0.0)
-
     try:
-        if command == "paced":
-            await apaced(_url, n, rate, send)
-        else:
-            await atimed(n, "enqueue_job loop (no bulk API)", loop)
+        await asend_all(command, _url, n, rate, api="enqueue_job loop (no bulk API)", send=send)
     finally:
         await pool.aclose()
 

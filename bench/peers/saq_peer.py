@@ -14,7 +14,7 @@ import asyncio
 from typing import Any
 
 import redis.asyncio
-from _common import apaced, arecord, atimed, options
+from _common import arecord, asend_all, options
 from saq import Queue, Worker
 
 DEQUEUE_TIMEOUT = 0.0
@@ -48,15 +48,8 @@ async def _client_command(command: str, n: int, rate: float) -> None:
     async def send(sent_ms: float) -> None:
         await queue.enqueue("noop", sent_ms=sent_ms)
 
-    async def loop() -> None:
-        for _ in range(n):
-            await send(0.0)
-
     try:
-        if command == "paced":
-            await apaced(_url, n, rate, send)
-        else:
-            await atimed(n, "enqueue loop (no bulk API)", loop)
+        await asend_all(command, _url, n, rate, api="enqueue loop (no bulk API)", send=send)
     finally:
         await queue.disconnect()
 

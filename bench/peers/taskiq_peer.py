@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 import redis.asyncio
-from _common import apaced, arecord, atimed, options
+from _common import arecord, asend_all, options
 from taskiq.cli.worker.args import WorkerArgs
 from taskiq.cli.worker.run import start_listen
 from taskiq_redis import RedisStreamBroker
@@ -56,15 +56,8 @@ async def _client_command(command: str, n: int, rate: float) -> None:
     async def send(sent_ms: float) -> None:
         await task.kiq(sent_ms)
 
-    async def loop() -> None:
-        for _ in range(n):
-            await send(0.0)
-
     try:
-        if command == "paced":
-            await apaced(_url, n, rate, send)
-        else:
-            await atimed(n, "kiq loop (no bulk API)", loop)
+        await asend_all(command, _url, n, rate, api="kiq loop (no bulk API)", send=send)
     finally:
         await broker.shutdown()
 

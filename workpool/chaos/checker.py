@@ -21,6 +21,8 @@ from workpool.chaos.history import Event
 TERMINAL = ("done", "canceled")
 _LOST = ("WorkerLost", "Timeout")  # the engine ended the attempt and freed its slot
 _ZOMBIE_WINDOW = 10.0  # s after a SIGCONT in which a process may still act on stale work
+_SIGNAL_SLACK = 0.05  # s between recording a fault and its signal landing
+_DISRUPTIVE = ("kill_leader", "kill_redis", "redis_unreachable")  # stall every recovery
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,9 @@ class _Faults:
             self.paused[pid].append((t, float("inf")))
 
     def hit(self, pid: int, after: float, before: float) -> bool:
-        """Was `pid` killed or paused in [after, before]?"""
+        """Was `pid` killed or paused in [after, before]? (A fault is recorded just before its
+        signal is sent: one that lands with `after` counts.)"""
+        after -= _SIGNAL_SLACK
         k = self.killed.get(pid)
         return (k is not None and after <= k <= before) or any(
             after <= t <= before for t, _ in self.paused.get(pid, ()))
@@ -279,6 +283,7 @@ def _recovery(rep: Report, events: list[Event], jobs: dict[str, _JobHistory]) ->
               "kill_leader": "leader SIGKILL to its jobs running again",
               "pause_worker": "worker SIGSTOP to job running again"}
     faults = _Faults(events)
+    others = [e["t"] for e in events if e["e"] == "fault" and e["kind"] in _DISRUPTIVE]
     by_pid: dict[int, list[_Start]] = defaultdict(list)
     for hist in jobs.values():
         for s in hist.starts:
@@ -295,3 +300,6 @@ def _recovery(rep: Report, events: list[Event], jobs: dict[str, _JobHistory]) ->
             if nxt and min(nxt) > t:  # else it had been superseded before this fault
                 down = faults.redis_down_between(t, min(nxt))  # not the engine's time
                 rep.recovery.setdefault(labels[e["kind"]], []).append(min(nxt) - t - down)
+                if not any(t < d < min(nxt) for d in others):
+                    rep.recovery.setdefault(labels[e["kind"]] + " (no other fault meanwhile)",
+                                            []).append(min(nxt) - t)

@@ -30,6 +30,10 @@
 -- ARGV[8] grace          ms a silent consumer stays suspected before it is lost (0: at once);
 --                        also the timeout backstop's margin (2 x grace) and, after a gap in
 --                        reaping longer than grace, nothing is timed out or lost this call
+-- ARGV[9] sent           the caller's estimate of Redis time (ms) when it sent this call, given
+--                        only if it saw Redis answer promptly for the last grace ms; a gap is
+--                        then taken as "no leader reaped" (heartbeats went on), unless this
+--                        call itself waited (now - sent >= grace / 2: Redis was frozen)
 -- Derived from ARGV[2] (same hash tag): suspects (HASH consumer -> ms first seen silent) and
 -- reapedAt (STRING, ms of the previous reap), written only when grace > 0.
 -- Returns {code, timed_out, lost, redelivered}; code is NOT_LEADER (nothing written) or OK.
@@ -49,7 +53,9 @@ local suspects = prefix .. 'suspects'
 local afresh = false  -- no reap for longer than the grace: workers may not have had their say
 if grace > 0 then
   local previous = tonumber(rcall('GET', prefix .. 'reapedAt') or '0')
-  afresh = ctx.now - previous > grace
+  local sent = tonumber(ARGV[9] or '')
+  local trusted = sent ~= nil and ctx.now - sent < grace / 2
+  afresh = ctx.now - previous > grace and not trusted
   rcall('SET', prefix .. 'reapedAt', ctx.now)
 end
 
