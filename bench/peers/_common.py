@@ -42,16 +42,23 @@ def now_ms() -> float:
     return time.time() * 1000
 
 
-def record(client: redis.Redis, sent_ms: float) -> None:
-    """The job's body: one pipelined round trip that says it ran, and when."""
+_sync: dict[str, redis.Redis] = {}
+_async: dict[str, redis.asyncio.Redis] = {}
+
+
+def record(url: str, sent_ms: float) -> None:
+    """The job's body: one pipelined round trip that says it ran, and when (one client per
+    process and URL, made on first use)."""
+    client = _sync.get(url) or _sync.setdefault(url, redis.Redis.from_url(url))
     pipe = client.pipeline(transaction=False)
     pipe.incr(DONE)
     pipe.rpush(LAT, f"{sent_ms}:{now_ms():.3f}")
     pipe.execute()
 
 
-async def arecord(client: redis.asyncio.Redis, sent_ms: float) -> None:
+async def arecord(url: str, sent_ms: float) -> None:
     """`record` for jobs that run on an event loop."""
+    client = _async.get(url) or _async.setdefault(url, redis.asyncio.Redis.from_url(url))
     pipe = client.pipeline(transaction=False)
     pipe.incr(DONE)
     pipe.rpush(LAT, f"{sent_ms}:{now_ms():.3f}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import redis.asyncio
 from _common import arecord, asend_all, options
 from arq import create_pool
 from arq.connections import RedisSettings
@@ -21,14 +20,10 @@ from arq.worker import Worker, func
 
 POLL_DELAY = 0.001
 _url = ""
-_client: redis.asyncio.Redis | None = None
 
 
 async def noop(ctx: dict[str, Any], sent_ms: float) -> None:
-    global _client  # noqa: PLW0603 - one client per worker process
-    if _client is None:
-        _client = redis.asyncio.Redis.from_url(_url)
-    await arecord(_client, sent_ms)
+    await arecord(_url, sent_ms)
 
 
 def work(concurrency: int) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import signal
 from typing import Any
 
-import redis.asyncio
 from _common import apaced, arecord, atimed, options
 from bullmq import Queue, Worker
 
@@ -22,15 +21,11 @@ QUEUE = "bench"
 CHUNK = 5000
 JOB_OPTS = {"removeOnComplete": True}
 _url = ""
-_client: redis.asyncio.Redis | None = None
 
 
 async def noop(job: Any, token: str) -> None:
     """The processor: BullMQ hands it the job, whose data carries sent_ms."""
-    global _client  # noqa: PLW0603 - one client per worker process
-    if _client is None:
-        _client = redis.asyncio.Redis.from_url(_url)
-    await arecord(_client, job.data["sent_ms"])
+    await arecord(_url, job.data["sent_ms"])
 
 
 async def _work(concurrency: int) -> None:

@@ -15,20 +15,15 @@ import threading
 from typing import Any
 
 import dramatiq
-import redis
 from _common import options, paced, record, timed
 from dramatiq.brokers.redis import RedisBroker
 
 WORKER_TIMEOUT_MS = 5  # = compute_backoff's floor (factor 5 ms): the smallest useful cap
-_client: redis.Redis | None = None
 _url = ""
 
 
 def noop(sent_ms: float) -> None:
-    global _client  # noqa: PLW0603 - one client per worker process
-    if _client is None:
-        _client = redis.Redis.from_url(_url)
-    record(_client, sent_ms)
+    record(_url, sent_ms)
 
 
 def _work(broker: Any, concurrency: int) -> None:

@@ -12,19 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from _common import POOL_NAME, options, paced, record, timed
 from huey import RedisHuey
 
-_client: redis.Redis | None = None
 _url = ""
 
 
 def noop(sent_ms: float) -> None:
-    global _client  # noqa: PLW0603 - one client per worker process
-    if _client is None:
-        _client = redis.Redis.from_url(_url)
-    record(_client, sent_ms)
+    record(_url, sent_ms)
 
 
 def main() -> None:

@@ -17,16 +17,12 @@ import redis
 from _common import POOL_NAME, options, paced, record, timed
 from rq import Queue, SimpleWorker
 
-_client: redis.Redis | None = None
 JOB = "rq_peer.noop"  # by import path: RQ's worker imports this module to run the job
 CHUNK = 5000
 
 
 def noop(sent_ms: float) -> None:
-    global _client  # noqa: PLW0603 - one client per worker process
-    if _client is None:
-        _client = redis.Redis.from_url(os.environ["BENCH_URL"])
-    record(_client, sent_ms)
+    record(os.environ["BENCH_URL"], sent_ms)
 
 
 def main() -> None:

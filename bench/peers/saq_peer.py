@@ -13,20 +13,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import redis.asyncio
 from _common import arecord, asend_all, options
 from saq import Queue, Worker
 
 DEQUEUE_TIMEOUT = 0.0
 _url = ""
-_client: redis.asyncio.Redis | None = None
 
 
 async def noop(ctx: Any, *, sent_ms: float) -> None:
-    global _client  # noqa: PLW0603 - one client per worker process
-    if _client is None:
-        _client = redis.asyncio.Redis.from_url(_url)
-    await arecord(_client, sent_ms)
+    await arecord(_url, sent_ms)
 
 
 async def _work(concurrency: int) -> None:

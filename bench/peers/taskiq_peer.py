@@ -15,7 +15,6 @@ import asyncio
 import logging
 from typing import Any
 
-import redis.asyncio
 from _common import arecord, asend_all, options
 from taskiq.cli.worker.args import WorkerArgs
 from taskiq.cli.worker.run import start_listen
@@ -23,14 +22,10 @@ from taskiq_redis import RedisStreamBroker
 
 XREAD_COUNT = 100
 _url = ""
-_client: redis.asyncio.Redis | None = None
 
 
 async def noop(sent_ms: float) -> None:
-    global _client  # noqa: PLW0603 - one client per worker process
-    if _client is None:
-        _client = redis.asyncio.Redis.from_url(_url)
-    await arecord(_client, sent_ms)
+    await arecord(_url, sent_ms)
 
 
 def make_broker() -> tuple[Any, Any]:

@@ -11,23 +11,18 @@ import os
 import signal
 from typing import Any
 
-import redis.asyncio
 from _common import POOL_NAME, arecord, options, paced, timed
 
 from workpool import Workpool
 from workpool.worker import Worker
 
 pool = Workpool(POOL_NAME, os.environ.get("BENCH_URL"), max_parallelism=256, retention=600.0)
-_client: redis.asyncio.Redis | None = None
 CHUNK = 5000
 
 
 @pool.job()
 async def noop(sent_ms: float) -> None:
-    global _client  # noqa: PLW0603 - one client per worker process
-    if _client is None:
-        _client = redis.asyncio.Redis.from_url(pool.url)
-    await arecord(_client, sent_ms)
+    await arecord(pool.url, sent_ms)
 
 
 async def _work(concurrency: int) -> None:
