@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import redis
 from hypothesis import settings
@@ -973,19 +973,26 @@ class WorkpoolModel(RuleBasedStateMachine):
         assert self._durable_state() == before
 
     def _durable_state(self) -> dict[bytes, Any]:
-        """Every key's value; a stream's entries, groups and pending entries (not the
-        consumers' last-seen times, which a reload resets)."""
+        """Every key's value, read by type (a reload may re-order a set or a hash inside, so
+        DUMP bytes can differ), whether it expires, and a stream's entries, groups and pending
+        entries (not the consumers' last-seen times, which a reload resets)."""
         state: dict[bytes, Any] = {}
-        for key, dump in self._snapshot().items():
-            if self.r.type(key) != b"stream":
-                state[key] = dump
+        for key in self.r.execute_command("KEYS", "*"):
+            kind = cast("bytes", self.r.type(key))
+            readers: dict[bytes, Callable[[bytes], Any]] = {
+                b"string": self.r.get, b"hash": self.r.hgetall, b"set": self.r.smembers,
+                b"list": lambda k: self.r.lrange(k, 0, -1),
+                b"zset": lambda k: self.r.zrange(k, 0, -1, withscores=True)}
+            read = readers.get(kind)
+            if read is not None:
+                state[key] = (kind, read(key), self.r.pttl(key) > 0)
                 continue
             groups = [(g["name"], g["pending"], g["last-delivered-id"])
                       for g in self.r.xinfo_groups(key)]
             pending = [[(p["message_id"], p["consumer"], p["times_delivered"])
                         for p in self.r.xpending_range(key, g[0], "-", "+", 10_000)]
                        for g in groups]
-            state[key] = (self.r.xrange(key), groups, pending)
+            state[key] = (kind, self.r.xrange(key), groups, pending)
         return state
 
     @rule(what=st.sampled_from(["current", "current", "current", "old", "repeat", "callback",

@@ -6,7 +6,7 @@ heartbeat key are all a worker writes.
 2. The reader takes at most as many entries as it has free slots (XREADGROUP, blocking).
 3. Async jobs run on the event loop; sync jobs in a thread pool, or in child processes that get
    and return msgpack bytes only.
-4. Outcomes are batched: every outcome ready at the same moment goes in one pipeline.
+4. Outcomes go to the outbox (outcomes.py): all that is ready goes in one round trip.
 5. Unless told otherwise, the process also competes for the main-loop lease.
 6. SIGTERM/SIGINT: stop taking work, let running attempts finish (up to `grace`), flush, give
    the lease back, delete the heartbeat so anything left is reaped at once as WorkerLost.
@@ -27,7 +27,6 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-import msgpack
 import redis
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -41,6 +40,7 @@ from workpool.fencing import still_current
 from workpool.keys import GROUP
 from workpool.logs import logger
 from workpool.loop import MainLoop, _wait
+from workpool.outcomes import MAX_BACKOFF, Outbox, Outcome
 from workpool.protocol import as_text_map, decode, encode, text
 from workpool.types import status_from_hash
 
@@ -48,11 +48,8 @@ if TYPE_CHECKING:
     from workpool.pool import Workpool
 
 ExecutorKind = Literal["thread", "process"]
-Outcome = dict[str, str | bytes]
 StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
-_MAX_BACKOFF = 1.0  # retrying once a second is cheap; Redis may be back
 _SEEN = 65536  # entry ids remembered, so a re-read of our pending entries skips what we took
-_PER_ENTRY = 64  # outcomes per pendingCompletion entry (the main loop applies 256 per call)
 
 
 class Worker:
@@ -69,12 +66,11 @@ class Worker:
         self.grace = grace
         self.pool_spec = pool_spec
         self.log = logger(pool=pool.name, worker=self.id)
-        self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._outbox = Outbox(pool.keys.pending_completion, self.log)
         self._inflight: set[asyncio.Task[None]] = set()
         self._executor: Executor | None = None
         self._beat_stop = threading.Event()
         self._slot_freed = asyncio.Event()
-        self._closing = False  # set at shutdown: the flusher sends what is left and ends
         self._seen: dict[bytes, None] = {}  # entry ids taken, oldest first (bounded)
         self._attempts: dict[asyncio.Task[None], tuple[str, int]] = {}  # running: job, attempt
         self._fencing: set[asyncio.Task[None]] = set()
@@ -97,19 +93,16 @@ class Worker:
         loop_task = (asyncio.create_task(MainLoop(self.pool, owner=self.id).run(loop_stop))
                      if self.run_loop else None)
         await self._beat_once(client)  # alive before taking any entry, so none is reaped early
-        flusher = asyncio.create_task(self._flush_forever(client))
+        flusher = asyncio.create_task(self._outbox.run(client))
         self.log.info("worker started", concurrency=self.concurrency, executor=self.executor_kind,
                       main_loop=self.run_loop)
         try:
             await self._read_forever(client, stop)
         finally:
             await self._drain()
-            # Never cancel the flusher: a cancel mid-pipeline can drop the batch it holds, and
-            # redis-py may swallow it (the flusher then never ends). Wake it with {} instead.
-            self._closing = True
-            self._outcomes.put_nowait({})
+            self._outbox.close()
             await flusher
-            await self._flush(client)
+            await self._outbox.flush(client)
             loop_stop.set()
             if loop_task is not None:
                 await loop_task
@@ -195,7 +188,7 @@ class Worker:
                 self.log.warning("redis unreachable, retrying", error=str(exc), backoff=backoff)
                 check_at = 0.0  # a reply lost with the connection may have carried entries
                 await _wait(stop, backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             for _stream, entries in reply or []:
                 for entry_id, raw in entries:
@@ -319,7 +312,7 @@ class Worker:
                        error=f"{exc}\n{_short_traceback(exc)}")
             log.warning("transition", transition="attempt_failed", retryable=True,
                         error=repr(exc))
-        self._outcomes.put_nowait(out)
+        self._outbox.put(out)
 
     async def _deliver(self, client: redis.asyncio.Redis, f: dict[str, bytes]) -> None:
         job_id, n = text(f.get("id")), text(f.get("n"))
@@ -344,7 +337,7 @@ class Worker:
         except Exception as exc:
             out.update(ok="0", error=f"{type(exc).__name__}: {exc}")
             log.warning("transition", transition="callback_failed", error=repr(exc))
-        self._outcomes.put_nowait(out)
+        self._outbox.put(out)
 
     async def _mine(self, client: redis.asyncio.Redis, job_id: str, attempt: int) -> bool:
         """Is this attempt still the job's current one? (If Redis cannot say: assume so.)"""
@@ -363,40 +356,7 @@ class Worker:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.log.warning("redis unreachable, retrying", error=str(exc), backoff=backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-
-    # -- outcomes --------------------------------------------------------------------------
-
-    async def _flush_forever(self, client: redis.asyncio.Redis) -> None:
-        while not self._closing:
-            first = await self._outcomes.get()
-            self._outcomes.put_nowait(first)
-            await self._flush(client)
-
-    async def _flush(self, client: redis.asyncio.Redis) -> None:
-        """Append every ready outcome, _PER_ENTRY to a `kind=batch` entry, in one round trip;
-        on a Redis outage keep them and retry."""
-        batch: list[list[str | bytes]] = []
-        while not self._outcomes.empty():
-            out = self._outcomes.get_nowait()
-            if out:  # {} only wakes the flusher
-                batch.append([x for pair in out.items() for x in pair])
-        entries = [msgpack.packb(batch[i:i + _PER_ENTRY], use_bin_type=False)  # Redis's Lua
-                   for i in range(0, len(batch), _PER_ENTRY)]                  # reads no bin
-        backoff = 0.1
-        while entries:
-            try:
-                pipe = client.pipeline(transaction=False)
-                for packed in entries:
-                    pipe.execute_command("XADD", self.pool.keys.pending_completion, "*",
-                                         "kind", "batch", "o", packed)
-                await pipe.execute()
-                return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                self.log.warning("could not append outcomes, retrying", error=str(exc),
-                                 outcomes=len(batch), backoff=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff = min(backoff * 2, MAX_BACKOFF)
 
 
 def _short_traceback(exc: BaseException, limit: int = 5) -> str:
