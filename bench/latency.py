@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import redis
-from throughput import _span_s, _spawn, _stop, _until, options, pool, preload
+from throughput import _span_s, _stop, _until, options, pool, preload, spawn_workers
 
 from workpool.embedded import RedisServer
 from workpool.protocol import text
@@ -99,9 +99,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, RedisServer.start(
             Path(tmp), extra_args=["--appendonly", "no"]) as server:
         pool.use_url(server.url)
-        workers = [_spawn(server.url, settings, "worker", "latency:pool", "--concurrency",
-                          str(settings.concurrency), "--worker-id", f"lat-{i}")
-                   for i in range(2)]
+        workers = spawn_workers(server.url, settings, "latency:pool", 2, "lat")
         try:
             cap = o.capacity or capacity(o.capacity_jobs)
             pool.redis.flushall()

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from throughput import _spawn, _stop, _until, options, pool
+from throughput import _stop, _until, options, pool, spawn_workers
 
 from workpool.embedded import RedisServer
 from workpool.scripts import scripts
@@ -83,9 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, RedisServer.start(
             Path(tmp), extra_args=["--appendonly", "no"]) as server:
         pool.use_url(server.url)
-        workers = [_spawn(server.url, settings, "worker", "throughput:pool", "--concurrency",
-                          str(settings.concurrency), "--worker-id", f"scale-{i}")
-                   for i in range(2)]
+        workers = spawn_workers(server.url, settings, "throughput:pool", 2, "scale")
         try:
             _enqueue(o.finished)
             _until(lambda: _counter("succeeded") >= o.finished, 1800, "finished jobs made")

@@ -102,6 +102,13 @@ def _spawn(url: str, o: argparse.Namespace, *args: str) -> subprocess.Popen[byte
                              "--log-level", "WARNING", *args], env=env)
 
 
+def spawn_workers(url: str, o: argparse.Namespace, spec: str, count: int,
+                  label: str) -> list[subprocess.Popen[bytes]]:
+    """`count` worker processes of pool `spec`, named `<label>-<i>`."""
+    return [_spawn(url, o, "worker", spec, "--concurrency", str(o.concurrency), "--worker-id",
+                   f"{label}-{i}") for i in range(count)]
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -135,8 +142,7 @@ def end_to_end(url: str, o: argparse.Namespace, job: str, workers: int) -> float
     """Jobs/s with `workers` worker processes on a pre-loaded backlog."""
     pool.redis.flushall()
     preload(job, o.jobs, o.chunk)
-    procs = [_spawn(url, o, "worker", "throughput:pool", "--concurrency", str(o.concurrency),
-                    "--worker-id", f"bench-{i}") for i in range(workers)]
+    procs = spawn_workers(url, o, "throughput:pool", workers, "bench")
     try:
         _until(lambda: _counter("succeeded") >= o.jobs, o.timeout, "all jobs done")
     finally:

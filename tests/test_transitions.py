@@ -723,6 +723,18 @@ def test_a_batch_entry_applies_each_outcome_it_carries_and_sets_aside_what_is_ma
     assert p.r.xlen(p.keys.pending_completion) == 0
 
 
+def test_a_batch_entry_over_one_call_s_batch_is_set_aside_whole(p: Pool) -> None:
+    job_id, _ = p.running_job(1)
+    item = ["kind", "run", "id", job_id, "attempt", "1", "ok", "1", "result", b"\xc0"]
+    too_many = [item] * (p.engine.settings.batch + 1)  # bounded work per script call
+    p.r.xadd(p.keys.pending_completion,
+             {"kind": "batch", "o": msgpack.packb(too_many, use_bin_type=False)})
+    assert p.apply(p.clock()).codes == [Code.REJECTED]
+    assert p.state(job_id) == RUNNING
+    ((_, record),) = entries(p.r.xrange(p.keys.rejected))
+    assert text(record["reason"]) == f"field o holds more than {p.engine.settings.batch} outcomes"
+
+
 def test_a_completion_of_a_superseded_attempt_is_rejected_and_counted(p: Pool) -> None:
     job_id, now = p.retrying_job()
     due = retry_due(now, job_id, 1)

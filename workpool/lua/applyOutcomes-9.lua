@@ -4,8 +4,8 @@
 --     job's current running one is STALE_COMPLETION: counted, never applied.
 --   kind=cb: on_complete handler result; success closes the delivery, failure schedules it
 --     again with backoff (1 s doubling, capped at 60 s). Superseded ones are STALE_CALLBACK.
---   kind=batch: field `o` is a msgpack array of outcomes, each a flat [field, value, ...]
---     array of a run or cb outcome; each is applied as if it were its own entry (a worker sends
+--   kind=batch: field `o` is a msgpack array of at most `batch` outcomes, each a flat
+--     [field, value, ...] array of a run or cb outcome; each is applied as if it were its own entry (a worker sends
 --     everything it has ready as one entry).
 -- Malformed entries are set aside in the rejected record. Every entry is deleted once applied.
 --
@@ -108,6 +108,9 @@ local function batch_outcome(entry_id, f, flat)
   local ok, outcomes = pcall(cmsgpack.unpack, f.o or '')
   if not ok or type(outcomes) ~= 'table' then
     return reject(entry_id, flat, 'field o must be a msgpack array of outcomes')
+  end
+  if #outcomes > tonumber(ARGV[3]) then  -- one call's work stays bounded by the batch
+    return reject(entry_id, flat, 'field o holds more than ' .. ARGV[3] .. ' outcomes')
   end
   local codes = {}
   for _, item in ipairs(outcomes) do
