@@ -96,19 +96,26 @@ def many_clients(port: int, clients: int, seconds: float) -> tuple[float, str]:
     return asyncio.run(_many_clients(port, clients, seconds)), "asyncio raw sockets"
 
 
-def per_job_cost(url: str, jobs: int) -> dict[str, float]:
-    """Run `jobs` no-op jobs end to end; Redis commands per job, by command."""
+def _cpu_s(client: redis.Redis) -> float:
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def per_job_cost(url: str, jobs: int) -> tuple[dict[str, float], float]:
+    """Run `jobs` no-op jobs end to end: Redis commands per job, by command, and the Redis
+    server's CPU time per job in microseconds (a figure the machine's noise barely moves)."""
     client = redis.Redis.from_url(url)
-    before = client.info("commandstats")
+    before, cpu_before = client.info("commandstats"), _cpu_s(client)
     subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--jobs", str(jobs),
                     "--redis-url", url, "--quiet"], check=True)
-    after = client.info("commandstats")
+    after, cpu_us = client.info("commandstats"), (_cpu_s(client) - cpu_before) * 1e6 / jobs
     client.close()
     cost = {}
     for name, stats in after.items():
         calls = stats["calls"] - before.get(name, {}).get("calls", 0)
         if calls and name not in ("cmdstat_info", "cmdstat_config", "cmdstat_ping"):
             cost[name.removeprefix("cmdstat_")] = calls / jobs
+    return cost, cpu_us
     return cost
 
 
@@ -123,14 +130,15 @@ def main() -> None:
         single = one_client(server.port, o.seconds)
         many, how = many_clients(server.port, 50, o.seconds)
         piped = pipelined(server.port, o.seconds)
-        cost = per_job_cost(server.url, o.jobs)
+        cost, cpu_us = per_job_cost(server.url, o.jobs)
     print(f"limit: redis {version} (no persistence), python {platform.python_version()}, "
           f"{os.cpu_count()} cpus {platform.machine()}, {o.seconds} s per ceiling figure")
     print(f"redis ceiling: one client {single:,.0f} round trips/s; 50 clients {many:,.0f} "
           f"commands/s ({how}); pipelined x100 {piped:,.0f} commands/s")
     total = sum(cost.values())
     print(f"workpool per job ({o.jobs} no-op jobs, 2 workers): {total:.2f} Redis commands "
-          f"-> at most {piped / total:,.0f} jobs/s if Redis did nothing else")
+          f"-> at most {piped / total:,.0f} jobs/s if Redis did nothing else; Redis CPU "
+          f"{cpu_us:.1f} us per job (-> at most {1e6 / cpu_us:,.0f} jobs/s on one core)")
     for name, calls in sorted(cost.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<14}{calls:8.3f} per job")
 

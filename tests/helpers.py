@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 from workpool import Retry, Workpool
 from workpool.embedded import find_redis_server
+from workpool.protocol import text
 from workpool.worker import Worker
 
 T = TypeVar("T")
@@ -200,3 +201,8 @@ class CliProcs:
                 self.kill(label)
             print(f"--- {label} (exit {proc.returncode}), last lines:")
             print("\n".join(self.log(label).splitlines()[-15:]))
+
+
+def entry_ids(client: Any, stream: str) -> list[str]:
+    """The ids of the entries in `stream`, oldest first."""
+    return [text(e) for e, _ in client.xrange(stream) or []]

@@ -104,8 +104,9 @@ def test_a_higher_priority_job_starts_first_even_when_enqueued_last(p: Pool) -> 
     assert [(p.job(j)["priority"], p.job(j)["seq"]) for j in (low, normal, high)] == \
         [(b"-5", b"1"), (b"0", b"2"), (b"7", b"3")]
 
+    assert zset(p, p.keys.ready) == [(high, rank(7, 3)), (normal, rank(0, 2)), (low, rank(-5, 1))]
     first = p.start(t)
-    assert (first.ids, first.promoted) == ([high], 3)
+    assert (first.ids, first.promoted) == ([high], 0)  # due at once: ready since ingest
     assert zset(p, p.keys.ready) == [(normal, rank(0, 2)), (low, rank(-5, 1))]
     assert p.score(p.keys.due, low) is None
 
@@ -127,7 +128,7 @@ def test_jobs_of_one_priority_start_in_enqueue_order_even_within_one_millisecond
         ids.append(text(fields["id"]))
     assert p.ingest(t).outcomes == [(i, Code.ENQUEUED) for i in ids]
     assert {p.job(i)["enqueued_at"] for i in ids} == {str(t).encode()}
-    assert {p.score(p.keys.due, i) for i in ids} == {t}
+    assert [p.score(p.keys.ready, i) for i in ids] == [rank(0, n) for n in range(1, 11)]
 
     started = p.start(t)
     assert started.ids == ids
@@ -358,7 +359,7 @@ def test_with_one_per_key_a_second_job_of_the_key_waits_while_other_jobs_start(
     assert (p.job(k2)["ckey"], p.job(unkeyed)["ckey"]) == (b"k", b"")
 
     started = p.start(t)
-    assert (started.ids, started.promoted) == ([k1, m1, unkeyed], 4)
+    assert (started.ids, started.promoted) == ([k1, m1, unkeyed], 0)
     assert (p.state(k2), p.client.status(k2).state) == (PENDING, State.PENDING)
     assert zset(p, p.keys.key_queue("k")) == [(k2, rank(0, 2))]
     assert hmap(p, p.keys.key_running) == {"k": "1", "m": "1"}
@@ -480,8 +481,7 @@ def test_a_higher_priority_job_of_a_key_takes_the_place_of_the_keys_head_in_the_
 
     urgent = p.client.enqueue("work", 2, concurrency_key="k", priority=5)
     t1 = p.clock()
-    p.ingest(t1)
-    assert p.start(t1).promoted == 1
+    p.ingest(t1)  # due at once: it joins admission as it is applied
     assert hmap(p, p.keys.key_heads) == {"k": urgent}
     assert zset(p, p.keys.ready) == [(urgent, rank(5, 2))]
     assert zset(p, p.keys.key_queue("k")) == [(first, rank(0, 1))]
@@ -568,7 +568,7 @@ def test_canceling_the_head_of_a_key_in_the_ready_set_lets_the_next_job_of_the_k
     t = p.clock()
     p.ingest(t)
     held = p.start(t)
-    assert (held.ids, held.promoted) == ([], 2)
+    assert (held.ids, held.promoted) == ([], 0)
     assert hmap(p, p.keys.key_heads) == {"k": k1}
     assert zset(p, p.keys.ready) == [(k1, rank(0, 1))]
     assert zset(p, p.keys.key_queue("k")) == [(k2, rank(0, 2))]
@@ -594,7 +594,7 @@ def test_many_jobs_waiting_for_one_hot_key_are_not_touched_by_start_calls(
     t = p.clock()
     p.ingest(t)
     first = p.start(t)
-    assert (first.ids, first.promoted) == ([hot[0], *cold], 53)
+    assert (first.ids, first.promoted) == ([hot[0], *cold], 0)
     keyq = p.keys.key_queue("hot")
     assert (p.r.zcard(keyq), p.r.zcard(p.keys.ready), p.stat("held_by_key")) == (49, 0, 49)
 
@@ -615,7 +615,7 @@ def test_many_jobs_waiting_for_one_hot_key_are_not_touched_by_start_calls(
 # -- pause and live configuration ---------------------------------------------------------------
 
 
-def test_a_paused_pool_promotes_due_jobs_but_starts_none_until_resumed(p: Pool) -> None:
+def test_a_paused_pool_admits_due_jobs_but_starts_none_until_resumed(p: Pool) -> None:
     p.client.configure(paused=True)
     a, b = p.client.enqueue("work", 1), p.client.enqueue("work", 2)
     t = p.clock()
@@ -623,7 +623,7 @@ def test_a_paused_pool_promotes_due_jobs_but_starts_none_until_resumed(p: Pool) 
     assert hmap(p, p.keys.config) == {"paused": "1"}
 
     paused = p.start(t + FAR)
-    assert (paused.ids, paused.max_parallelism, paused.promoted) == ([], 0, 2)
+    assert (paused.ids, paused.max_parallelism, paused.promoted) == ([], 0, 0)
     assert zset(p, p.keys.ready) == [(a, 1.0), (b, 2.0)]
     assert p.r.zcard(p.keys.due) == 0
     assert (p.state(a), p.state(b)) == (PENDING, PENDING)
@@ -860,7 +860,7 @@ def test_stats_show_ready_and_held_jobs_priorities_and_the_settings_in_force(
     ready = [p.client.enqueue("other", priority=n) for n in (5, 0, 0, -2)]
     t1 = p.clock()
     p.ingest(t1)
-    assert p.start(t1).promoted == 4
+    assert p.start(t1).ids == []
 
     s = p.client.stats()
     assert (s.ready, s.held_by_rate, s.held_by_key) == (4, 1, 1)

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 import redis
-from helpers import Pools, eventually, running_worker
+from helpers import Pools, entry_ids, eventually, running_worker
 from redis.connection import AbstractConnection
 
 from workpool import (
@@ -151,11 +151,37 @@ def test_enqueue_many_is_one_round_trip_of_one_transaction_and_returns_distinct_
     monkeypatch.undo()
     after = {c: _calls(redis_client, c) for c in ("xadd", "sadd", "multi", "exec")}
     assert len(sends) == 1  # every command went out in one write, answered in one read
-    assert {c: after[c] - before[c] for c in after} == {"xadd": 50, "sadd": 1, "multi": 1,
+    assert {c: after[c] - before[c] for c in after} == {"xadd": 50, "sadd": 0, "multi": 1,
                                                        "exec": 1}
     assert len(set(ids)) == 50
-    assert redis_client.xlen(pool.keys.pending_start) == 50
-    assert redis_client.scard(pool.keys.incoming) == 50
+    assert entry_ids(redis_client, pool.keys.pending_start) == ids  # each id: its entry id
+    assert redis_client.scard(pool.keys.incoming) == 0
+    assert {pool.status(i).state for i in ids} == {State.PENDING}
+
+
+def test_a_job_named_by_a_key_is_marked_incoming_until_the_main_loop_applies_it(
+    pools: Pools, redis_client: redis.Redis,
+) -> None:
+    pool = pools("c")
+    add = _with_add(pool)
+    job_id = pool.enqueue(add, 1, 2, key="order-9")
+    assert job_id == "key:order-9"
+    assert redis_client.smembers(pool.keys.incoming) == {b"key:order-9"}
+    assert pool.status(job_id).state == State.PENDING
+
+
+def test_a_single_enqueue_is_one_xadd_without_a_transaction(
+    pools: Pools, redis_client: redis.Redis,
+) -> None:
+    pool = pools("c")
+    add = _with_add(pool)
+    pool.redis.ping()
+    before = {c: _calls(redis_client, c) for c in ("xadd", "sadd", "multi", "exec")}
+    job_id = pool.enqueue(add, 1, 2)
+    after = {c: _calls(redis_client, c) for c in ("xadd", "sadd", "multi", "exec")}
+    assert {c: after[c] - before[c] for c in after} == {"xadd": 1, "sadd": 0, "multi": 0,
+                                                       "exec": 0}
+    assert entry_ids(redis_client, pool.keys.pending_start) == [job_id]
 
 
 @pytest.mark.parametrize("bad", [object(), {1, 2}], ids=["object", "set"])

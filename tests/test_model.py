@@ -637,7 +637,10 @@ class WorkpoolModel(RuleBasedStateMachine):
                                         self.adm.seq)
             self.adm.priorities.add(s.priority)
             self.adm.waiting.add(req.job_id)
-            self.due[req.job_id] = req.due
+            if req.due <= self.now:  # due already: joins admission at once
+                self.adm.make_ready(self.jobs[req.job_id])
+            else:
+                self.due[req.job_id] = req.due
         elif row.code == Code.DUPLICATE_ENQUEUE:
             self.stats["duplicate_enqueues"] += 1
         else:
@@ -1388,7 +1391,7 @@ def _golden_admission(m: WorkpoolModel) -> None:
     # the next one (30 s), s2 waits behind s1 on key k1; low comes last
     assert ok(m.start()) == ["key:hi", "key:m1", "key:m2", "key:s1", "key:low"]
     assert m.last_start is not None
-    assert (m.last_start.promoted, m.last_start.next_admission_ms) == (7, m.now + 30_000)
+    assert (m.last_start.promoted, m.last_start.next_admission_ms) == (0, m.now + 30_000)
     assert (list(m.adm.nameq["mail"]), list(m.adm.keyq["k1"])) == (["key:m3"], ["key:s2"])
     m.now += 29_999
     ok(m.report(Outcome("run", "key:s1", 1, ok=False, retryable=True)))

@@ -31,6 +31,12 @@ def test_no_aof_is_a_warning_and_everysec_is_the_loss_window_stated() -> None:
     assert everysec.startswith("info:") and "1 s" in everysec
 
 
+def test_a_redis_older_than_6_2_is_an_error_that_names_the_minimum() -> None:
+    (finding,) = assess(SAFE, {}, "6.0.16")
+    assert finding.level == "error" and "6.2 or later" in finding.message
+    assert assess(SAFE, {}, "6.2.14") == assess(SAFE, {}, "7.0.15") == []
+
+
 def test_replicas_bring_the_failover_caveat() -> None:
     (found,) = messages(SAFE, {"role": "master", "connected_slaves": "1"})
     assert "failover can lose acknowledged writes" in found

@@ -238,7 +238,7 @@ def test_an_enqueued_job_is_pending_at_once_and_stays_pending_once_ingested(p: P
     job_id = p.client.enqueue("work", 1, 2, kwargs={"x": 3})
     assert p.client.status(job_id).state == State.PENDING
     assert p.job(job_id) == {}
-    assert p.r.sismember(p.keys.incoming, job_id)
+    assert [e for e, _ in entries(p.r.xrange(p.keys.pending_start))] == [job_id]  # entry id
 
     t = p.clock()
     assert p.ingest(t).outcomes == [(job_id, Code.ENQUEUED)]
@@ -249,7 +249,9 @@ def test_an_enqueued_job_is_pending_at_once_and_stays_pending_once_ingested(p: P
     assert (h["max_attempts"], h["backoff_ms"], h["base"]) == (b"3", b"1000", b"2")
     enqueued_at = int(h["enqueued_at"])
     assert enqueued_at <= t
-    assert int(h["due_at"]) == enqueued_at == p.score(p.keys.due, job_id)
+    assert int(h["due_at"]) == enqueued_at
+    assert p.score(p.keys.due, job_id) is None  # due already: straight into the ready set
+    assert p.score(p.keys.ready, job_id) == int(h["seq"])
     assert not p.r.sismember(p.keys.incoming, job_id)
     assert p.r.xlen(p.keys.pending_start) == 0
     assert p.client.status(job_id).state == State.PENDING
@@ -361,7 +363,7 @@ def test_a_second_enqueue_with_the_same_idempotency_key_makes_no_second_job(p: P
     reply = p.ingest(t)
     assert reply.outcomes == [(first, Code.ENQUEUED), (first, Code.DUPLICATE_ENQUEUE)]
     assert decode(p.job(first)["args"], "msgpack") == [1]
-    assert p.r.zcard(p.keys.due) == 1
+    assert p.r.zcard(p.keys.ready) == 1
     assert_table("enqueue", PENDING, Code.DUPLICATE_ENQUEUE, PENDING)
 
     assert p.start(t).ids == [first]
@@ -370,7 +372,7 @@ def test_a_second_enqueue_with_the_same_idempotency_key_makes_no_second_job(p: P
     h = p.job(first)
     assert (h["state"], h["attempts"]) == (b"running", b"1")
     assert decode(h["args"], "msgpack") == [1]
-    assert p.r.zcard(p.keys.due) == 0
+    assert p.r.zcard(p.keys.ready) == 0
     assert p.stat("duplicate_enqueues") == 2
     assert_table("enqueue", RUNNING, Code.DUPLICATE_ENQUEUE, RUNNING)
 

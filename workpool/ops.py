@@ -32,20 +32,25 @@ _PAGE = 1000
 
 
 def enqueue_commands(keys: Keys, entries: Sequence[Fields]) -> list[Command]:
-    """XADD each enqueue entry, and mark the ids as accepted so status() answers at once."""
+    """XADD each enqueue entry (the first len(entries) replies are the entry ids), and mark the
+    ids that entries name themselves as accepted, so status() answers at once; an entry without
+    one is found by its entry id."""
     commands: list[Command] = []
     for fields in entries:
         flat = [x for pair in fields.items() for x in pair]
         commands.append(("XADD", keys.pending_start, "*", *flat))
-    ids = [f["id"] for f in entries]
-    commands.append(("SADD", keys.incoming, *ids))
+    named = [f["id"] for f in entries if "id" in f]
+    if named:
+        commands.append(("SADD", keys.incoming, *named))
     return commands
 
 
 def enqueue(keys: Keys, entries: Sequence[Fields]) -> Ops:
-    """Append enqueue entries in one MULTI/EXEC: all of them are accepted, or none."""
-    yield Step(enqueue_commands(keys, entries), atomic=True)
-    return [text(f["id"]) for f in entries]
+    """Append enqueue entries, all of them or none (MULTI/EXEC when more than one command);
+    returns the job ids: an entry's own `id`, else its entry id."""
+    commands = enqueue_commands(keys, entries)
+    replies = yield Step(commands, atomic=len(commands) > 1)
+    return [text(f.get("id") or reply) for f, reply in zip(entries, replies, strict=False)]
 
 
 def status(keys: Keys, job_id: str) -> Ops:
@@ -76,14 +81,25 @@ def cancel(keys: Keys, job_ids: Iterable[str]) -> Ops:
 def cancel_all(keys: Keys) -> Ops:
     """Cancel every job not finished now: pending, retrying, running and not yet applied ones.
 
-    Pages through the accepted ids, the waiting set and the running set with SCAN cursors
-    (each page one round trip), appending one cancel request per job; returns how many were
-    sent. The order follows jobs (incoming -> waiting -> running -> waiting again for attempts
-    that failed meanwhile), so a job moving on during the scan is not missed. Each id is sent
-    once.
+    Pages through the enqueues not applied yet (pendingStart and the accepted ids), the
+    waiting set and the running set (each page one round trip), appending one cancel request
+    per job; returns how many were sent. The order follows jobs (not applied -> waiting ->
+    running -> waiting again for attempts that failed meanwhile), so a job moving on during the
+    scan is not missed. Each id is sent once.
     """
     sent = 0
     seen: set[str] = set()
+    start = "-"
+    while True:  # enqueues not applied yet that name no id: the entry id is the job's
+        (entries,) = yield Step([("XRANGE", keys.pending_start, start, "+", "COUNT", _PAGE)])
+        unnamed = [text(e) for e, f in entries
+                   if b"id" not in f and f.get(b"op", b"enqueue") == b"enqueue"]
+        if unnamed:
+            sent += yield from cancel(keys, unnamed)
+            seen |= set(unnamed)
+        if len(entries) < _PAGE:
+            break
+        start = "(" + text(entries[-1][0])
     passes = (("SSCAN", keys.incoming), ("SSCAN", keys.waiting), ("ZSCAN", keys.running),
               ("SSCAN", keys.waiting))
     for kind, key in passes:

@@ -18,7 +18,7 @@ from workpool.engine import EngineSettings
 from workpool.errors import ConfigurationError, UnknownJobName, WaitTimeout
 from workpool.keys import Keys
 from workpool.periodic import CronJob
-from workpool.protocol import Encoding, Fields, enqueue_fields, new_job_id
+from workpool.protocol import Encoding, Fields, enqueue_fields, key_job_id, new_job_id
 from workpool.registry import HandlerSpec, JobSpec, Registry, check_name
 from workpool.stats import PoolStats
 from workpool.stats import stats as stats_ops
@@ -202,7 +202,7 @@ class Workpool:
         entries = []
         for args in args_list:
             entries.append(enqueue_fields(
-                job_id=new_job_id(key), name=name, args=args, kwargs=kwargs,
+                job_id=key_job_id(key), name=name, args=args, kwargs=kwargs,
                 enc=self.encoding, max_payload=self.max_payload_bytes,
                 max_attempts=policy.max_attempts, initial_backoff=policy.initial_backoff,
                 base=policy.base, timeout=timeout if timeout is not None else
@@ -242,7 +242,8 @@ class Workpool:
             job, [args], kwargs=kwargs, on_complete=on_complete, context=context,
             run_after=run_after, run_at=run_at, retry=retry, key=key, timeout=timeout,
             priority=priority, concurrency_key=concurrency_key)
-        if transaction is not None:
+        if transaction is not None:  # its replies are the caller's: name the job ourselves
+            entries[0].setdefault("id", new_job_id())
             for command in ops.enqueue_commands(self.keys, entries):
                 transaction.execute_command(*command)
             return str(entries[0]["id"])

@@ -50,6 +50,12 @@ def new_job_id(key: str | None = None) -> str:
     return uuid.uuid4().hex if key is None else "key:" + key
 
 
+def key_job_id(key: str | None) -> str | None:
+    """The job id an enqueue names itself: `key:<key>` for an idempotency key; None leaves the
+    id to Redis (the entry's own id, unique in the stream and known from XADD's reply)."""
+    return None if key is None else new_job_id(key)
+
+
 def is_stream_id(job_id: str) -> bool:
     """True for ids of the `<ms>-<seq>` form: an entry without `id` uses its entry id."""
     return bool(_STREAM_ID.match(job_id))
@@ -64,7 +70,7 @@ def _ms(seconds: float, name: str) -> int:
 
 def enqueue_fields(
     *,
-    job_id: str,
+    job_id: str | None,
     name: str,
     args: Sequence[Any],
     kwargs: Mapping[str, Any] | None,
@@ -82,7 +88,9 @@ def enqueue_fields(
     concurrency_key: str | None = None,
 ) -> Fields:
     """Fields of one enqueue entry; raises before anything is written if they are unusable."""
-    fields: Fields = {"op": "enqueue", "id": job_id, "name": name, "enc": enc}
+    fields: Fields = {"op": "enqueue", "name": name, "enc": enc}
+    if job_id is not None:  # none: the entry's id is the job's
+        fields["id"] = job_id
     payload = 0
     fields["args"] = encode(list(args), enc)
     payload += len(fields["args"])

@@ -19,13 +19,18 @@ _SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync")
 class Finding:
     """One setting's verdict."""
 
-    level: Literal["warning", "info"]
+    level: Literal["error", "warning", "info"]
     message: str
 
 
-def assess(config: Mapping[str, str], replication: Mapping[str, str]) -> list[Finding]:
-    """Judge CONFIG values and INFO replication fields (missing ones are not judged)."""
+def assess(config: Mapping[str, str], replication: Mapping[str, str],
+           version: str = "") -> list[Finding]:
+    """Judge CONFIG values, INFO replication fields and the server version (missing ones are
+    not judged)."""
     found: list[Finding] = []
+    if version and tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < (6, 2):
+        found.append(Finding("error", f"redis {version} is too old: workpool needs 6.2 or "
+                             "later (XTRIM MINID); every transition script will fail"))
     policy = config.get("maxmemory-policy", "noeviction")
     if policy != "noeviction":
         found.append(Finding("warning", f"unsafe redis setting maxmemory-policy={policy}: an "
@@ -55,7 +60,8 @@ async def check_server(client: redis.asyncio.Redis) -> list[Finding]:
         except ResponseError:
             break
     try:
-        info = await client.info("replication")
+        info = {**await client.info("replication"), **await client.info("server")}
     except ResponseError:
         info = {}
-    return assess(config, {str(k): str(v) for k, v in info.items()})
+    return assess(config, {str(k): str(v) for k, v in info.items()},
+                  str(info.get("redis_version", "")))

@@ -298,7 +298,7 @@ class Worker:
                 value = await self._call(spec.fn, spec.is_async, args, kwargs,
                                          timeout_ms / 1000 or None)
                 out.update(ok="1", result=encode(value, "json" if enc == "json" else "msgpack"))
-            log.info("transition", transition="attempt_succeeded")
+            log.debug("transition", transition="attempt_succeeded")
         except (UnknownJobName, NonRetryableError, SerializationError) as exc:
             out.update(ok="0", retryable="0", error_type=type(exc).__name__, error=str(exc))
             log.warning("transition", transition="attempt_failed", retryable=False,
@@ -333,7 +333,7 @@ class Worker:
                 await asyncio.get_running_loop().run_in_executor(
                     None, contextvars.copy_context().run, spec.fn, job_id, result, context)
             out["ok"] = "1"
-            log.info("transition", transition="callback_delivered")
+            log.debug("transition", transition="callback_delivered")
         except Exception as exc:
             out.update(ok="0", error=f"{type(exc).__name__}: {exc}")
             log.warning("transition", transition="callback_failed", error=repr(exc))

@@ -1,7 +1,7 @@
 """workpool as a peer: the same no-op job and record as every other adapter (see _common).
 
-Best settings: async job on the worker's event loop, concurrency 64 per worker process,
-max_parallelism 256 (no admission limit in the way), enqueue_many in chunks of 5,000.
+Best settings: async job on the worker's event loop, max_parallelism 256 (no admission limit
+in the way), enqueue_many in chunks of 5,000, logs as `workpool worker` writes them (INFO).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from _common import POOL_NAME, arecord, options, paced, timed
 
 from workpool import Workpool
+from workpool.logs import configure_logging
 from workpool.worker import Worker
 
 pool = Workpool(POOL_NAME, os.environ.get("BENCH_URL"), max_parallelism=256, retention=600.0)
@@ -37,6 +38,7 @@ def main() -> None:
     o = options()
     pool.use_url(o.url)
     if o.command == "worker":
+        configure_logging("console", "INFO")  # what the `workpool worker` command does
         asyncio.run(_work(o.concurrency))
     elif o.command == "enqueue":
         def bulk() -> None:

@@ -37,6 +37,7 @@ local prefix = ARGV[2]
 local ctx = {prefix = prefix, dispatch = KEYS[5], group = ARGV[7], running = KEYS[3],
              deadlines = KEYS[4], due = KEYS[6], now = now_ms(ARGV[4]), seed = ARGV[5],
              retention = tonumber(ARGV[6]), counts = {}, finished = 0}
+deferring(ctx)  -- ended attempts leave running and dispatch in one call each per batch
 
 local function reject(entry_id, flat, reason)
   return set_aside(KEYS[9], entry_id, flat, reason, ctx.counts)
@@ -48,18 +49,17 @@ local function run_outcome(entry_id, f, flat)
     return reject(entry_id, flat, 'a run outcome needs id, attempt and ok (1 or 0)')
   end
   local jk = prefix .. 'job:' .. f.id
-  local h = rcall('HMGET', jk, 'state', 'attempts')
-  if h[1] ~= 'running' or tonumber(h[2]) ~= attempt then
+  local j = attempt_fields(jk)
+  if j.state ~= 'running' or tonumber(j.attempts) ~= attempt then
     bump(ctx.counts, 'stale_completions')
     return C.STALE_COMPLETION
   end
   if f.ok == '1' then
-    end_attempt(ctx, f.id, jk)
-    rcall('HSET', jk, 'result', f.result or '')
-    finish(ctx, f.id, jk, 'done', 'succeeded')
+    end_attempt(ctx, f.id, j)
+    finish(ctx, f.id, jk, 'done', 'succeeded', j.on_complete, {'result', f.result or ''})
     return C.SUCCEEDED
   end
-  return fail_attempt(ctx, f.id, jk, f.error or 'no error message', f.error_type or 'Error',
+  return fail_attempt(ctx, f.id, jk, j, f.error or 'no error message', f.error_type or 'Error',
                       f.retryable ~= '0')
 end
 
@@ -133,6 +133,7 @@ end
 
 local handlers = {run = run_outcome, cb = callback_outcome, batch = batch_outcome}
 local result = apply_entries(KEYS[2], tonumber(ARGV[3]), 'kind', '', handlers, reject)
+flush_deferred(ctx.defer)
 count_throughput(ctx)
 flush_counts(KEYS[8], ctx.counts)
 return result

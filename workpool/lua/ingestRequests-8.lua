@@ -1,5 +1,7 @@
 -- ingestRequests: apply one batch of client requests from pendingStart, oldest first.
---   enqueue -> pending (new job), or DUPLICATE_ENQUEUE when a job with that id exists
+--   enqueue -> pending (new job), or DUPLICATE_ENQUEUE when a job with that id exists; a job
+--              due already joins admission (ready, or its key's queue) at once, a later one
+--              waits in `due` until startJobs promotes it
 --   cancel  -> pending/retrying become canceled; running is marked (never retried)
 --   config  -> live overrides of the pool's settings (max_parallelism, paused, rate limits,
 --              key limits), validated in full before any is written
@@ -14,6 +16,8 @@
 -- KEYS[6] rejected       STREAM  malformed entries set aside (capped ~10000)
 -- KEYS[7] config         HASH    live configuration
 -- KEYS[8] dispatch       STREAM  (terminal transitions may record an on_complete delivery)
+-- Derived from ARGV[2] (same hash tag): seq, priorities, waiting and the admission keys listed
+-- in includes/admission.lua.
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max entries applied in this call (integer)
@@ -34,7 +38,13 @@ local prefix = ARGV[2]
 local max_payload = tonumber(ARGV[4])
 local ctx = {prefix = prefix, dispatch = KEYS[8], group = ARGV[8], now = now_ms(ARGV[5]),
              retention = tonumber(ARGV[6]), counts = {}, finished = 0,
-             running = '', deadlines = '', due = KEYS[4]}
+             running = '', deadlines = '', due = KEYS[4], priorities = {}}
+ctx.adm = adm(prefix, ctx.counts)
+-- Enqueues join `waiting` (and, without a key, `ready`) in one call per run of enqueues: the
+-- deferred writes are flushed before a cancel or config entry reads those sets, and at the end.
+ctx.defer = {}
+local add_waiting, add_ready = {'SADD', ctx.adm.waiting}, {'ZADD', ctx.adm.ready}
+local seq = nil  -- the pool's seq counter, read once and written back once
 local d_attempts, d_backoff, d_base = string.match(ARGV[7], '^([^,]+),([^,]+),([^,]+)$')
 
 -- Redis's cmsgpack knows no bin or ext types (msgpack-python writes bytes as bin), so msgpack is
@@ -159,37 +169,47 @@ local function enqueue(entry_id, f, flat)
     return reject(entry_id, flat, 'priority must be an integer')
   end
   local jk = prefix .. 'job:' .. id
-  rcall('SREM', KEYS[3], id)
+  if f.id and f.id ~= '' then rcall('SREM', KEYS[3], id) end  -- only named ids are incoming
   if rcall('EXISTS', jk) == 1 then
     bump(ctx.counts, 'duplicate_enqueues')
     return C.DUPLICATE_ENQUEUE
   end
   local enqueued_at = tonumber(string.match(entry_id, '^(%d+)'))
   local due = math.max(run_at, enqueued_at + run_after)
+  seq = (seq or tonumber(rcall('GET', ctx.adm.seq) or '0')) + 1
   rcall('HSET', jk, 'state', 'pending', 'name', name, 'enc', enc, 'attempts', 0,
         'max_attempts', max_attempts, 'backoff_ms', backoff, 'base', base, 'timeout_ms', timeout,
         'enqueued_at', enqueued_at, 'due_at', due, 'args', f.args or '', 'kwargs', f.kwargs or '',
         'context', f.context or '', 'on_complete', f.on_complete or '', 'priority', priority,
-        'ckey', ckey, 'seq', rcall('INCR', prefix .. 'seq'))
-  rcall('SADD', prefix .. 'priorities', priority)
-  rcall('ZADD', KEYS[4], due, id)
-  rcall('SADD', prefix .. 'waiting', id)
+        'ckey', ckey, 'seq', seq)
+  if not ctx.priorities[priority] then
+    rcall('SADD', prefix .. 'priorities', priority)
+    ctx.priorities[priority] = true
+  end
+  if due > ctx.now then
+    rcall('ZADD', KEYS[4], due, id)
+  elseif ckey == '' then  -- due already: straight to admission, no trip through `due`
+    defer(ctx.defer, add_ready, rank_of(priority, seq), id)
+  else
+    make_ready(ctx.adm, id, name, priority, seq, ckey)
+  end
+  defer(ctx.defer, add_waiting, id)
   bump(ctx.counts, 'enqueued')
   return C.ENQUEUED
 end
 
 local function cancel(entry_id, f, flat)
+  flush_deferred(ctx.defer)
   local id = f.id
   if id == nil or id == '' then return reject(entry_id, flat, 'cancel needs field id') end
   local jk = prefix .. 'job:' .. id
-  local h = rcall('HMGET', jk, 'state', 'cancel', 'name', 'ckey', 'attempts')
+  local h = rcall('HMGET', jk, 'state', 'cancel', 'name', 'ckey', 'attempts', 'on_complete')
   local state = h[1]
   if state == 'pending' or state == 'retrying' then
     rcall('ZREM', KEYS[4], id)
-    unqueue(adm(prefix, ctx.counts), id, h[3], h[4])
-    rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', h[5] or '0')
+    unqueue(ctx.adm, id, h[3], h[4])
     if state == 'retrying' then bump(ctx.counts, 'retrying', -1) end
-    finish(ctx, id, jk, 'canceled', 'canceled')
+    finish(ctx, id, jk, 'canceled', 'canceled', h[6], {'cancel', '1', 'cancel_attempt', h[5] or '0'})
     return C.CANCELED
   elseif state == 'running' and h[2] ~= '1' then
     rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', h[5])
@@ -218,6 +238,7 @@ end
 
 -- Live configuration: validate every field, then write them all (or nothing).
 local function configure(entry_id, f, flat)
+  flush_deferred(ctx.defer)
   local sets, keys_changed, n = {}, false, 0
   for i = 1, #flat, 2 do
     local field, v = flat[i], flat[i + 1]
@@ -237,7 +258,7 @@ local function configure(entry_id, f, flat)
     end
     rcall('DEL', KEYS[7]); keys_changed = true
   end
-  local a = adm(prefix, ctx.counts)
+  local a = ctx.adm
   for field, v in pairs(sets) do
     if v == '' then rcall('HDEL', KEYS[7], field)
     else rcall('HSET', KEYS[7], field, v == 'none' and '' or v) end
@@ -253,6 +274,8 @@ end
 
 local handlers = {enqueue = enqueue, cancel = cancel, config = configure}
 local result = apply_entries(KEYS[2], tonumber(ARGV[3]), 'op', 'enqueue', handlers, reject)
+flush_deferred(ctx.defer)
+if seq then rcall('SET', ctx.adm.seq, seq) end
 count_throughput(ctx)
 flush_counts(KEYS[5], ctx.counts)
 return result

@@ -64,17 +64,17 @@ local ids = {}
 if not afresh then ids = rcall('ZRANGEBYSCORE', KEYS[4], '-inf', ctx.now, 'LIMIT', 0, batch) end
 for _, id in ipairs(ids) do
   local jk = prefix .. 'job:' .. id
-  local h = rcall('HMGET', jk, 'state', 'dispatch', 'timeout_ms', 'attempts')
-  local timeout = tonumber(h[3] or '0')
-  if h[1] ~= 'running' or timeout <= 0 then
+  local j = attempt_fields(jk)
+  local timeout = tonumber(j.timeout_ms or '0')
+  if j.state ~= 'running' or timeout <= 0 then
     rcall('ZREM', KEYS[4], id)
   else
-    local p = rcall('XPENDING', KEYS[2], group, h[2], h[2], 1)
+    local p = rcall('XPENDING', KEYS[2], group, j.dispatch, j.dispatch, 1)
     if #p == 0 then
       rcall('ZADD', KEYS[4], ctx.now + timeout, id)
     elseif tonumber(p[1][3]) >= timeout + 2 * grace then
-      fail_attempt(ctx, id, jk, 'attempt ' .. h[4] .. ' ran past its timeout of ' .. timeout ..
-                   ' ms', 'Timeout', true)
+      fail_attempt(ctx, id, jk, j, 'attempt ' .. j.attempts .. ' ran past its timeout of ' ..
+                   timeout .. ' ms', 'Timeout', true)
       timed_out = timed_out + 1
     else
       rcall('ZADD', KEYS[4], ctx.now + timeout + 2 * grace - tonumber(p[1][3]), id)
@@ -92,9 +92,9 @@ local function recover(consumer, entry_id)
   local f = fields_of(e[1][2])
   local jk = prefix .. 'job:' .. (f.id or '')
   if f.kind == 'run' then
-    local h = rcall('HMGET', jk, 'state', 'attempts', 'dispatch')
-    if h[1] == 'running' and h[2] == f.attempt and h[3] == entry_id then
-      fail_attempt(ctx, f.id, jk, 'worker ' .. consumer .. ' stopped heart-beating during attempt '
+    local j = attempt_fields(jk)
+    if j.state == 'running' and j.attempts == f.attempt and j.dispatch == entry_id then
+      fail_attempt(ctx, f.id, jk, j, 'worker ' .. consumer .. ' stopped heart-beating during attempt '
                    .. f.attempt, 'WorkerLost', true)
       lost = lost + 1
       return

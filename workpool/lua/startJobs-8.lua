@@ -77,16 +77,31 @@ end
 local pool_rate = setting(a, 'rate')
 local free = math.min(maxp - running, batch)
 local looked = 0
+local name_rates = {}  -- name -> its rate spec (false: none), read once per call
+-- The best ready jobs are read a window at a time; a key's next job may join `ready` (advance_key)
+-- ahead of the rest of the window, so the window is read again after that.
+local window, at = {}, 1
+-- A started job leaves `ready` and `waiting` and joins `running` in one call per batch: the
+-- removals are flushed before `ready` is read again, everything before the script returns.
+local d = {}
+local unready, unwait, run = {'ZREM', a.ready}, {'SREM', a.waiting}, {'ZADD', KEYS[4]}
 while #started < free and looked < 2 * batch do
-  local top = rcall('ZRANGE', a.ready, 0, 0, 'WITHSCORES')
-  if #top == 0 then break end
+  if at > #window then
+    flush_deferred(d)
+    window, at = rcall('ZRANGE', a.ready, 0, math.min(free - #started, 2 * batch - looked) - 1,
+                       'WITHSCORES'), 1
+    if #window == 0 then break end
+  end
+  local id, rank = window[at], window[at + 1]
+  at = at + 2
   looked = looked + 1
-  local id, rank = top[1], top[2]
   local jk = prefix .. 'job:' .. id
   local h = rcall('HMGET', jk, 'state', 'attempts', 'name', 'args', 'kwargs', 'enc', 'timeout_ms',
                   'ckey')
   local pool_tokens = pool_rate and bucket_tokens(a, 'pool', pool_rate, now)
-  local name_rate = setting(a, 'rate:' .. (h[3] or ''))
+  local name = h[3] or ''
+  if name_rates[name] == nil then name_rates[name] = setting(a, 'rate:' .. name) or false end
+  local name_rate = name_rates[name] or nil
   local name_tokens = name_rate and bucket_tokens(a, 'name:' .. h[3], name_rate, now)
   if h[1] ~= 'pending' and h[1] ~= 'retrying' then
     rcall('ZREM', a.ready, id)
@@ -100,6 +115,7 @@ while #started < free and looked < 2 * batch do
     bump(counts, 'held_by_key')
     if rcall('HGET', a.head, h[8]) == id then rcall('HDEL', a.head, h[8]) end
     advance_key(a, h[8])
+    window = {}
   elseif name_tokens and name_tokens < 1 then
     rcall('ZREM', a.ready, id)
     rcall('ZADD', prefix .. 'nameq:' .. h[3], rank, id)
@@ -108,24 +124,26 @@ while #started < free and looked < 2 * batch do
   else
     if pool_tokens then bucket_take(a, 'pool', pool_rate, now, pool_tokens) end
     if name_tokens then bucket_take(a, 'name:' .. h[3], name_rate, now, name_tokens) end
-    rcall('ZREM', a.ready, id)
-    rcall('SREM', a.waiting, id)
+    defer(d, unready, id)
+    defer(d, unwait, id)
     if h[8] and h[8] ~= '' then
       if rcall('HGET', a.head, h[8]) == id then rcall('HDEL', a.head, h[8]) end
       key_running(a, h[8], 1)
       advance_key(a, h[8])
+      window = {}
     end
     local attempt = tonumber(h[2]) + 1
     local eid = rcall('XADD', KEYS[5], '*', 'kind', 'run', 'id', id, 'attempt', attempt,
                       'name', h[3], 'args', h[4], 'kwargs', h[5], 'enc', h[6], 'timeout_ms', h[7])
     rcall('HSET', jk, 'state', 'running', 'attempts', attempt, 'started_at', now, 'dispatch', eid)
-    rcall('ZADD', KEYS[4], now, id)
+    defer(d, run, now, id)
     local timeout = tonumber(h[7])
     if timeout > 0 then rcall('ZADD', KEYS[6], now + timeout, id) end
     started[#started + 1] = id
     if h[1] == 'retrying' then bump(counts, 'retrying', -1) end
   end
 end
+flush_deferred(d)
 if #started > 0 then bump(counts, 'started', #started) end
 local next_throttled = rcall('ZRANGE', a.throttled, 0, 0, 'WITHSCORES')
 if #next_throttled > 0 then wake_at(tonumber(next_throttled[2])) end

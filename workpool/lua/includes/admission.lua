@@ -70,8 +70,12 @@ end
 
 -- A due job joins the ready set, or its key's queue while the key is at its limit (or another
 -- job of the key already stands for it in `ready`).
+local function rank_of(priority, seq)
+  return string.format('%.0f', -priority * 1e12 + seq)
+end
+
 local function make_ready(a, id, name, priority, seq, ckey)
-  local rank = string.format('%.0f', -priority * 1e12 + seq)
+  local rank = rank_of(priority, seq)
   if ckey and ckey ~= '' then
     local limit = key_limit(a, name)
     if limit > 0 then

@@ -31,6 +31,34 @@ local function flush_counts(stats_key, counts)
   end
 end
 
+-- Deferred writes: items of one variadic write (`head` = {command, key, ...}, a table made
+-- once per script) are collected and sent by flush_deferred in one call, since a call costs
+-- more than an item. Only for writes that nothing in the script reads before the flush.
+local function defer(d, head, a, b)
+  local items = d[head]
+  if not items then
+    items = {}
+    d[head] = items
+    d[#d + 1] = head
+  end
+  items[#items + 1] = a
+  if b ~= nil then items[#items + 1] = b end
+end
+
+local function flush_deferred(d)
+  for i = 1, #d do
+    local head = d[i]
+    local items = d[head]
+    for j = 1, #items, 1000 do  -- bounded calls stay far below Lua's unpack limit
+      local args = {unpack(head)}
+      for x = j, math.min(j + 999, #items) do args[#args + 1] = items[x] end
+      rcall(unpack(args))
+    end
+    d[head] = nil
+    d[i] = nil
+  end
+end
+
 -- Set a malformed stream entry aside, with its raw fields (prefixed `f.`) and the reason.
 local function set_aside(rejected_key, entry_id, flat, reason, counts)
   local out = {'entry', entry_id, 'reason', reason}
@@ -43,10 +71,18 @@ local function set_aside(rejected_key, entry_id, flat, reason, counts)
   return C.REJECTED
 end
 
+-- Drop every entry of `stream` up to and including `last_id`: entries are applied oldest
+-- first, so one XTRIM MINID (freeing whole nodes) drops those before it, one XDEL the last.
+local function trim_through(stream, last_id)
+  rcall('XTRIM', stream, 'MINID', '=', last_id)
+  rcall('XDEL', stream, last_id)
+end
+
 -- Apply entries of `stream`, oldest first, until `batch` items are applied: each entry by the
--- handler its `field` names (`default` when absent), else set aside; each entry is deleted
--- once applied. A handler returns a code, or (for an entry carrying many items) a list of
--- {id, code} pairs. Returns {OK, items applied, last_entry_id, id1, code1, ...}.
+-- handler its `field` names (`default` when absent), else set aside; applied entries are
+-- dropped from the stream (it holds only what is not applied yet). A handler returns a code,
+-- or (for an entry carrying many items) a list of {id, code} pairs.
+-- Returns {OK, items applied, last_entry_id, id1, code1, ...}.
 local function apply_entries(stream, batch, field, default, handlers, reject)
   local entries = rcall('XRANGE', stream, '-', '+', 'COUNT', batch)
   local result = {C.OK, 0, ''}
@@ -69,8 +105,8 @@ local function apply_entries(stream, batch, field, default, handlers, reject)
       result[#result + 1] = code
       result[2] = result[2] + 1
     end
-    rcall('XDEL', stream, entry_id)
     result[3] = entry_id
   end
+  if result[3] ~= '' then trim_through(stream, result[3]) end
   return result
 end

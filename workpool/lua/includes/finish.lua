@@ -9,32 +9,61 @@ local function jitter(seed, id, attempt)
   return 0.5 + tonumber(string.sub(h, 1, 8), 16) / 4294967296
 end
 
--- Drop a dispatch entry: acknowledged for the group and deleted from the stream.
+-- Drop a dispatch entry: acknowledged for the group and deleted from the stream (in one call
+-- per batch when the script defers: ctx.defer, flushed before it returns).
 local function drop_entry(ctx, entry_id)
   if entry_id and entry_id ~= '' then
-    rcall('XACK', ctx.dispatch, ctx.group, entry_id)
-    rcall('XDEL', ctx.dispatch, entry_id)
+    if ctx.defer then
+      defer(ctx.defer, ctx.xack, entry_id)
+      defer(ctx.defer, ctx.xdel, entry_id)
+    else
+      rcall('XACK', ctx.dispatch, ctx.group, entry_id)
+      rcall('XDEL', ctx.dispatch, entry_id)
+    end
   end
 end
 
+-- Let a script defer the writes that end attempts (see defer in common.lua).
+local function deferring(ctx)
+  ctx.defer = {}
+  ctx.xack, ctx.xdel = {'XACK', ctx.dispatch, ctx.group}, {'XDEL', ctx.dispatch}
+  ctx.unrun = {'ZREM', ctx.running}
+end
+
+-- Job fields the end of an attempt needs, read with one HMGET (missing ones are false).
+local ATTEMPT_FIELDS = {'state', 'attempts', 'dispatch', 'ckey', 'on_complete', 'timeout_ms',
+                        'max_attempts', 'backoff_ms', 'base', 'cancel'}
+local function attempt_fields(jk)
+  local h = rcall('HMGET', jk, unpack(ATTEMPT_FIELDS))
+  local j = {}
+  for i, name in ipairs(ATTEMPT_FIELDS) do j[name] = h[i] end
+  return j
+end
+
 -- The job's attempt ends: it leaves the running set and its dispatch entry is closed.
-local function end_attempt(ctx, id, jk)
-  rcall('ZREM', ctx.running, id)
-  rcall('ZREM', ctx.deadlines, id)
-  local h = rcall('HMGET', jk, 'dispatch', 'ckey')
-  drop_entry(ctx, h[1])
-  key_running(adm(ctx.prefix, ctx.counts), h[2], -1)
+-- `j` holds the job's fields (attempt_fields).
+local function end_attempt(ctx, id, j)
+  if ctx.defer then defer(ctx.defer, ctx.unrun, id) else rcall('ZREM', ctx.running, id) end
+  if j.timeout_ms and j.timeout_ms ~= '0' then rcall('ZREM', ctx.deadlines, id) end
+  drop_entry(ctx, j.dispatch)
+  if j.ckey and j.ckey ~= '' then
+    ctx.adm = ctx.adm or adm(ctx.prefix, ctx.counts)
+    key_running(ctx.adm, j.ckey, -1)
+  end
 end
 
 -- The one place a job becomes terminal (done or canceled). It records the on_complete delivery
 -- in the same atomic step, so each terminal transition yields exactly one delivery record.
-local function finish(ctx, id, jk, state, outcome)
-  rcall('HSET', jk, 'state', state, 'outcome', outcome, 'finished_at', ctx.now)
-  local handler = rcall('HGET', jk, 'on_complete')
+-- `handler` is the job's on_complete field (false when it has none); `extra` more fields to set.
+local function finish(ctx, id, jk, state, outcome, handler, extra)
+  local fields = {'state', state, 'outcome', outcome, 'finished_at', ctx.now}
+  for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
   if handler and handler ~= '' then
     local eid = rcall('XADD', ctx.dispatch, '*', 'kind', 'cb', 'id', id, 'n', '1')
-    rcall('HSET', jk, 'cb', 'pending', 'cb_n', 1, 'cb_entry', eid)
+    for _, v in ipairs({'cb', 'pending', 'cb_n', 1, 'cb_entry', eid}) do fields[#fields + 1] = v end
+    rcall('HSET', jk, unpack(fields))
   else
+    rcall('HSET', jk, unpack(fields))
     rcall('PEXPIRE', jk, ctx.retention)
   end
   bump(ctx.counts, outcome)
@@ -43,22 +72,22 @@ local function finish(ctx, id, jk, state, outcome)
 end
 
 -- A failed attempt (error, lost worker, timeout): retry with backoff if allowed, else final.
-local function fail_attempt(ctx, id, jk, err, etype, retryable)
-  local h = rcall('HMGET', jk, 'attempts', 'max_attempts', 'backoff_ms', 'base', 'cancel')
-  local attempts, max_attempts = tonumber(h[1]), tonumber(h[2])
-  end_attempt(ctx, id, jk)
-  rcall('HSET', jk, 'error', err, 'error_type', etype)
-  if retryable and h[5] ~= '1' and attempts < max_attempts then
-    local delay = tonumber(h[3]) * tonumber(h[4]) ^ (attempts - 1) * jitter(ctx.seed, id, attempts)
+-- `j` holds the job's fields (attempt_fields).
+local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
+  local attempts, max_attempts = tonumber(j.attempts), tonumber(j.max_attempts)
+  end_attempt(ctx, id, j)
+  if retryable and j.cancel ~= '1' and attempts < max_attempts then
+    local delay = tonumber(j.backoff_ms) * tonumber(j.base) ^ (attempts - 1) *
+                  jitter(ctx.seed, id, attempts)
     local due = ctx.now + math.floor(delay)
-    rcall('HSET', jk, 'state', 'retrying', 'due_at', due)
+    rcall('HSET', jk, 'error', err, 'error_type', etype, 'state', 'retrying', 'due_at', due)
     rcall('ZADD', ctx.due, due, id)
     rcall('SADD', ctx.prefix .. 'waiting', id)
     bump(ctx.counts, 'retried')
     bump(ctx.counts, 'retrying')
     return C.RETRY_SCHEDULED
   end
-  finish(ctx, id, jk, 'done', 'failed')
+  finish(ctx, id, jk, 'done', 'failed', j.on_complete, {'error', err, 'error_type', etype})
   return C.FAILED
 end
 
