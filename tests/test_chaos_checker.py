@@ -98,6 +98,29 @@ def test_a_run_after_a_success_is_a_duplicate_unless_a_fault_explains_it() -> No
     assert report.ok and report.reruns_after_fault == 1
 
 
+def test_a_run_paused_past_its_heartbeat_may_be_run_again_though_it_ended_well() -> None:
+    # paused mid-run, reaped as lost; it ended (ok) once resumed, its outcome stale by then
+    events = [*enqueued("a"), ev("start", 1.0, W1, job="a", a=1),
+              ev("fault", 1.1, kind="pause_worker", target=W1),
+              ev("end", 4.0, W1, job="a", a=1, r="ok"), ev("resume", 4.0005, target=W1),
+              *ran("a", 2, W1, 5.0, 5.1), delivered("a", 5.2, value="attempt 2")]
+    final = {"a": done(attempts=2, error_type="WorkerLost")}
+    report = check(events, final, max_parallelism=1)
+    assert report.ok and report.reruns_after_fault == 1, report.violations()
+    unpaused = [e for e in events if e["e"] not in ("fault", "resume")]
+    assert len(check(unpaused, final, max_parallelism=1).duplicated) == 1
+
+
+def test_a_run_begun_right_after_a_pause_may_be_run_again_though_it_ended_well() -> None:
+    # delivered while paused, reaped as lost; begun (and ended ok) on waking, outcome stale
+    events = [*enqueued("a"), ev("fault", 1.0, kind="pause_worker", target=W1),
+              ev("resume", 4.0, target=W1), *ran("a", 1, W1, 4.001, 4.002),
+              *ran("a", 2, W1, 5.0, 5.1), delivered("a", 5.2, value="attempt 2")]
+    final = {"a": done(attempts=2, error_type="WorkerLost")}
+    report = check(events, final, max_parallelism=1)
+    assert report.ok and report.reruns_after_fault == 1, report.violations()
+
+
 def test_different_results_seen_by_handlers_mean_two_terminal_transitions() -> None:
     events, final = one_clean_job()
     events += [ev("fault", 1.3, kind="kill_worker", target=W1),
@@ -124,6 +147,19 @@ def test_a_killed_worker_s_attempt_stops_counting_at_the_kill() -> None:
     report = check(sorted(events, key=lambda e: e["t"]), final, max_parallelism=1)
     assert report.ok, report.violations()
     assert report.recovery["worker SIGKILL to job running again"] == [1.5 - 1.2]
+
+
+def test_a_start_recorded_just_after_its_process_was_killed_ends_with_the_kill() -> None:
+    # the kill is recorded before the signal lands: the process may still record a start
+    events = [*enqueued("a"), *enqueued("b"), ev("fault", 1.0, kind="kill_leader", target=W1),
+              ev("start", 1.0004, W1, job="a", a=1), *ran("a", 2, W2, 3.0, 3.1),
+              *ran("b", 1, W2, 3.2, 3.3), delivered("a", 3.15, W2, value="attempt 2"),
+              delivered("b", 3.35, W2)]
+    final = {"a": done(attempts=2), "b": done()}
+    report = check(events, final, max_parallelism=1)
+    assert report.ok, report.violations()
+    late = [e if e["e"] != "start" or e["pid"] != W1 else {**e, "t": 1.2} for e in events]
+    assert check(late, final, max_parallelism=1).parallelism_breaches > 0
 
 
 def test_a_paused_worker_s_superseded_attempt_is_a_zombie_not_a_breach() -> None:

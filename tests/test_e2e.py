@@ -167,6 +167,37 @@ def test_a_worker_paused_past_its_heartbeat_cancels_the_attempt_it_lost_when_it_
     assert _pids(redis_client, ended_key("p")) == [second]
 
 
+def test_a_worker_paused_while_an_entry_reached_it_does_not_begin_the_attempt_it_lost(
+    procs: Procs, app: Workpool, redis_client: redis.Redis,
+) -> None:
+    procs.spawn("loop", "loop", APP)
+    paused = procs.worker("w-a", "--no-loop")
+    _live(redis_client, app, "w-a")
+
+    def stopped_in_its_read() -> bool:  # so the entry is delivered to it while it is stopped
+        os.kill(paused.pid, signal.SIGSTOP)
+        if any(c["cmd"] == "xreadgroup" and "b" in c["flags"]
+               for c in redis_client.client_list()):
+            return True
+        os.kill(paused.pid, signal.SIGCONT)
+        return False
+
+    eventually(stopped_in_its_read, FINISH_TIMEOUT, "w-a stopped while blocked in XREADGROUP")
+    try:
+        job_id = app.enqueue(gated_async, "z")
+        eventually(lambda: app.status(job_id).error_type == "WorkerLost", FINISH_TIMEOUT,
+                   "the paused worker's attempt given away")
+        procs.worker("w-b", "--no-loop")
+        redis_client.set(gate_key("z"), 1)
+        st = app.wait(job_id, timeout=FINISH_TIMEOUT)
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    assert eventually(lambda: "skipping an attempt given away" in procs.log("w-a"),
+                      FINISH_TIMEOUT, "the woken worker skips the entry it read")
+    assert (st.outcome, st.attempts) == ("succeeded", 2)
+    assert _pids(redis_client, started_key("z")) == [procs.started["w-b"].pid]
+
+
 def test_killing_the_main_loop_holder_hands_the_lease_over_and_no_job_is_lost_or_doubled(
     procs: Procs, app: Workpool, redis_client: redis.Redis,
 ) -> None:

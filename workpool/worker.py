@@ -76,6 +76,7 @@ class Worker:
         self._fencing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: redis.asyncio.Redis | None = None
+        self._beat_at = time.monotonic()  # last heartbeat written (set by the heartbeat thread)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -128,6 +129,7 @@ class Worker:
         with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
             await client.set(self.pool.keys.heartbeat(self.id), f"pid={os.getpid()}",
                              px=round(self.pool.heartbeat_ttl * 1000))
+            self._beat_at = time.monotonic()
 
     def _heartbeat(self) -> None:
         """Thread: refresh the heartbeat key every ttl/3 with its own connection."""
@@ -139,6 +141,7 @@ class Worker:
             try:
                 client.set(key, f"pid={os.getpid()}", px=ttl_ms)
                 failures, previous, last_beat = 0, last_beat, time.monotonic()
+                self._beat_at = last_beat
                 if last_beat - previous > self.pool.heartbeat_ttl and self._loop is not None:
                     self._loop.call_soon_threadsafe(self._lapsed)  # we may have been reaped
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -277,8 +280,7 @@ class Worker:
         job_id, attempt, name = text(f.get("id")), text(f.get("attempt")), text(f.get("name"))
         enc = text(f.get("enc")) or "msgpack"
         log = self.log.bind(job=job_id, attempt=attempt, name=name)
-        if time.monotonic() - received > self.pool.heartbeat_ttl / 2 and not await self._mine(
-                client, job_id, int(attempt or 0)):
+        if self._stalled(received) and not await self._mine(client, job_id, int(attempt or 0)):
             log.warning("skipping an attempt given away while this worker stalled")
             return
         out: Outcome = {"kind": "run", "id": job_id, "attempt": attempt}
@@ -338,6 +340,13 @@ class Worker:
             out.update(ok="0", error=f"{type(exc).__name__}: {exc}")
             log.warning("transition", transition="callback_failed", error=repr(exc))
         self._outbox.put(out)
+
+    def _stalled(self, received: float) -> bool:
+        """Could the reaper have given this attempt away before it begins? It waited half a
+        TTL since it was read, or this process wrote no heartbeat for half a TTL (paused: an
+        entry read on waking may have been delivered to us long before)."""
+        now, half = time.monotonic(), self.pool.heartbeat_ttl / 2
+        return now - received > half or now - self._beat_at > half
 
     async def _mine(self, client: redis.asyncio.Redis, job_id: str, attempt: int) -> bool:
         """Is this attempt still the job's current one? (If Redis cannot say: assume so.)"""

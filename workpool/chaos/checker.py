@@ -7,7 +7,10 @@ SIGKILLed ends at the kill; an attempt whose process was SIGSTOPped and that a l
 superseded ends at the stop (after it the paused process is a fenced zombie: its outcome is
 stale, which is counted separately). Re-runs explained by a fault are at-least-once, not
 duplicates: a second run counts as duplicated only when the process of the earlier successful
-run was neither killed nor paused between that success and the re-run.
+run was neither paused during or just before that run nor killed or paused between its success
+and the re-run.
+Faults are recorded just before their signal is sent: an event of the target up to 50 ms later
+may still precede the signal.
 """
 
 from __future__ import annotations
@@ -219,7 +222,10 @@ def _check_runs(rep: Report, job: str, fin: FinalJob, hist: _JobHistory,
         end = hist.end_of(s)
         if end is None or end["r"] != "ok" or end["t"] > nxt.t:
             continue  # a run superseded while it still ran (lost, then late) is fenced
-        if faults.hit(s.pid, end["t"], nxt.t):
+        if (faults.hit(s.pid, end["t"], nxt.t) or faults.pause_in(s.pid, s.t, end["t"])
+                or faults.just_resumed(s.pid, s.t)):
+            # a pause during the run, or just before it (an entry read on waking): the attempt
+            # may have been given away before its outcome landed
             rep.reruns_after_fault += 1
         else:
             rep.duplicated.append(f"{job}: attempt {nxt.attempt} ran after "
@@ -259,9 +265,9 @@ def _interval(rep: Report, s: _Start, hist: _JobHistory, fin: FinalJob | None,
               faults: _Faults) -> tuple[float, float] | None:
     """When attempt `s` held a slot; None for a fenced zombie that began after a pause."""
     end = hist.end_of(s)
-    killed = faults.killed.get(s.pid)
-    stop = end["t"] if end else (killed if killed is not None and killed >= s.t else
-                                 float("inf"))
+    killed = faults.killed.get(s.pid)  # (a start recorded as the signal landed dies with it)
+    stop = end["t"] if end else (max(killed, s.t) if killed is not None and
+                                 killed + _SIGNAL_SLACK >= s.t else float("inf"))
     if hist.zombie_start(s, faults):
         rep.zombie_starts += 1
         rep.zombie_seconds_max = max(rep.zombie_seconds_max, stop - s.t if end else 0.0)
