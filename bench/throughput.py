@@ -1,7 +1,8 @@
 """Throughput of no-op jobs on a private redis-server: enqueue rates, end-to-end rates with W
 worker processes, and the main loop's transitions per second on its own.
 
-- enqueue: one `enqueue` call per job, and `enqueue_many` in chunks (one round trip each);
+- enqueue: one `enqueue` call per job (beside a bare redis-py XADD of the same entry, in
+  alternating rounds), and `enqueue_many` in chunks (one round trip each);
 - end to end: N jobs pre-loaded, then W worker processes (W = 1, 2, 4 by default, each also a
   main-loop candidate); the rate is N over the span from the first start to the last finish,
   read from the job hashes (Redis clock), so process start-up is not counted;
@@ -75,15 +76,26 @@ def _counter(name: str) -> int:
     return int(pool.redis.hget(pool.keys.stats, name) or 0)
 
 
-def enqueue_rates(o: argparse.Namespace, job: str) -> tuple[float, float]:
-    """(jobs/s one call each, jobs/s with enqueue_many) on an empty pool."""
+def enqueue_rates(o: argparse.Namespace, job: str) -> tuple[float, float, float]:
+    """(jobs/s one call each, bare XADDs/s of the same entry from the same client, jobs/s with
+    enqueue_many) on an empty pool; the one-at-a-time pair in alternating rounds of 500, so
+    the machine's noise falls on both alike."""
     pool.redis.flushall()
-    began = time.perf_counter()
-    for _ in range(o.single):
-        pool.enqueue(job)
-    single = o.single / (time.perf_counter() - began)
+    (fields,) = pool.build_entries(job, [()])
+    spent = {"enqueue": 0.0, "xadd": 0.0}
+    for first in range(0, o.single, 500):
+        n = min(500, o.single - first)
+        began = time.perf_counter()
+        for _ in range(n):
+            pool.enqueue(job)
+        spent["enqueue"] += time.perf_counter() - began
+        began = time.perf_counter()
+        for _ in range(n):
+            pool.redis.xadd("bench:bare", fields)  # type: ignore[arg-type]
+        spent["xadd"] += time.perf_counter() - began
     pool.redis.flushall()
-    return single, o.jobs / preload(job, o.jobs, o.chunk)
+    return (o.single / spent["enqueue"], o.single / spent["xadd"],
+            o.jobs / preload(job, o.jobs, o.chunk))
 
 
 def preload(job: str, jobs: int, chunk: int) -> float:
@@ -200,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             if o.quiet:
                 end_to_end(url, o, job, 2)
                 return
-            single, batched = enqueue_rates(o, job)
+            single, bare, batched = enqueue_rates(o, job)
             runs = {w: end_to_end(url, o, job, w) for w in map(int, o.workers.split(","))}
             ingest, start, apply_ = main_loop_alone(url, o, job)
             version = pool.redis.info("server")["redis_version"]
@@ -212,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
           f"concurrency={o.concurrency}/worker max_parallelism={o.max_parallelism} "
           f"redis={version} persistence={'aof everysec' if o.aof else 'none'} "
           f"python={platform.python_version()} cpus={os.cpu_count()} {platform.machine()}")
-    print(f"enqueue one call each   {single:>10,.0f} jobs/s ({o.single} jobs)")
+    print(f"enqueue one call each   {single:>10,.0f} jobs/s ({o.single} jobs); a bare XADD of "
+          f"the same entry {bare:,.0f}/s (ratio {bare / single:.2f})")
     print(f"enqueue_many x{o.chunk:<9}{batched:>10,.0f} jobs/s")
     for w, rate in runs.items():
         print(f"end to end, {w} worker{'s' if w > 1 else ' '}   {rate:>10,.0f} jobs/s")
