@@ -1115,7 +1115,7 @@ class WorkpoolModel(RuleBasedStateMachine):
             if job is not None:
                 want = (*HASH_OF[job.state], str(job.attempts), "1" if job.cancel else None,
                         job.cb, str(job.cb_n) if job.cb else None, job.name, str(job.priority),
-                        job.ckey, str(job.seq))
+                        job.ckey or None, str(job.seq))
             assert tuple(None if g is None else text(g) for g in got) == want, i
 
     @invariant()

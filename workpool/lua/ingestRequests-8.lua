@@ -124,6 +124,8 @@ local function reject(entry_id, flat, reason)
   return set_aside(KEYS[6], entry_id, flat, reason, ctx.counts)
 end
 
+local OPTIONAL = {'args', 'kwargs', 'context', 'on_complete', 'ckey'}  -- job hash fields
+
 local function enqueue(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then id = entry_id end
@@ -177,11 +179,18 @@ local function enqueue(entry_id, f, flat)
   local enqueued_at = tonumber(string.match(entry_id, '^(%d+)'))
   local due = math.max(run_at, enqueued_at + run_after)
   seq = (seq or tonumber(rcall('GET', ctx.adm.seq) or '0')) + 1
-  rcall('HSET', jk, 'state', 'pending', 'name', name, 'enc', enc, 'attempts', 0,
-        'max_attempts', max_attempts, 'backoff_ms', backoff, 'base', base, 'timeout_ms', timeout,
-        'enqueued_at', enqueued_at, 'due_at', due, 'args', f.args or '', 'kwargs', f.kwargs or '',
-        'context', f.context or '', 'on_complete', f.on_complete or '', 'priority', priority,
-        'ckey', ckey, 'seq', seq)
+  local fields = {'state', 'pending', 'name', name, 'enc', enc, 'attempts', 0,
+                  'max_attempts', max_attempts, 'backoff_ms', backoff, 'base', base,
+                  'timeout_ms', timeout, 'enqueued_at', enqueued_at, 'due_at', due,
+                  'priority', priority, 'seq', seq}
+  for _, field in ipairs(OPTIONAL) do  -- an empty one is left out: ~50 bytes less per job
+    local v = field == 'ckey' and ckey or f[field]
+    if v and v ~= '' then
+      fields[#fields + 1] = field
+      fields[#fields + 1] = v
+    end
+  end
+  rcall('HSET', jk, unpack(fields))
   if not ctx.priorities[priority] then
     rcall('SADD', prefix .. 'priorities', priority)
     ctx.priorities[priority] = true

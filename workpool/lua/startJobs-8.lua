@@ -134,7 +134,8 @@ while #started < free and looked < 2 * batch do
     end
     local attempt = tonumber(h[2]) + 1
     local eid = rcall('XADD', KEYS[5], '*', 'kind', 'run', 'id', id, 'attempt', attempt,
-                      'name', h[3], 'args', h[4], 'kwargs', h[5], 'enc', h[6], 'timeout_ms', h[7])
+                      'name', h[3], 'args', h[4] or '', 'kwargs', h[5] or '', 'enc', h[6],
+                      'timeout_ms', h[7])
     rcall('HSET', jk, 'state', 'running', 'attempts', attempt, 'started_at', now, 'dispatch', eid)
     defer(d, run, now, id)
     local timeout = tonumber(h[7])
