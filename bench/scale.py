@@ -6,7 +6,8 @@ made; then, for each backlog size (grown in place), with the pool paused, pendin
 enqueued (enqueue_many) up to backlog + the measured batch; the pool is resumed until the batch
 has run (jobs/s, first to last completion of the batch), then paused again; topped up and run
 again, `--rounds` times, the median counts (a batch lasts about a second: one alone is at
-the mercy of the machine's noise). Also: Redis memory
+the mercy of the machine's noise), with the Redis server's CPU time per job over the batch
+(the engine's own cost, which noise hardly moves). Also: Redis memory
 per pending job (used_memory delta over the jobs added, empty payload), and the slowest script
 call (SLOWLOG, every EVALSHA over 1 ms) while the largest backlog runs.
 
@@ -49,16 +50,22 @@ def _ingested(total: int) -> None:
     _until(lambda: _counter("enqueued") >= total, 1800, f"{total} jobs ingested")
 
 
-def _run_batch(batch: int) -> float:
-    """Resume until `batch` more jobs succeeded, pause again; jobs/s over the batch."""
-    base = _counter("succeeded")
+def _redis_cpu_s() -> float:
+    cpu = pool.redis.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def _run_batch(batch: int) -> tuple[float, float]:
+    """Resume until `batch` more jobs succeeded, pause again: jobs/s over the batch, and the
+    Redis server's CPU time per job (us), which the machine's noise moves far less."""
+    base, cpu = _counter("succeeded"), _redis_cpu_s()
     pool.configure(paused=False)
     _until(lambda: _counter("succeeded") > base, 60, "the first job of the batch")
     began = time.perf_counter()
     _until(lambda: _counter("succeeded") >= base + batch, 1800, "the batch done")
     rate = (batch - 1) / (time.perf_counter() - began)
     pool.configure(paused=True)
-    return rate
+    return rate, (_redis_cpu_s() - cpu) * 1e6 / batch
 
 
 def _slowest_script() -> tuple[float, str]:
@@ -83,7 +90,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="batches run per backlog (median)")
     o = p.parse_args()
     settings = options([])
-    rows: list[tuple[int, float, float, float]] = []
+    rows: list[tuple[int, float, float, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp, RedisServer.start(
             Path(tmp), extra_args=["--appendonly", "no"]) as server:
         pool.use_url(server.url)
@@ -112,7 +119,8 @@ def main() -> None:
                     total += o.batch
                     _ingested(total)
                     runs.append(_run_batch(o.batch))
-                rows.append((backlog, enqueue_rate, statistics.median(runs), per_job))
+                rows.append((backlog, enqueue_rate, statistics.median(r for r, _ in runs),
+                             statistics.median(c for _, c in runs), per_job))
                 pending = backlog
             slowest = _slowest_script()
             version = pool.redis.info("server")["redis_version"]
@@ -125,9 +133,9 @@ def main() -> None:
           f"persistence), python "
           f"{platform.python_version()}, {os.cpu_count()} cpus")
     print(f"{'pending backlog':>16}{'enqueue_many/s':>16}{'run jobs/s':>12}"
-          f"{'bytes/pending job':>19}")
-    for backlog, enq, run, per_job in rows:
-        print(f"{backlog:>16,}{enq:>16,.0f}{run:>12,.0f}{per_job:>19,.0f}")
+          f"{'redis us/job':>14}{'bytes/pending job':>19}")
+    for backlog, enq, run, cpu_us, per_job in rows:
+        print(f"{backlog:>16,}{enq:>16,.0f}{run:>12,.0f}{cpu_us:>14,.1f}{per_job:>19,.0f}")
     print(f"slowest script call at the largest backlog: {slowest[0]:.1f} ms ({slowest[1]})")
 
 
