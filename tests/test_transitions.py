@@ -331,6 +331,24 @@ def test_a_cancel_without_an_id_is_set_aside_and_changes_nothing(p: Pool) -> Non
     assert_table("cancel", ABSENT, Code.REJECTED, ABSENT, "malformed")
 
 
+def test_an_entry_that_raises_is_set_aside_and_the_jobs_around_it_are_fully_admitted(
+    p: Pool,
+) -> None:
+    p.r.set(p.keys.job("clobbered"), "not a hash")  # HMGET on it raises WRONGTYPE
+    before = p.client.enqueue("work", 1)
+    p.r.xadd(p.keys.pending_start, {"op": "cancel", "id": "clobbered"})
+    after = p.client.enqueue("work", 2)
+    reply = p.ingest(p.clock())
+    assert reply.outcomes == [(before, Code.ENQUEUED), ("clobbered", Code.REJECTED),
+                              (after, Code.ENQUEUED)]
+    ((_, record),) = entries(p.r.xrange(p.keys.rejected))
+    assert "WRONGTYPE" in text(record["reason"])
+    assert p.r.xlen(p.keys.pending_start) == 0
+    assert p.score(p.keys.ready, before) is not None
+    assert p.score(p.keys.ready, after) is not None
+    assert {text(m) for m in p.r.smembers(p.keys.waiting)} == {before, after}
+
+
 WELL_FORMED: list[tuple[Any, ...]] = [
     (b"\x00\xff",),
     (b"x" * 300, b"y" * 70_000),

@@ -92,7 +92,11 @@ local function apply_entries(stream, batch, field, default, handlers, reject)
     local f = fields_of(flat)
     local handler = handlers[f[field] or default]
     local code
-    if handler then code = handler(entry_id, f, flat)
+    if handler then
+      -- An entry that raises (a key of the wrong type, say) is set aside: the batch goes on,
+      -- and the writes deferred for the entries before it are still made.
+      local ok, result = pcall(handler, entry_id, f, flat)
+      code = ok and result or reject(entry_id, flat, 'could not be applied: ' .. tostring(result))
     else code = reject(entry_id, flat, 'unknown ' .. field .. ' ' .. tostring(f[field])) end
     if type(code) == 'table' then
       for i = 1, #code, 2 do
