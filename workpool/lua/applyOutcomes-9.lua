@@ -7,7 +7,8 @@
 --   kind=batch: field `o` is a msgpack array of at most `batch` outcomes, each a flat
 --     [field, value, ...] array of a run or cb outcome; each is applied as if it were its own entry (a worker sends
 --     everything it has ready as one entry).
--- Malformed entries are set aside in the rejected record. Every entry is deleted once applied.
+-- Malformed entries (and any whose application raises) are set aside in the rejected record.
+-- Applied entries are trimmed from the stream (one XTRIM per call).
 --
 -- KEYS[1] lease              STRING  main-loop lease, checked against ARGV[1] (fencing)
 -- KEYS[2] pendingCompletion  STREAM  worker outcomes

@@ -5,8 +5,9 @@
 --   cancel  -> pending/retrying become canceled; running is marked (never retried)
 --   config  -> live overrides of the pool's settings (max_parallelism, paused, rate limits,
 --              key limits), validated in full before any is written
--- Malformed entries are set aside in the rejected record with their raw fields. Every entry is
--- deleted once applied, so the stream holds only requests not yet applied.
+-- Malformed entries (and any whose application raises) are set aside in the rejected record
+-- with their raw fields. Applied entries are trimmed from the stream (one XTRIM per call), so
+-- it holds only requests not yet applied.
 --
 -- KEYS[1] lease          STRING  main-loop lease, checked against ARGV[1] (fencing)
 -- KEYS[2] pendingStart   STREAM  client requests
