@@ -130,8 +130,7 @@ class Engine:
             script("applyOutcomes"),
             [k.lease, k.pending_completion, k.running, k.deadlines, k.dispatch, k.due,
              k.callbacks_due, k.stats, k.rejected],
-            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP,
-             s.silence_grace_ms],
+            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP],
         )
 
     def reap(self, token: str, seed: str, now: int | None = None,
