@@ -45,15 +45,15 @@ def decode(data: bytes, enc: str) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def new_job_id(key: str | None = None) -> str:
-    """A random job id, or the deterministic one of an idempotency key (`key:<key>`)."""
-    return uuid.uuid4().hex if key is None else "key:" + key
+def new_job_id() -> str:
+    """A random job id, for an enqueue that must know its id before Redis replies."""
+    return uuid.uuid4().hex
 
 
 def key_job_id(key: str | None) -> str | None:
     """The job id an enqueue names itself: `key:<key>` for an idempotency key; None leaves the
     id to Redis (the entry's own id, unique in the stream and known from XADD's reply)."""
-    return None if key is None else new_job_id(key)
+    return None if key is None else "key:" + key
 
 
 def is_stream_id(job_id: str) -> bool:
