@@ -11,6 +11,7 @@ import redis
 from workpool.errors import RedisUnavailable
 
 ENV_URL = "WORKPOOL_REDIS_URL"
+MAX_BACKOFF = 1.0  # s between reconnect attempts at most: retrying once a second is cheap
 
 
 def resolve_url(url: str | None) -> str:

@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workpool.codes import Code
+from workpool.connection import MAX_BACKOFF
 from workpool.engine import (
     BatchReply,
     Engine,
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from workpool.pool import Workpool
 
 T = TypeVar("T")
-_MAX_BACKOFF = 1.0  # retrying once a second is cheap; Redis may be back
 
 
 @dataclass
@@ -94,11 +94,11 @@ class MainLoop:
                     self.log.warning("redis unreachable, retrying", error=str(exc), backoff=backoff)
                     self._trouble_at = time.monotonic()
                     await _wait(stop, backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
                 except ResponseError as exc:  # a script error: the loop must outlive it
                     self.log.error("script failed, retrying", error=str(exc), backoff=backoff)
                     await _wait(stop, backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
             await self._release(client)
             await client.aclose()

@@ -12,9 +12,10 @@ import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from workpool.connection import MAX_BACKOFF
+
 Outcome = dict[str, str | bytes]
 PER_ENTRY = 64  # outcomes per pendingCompletion entry (the main loop applies 256 per call)
-MAX_BACKOFF = 1.0  # retrying once a second is cheap; Redis may be back
 
 
 class Outbox:

@@ -34,13 +34,14 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workpool import child
+from workpool.connection import MAX_BACKOFF
 from workpool.current import Running, enter
 from workpool.errors import NonRetryableError, SerializationError, UnknownJobName
 from workpool.fencing import still_current
 from workpool.keys import GROUP
 from workpool.logs import logger
 from workpool.loop import MainLoop, _wait
-from workpool.outcomes import MAX_BACKOFF, Outbox, Outcome
+from workpool.outcomes import Outbox, Outcome
 from workpool.protocol import as_text_map, decode, encode, text
 from workpool.types import status_from_hash
 
