@@ -205,12 +205,14 @@ class Worker:
         XRANGE read without touching the entries' delivery times (the timeouts' clock)."""
         dispatch = self.pool.keys.dispatch
         pending = await client.xpending_range(dispatch, GROUP, "-", "+", 256, self.id)
-        for p in pending:
-            entry_id = cast("bytes", p["message_id"])
-            if entry_id in self._seen:
-                continue
-            found = cast("list[tuple[bytes, dict[bytes, bytes]]]",
-                         await client.xrange(dispatch, entry_id, entry_id))
+        unseen = [e for e in (cast("bytes", p["message_id"]) for p in pending)
+                  if e not in self._seen]
+        if not unseen:
+            return
+        pipe = client.pipeline(transaction=False)
+        for entry_id in unseen:
+            pipe.xrange(dispatch, entry_id, entry_id)
+        for entry_id, found in zip(unseen, await pipe.execute(), strict=True):
             if found and found[0][1]:
                 self.log.warning("running an entry delivered to us but never seen",
                                  entry=text(entry_id))
