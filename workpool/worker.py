@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import math
 import os
 import socket
 import threading
@@ -78,6 +79,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: redis.asyncio.Redis | None = None
         self._beat_at = time.monotonic()  # last heartbeat written (set by the heartbeat thread)
+        self._resumed_at = -math.inf  # first heartbeat after a gap of over half a TTL
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,6 +144,8 @@ class Worker:
             try:
                 client.set(key, f"pid={os.getpid()}", px=ttl_ms)
                 failures, previous, last_beat = 0, last_beat, time.monotonic()
+                if last_beat - previous > self.pool.heartbeat_ttl / 2:
+                    self._resumed_at = last_beat  # stalled (paused, or Redis away) until now
                 self._beat_at = last_beat
                 if last_beat - previous > self.pool.heartbeat_ttl and self._loop is not None:
                     self._loop.call_soon_threadsafe(self._lapsed)  # we may have been reaped
@@ -346,10 +350,12 @@ class Worker:
 
     def _stalled(self, received: float) -> bool:
         """Could the reaper have given this attempt away before it begins? It waited half a
-        TTL since it was read, or this process wrote no heartbeat for half a TTL (paused: an
-        entry read on waking may have been delivered to us long before)."""
+        TTL since it was read, or this process wrote no heartbeat for half a TTL before now or
+        around the read (paused: an entry read on waking may have been delivered to us long
+        before; the heartbeat thread may wake first and beat before the entry is looked at)."""
         now, half = time.monotonic(), self.pool.heartbeat_ttl / 2
-        return now - received > half or now - self._beat_at > half
+        return now - received > half or now - self._beat_at > half or \
+            self._resumed_at > received - half
 
     async def _mine(self, client: redis.asyncio.Redis, job_id: str, attempt: int) -> bool:
         """Is this attempt still the job's current one? (If Redis cannot say: assume so.)"""
