@@ -191,7 +191,7 @@ class Bench:
 
     def shape(self) -> str:
         k, r = pool.keys, self.r
-        return (f"waiting {r.scard(k.waiting):,}  ready {r.zcard(k.ready):,}  key heads "
+        return (f"waiting {_waiting(r):,}  ready {r.zcard(k.ready):,}  key heads "
                 f"{r.hlen(k.key_heads):,}  hot key queue {r.zcard(k.key_queue('hot')):,}  "
                 f"parked by rate {r.zcard(k.name_queue('limited')):,}  running "
                 f"{r.zcard(k.running):,}")
@@ -204,7 +204,7 @@ class Bench:
         nameq = int(r.zcard(k.name_queue("limited")))
         queued = int(r.zcard(k.ready)) + keyq + nameq + int(r.zcard(k.due))
         stats = {text(f): int(v) for f, v in r.hgetall(k.stats).items()}
-        checks = {"waiting = ready+keyq+nameq+due": (int(r.scard(k.waiting)), queued),
+        checks = {"waiting = ready+keyq+nameq+due": (_waiting(r), queued),
                   "held_by_key = keyq": (stats.get("held_by_key", 0), keyq),
                   "held_by_rate = nameq": (stats.get("held_by_rate", 0), nameq)}
         bad = {name: pair for name, pair in checks.items() if pair[0] != pair[1]}
@@ -213,6 +213,11 @@ class Bench:
     def memory(self) -> str:
         info = self.r.info("memory")
         return f"{info['used_memory'] / 2**20:,.0f} MiB (peak {info['used_memory_peak_human']})"
+
+
+def _waiting(r: redis.Redis) -> int:
+    """Jobs waiting to start: pending (never started) and retrying."""
+    return int(r.hlen(pool.keys.unstarted)) + int(r.scard(pool.keys.retrying))
 
 
 def _escaped(pattern: str) -> str:
@@ -248,7 +253,7 @@ def main() -> None:
         started = time.perf_counter()
         for level in levels:
             bench.configure(paused=True)
-            waiting = int(client.scard(pool.keys.waiting))
+            waiting = _waiting(client)
             print(f"\nbacklog {level:,}: enqueue {level - waiting:,} jobs", flush=True)
             enqueue_s = bench.enqueue(level - waiting, progress=True)
             ingest, promote = Calls(), Calls()

@@ -16,8 +16,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from workpool import Retry, Workpool
+from workpool import Retry, Workpool, protocol
 from workpool.embedded import find_redis_server
+from workpool.keys import Keys
 from workpool.protocol import text
 from workpool.worker import Worker
 
@@ -38,6 +39,12 @@ def eventually(predicate: Callable[[], T | Literal[False] | None], timeout: floa
             msg = f"still not true after {timeout} s: {what or predicate!r} (last: {value!r})"
             raise AssertionError(msg)
         time.sleep(0.01)  # poll interval, not a wait for the condition itself
+
+
+def job_fields(r: Any, keys: Keys, job_id: str) -> dict[str, bytes]:
+    """The job's hash, or (never started) its packed value in `unstarted` read as one; {} if
+    neither exists."""
+    return protocol.job_fields(r.hgetall(keys.job(job_id)), r.hget(keys.unstarted, job_id))
 
 
 def hold_job(pool: Workpool) -> tuple[threading.Event, threading.Event]:

@@ -182,7 +182,7 @@ def test_a_priority_out_of_range_or_not_an_integer_is_rejected_at_ingest(
     assert (text(record["reason"]), record["f.priority"]) == (reason, priority.encode())
     assert p.job("bad") == {}
     assert not p.r.sismember(p.keys.incoming, "bad")
-    assert not p.r.exists(p.keys.due, p.keys.waiting, p.keys.seq)
+    assert not p.r.exists(p.keys.due, p.keys.unstarted, p.keys.seq)
     for bad in (1001, -1001, 1.5):
         with pytest.raises(ConfigurationError, match="priority must be an integer"):
             p.client.enqueue("work", priority=bad)  # type: ignore[arg-type]
@@ -238,7 +238,7 @@ def test_a_job_held_by_its_names_rate_is_parked_until_the_next_token_and_others_
     assert zset(p, nameq) == [(b, rank(0, 2))]
     assert zset(p, p.keys.throttled) == [("work", t + 10_000)]
     assert p.r.zcard(p.keys.ready) == 0
-    assert p.r.sismember(p.keys.waiting, b)
+    assert p.r.hexists(p.keys.unstarted, b)
     assert p.stat("held_by_rate") == 1
     assert hmap(p, p.keys.bucket("name:work")) == {"tokens": "0", "ts": str(t)}
     assert_table("start", PENDING, Code.HELD_BY_RATE, PENDING, "rate_exhausted")
@@ -329,7 +329,7 @@ def test_a_canceled_job_held_by_a_rate_leaves_its_name_queue(make_pool: MakePool
     p.client.cancel(b)
     assert p.ingest(t + 1).outcomes == [(b, Code.CANCELED)]
     assert zset(p, p.keys.name_queue("work")) == [(c, rank(0, 3))]
-    assert not p.r.sismember(p.keys.waiting, b)
+    assert not p.r.hexists(p.keys.unstarted, b)
     assert p.stat("held_by_rate") == 1
     assert p.start(t + 60_000).ids == [c]
 
@@ -365,7 +365,7 @@ def test_with_one_per_key_a_second_job_of_the_key_waits_while_other_jobs_start(
     assert hmap(p, p.keys.key_running) == {"k": "1", "m": "1"}
     assert hmap(p, p.keys.key_heads) == {}
     assert p.r.zcard(p.keys.ready) == 0
-    assert p.r.smembers(p.keys.waiting) == {k2.encode()}
+    assert p.r.hkeys(p.keys.unstarted) == [k2.encode()]
     assert p.stat("held_by_key") == 1
     assert_table("start", PENDING, Code.HELD_BY_KEY, PENDING, "key_at_limit")
 
@@ -548,7 +548,7 @@ def test_canceling_a_job_waiting_for_its_key_leaves_the_key_queue_consistent(
     assert p.ingest(t + 1).outcomes == [(k2, Code.CANCELED)]
     assert p.state(k2) == CANCELED
     assert zset(p, p.keys.key_queue("k")) == [(k3, rank(0, 3))]
-    assert p.r.smembers(p.keys.waiting) == {k3.encode()}
+    assert p.r.hkeys(p.keys.unstarted) == [k3.encode()]
     assert (hmap(p, p.keys.key_heads), p.stat("held_by_key")) == ({}, 1)
 
     p.finish_run(k1, 1, ok=True)
@@ -837,8 +837,7 @@ def test_two_main_loops_around_a_leader_change_still_yield_one_job_per_tick(p: P
 
     ids = [f"key:cron:tick:{tick}", f"key:cron:tick:{tick + 60_000}"]
     assert p.ingest(tick + 60_300, second.token).outcomes == [(i, Code.ENQUEUED) for i in ids]
-    assert sorted(text(k) for k in p.r.scan_iter(match=p.keys.job("*"))) == \
-        sorted(p.keys.job(i) for i in ids)
+    assert sorted(text(k) for k in p.r.hkeys(p.keys.unstarted)) == sorted(ids)
     assert hmap(p, p.keys.cron) == {"tick": str(tick + 60_000)}
 
 

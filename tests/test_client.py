@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 import redis
-from helpers import Pools, entry_ids, eventually, running_worker
+from helpers import Pools, entry_ids, eventually, job_fields, running_worker
 from redis.connection import AbstractConnection
 
 from workpool import (
@@ -49,8 +49,8 @@ def _with_add(pool: Workpool) -> Any:
 
 
 def _applied(pool: Workpool, job_id: str) -> bool:
-    """True once the main loop has applied the job's enqueue entry (its hash exists)."""
-    return bool(pool.redis.exists(pool.keys.job(job_id)))
+    """True once the main loop has applied the job's enqueue entry."""
+    return bool(job_fields(pool.redis, pool.keys, job_id))
 
 
 # -- enqueue and status ------------------------------------------------------------------
@@ -63,7 +63,7 @@ def test_status_is_pending_right_after_enqueue_before_any_main_loop_runs(
     job_id = pool.enqueue(_with_add(pool), 1, 2)
     st = pool.status(job_id)
     assert (st.id, st.state, st.terminal) == (job_id, State.PENDING, False)
-    assert not redis_client.exists(pool.keys.job(job_id))  # nothing has applied it yet
+    assert not job_fields(redis_client, pool.keys, job_id)  # nothing has applied it yet
 
 
 def test_status_of_an_unknown_id_raises_job_not_found(pools: Pools) -> None:

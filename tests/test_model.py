@@ -34,7 +34,7 @@ from workpool.engine import (
     parse_start,
 )
 from workpool.keys import GROUP, Keys
-from workpool.protocol import enqueue_fields, text
+from workpool.protocol import enqueue_fields, job_fields, text
 from workpool.scripts import Call, run
 from workpool.statemachine import (
     ABSENT,
@@ -1101,22 +1101,30 @@ class WorkpoolModel(RuleBasedStateMachine):
 
     @invariant()
     def job_hashes_agree(self) -> None:
-        """State, outcome, attempt, cancel mark, delivery and admission fields of every job."""
+        """State, outcome, attempt, cancel mark, delivery and admission fields of every job; a
+        pending job is packed in `unstarted` and has no hash, any other has no packed value."""
         if not self.token:
             return
         ids = sorted(set(self.jobs) | self.ghosts)
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
-            pipe.execute_command("HMGET", POOL.job(i), "state", "outcome", "attempts", "cancel",
-                                 "cb", "cb_n", "name", "priority", "ckey", "seq")
-        for i, got in zip(ids, pipe.execute(), strict=True):
+            pipe.execute_command("HGETALL", POOL.job(i))
+            pipe.execute_command("HGET", POOL.unstarted, i)
+        replies = pipe.execute()
+        names = ("state", "outcome", "attempts", "cancel", "cb", "cb_n", "name", "priority",
+                 "ckey", "seq")
+        for i, h, packed in zip(ids, replies[::2], replies[1::2], strict=True):
             job = self.jobs.get(i)
+            assert not (h and packed), i
+            assert (packed is not None) == (job is not None and job.state == PENDING), i
+            fields = job_fields(h, packed)
+            got = tuple(text(fields[n]) if n in fields else None for n in names)
             want: tuple[str | None, ...] = (None,) * 10
             if job is not None:
                 want = (*HASH_OF[job.state], str(job.attempts), "1" if job.cancel else None,
                         job.cb, str(job.cb_n) if job.cb else None, job.name, str(job.priority),
                         job.ckey or None, str(job.seq))
-            assert tuple(None if g is None else text(g) for g in got) == want, i
+            assert got == want, i
 
     @invariant()
     def running_never_exceeds_max_parallelism(self) -> None:
@@ -1160,7 +1168,8 @@ class WorkpoolModel(RuleBasedStateMachine):
 
     @invariant()
     def admission_agrees(self) -> None:
-        """ready, keyq:*, nameq:*, keyHead, keyRunning, throttled, buckets, waiting, settings."""
+        """ready, keyq:*, nameq:*, keyHead, keyRunning, throttled, buckets, unstarted, retrying,
+        settings."""
         if not self.token:
             return
         a, k = self.adm, POOL
@@ -1170,14 +1179,16 @@ class WorkpoolModel(RuleBasedStateMachine):
         scopes = ["pool", *(f"name:{n}" for n in NAMES)]
         for h in (k.key_heads, k.key_running, k.config, k.defaults, *map(k.bucket, scopes)):
             pipe.execute_command("HGETALL", h)
-        pipe.execute_command("SMEMBERS", k.waiting)
+        pipe.execute_command("HKEYS", k.unstarted)
+        pipe.execute_command("SMEMBERS", k.retrying)
         pipe.execute_command("SMEMBERS", k.priorities)
         pipe.execute_command("GET", k.seq)
         for pattern in ("keyq:*", "nameq:*", "bucket:*"):
             pipe.execute_command("KEYS", k.prefix + pattern)
         replies = pipe.execute()
         zsets, hashes = replies[:7], replies[7:11 + len(scopes)]
-        waiting, priorities, seq, keyqs, nameqs, bucket_keys = replies[11 + len(scopes):]
+        unstarted, retrying, priorities, seq, keyqs, nameqs, bucket_keys = \
+            replies[11 + len(scopes):]
         queues = [a.ready, a.throttled, *(a.keyq[c] for c in CKEYS), *(a.nameq[n] for n in NAMES)]
         for raw, scores in zip(zsets, queues, strict=True):
             assert [(text(m), s) for m, s in raw] == zset_order(scores)
@@ -1188,7 +1199,8 @@ class WorkpoolModel(RuleBasedStateMachine):
         for scope, got in zip(scopes, buckets, strict=True):
             bucket = (float(got["tokens"]), int(got["ts"])) if got else None
             assert bucket == a.buckets.get(scope), scope
-        assert {text(m) for m in waiting} == a.waiting
+        for got, state in ((unstarted, PENDING), (retrying, RETRYING)):
+            assert {text(m) for m in got} == {i for i in a.waiting if self.jobs[i].state == state}
         assert {int(p) for p in priorities} == a.priorities
         assert int(seq or 0) == a.seq
         assert {text(q) for q in (*keyqs, *nameqs)} == {

@@ -13,7 +13,7 @@ from typing import cast
 import msgpack
 import pytest
 import redis
-from helpers import Pools, eventually, redis_cli, running_worker, xadd
+from helpers import Pools, eventually, job_fields, redis_cli, running_worker, xadd
 
 from workpool import JobNotFound, JobStatus, Retry, State, Workpool
 from workpool.keys import Keys
@@ -140,11 +140,11 @@ def test_options_of_an_entry_land_in_the_job_hash(
          "run_after_ms", "3600000")
     with running_worker(pool):
         st = eventually(lambda: _status_or_none(pool, "opts"), what="opts applied")
-    h = redis_client.hgetall(KEYS.job("opts"))
+    h = job_fields(redis_client, KEYS, "opts")
     assert st.state is State.PENDING  # an hour away
-    assert (h[b"max_attempts"], h[b"backoff_ms"], h[b"base"], h[b"timeout_ms"]) == (
+    assert (h["max_attempts"], h["backoff_ms"], h["base"], h["timeout_ms"]) == (
         b"7", b"1500", b"3", b"9000")
-    assert int(h[b"due_at"]) == int(h[b"enqueued_at"]) + 3_600_000
+    assert int(h["due_at"]) == int(h["enqueued_at"]) + 3_600_000
 
 
 def test_an_entry_that_omits_options_gets_the_pool_defaults(
@@ -155,8 +155,8 @@ def test_an_entry_that_omits_options_gets_the_pool_defaults(
          "run_after_ms", "3600000")
     with running_worker(p):
         eventually(lambda: _status_or_none(p, "dflt"), what="dflt applied")
-    h = redis_client.hgetall(KEYS.job("dflt"))
-    assert (h[b"max_attempts"], h[b"backoff_ms"], float(h[b"base"]), h[b"timeout_ms"]) == (
+    h = job_fields(redis_client, KEYS, "dflt")
+    assert (h["max_attempts"], h["backoff_ms"], float(h["base"]), h["timeout_ms"]) == (
         b"4", b"500", 3.0, b"0")
 
 
@@ -181,8 +181,8 @@ def test_raw_cancel_and_config_entries_are_applied(
 
 
 def _status_or_none(pool: Workpool, job_id: str) -> JobStatus | None:
-    """The status once the entry has been applied (a job hash exists), else None."""
-    if not pool.redis.exists(pool.keys.job(job_id)):
+    """The status once the entry has been applied (unstarted, or a hash of its own), else None."""
+    if not job_fields(pool.redis, pool.keys, job_id):
         return None
     return pool.status(job_id)
 

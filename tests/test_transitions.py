@@ -18,6 +18,7 @@ import msgpack
 import pytest
 import redis
 import redis.crc
+from helpers import job_fields
 
 from workpool import Retry, State, Workpool
 from workpool.codes import Code
@@ -139,8 +140,7 @@ class Pool:
         return parse_lease(self.call(self.engine.acquire(owner, LEASE_MS, 10)))
 
     def job(self, job_id: str) -> dict[str, bytes]:
-        raw: Any = self.r.hgetall(self.keys.job(job_id))
-        return as_text_map(raw)
+        return job_fields(self.r, self.keys, job_id)
 
     def state(self, job_id: str) -> str:
         """The job's state as the table names it (done/succeeded, absent, ...)."""
@@ -244,6 +244,7 @@ def test_an_enqueued_job_is_pending_at_once_and_stays_pending_once_ingested(p: P
     assert p.ingest(t).outcomes == [(job_id, Code.ENQUEUED)]
     h = p.job(job_id)
     assert (h["state"], h["attempts"], h["name"]) == (b"pending", b"0", b"work")
+    assert not p.r.exists(p.keys.job(job_id))  # packed in `unstarted` until its first start
     assert decode(h["args"], "msgpack") == [1, 2]
     assert decode(h["kwargs"], "msgpack") == {"x": 3}
     assert (h["max_attempts"], h["backoff_ms"], h["base"]) == (b"3", b"1000", b"2")
@@ -346,7 +347,7 @@ def test_an_entry_that_raises_is_set_aside_and_the_jobs_around_it_are_fully_admi
     assert p.r.xlen(p.keys.pending_start) == 0
     assert p.score(p.keys.ready, before) is not None
     assert p.score(p.keys.ready, after) is not None
-    assert {text(m) for m in p.r.smembers(p.keys.waiting)} == {before, after}
+    assert {text(m) for m in p.r.hkeys(p.keys.unstarted)} == {before, after}
 
 
 WELL_FORMED: list[tuple[Any, ...]] = [

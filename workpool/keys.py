@@ -91,9 +91,14 @@ class Keys:
         return self._k("ready")
 
     @property
-    def waiting(self) -> str:
-        """SET: every pending and retrying job, wherever it waits (due, ready or held)."""
-        return self._k("waiting")
+    def unstarted(self) -> str:
+        """HASH id -> packed fields (UNSTARTED_FIELDS): every pending job; none has a hash yet."""
+        return self._k("unstarted")
+
+    @property
+    def retrying(self) -> str:
+        """SET: every retrying job, wherever it waits (due, ready or held)."""
+        return self._k("retrying")
 
     @property
     def suspects(self) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from workpool.errors import JobNotFound
 from workpool.keys import Keys
-from workpool.protocol import Fields, as_text_map, is_stream_id, text
+from workpool.protocol import Fields, is_stream_id, job_fields, text
 from workpool.types import JobStatus, State, status_from_hash
 
 Command = tuple[Any, ...]
@@ -55,14 +55,15 @@ def enqueue(keys: Keys, entries: Sequence[Fields]) -> Ops:
 
 def status(keys: Keys, job_id: str) -> Ops:
     """The job's status; pending while its enqueue entry waits to be applied."""
-    commands: list[Command] = [("HGETALL", keys.job(job_id)), ("SISMEMBER", keys.incoming, job_id)]
+    commands: list[Command] = [("HGETALL", keys.job(job_id)), ("HGET", keys.unstarted, job_id),
+                               ("SISMEMBER", keys.incoming, job_id)]
     if is_stream_id(job_id):
         commands.append(("XRANGE", keys.pending_start, job_id, job_id))
     replies = yield Step(commands)
-    h = as_text_map(replies[0])
+    h = job_fields(replies[0], replies[1])
     if h:
         return status_from_hash(job_id, h)
-    if replies[1] or (len(replies) > 2 and replies[2]):
+    if replies[2] or (len(replies) > 3 and replies[3]):
         return JobStatus(id=job_id, state=State.PENDING)
     msg = f"no job {job_id!r} in this pool: it was never enqueued here, its entry was rejected " \
           "as malformed (see `workpool stats`), or it finished longer ago than the retention"
@@ -82,10 +83,10 @@ def cancel_all(keys: Keys) -> Ops:
     """Cancel every job not finished now: pending, retrying, running and not yet applied ones.
 
     Pages through the enqueues not applied yet (pendingStart and the accepted ids), the
-    waiting set and the running set (each page one round trip), appending one cancel request
-    per job; returns how many were sent. The order follows jobs (not applied -> waiting ->
-    running -> waiting again for attempts that failed meanwhile), so a job moving on during the
-    scan is not missed. Each id is sent once.
+    unstarted jobs, the retrying set and the running set (each page one round trip), appending
+    one cancel request per job; returns how many were sent. The order follows jobs (not
+    applied -> unstarted -> retrying -> running -> retrying again for attempts that failed
+    meanwhile), so a job moving on during the scan is not missed. Each id is sent once.
     """
     sent = 0
     seen: set[str] = set()
@@ -100,13 +101,14 @@ def cancel_all(keys: Keys) -> Ops:
         if len(entries) < _PAGE:
             break
         start = "(" + text(entries[-1][0])
-    passes = (("SSCAN", keys.incoming), ("SSCAN", keys.waiting), ("ZSCAN", keys.running),
-              ("SSCAN", keys.waiting))
+    passes = (("SSCAN", keys.incoming), ("HSCAN", keys.unstarted), ("SSCAN", keys.retrying),
+              ("ZSCAN", keys.running), ("SSCAN", keys.retrying))
     for kind, key in passes:
         cursor: Any = 0
         while True:
             reply = yield Step([(kind, key, cursor, "COUNT", _PAGE)])
             cursor, items = reply[0]
+            # ZSCAN pairs (member, score); HSCAN a dict of field -> value; SSCAN members
             members = {text(m) for m in ([m for m, _ in items] if kind == "ZSCAN" else items)}
             if members - seen:
                 sent += yield from cancel(keys, sorted(members - seen))

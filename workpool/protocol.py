@@ -142,3 +142,34 @@ def text(value: bytes | str | None) -> str:
 def as_text_map(flat: Mapping[bytes, bytes]) -> dict[str, bytes]:
     """A Redis hash or stream entry with text field names and raw byte values."""
     return {text(k): v for k, v in flat.items()}
+
+
+#: Field order of a pending job's packed value in the `unstarted` hash (lua/includes/unstarted.lua).
+UNSTARTED_FIELDS = ("name", "enc", "max_attempts", "backoff_ms", "base", "timeout_ms",
+                    "enqueued_at", "due_at", "priority", "seq", "args", "kwargs", "context",
+                    "on_complete", "ckey")
+
+
+def _as_bytes(value: Any) -> bytes:
+    """A packed value as Redis would store it in a hash field (numbers as their text)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).encode()
+
+
+def unstarted_hash(packed: bytes) -> dict[str, bytes]:
+    """A pending job's packed value as the hash its first start will write (empty fields left
+    out), so it reads like any other job hash."""
+    values = msgpack.unpackb(packed, raw=True)
+    h = {"state": b"pending", "attempts": b"0"}
+    h.update((name, _as_bytes(v)) for name, v in zip(UNSTARTED_FIELDS, values, strict=True)
+             if v != b"")
+    return h
+
+
+def job_fields(hash_reply: Mapping[bytes, bytes], packed: bytes | None) -> dict[str, bytes]:
+    """A job's fields from the replies of HGETALL job:<id> and HGET unstarted <id>: its hash,
+    else (never started) its packed value read as one; {} when neither exists."""
+    return as_text_map(hash_reply) or (unstarted_hash(packed) if packed else {})

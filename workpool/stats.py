@@ -53,7 +53,7 @@ def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
     (now,) = yield Step([("TIME",)])
     minute = int(now[0]) // 60
     replies = yield Step([
-        ("SCARD", keys.waiting), ("ZCARD", keys.running), ("HGETALL", keys.stats),
+        ("HLEN", keys.unstarted), ("ZCARD", keys.running), ("HGETALL", keys.stats),
         ("HGETALL", keys.defaults), ("SCARD", keys.incoming), ("GET", keys.lease),
         ("XREVRANGE", keys.rejected, "+", "-", "COUNT", rejected_shown),
         ("GET", keys.throughput(minute)), ("GET", keys.throughput(minute - 1)),
@@ -71,7 +71,7 @@ def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
     elapsed = int(now[0]) % 60 + 1
     return PoolStats(
         pool=keys.pool,
-        pending=int(replies[0]) - retrying + int(replies[4]),
+        pending=int(replies[0]) + int(replies[4]),
         running=int(replies[1]),
         retrying=retrying,
         ready=int(replies[11]),

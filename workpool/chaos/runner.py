@@ -19,7 +19,7 @@ from workpool.chaos.history import Recorder, load
 from workpool.chaos.settings import ChaosSettings
 from workpool.chaos.workload import Workload
 from workpool.pool import Workpool
-from workpool.protocol import as_text_map, decode, text
+from workpool.protocol import decode, job_fields, text
 
 _CHUNK = 1000
 
@@ -139,9 +139,8 @@ def _quiesce(cluster: Cluster, job_ids: set[str], timeout: float) -> None:
             time.sleep(0.5)  # polling the pool's queue sizes, with the deadline above
             continue
         moved = time.monotonic()  # drained (or stuck for 5 s): look at each job
-        states = _fields(cluster, left, ("state", "cb"))
-        still = [j for j, (state, cb) in zip(left, states, strict=True)
-                 if state is not None and (state not in (b"done", b"canceled") or cb == b"pending")]
+        still = [j for j, h in zip(left, _fields(cluster, left), strict=True)
+                 if h and (h["state"] not in (b"done", b"canceled") or h.get("cb") == b"pending")]
         if len(still) < len(left):
             deadline = time.monotonic() + timeout
         left = still
@@ -153,7 +152,8 @@ def _backlog(cluster: Cluster) -> int:
     """Jobs waiting or running, entries not yet applied, deliveries outstanding."""
     k = cluster.keys
     pipe = cluster.admin.pipeline(transaction=False)
-    pipe.scard(k.waiting)
+    pipe.hlen(k.unstarted)
+    pipe.scard(k.retrying)
     pipe.zcard(k.running)
     pipe.zcard(k.callbacks_due)
     pipe.xlen(k.pending_start)
@@ -162,27 +162,25 @@ def _backlog(cluster: Cluster) -> int:
     return sum(int(n) for n in pipe.execute())
 
 
-def _fields(cluster: Cluster, job_ids: list[str], names: tuple[str, ...]) -> list[list[bytes]]:
-    out: list[list[bytes]] = []
+def _fields(cluster: Cluster, job_ids: list[str]) -> list[dict[str, bytes]]:
+    """Each job's fields (its hash, or its packed value while unstarted; {} if neither)."""
+    out: list[dict[str, bytes]] = []
     for i in range(0, len(job_ids), _CHUNK):
         pipe = cluster.admin.pipeline(transaction=False)
         for job in job_ids[i:i + _CHUNK]:
-            pipe.hmget(cluster.keys.job(job), list(names))
-        out += pipe.execute()
+            pipe.hgetall(cluster.keys.job(job))
+            pipe.hget(cluster.keys.unstarted, job)
+        replies = pipe.execute()
+        out += [job_fields(h, packed) for h, packed in zip(replies[::2], replies[1::2],
+                                                           strict=True)]
     return out
 
 
 def _final_states(cluster: Cluster, job_ids: set[str]) -> dict[str, FinalJob]:
     ids = sorted(job_ids)
     final: dict[str, FinalJob] = {}
-    for i in range(0, len(ids), _CHUNK):
-        pipe = cluster.admin.pipeline(transaction=False)
-        for job in ids[i:i + _CHUNK]:
-            pipe.hgetall(cluster.keys.job(job))
-        for job, raw in zip(ids[i:i + _CHUNK], pipe.execute(), strict=True):
-            if not raw:
-                continue
-            h = as_text_map(raw)
+    for job, h in zip(ids, _fields(cluster, ids), strict=True):
+        if h:
             cancel_attempt = text(h.get("cancel_attempt"))
             final[job] = FinalJob(
                 state=text(h.get("state")), outcome=text(h.get("outcome")),

@@ -1,7 +1,8 @@
 -- ingestRequests: apply one batch of client requests from pendingStart, oldest first.
---   enqueue -> pending (new job), or DUPLICATE_ENQUEUE when a job with that id exists; a job
---              due already joins admission (ready, or its key's queue) at once, a later one
---              waits in `due` until startJobs promotes it
+--   enqueue -> pending (new job, packed into `unstarted`: see includes/unstarted.lua), or
+--              DUPLICATE_ENQUEUE when a job with that id exists; a job due already joins
+--              admission (ready, or its key's queue) at once, a later one waits in `due` until
+--              startJobs promotes it
 --   cancel  -> pending/retrying become canceled; running is marked (never retried)
 --   config  -> live overrides of the pool's settings (max_parallelism, paused, rate limits,
 --              key limits), validated in full before any is written
@@ -17,8 +18,8 @@
 -- KEYS[6] rejected       STREAM  malformed entries set aside (capped ~10000)
 -- KEYS[7] config         HASH    live configuration
 -- KEYS[8] dispatch       STREAM  (terminal transitions may record an on_complete delivery)
--- Derived from ARGV[2] (same hash tag): seq, priorities, waiting and the admission keys listed
--- in includes/admission.lua.
+-- Derived from ARGV[2] (same hash tag): seq, priorities, unstarted, retrying and the admission
+-- keys listed in includes/admission.lua.
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max entries applied in this call (integer)
@@ -41,10 +42,12 @@ local ctx = {prefix = prefix, dispatch = KEYS[8], group = ARGV[8], now = now_ms(
              retention = tonumber(ARGV[6]), counts = {}, finished = 0,
              running = '', deadlines = '', due = KEYS[4], priorities = {}}
 ctx.adm = adm(prefix, ctx.counts)
--- Enqueues join `waiting` (and, without a key, `ready`) in one call per run of enqueues: the
--- deferred writes are flushed before a cancel or config entry reads those sets, and at the end.
+-- Enqueues join `unstarted` (and, without a key, `ready`) in one call per run of enqueues: the
+-- deferred writes are flushed before a cancel or config entry reads those keys, and at the end;
+-- `fresh` holds the ids deferred meanwhile, so a repeated id in one batch is still a duplicate.
 ctx.defer = {}
-local add_waiting, add_ready = {'SADD', ctx.adm.waiting}, {'ZADD', ctx.adm.ready}
+local add_unstarted, add_ready = {'HSET', ctx.adm.unstarted}, {'ZADD', ctx.adm.ready}
+local fresh = {}
 local seq = nil  -- the pool's seq counter, read once and written back once
 local d_attempts, d_backoff, d_base = string.match(ARGV[7], '^([^,]+),([^,]+),([^,]+)$')
 
@@ -125,8 +128,6 @@ local function reject(entry_id, flat, reason)
   return set_aside(KEYS[6], entry_id, flat, reason, ctx.counts)
 end
 
-local OPTIONAL = {'args', 'kwargs', 'context', 'on_complete', 'ckey'}  -- job hash fields
-
 local function enqueue(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then id = entry_id end
@@ -171,27 +172,21 @@ local function enqueue(entry_id, f, flat)
   if priority ~= math.floor(priority) then
     return reject(entry_id, flat, 'priority must be an integer')
   end
-  local jk = prefix .. 'job:' .. id
   if f.id and f.id ~= '' then rcall('SREM', KEYS[3], id) end  -- only named ids are incoming
-  if rcall('EXISTS', jk) == 1 then
+  if fresh[id] or rcall('EXISTS', prefix .. 'job:' .. id) == 1 or
+     rcall('HEXISTS', ctx.adm.unstarted, id) == 1 then
     bump(ctx.counts, 'duplicate_enqueues')
     return C.DUPLICATE_ENQUEUE
   end
   local enqueued_at = tonumber(string.match(entry_id, '^(%d+)'))
   local due = math.max(run_at, enqueued_at + run_after)
   seq = (seq or tonumber(rcall('GET', ctx.adm.seq) or '0')) + 1
-  local fields = {'state', 'pending', 'name', name, 'enc', enc, 'attempts', 0,
-                  'max_attempts', max_attempts, 'backoff_ms', backoff, 'base', base,
-                  'timeout_ms', timeout, 'enqueued_at', enqueued_at, 'due_at', due,
-                  'priority', priority, 'seq', seq}
-  for _, field in ipairs(OPTIONAL) do  -- an empty one is left out: ~50 bytes less per job
-    local v = field == 'ckey' and ckey or f[field]
-    if v and v ~= '' then
-      fields[#fields + 1] = field
-      fields[#fields + 1] = v
-    end
-  end
-  rcall('HSET', jk, unpack(fields))
+  fresh[id] = true
+  defer(ctx.defer, add_unstarted, id, pack_job({
+    name = name, enc = enc, max_attempts = max_attempts, backoff_ms = backoff, base = base,
+    timeout_ms = timeout, enqueued_at = enqueued_at, due_at = due, priority = priority,
+    seq = seq, args = f.args, kwargs = f.kwargs, context = f.context,
+    on_complete = f.on_complete, ckey = ckey}))
   if not ctx.priorities[priority] then
     rcall('SADD', prefix .. 'priorities', priority)
     ctx.priorities[priority] = true
@@ -203,7 +198,6 @@ local function enqueue(entry_id, f, flat)
   else
     make_ready(ctx.adm, id, name, priority, seq, ckey)
   end
-  defer(ctx.defer, add_waiting, id)
   bump(ctx.counts, 'enqueued')
   return C.ENQUEUED
 end
@@ -213,16 +207,18 @@ local function cancel(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then return reject(entry_id, flat, 'cancel needs field id') end
   local jk = prefix .. 'job:' .. id
-  local h = rcall('HMGET', jk, 'state', 'cancel', 'name', 'ckey', 'attempts', 'on_complete')
-  local state = h[1]
+  local j = job_fields(prefix, id, {'state', 'cancel', 'name', 'ckey', 'attempts', 'on_complete'})
+  local state = j and j.state
   if state == 'pending' or state == 'retrying' then
     rcall('ZREM', KEYS[4], id)
-    unqueue(ctx.adm, id, h[3], h[4])
-    if state == 'retrying' then bump(ctx.counts, 'retrying', -1) end
-    finish(ctx, id, jk, 'canceled', 'canceled', h[6], {'cancel', '1', 'cancel_attempt', h[5] or '0'})
+    unqueue(ctx.adm, id, j.name, j.ckey)
+    local extra = {'cancel', '1', 'cancel_attempt', j.attempts}
+    if state == 'retrying' then bump(ctx.counts, 'retrying', -1)
+    else extra = hash_fields(j, {'attempts', 0, unpack(extra)}) end  -- never started: whole hash
+    finish(ctx, id, jk, 'canceled', 'canceled', j.on_complete, extra)
     return C.CANCELED
-  elseif state == 'running' and h[2] ~= '1' then
-    rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', h[5])
+  elseif state == 'running' and j.cancel ~= '1' then
+    rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', j.attempts)
     bump(ctx.counts, 'cancel_marked')
     return C.CANCEL_MARKED
   end

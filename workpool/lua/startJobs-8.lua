@@ -64,10 +64,10 @@ end
 -- 2. Due jobs become ready (or wait in their key's queue).
 local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, batch)
 for _, id in ipairs(due) do
-  local h = rcall('HMGET', prefix .. 'job:' .. id, 'state', 'name', 'priority', 'seq', 'ckey')
+  local j = job_fields(prefix, id, {'state', 'name', 'priority', 'seq', 'ckey'})
   rcall('ZREM', KEYS[3], id)
-  if h[1] == 'pending' or h[1] == 'retrying' then
-    make_ready(a, id, h[2], tonumber(h[3] or '0') or 0, tonumber(h[4] or '0') or 0, h[5])
+  if j and (j.state == 'pending' or j.state == 'retrying') then
+    make_ready(a, id, j.name, tonumber(j.priority or '0') or 0, tonumber(j.seq or '0') or 0, j.ckey)
   else
     bump(counts, 'orphan_due_entries')
   end
@@ -81,10 +81,12 @@ local name_rates = {}  -- name -> its rate spec (false: none), read once per cal
 -- The best ready jobs are read a window at a time; a key's next job may join `ready` (advance_key)
 -- ahead of the rest of the window, so the window is read again after that.
 local window, at = {}, 1
--- A started job leaves `ready` and `waiting` and joins `running` in one call per batch: the
--- removals are flushed before `ready` is read again, everything before the script returns.
+-- A started job leaves `ready` and `unstarted` or `retrying`, and joins `running`, in one call
+-- each per batch: flushed before `ready` is read again, everything before the script returns
+-- (job_fields looks in `unstarted` first: no job started here is read again before the flush).
 local d = {}
-local unready, unwait, run = {'ZREM', a.ready}, {'SREM', a.waiting}, {'ZADD', KEYS[4]}
+local unready, run = {'ZREM', a.ready}, {'ZADD', KEYS[4]}
+local leave = {pending = {'HDEL', a.unstarted}, retrying = {'SREM', a.retrying}}
 while #started < free and looked < 2 * batch do
   if at > #window then
     flush_deferred(d)
@@ -96,52 +98,54 @@ while #started < free and looked < 2 * batch do
   at = at + 2
   looked = looked + 1
   local jk = prefix .. 'job:' .. id
-  local h = rcall('HMGET', jk, 'state', 'attempts', 'name', 'args', 'kwargs', 'enc', 'timeout_ms',
-                  'ckey')
+  local j = job_fields(prefix, id, {'state', 'attempts', 'name', 'args', 'kwargs', 'enc',
+                                    'timeout_ms', 'ckey'}) or {}
   local pool_tokens = pool_rate and bucket_tokens(a, 'pool', pool_rate, now)
-  local name = h[3] or ''
+  local name = j.name or ''
   if name_rates[name] == nil then name_rates[name] = setting(a, 'rate:' .. name) or false end
   local name_rate = name_rates[name] or nil
-  local name_tokens = name_rate and bucket_tokens(a, 'name:' .. h[3], name_rate, now)
-  if h[1] ~= 'pending' and h[1] ~= 'retrying' then
+  local name_tokens = name_rate and bucket_tokens(a, 'name:' .. j.name, name_rate, now)
+  if j.state ~= 'pending' and j.state ~= 'retrying' then
     rcall('ZREM', a.ready, id)
     bump(counts, 'orphan_due_entries')
   elseif pool_tokens and pool_tokens < 1 then
     wake_at(now + bucket_wait(pool_rate, pool_tokens))
     break
-  elseif key_at_limit(a, h[8], h[3]) then  -- its key reached its limit since: wait again
+  elseif key_at_limit(a, j.ckey, j.name) then  -- its key reached its limit since: wait again
     rcall('ZREM', a.ready, id)
-    rcall('ZADD', prefix .. 'keyq:' .. h[8], rank, id)
+    rcall('ZADD', prefix .. 'keyq:' .. j.ckey, rank, id)
     bump(counts, 'held_by_key')
-    if rcall('HGET', a.head, h[8]) == id then rcall('HDEL', a.head, h[8]) end
-    advance_key(a, h[8])
+    if rcall('HGET', a.head, j.ckey) == id then rcall('HDEL', a.head, j.ckey) end
+    advance_key(a, j.ckey)
     window = {}
   elseif name_tokens and name_tokens < 1 then
     rcall('ZREM', a.ready, id)
-    rcall('ZADD', prefix .. 'nameq:' .. h[3], rank, id)
-    rcall('ZADD', a.throttled, 'LT', now + bucket_wait(name_rate, name_tokens), h[3])
+    rcall('ZADD', prefix .. 'nameq:' .. j.name, rank, id)
+    rcall('ZADD', a.throttled, 'LT', now + bucket_wait(name_rate, name_tokens), j.name)
     bump(counts, 'held_by_rate')
   else
     if pool_tokens then bucket_take(a, 'pool', pool_rate, now, pool_tokens) end
-    if name_tokens then bucket_take(a, 'name:' .. h[3], name_rate, now, name_tokens) end
+    if name_tokens then bucket_take(a, 'name:' .. j.name, name_rate, now, name_tokens) end
     defer(d, unready, id)
-    defer(d, unwait, id)
-    if h[8] and h[8] ~= '' then
-      if rcall('HGET', a.head, h[8]) == id then rcall('HDEL', a.head, h[8]) end
-      key_running(a, h[8], 1)
-      advance_key(a, h[8])
+    defer(d, leave[j.state], id)
+    if j.ckey and j.ckey ~= '' then
+      if rcall('HGET', a.head, j.ckey) == id then rcall('HDEL', a.head, j.ckey) end
+      key_running(a, j.ckey, 1)
+      advance_key(a, j.ckey)
       window = {}
     end
-    local attempt = tonumber(h[2]) + 1
+    local attempt = tonumber(j.attempts) + 1
     local eid = rcall('XADD', KEYS[5], '*', 'kind', 'run', 'id', id, 'attempt', attempt,
-                      'name', h[3], 'args', h[4] or '', 'kwargs', h[5] or '', 'enc', h[6],
-                      'timeout_ms', h[7])
-    rcall('HSET', jk, 'state', 'running', 'attempts', attempt, 'started_at', now, 'dispatch', eid)
+                      'name', j.name, 'args', j.args or '', 'kwargs', j.kwargs or '', 'enc', j.enc,
+                      'timeout_ms', j.timeout_ms)
+    local fields = {'state', 'running', 'attempts', attempt, 'started_at', now, 'dispatch', eid}
+    if j.state == 'pending' then fields = hash_fields(j, fields) end  -- first start: whole hash
+    rcall('HSET', jk, unpack(fields))
     defer(d, run, now, id)
-    local timeout = tonumber(h[7])
+    local timeout = tonumber(j.timeout_ms)
     if timeout > 0 then rcall('ZADD', KEYS[6], now + timeout, id) end
     started[#started + 1] = id
-    if h[1] == 'retrying' then bump(counts, 'retrying', -1) end
+    if j.state == 'retrying' then bump(counts, 'retrying', -1) end
   end
 end
 flush_deferred(d)

@@ -1,4 +1,5 @@
 -- Admission control: which pending/retrying job may start next. Needs common.lua.
+-- @include unstarted
 -- Keys are derived from the pool's hash-tagged prefix (one cluster slot):
 --   ready       ZSET  id -> rank: due jobs free to start, best first
 --   keyq:<K>    ZSET  id -> rank: due jobs of concurrency key K waiting for K's limit
@@ -8,7 +9,8 @@
 --   throttled   ZSET  N -> time (ms) N's next token is expected
 --   bucket:<S>  HASH  tokens, ts: token bucket of scope S (`pool` or `name:<N>`)
 --   seq         STRING counter: each job's place in line, taken when it is enqueued
---   waiting     SET   every pending and retrying job, wherever it waits (cancel_all, stats)
+--   unstarted   HASH  id -> packed fields: every pending job (never started), wherever it waits
+--   retrying    SET   every retrying job, wherever it waits (cancel_all)
 --   config      HASH  live overrides; defaults HASH: values declared in code (config wins)
 -- rank = -priority * 1e12 + seq: higher priority first, then the order jobs were enqueued in
 -- (a retry keeps its place). Written with %.0f: Lua's own number format keeps 14 digits only.
@@ -16,7 +18,8 @@
 local function adm(prefix, counts)
   return {prefix = prefix, counts = counts, ready = prefix .. 'ready', head = prefix .. 'keyHead',
           krun = prefix .. 'keyRunning', throttled = prefix .. 'throttled',
-          seq = prefix .. 'seq', waiting = prefix .. 'waiting', config = prefix .. 'config', defaults = prefix .. 'defaults'}
+          seq = prefix .. 'seq', unstarted = prefix .. 'unstarted', retrying = prefix .. 'retrying',
+          config = prefix .. 'config', defaults = prefix .. 'defaults'}
 end
 
 -- Effective setting: the live override, else the code-declared default; '' means "none".
@@ -109,8 +112,8 @@ local function advance_key(a, ckey)
   local q = a.prefix .. 'keyq:' .. ckey
   local nxt = rcall('ZRANGE', q, 0, 0, 'WITHSCORES')
   if #nxt == 0 then return end
-  local name = rcall('HGET', a.prefix .. 'job:' .. nxt[1], 'name') or ''
-  local limit = key_limit(a, name)
+  local j = job_fields(a.prefix, nxt[1], {'state', 'name'})
+  local limit = key_limit(a, j and j.name or '')
   if limit > 0 and tonumber(rcall('HGET', a.krun, ckey) or '0') >= limit then return end
   rcall('ZREM', q, nxt[1])
   bump(a.counts, 'held_by_key', -1)
@@ -128,7 +131,8 @@ end
 
 -- A pending/retrying job leaves every admission queue (cancel); its key moves on.
 local function unqueue(a, id, name, ckey)
-  rcall('SREM', a.waiting, id)
+  rcall('HDEL', a.unstarted, id)
+  rcall('SREM', a.retrying, id)
   rcall('ZREM', a.ready, id)
   if rcall('ZREM', a.prefix .. 'nameq:' .. name, id) == 1 then bump(a.counts, 'held_by_rate', -1) end
   if ckey and ckey ~= '' then

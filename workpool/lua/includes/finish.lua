@@ -82,7 +82,7 @@ local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
     local due = ctx.now + math.floor(delay)
     rcall('HSET', jk, 'error', err, 'error_type', etype, 'state', 'retrying', 'due_at', due)
     rcall('ZADD', ctx.due, due, id)
-    rcall('SADD', ctx.prefix .. 'waiting', id)
+    rcall('SADD', ctx.prefix .. 'retrying', id)
     bump(ctx.counts, 'retried')
     bump(ctx.counts, 'retrying')
     return C.RETRY_SCHEDULED
