@@ -255,7 +255,9 @@ def test_an_enqueued_job_is_pending_at_once_and_stays_pending_once_ingested(p: P
     assert p.score(p.keys.ready, job_id) == int(h["seq"])
     assert not p.r.sismember(p.keys.incoming, job_id)
     assert p.r.xlen(p.keys.pending_start) == 0
-    assert p.client.status(job_id).state == State.PENDING
+    st = p.client.status(job_id)  # read from the packed form
+    assert (st.state, st.name, st.attempts, st.max_attempts, st.enqueued_at) == (
+        State.PENDING, "work", 0, 3, enqueued_at / 1000)
     assert p.stat("enqueued") == 1
     assert_table("enqueue", ABSENT, Code.ENQUEUED, PENDING)
 
@@ -383,6 +385,8 @@ def test_a_second_enqueue_with_the_same_idempotency_key_makes_no_second_job(p: P
     assert reply.outcomes == [(first, Code.ENQUEUED), (first, Code.DUPLICATE_ENQUEUE)]
     assert decode(p.job(first)["args"], "msgpack") == [1]
     assert p.r.zcard(p.keys.ready) == 1
+    p.client.enqueue("work", 9, key="order-7")  # a later batch: found packed in `unstarted`
+    assert p.ingest(t).outcomes == [(first, Code.DUPLICATE_ENQUEUE)]
     assert_table("enqueue", PENDING, Code.DUPLICATE_ENQUEUE, PENDING)
 
     assert p.start(t).ids == [first]
@@ -392,7 +396,7 @@ def test_a_second_enqueue_with_the_same_idempotency_key_makes_no_second_job(p: P
     assert (h["state"], h["attempts"]) == (b"running", b"1")
     assert decode(h["args"], "msgpack") == [1]
     assert p.r.zcard(p.keys.ready) == 0
-    assert p.stat("duplicate_enqueues") == 2
+    assert p.stat("duplicate_enqueues") == 3
     assert_table("enqueue", RUNNING, Code.DUPLICATE_ENQUEUE, RUNNING)
 
 
@@ -467,6 +471,8 @@ def test_each_start_increments_the_attempt_and_dispatches_that_attempt(p: Pool) 
     assert p.start(t).ids == [job_id]
     h = p.job(job_id)
     assert (h["state"], h["attempts"], h["started_at"]) == (b"running", b"1", str(t).encode())
+    assert not p.r.hexists(p.keys.unstarted, job_id)  # its first start wrote its whole hash
+    assert (h["name"], decode(h["args"], "msgpack"), h["max_attempts"]) == (b"work", [7], b"3")
     ((entry, f),) = p.dispatched()
     assert h["dispatch"] == entry.encode()
     assert (f["kind"], f["id"], f["attempt"], f["name"]) == (b"run", job_id.encode(), b"1", b"work")
@@ -656,8 +662,11 @@ def test_a_cancel_of_a_pending_job_cancels_it_and_records_one_on_complete_delive
     assert (h["state"], h["outcome"], h["cancel"]) == (b"canceled", b"canceled", b"1")
     assert h["finished_at"] == str(t + 1).encode()
     assert decode(h["context"], "msgpack") == {"user": 1}
+    assert (h["name"], h["attempts"], h["cancel_attempt"]) == (b"work", b"0", b"0")
+    assert not p.r.hexists(p.keys.unstarted, job_id)  # its hash, written at its cancel
     _assert_one_delivery_recorded(p, job_id)
     assert p.score(p.keys.due, job_id) is None
+    assert p.score(p.keys.ready, job_id) is None
     assert p.stat("canceled") == 1
     assert p.start(t + FAR).started == 0
     assert_table("cancel", PENDING, Code.CANCELED, CANCELED)
