@@ -74,7 +74,7 @@ class Worker:
         self._beat_stop = threading.Event()
         self._slot_freed = asyncio.Event()
         self._seen: dict[bytes, None] = {}  # entry ids taken, oldest first (bounded)
-        self._attempts: dict[asyncio.Task[None], tuple[str, int]] = {}  # running: job, attempt
+        self._attempts: dict[asyncio.Task[None], tuple[str, int]] = {}  # begun: job, attempt
         self._fencing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: redis.asyncio.Redis | None = None
@@ -184,6 +184,7 @@ class Worker:
                 if time.monotonic() >= check_at:
                     await self._take_unseen(client)
                     check_at = time.monotonic() + check_every
+                read_at = time.monotonic()
                 reply = cast("StreamReply", await client.xreadgroup(
                     GROUP, self.id, {keys.dispatch: ">"}, count=free, block=500))
                 backoff = 0.1
@@ -200,7 +201,7 @@ class Worker:
                 continue
             for _stream, entries in reply or []:
                 for entry_id, raw in entries:
-                    self._spawn(entry_id, as_text_map(raw), client)
+                    self._spawn(entry_id, as_text_map(raw), client, read_at)
 
     async def _take_unseen(self, client: redis.asyncio.Redis) -> None:
         """Run the entries Redis delivered to us but we never saw: a read whose reply was lost
@@ -220,7 +221,7 @@ class Worker:
             if found and found[0][1]:
                 self.log.warning("running an entry delivered to us but never seen",
                                  entry=text(entry_id))
-                self._spawn(entry_id, as_text_map(found[0][1]), client)
+                self._spawn(entry_id, as_text_map(found[0][1]), client, -math.inf)
 
     async def _free_slots(self, stop: asyncio.Event) -> int:
         """Wait until a slot is free (or stop is set); return how many are free."""
@@ -233,15 +234,17 @@ class Worker:
                 task.cancel()
         return 0 if stop.is_set() else self.concurrency - len(self._inflight)
 
-    def _spawn(self, entry_id: bytes, f: dict[str, bytes], client: redis.asyncio.Redis) -> None:
+    def _spawn(self, entry_id: bytes, f: dict[str, bytes], client: redis.asyncio.Redis,
+               read_at: float) -> None:
+        """Run one delivered entry; `read_at` is when the read that returned it was issued
+        (-inf when unknown), the earliest moment Redis may have handed it to us."""
         self._seen[entry_id] = None
         if len(self._seen) > _SEEN:
             del self._seen[next(iter(self._seen))]
         if f.get("kind") == b"cb":
             task = asyncio.create_task(self._deliver(client, f))
         else:
-            task = asyncio.create_task(self._attempt(f, client, time.monotonic()))
-            self._attempts[task] = (text(f.get("id")), int(f.get("attempt") or 0))
+            task = asyncio.create_task(self._attempt(f, client, read_at, time.monotonic()))
         self._inflight.add(task)
         task.add_done_callback(self._finished)
 
@@ -282,14 +285,19 @@ class Worker:
             work = asyncio.get_running_loop().run_in_executor(self._executor, run)
         return await (work if timeout is None else asyncio.wait_for(work, timeout))
 
-    async def _attempt(self, f: dict[str, bytes], client: redis.asyncio.Redis,
+    async def _attempt(self, f: dict[str, bytes], client: redis.asyncio.Redis, read_at: float,
                        received: float) -> None:
         job_id, attempt, name = text(f.get("id")), text(f.get("attempt")), text(f.get("name"))
         enc = text(f.get("enc")) or "msgpack"
         log = self.log.bind(job=job_id, attempt=attempt, name=name)
-        if self._stalled(received) and not await self._mine(client, job_id, int(attempt or 0)):
+        if self._stalled(read_at, received) and \
+                not await self._mine(client, job_id, int(attempt or 0)):
             log.warning("skipping an attempt given away while this worker stalled")
             return
+        # Begun: from here a lapsed heartbeat's fence may cancel it (until here, this check is
+        # its fence: it is not listed, so it is never "cancelled" before it began).
+        self._attempts[cast("asyncio.Task[None]", asyncio.current_task())] = (
+            job_id, int(attempt or 0))
         out: Outcome = {"kind": "run", "id": job_id, "attempt": attempt}
         timeout_ms = int(f.get("timeout_ms") or 0)
         running = Running(job_id, name, int(attempt or 0), 0, self.id)
@@ -348,14 +356,15 @@ class Worker:
             log.warning("transition", transition="callback_failed", error=repr(exc))
         self._outbox.put(out)
 
-    def _stalled(self, received: float) -> bool:
+    def _stalled(self, read_at: float, received: float) -> bool:
         """Could the reaper have given this attempt away before it begins? It waited half a
-        TTL since it was read, or this process wrote no heartbeat for half a TTL before now or
-        around the read (paused: an entry read on waking may have been delivered to us long
-        before; the heartbeat thread may wake first and beat before the entry is looked at)."""
+        TTL since it reached us, this process wrote no heartbeat for half a TTL, or such a
+        gap ended after its read was issued (paused: Redis may have handed it to us long
+        before we woke and looked; the heartbeat thread may beat first on waking). An entry
+        from an unknown read (read_at -inf: a lost reply) is always checked."""
         now, half = time.monotonic(), self.pool.heartbeat_ttl / 2
-        return now - received > half or now - self._beat_at > half or \
-            self._resumed_at > received - half
+        return read_at == -math.inf or now - received > half or now - self._beat_at > half \
+            or self._resumed_at > read_at
 
     async def _mine(self, client: redis.asyncio.Redis, job_id: str, attempt: int) -> bool:
         """Is this attempt still the job's current one? (If Redis cannot say: assume so.)"""

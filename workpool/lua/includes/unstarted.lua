@@ -1,7 +1,7 @@
 -- Jobs never started: each is one field of the `unstarted` HASH (id -> msgpack array of its
 -- fields, in UNSTARTED order), not a hash of its own: half the memory of a pending job. Its
--- `job:<id>` hash is written when it first starts or is canceled (materialize), and the field
--- dropped. workpool/types.py (UNSTARTED_FIELDS) reads the same order. Needs common.lua.
+-- `job:<id>` hash is written (hash_fields) when it first starts or is canceled, and the field
+-- dropped. workpool/protocol.py (UNSTARTED_FIELDS) reads the same order. Needs common.lua.
 local UNSTARTED = {'name', 'enc', 'max_attempts', 'backoff_ms', 'base', 'timeout_ms',
                    'enqueued_at', 'due_at', 'priority', 'seq', 'args', 'kwargs', 'context',
                    'on_complete', 'ckey'}
