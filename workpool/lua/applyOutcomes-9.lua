@@ -5,8 +5,8 @@
 --   kind=cb: on_complete handler result; success closes the delivery, failure schedules it
 --     again with backoff (1 s doubling, capped at 60 s). Superseded ones are STALE_CALLBACK.
 --   kind=batch: field `o` is a msgpack array of at most `batch` outcomes, each a flat
---     [field, value, ...] array of a run or cb outcome; each is applied as if it were its own entry (a worker sends
---     everything it has ready as one entry).
+--     [field, value, ...] array of a run or cb outcome; each is applied as if it were its own
+--     entry (a worker sends everything it has ready as one entry).
 -- Malformed entries (and any whose application raises) are set aside in the rejected record.
 -- Applied entries are trimmed from the stream (one XTRIM per call).
 --

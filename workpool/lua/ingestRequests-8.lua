@@ -207,11 +207,11 @@ local function cancel(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then return reject(entry_id, flat, 'cancel needs field id') end
   local jk = prefix .. 'job:' .. id
-  local j = job_fields(prefix, id, {'state', 'cancel', 'name', 'ckey', 'attempts', 'on_complete'})
+  local j = job_fields(ctx.adm, id, {'state', 'cancel', 'name', 'ckey', 'attempts', 'on_complete'})
   local state = j and j.state
   if state == 'pending' or state == 'retrying' then
     rcall('ZREM', KEYS[4], id)
-    unqueue(ctx.adm, id, j.name, j.ckey)
+    unqueue(ctx.adm, id, state, j.name, j.ckey)
     local extra = {'cancel', '1', 'cancel_attempt', j.attempts}
     if state == 'retrying' then bump(ctx.counts, 'retrying', -1)
     else extra = hash_fields(j, {'attempts', 0, unpack(extra)}) end  -- never started: whole hash

@@ -94,8 +94,8 @@ local function recover(consumer, entry_id)
   if f.kind == 'run' then
     local j = attempt_fields(jk)
     if j.state == 'running' and j.attempts == f.attempt and j.dispatch == entry_id then
-      fail_attempt(ctx, f.id, jk, j, 'worker ' .. consumer .. ' stopped heart-beating during attempt '
-                   .. f.attempt, 'WorkerLost', true)
+      fail_attempt(ctx, f.id, jk, j, 'worker ' .. consumer ..
+                   ' stopped heart-beating during attempt ' .. f.attempt, 'WorkerLost', true)
       lost = lost + 1
       return
     end

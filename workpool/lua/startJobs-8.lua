@@ -64,7 +64,7 @@ end
 -- 2. Due jobs become ready (or wait in their key's queue).
 local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, batch)
 for _, id in ipairs(due) do
-  local j = job_fields(prefix, id, {'state', 'name', 'priority', 'seq', 'ckey'})
+  local j = job_fields(a, id, {'state', 'name', 'priority', 'seq', 'ckey'})
   rcall('ZREM', KEYS[3], id)
   if j and (j.state == 'pending' or j.state == 'retrying') then
     make_ready(a, id, j.name, tonumber(j.priority or '0') or 0, tonumber(j.seq or '0') or 0, j.ckey)
@@ -86,7 +86,6 @@ local window, at = {}, 1
 -- (job_fields looks in `unstarted` first: no job started here is read again before the flush).
 local d = {}
 local unready, run = {'ZREM', a.ready}, {'ZADD', KEYS[4]}
-local leave = {pending = {'HDEL', a.unstarted}, retrying = {'SREM', a.retrying}}
 while #started < free and looked < 2 * batch do
   if at > #window then
     flush_deferred(d)
@@ -98,7 +97,7 @@ while #started < free and looked < 2 * batch do
   at = at + 2
   looked = looked + 1
   local jk = prefix .. 'job:' .. id
-  local j = job_fields(prefix, id, {'state', 'attempts', 'name', 'args', 'kwargs', 'enc',
+  local j = job_fields(a, id, {'state', 'attempts', 'name', 'args', 'kwargs', 'enc',
                                     'timeout_ms', 'ckey'}) or {}
   local pool_tokens = pool_rate and bucket_tokens(a, 'pool', pool_rate, now)
   local name = j.name or ''
@@ -127,7 +126,7 @@ while #started < free and looked < 2 * batch do
     if pool_tokens then bucket_take(a, 'pool', pool_rate, now, pool_tokens) end
     if name_tokens then bucket_take(a, 'name:' .. j.name, name_rate, now, name_tokens) end
     defer(d, unready, id)
-    defer(d, leave[j.state], id)
+    defer(d, a.leave[j.state], id)
     if j.ckey and j.ckey ~= '' then
       if rcall('HGET', a.head, j.ckey) == id then rcall('HDEL', a.head, j.ckey) end
       key_running(a, j.ckey, 1)

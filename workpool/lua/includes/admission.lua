@@ -11,15 +11,19 @@
 --   seq         STRING counter: each job's place in line, taken when it is enqueued
 --   unstarted   HASH  id -> packed fields: every pending job (never started), wherever it waits
 --   retrying    SET   every retrying job, wherever it waits (cancel_all)
+-- a.leave[state] is the write that takes a pending or retrying job out of the one it is in.
 --   config      HASH  live overrides; defaults HASH: values declared in code (config wins)
 -- rank = -priority * 1e12 + seq: higher priority first, then the order jobs were enqueued in
 -- (a retry keeps its place). Written with %.0f: Lua's own number format keeps 14 digits only.
 
 local function adm(prefix, counts)
-  return {prefix = prefix, counts = counts, ready = prefix .. 'ready', head = prefix .. 'keyHead',
-          krun = prefix .. 'keyRunning', throttled = prefix .. 'throttled',
-          seq = prefix .. 'seq', unstarted = prefix .. 'unstarted', retrying = prefix .. 'retrying',
-          config = prefix .. 'config', defaults = prefix .. 'defaults'}
+  local a = {prefix = prefix, counts = counts, ready = prefix .. 'ready',
+             head = prefix .. 'keyHead', krun = prefix .. 'keyRunning',
+             throttled = prefix .. 'throttled', seq = prefix .. 'seq',
+             unstarted = prefix .. 'unstarted', retrying = prefix .. 'retrying',
+             config = prefix .. 'config', defaults = prefix .. 'defaults'}
+  a.leave = {pending = {'HDEL', a.unstarted}, retrying = {'SREM', a.retrying}}
+  return a
 end
 
 -- Effective setting: the live override, else the code-declared default; '' means "none".
@@ -112,7 +116,7 @@ local function advance_key(a, ckey)
   local q = a.prefix .. 'keyq:' .. ckey
   local nxt = rcall('ZRANGE', q, 0, 0, 'WITHSCORES')
   if #nxt == 0 then return end
-  local j = job_fields(a.prefix, nxt[1], {'state', 'name'})
+  local j = job_fields(a, nxt[1], {'state', 'name'})
   local limit = key_limit(a, j and j.name or '')
   if limit > 0 and tonumber(rcall('HGET', a.krun, ckey) or '0') >= limit then return end
   rcall('ZREM', q, nxt[1])
@@ -129,10 +133,10 @@ local function key_running(a, ckey, delta)
   if delta < 0 then advance_key(a, ckey) end
 end
 
--- A pending/retrying job leaves every admission queue (cancel); its key moves on.
-local function unqueue(a, id, name, ckey)
-  rcall('HDEL', a.unstarted, id)
-  rcall('SREM', a.retrying, id)
+-- A pending/retrying job (in `state`) leaves every admission queue (cancel); its key moves on.
+local function unqueue(a, id, state, name, ckey)
+  local leave = a.leave[state]
+  rcall(leave[1], leave[2], id)
   rcall('ZREM', a.ready, id)
   if rcall('ZREM', a.prefix .. 'nameq:' .. name, id) == 1 then bump(a.counts, 'held_by_rate', -1) end
   if ckey and ckey ~= '' then

@@ -23,6 +23,12 @@ local function drop_entry(ctx, entry_id)
   end
 end
 
+-- The admission keys (made once per call, when an attempt's end first needs them).
+local function adm_of(ctx)
+  ctx.adm = ctx.adm or adm(ctx.prefix, ctx.counts)
+  return ctx.adm
+end
+
 -- Let a script defer the writes that end attempts (see defer in common.lua).
 local function deferring(ctx)
   ctx.defer = {}
@@ -34,10 +40,7 @@ end
 local ATTEMPT_FIELDS = {'state', 'attempts', 'dispatch', 'ckey', 'on_complete', 'timeout_ms',
                         'max_attempts', 'backoff_ms', 'base', 'cancel'}
 local function attempt_fields(jk)
-  local h = rcall('HMGET', jk, unpack(ATTEMPT_FIELDS))
-  local j = {}
-  for i, name in ipairs(ATTEMPT_FIELDS) do j[name] = h[i] end
-  return j
+  return read_fields(jk, ATTEMPT_FIELDS)
 end
 
 -- The job's attempt ends: it leaves the running set and its dispatch entry is closed.
@@ -46,22 +49,18 @@ local function end_attempt(ctx, id, j)
   if ctx.defer then defer(ctx.defer, ctx.unrun, id) else rcall('ZREM', ctx.running, id) end
   if j.timeout_ms and j.timeout_ms ~= '0' then rcall('ZREM', ctx.deadlines, id) end
   drop_entry(ctx, j.dispatch)
-  if j.ckey and j.ckey ~= '' then
-    ctx.adm = ctx.adm or adm(ctx.prefix, ctx.counts)
-    key_running(ctx.adm, j.ckey, -1)
-  end
+  if j.ckey and j.ckey ~= '' then key_running(adm_of(ctx), j.ckey, -1) end
 end
 
 -- The one place a job becomes terminal (done or canceled). It records the on_complete delivery
 -- in the same atomic step, so each terminal transition yields exactly one delivery record.
 -- `handler` is the job's on_complete field (false when it has none); `extra` more fields to set.
 local function finish(ctx, id, jk, state, outcome, handler, extra)
-  local fields = {'state', state, 'outcome', outcome, 'finished_at', ctx.now}
-  for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
+  local fields = append_all({'state', state, 'outcome', outcome, 'finished_at', ctx.now},
+                            extra or {})
   if handler and handler ~= '' then
     local eid = rcall('XADD', ctx.dispatch, '*', 'kind', 'cb', 'id', id, 'n', '1')
-    for _, v in ipairs({'cb', 'pending', 'cb_n', 1, 'cb_entry', eid}) do fields[#fields + 1] = v end
-    rcall('HSET', jk, unpack(fields))
+    rcall('HSET', jk, unpack(append_all(fields, {'cb', 'pending', 'cb_n', 1, 'cb_entry', eid})))
   else
     rcall('HSET', jk, unpack(fields))
     rcall('PEXPIRE', jk, ctx.retention)
@@ -82,7 +81,7 @@ local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
     local due = ctx.now + math.floor(delay)
     rcall('HSET', jk, 'error', err, 'error_type', etype, 'state', 'retrying', 'due_at', due)
     rcall('ZADD', ctx.due, due, id)
-    rcall('SADD', ctx.prefix .. 'retrying', id)
+    rcall('SADD', adm_of(ctx).retrying, id)
     bump(ctx.counts, 'retried')
     bump(ctx.counts, 'retrying')
     return C.RETRY_SCHEDULED

@@ -22,21 +22,20 @@ local function unpack_job(raw)
 end
 
 -- The fields of job `id`: all of them if it never started, else `names` (the first of them
--- 'state') read from its hash; nil when the job exists in neither form.
-local function job_fields(prefix, id, names)
-  local raw = rcall('HGET', prefix .. 'unstarted', id)
+-- 'state') read from its hash; nil when the job exists in neither form. `a`: the admission
+-- keys (adm in admission.lua).
+local function job_fields(a, id, names)
+  local raw = rcall('HGET', a.unstarted, id)
   if raw then return unpack_job(raw) end
-  local h = rcall('HMGET', prefix .. 'job:' .. id, unpack(names))
-  if not h[1] then return nil end
-  local j = {}
-  for i, name in ipairs(names) do j[name] = h[i] end
+  local j = read_fields(a.prefix .. 'job:' .. id, names)
+  if not j[names[1]] then return nil end
   return j
 end
 
 -- The hash of an unstarted job `j`, as HSET arguments: `fields` (its state and attempts, at
 -- least), then its own fields (empty ones left out: ~50 bytes a job).
 local function hash_fields(j, fields)
-  local out = {unpack(fields)}
+  local out = append_all({}, fields)
   for _, name in ipairs(UNSTARTED) do
     local v = j[name]
     if v ~= nil and v ~= '' then
