@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import redis
+from throughput import redis_cpu_s
 
 from workpool.embedded import RedisServer
 
@@ -96,19 +97,14 @@ def many_clients(port: int, clients: int, seconds: float) -> tuple[float, str]:
     return asyncio.run(_many_clients(port, clients, seconds)), "asyncio raw sockets"
 
 
-def _cpu_s(client: redis.Redis) -> float:
-    cpu = client.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-
-
 def per_job_cost(url: str, jobs: int) -> tuple[dict[str, float], float]:
     """Run `jobs` no-op jobs end to end: Redis commands per job, by command, and the Redis
     server's CPU time per job in microseconds (a figure the machine's noise barely moves)."""
     client = redis.Redis.from_url(url)
-    before, cpu_before = client.info("commandstats"), _cpu_s(client)
+    before, cpu_before = client.info("commandstats"), redis_cpu_s(client)
     subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--jobs", str(jobs),
                     "--redis-url", url, "--quiet"], check=True)
-    after, cpu_us = client.info("commandstats"), (_cpu_s(client) - cpu_before) * 1e6 / jobs
+    after, cpu_us = client.info("commandstats"), (redis_cpu_s(client) - cpu_before) * 1e6 / jobs
     client.close()
     cost = {}
     for name, stats in after.items():
@@ -116,7 +112,6 @@ def per_job_cost(url: str, jobs: int) -> tuple[dict[str, float], float]:
         if calls and name not in ("cmdstat_info", "cmdstat_config", "cmdstat_ping"):
             cost[name.removeprefix("cmdstat_")] = calls / jobs
     return cost, cpu_us
-    return cost
 
 
 def main() -> None:

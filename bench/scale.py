@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from throughput import _stop, _until, options, pool, spawn_workers
+from throughput import _stop, _until, options, pool, redis_cpu_s, spawn_workers
 
 from workpool.embedded import RedisServer
 from workpool.scripts import scripts
@@ -50,22 +50,17 @@ def _ingested(total: int) -> None:
     _until(lambda: _counter("enqueued") >= total, 1800, f"{total} jobs ingested")
 
 
-def _redis_cpu_s() -> float:
-    cpu = pool.redis.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-
-
 def _run_batch(batch: int) -> tuple[float, float]:
     """Resume until `batch` more jobs succeeded, pause again: jobs/s over the batch, and the
     Redis server's CPU time per job (us), which the machine's noise moves far less."""
-    base, cpu = _counter("succeeded"), _redis_cpu_s()
+    base, cpu = _counter("succeeded"), redis_cpu_s(pool.redis)
     pool.configure(paused=False)
     _until(lambda: _counter("succeeded") > base, 60, "the first job of the batch")
     began = time.perf_counter()
     _until(lambda: _counter("succeeded") >= base + batch, 1800, "the batch done")
     rate = (batch - 1) / (time.perf_counter() - began)
     pool.configure(paused=True)
-    return rate, (_redis_cpu_s() - cpu) * 1e6 / batch
+    return rate, (redis_cpu_s(pool.redis) - cpu) * 1e6 / batch
 
 
 def _slowest_script() -> tuple[float, str]:
