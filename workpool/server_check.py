@@ -60,7 +60,7 @@ async def check_server(client: redis.asyncio.Redis) -> list[Finding]:
         except ResponseError:
             break
     try:
-        info = {**await client.info("replication"), **await client.info("server")}
+        info = await client.info()  # the default sections hold server and replication
     except ResponseError:
         info = {}
     return assess(config, {str(k): str(v) for k, v in info.items()},
