@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -13,9 +14,10 @@ from workpool import ops
 from workpool.admission import config_fields
 from workpool.connection import unavailable_as_typed
 from workpool.errors import WaitTimeout
+from workpool.protocol import check_job_id
 from workpool.stats import PoolStats
 from workpool.stats import stats as stats_ops
-from workpool.types import JobStatus, Retry
+from workpool.types import Canceled, Configured, JobStatus, Retry
 
 if TYPE_CHECKING:
     from workpool.pool import JobRef, Workpool
@@ -44,6 +46,8 @@ class AsyncWorkpool:
             try:
                 step = next(gen)
                 while True:
+                    if step.pause:
+                        await asyncio.sleep(step.pause)
                     pipe = self.redis.pipeline(transaction=step.atomic)
                     for command in step.commands:
                         pipe.execute_command(*command)
@@ -84,21 +88,25 @@ class AsyncWorkpool:
 
     async def status(self, job_id: str) -> JobStatus:
         """`Workpool.status`, awaitable."""
-        result: JobStatus = await self._drive(ops.status(self.pool.keys, job_id))
+        result: JobStatus = await self._drive(ops.status(self.pool.keys, check_job_id(job_id)))
         return result
 
-    async def cancel(self, job_id: str) -> None:
+    async def cancel(self, job_id: str, wait: float = 2.0) -> Canceled:
         """`Workpool.cancel`, awaitable."""
-        await self._drive(ops.cancel(self.pool.keys, [job_id]))
+        result: Canceled = await self._drive(ops.cancel_one(self.pool.keys, check_job_id(job_id),
+                                                            ops.wait_seconds(wait)))
+        return result
 
     async def cancel_all(self) -> int:
         """`Workpool.cancel_all`, awaitable."""
         sent: int = await self._drive(ops.cancel_all(self.pool.keys))
         return sent
 
-    async def configure(self, **settings: Any) -> None:
+    async def configure(self, *, wait: float = 2.0, **settings: Any) -> Configured:
         """`Workpool.configure`, awaitable (same keyword arguments)."""
-        await self._drive(ops.configure(self.pool.keys, config_fields(**settings)))
+        result: Configured = await self._drive(ops.configure(
+            self.pool.keys, config_fields(**settings), ops.wait_seconds(wait)))
+        return result
 
     async def stats(self) -> PoolStats:
         """`Workpool.stats`, awaitable."""
@@ -107,7 +115,7 @@ class AsyncWorkpool:
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """`Workpool.wait`, awaitable: woken by the job's notification, no busy polling."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = ops.wait_deadline(job_id, timeout)
         with unavailable_as_typed(self.pool.url):
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:

@@ -7,13 +7,17 @@ so the KEYS/ARGV order of each script is written down exactly once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workpool.codes import Code
 from workpool.keys import GROUP, Keys
+from workpool.limits import DEFAULT_MAX_BACKOFF_MS
 from workpool.protocol import text
 from workpool.scripts import Call, script
+
+_RETRY_DEFAULTS = {"max_attempts": "5", "initial_backoff_ms": "250", "base": "2.0",
+                   "max_backoff_ms": str(DEFAULT_MAX_BACKOFF_MS)}
 
 
 @dataclass(frozen=True)
@@ -22,10 +26,10 @@ class EngineSettings:
 
     batch: int = 256  #: entries or jobs one script call handles at most
     max_payload: int = 1 << 20  #: bytes of args + kwargs + context per job
+    max_result: int = 1 << 20  #: bytes of a result kept (a larger one fails its attempt)
     retention_ms: int = 24 * 3600 * 1000  #: how long finished jobs are kept
-    max_attempts: int = 5  #: defaults for entries that omit them (plain XADD clients)
-    initial_backoff_ms: int = 250
-    base: float = 2.0
+    #: retry fields (Retry.wire) for entries that omit them (plain XADD clients)
+    retry: Mapping[str, str] = field(default_factory=lambda: dict(_RETRY_DEFAULTS))
     silence_grace_ms: int = 0  #: a silent worker is lost after this long suspected (reapLost)
 
 
@@ -105,7 +109,7 @@ class Engine:
     def ingest(self, token: str, now: int | None = None) -> Call:
         """Apply a batch of client requests (enqueue, cancel, config)."""
         k, s = self.keys, self.settings
-        defaults = f"{s.max_attempts},{s.initial_backoff_ms},{s.base!r}"
+        defaults = ",".join(s.retry[f] for f in _RETRY_DEFAULTS)
         return Call(
             script("ingestRequests"),
             [k.lease, k.pending_start, k.incoming, k.due, k.stats, k.rejected, k.config,
@@ -130,7 +134,7 @@ class Engine:
             script("applyOutcomes"),
             [k.lease, k.pending_completion, k.running, k.deadlines, k.dispatch, k.due,
              k.callbacks_due, k.stats, k.rejected],
-            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP],
+            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP, s.max_result],
         )
 
     def reap(self, token: str, seed: str, now: int | None = None,

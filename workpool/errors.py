@@ -35,9 +35,18 @@ class WaitTimeout(WorkpoolError, TimeoutError):
     """`wait()` gave up before the job reached a terminal state."""
 
 
-
 class ConfigurationError(WorkpoolError, ValueError):
     """An option has a value workpool cannot use."""
+
+
+class WorkerFailed(WorkpoolError):
+    """A worker could not go on (its scripts cannot load, a vital part of it stopped): it
+    stopped taking work, let running attempts finish and exits non-zero, saying why."""
+
+
+class WorkerStuck(WorkerFailed):
+    """Every job thread of a worker is stuck in an attempt that timed out (a thread cannot be
+    stopped): it stops so the process can be restarted with fresh threads."""
 
 
 class NonRetryableError(Exception):
@@ -46,3 +55,7 @@ class NonRetryableError(Exception):
 
 class JobFailed(WorkpoolError):
     """`Result.unwrap()` on a failed or canceled job."""
+
+
+#: Errors no other attempt could change: the job ends failed at once, without a retry.
+FINAL_ERRORS = (UnknownJobName, NonRetryableError, SerializationError)

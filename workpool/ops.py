@@ -6,24 +6,28 @@ and receives their replies, so `Workpool` and `AsyncWorkpool` share every line o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workpool.errors import JobNotFound
+from workpool import validate
+from workpool.errors import ConfigurationError, JobNotFound
 from workpool.keys import Keys
-from workpool.protocol import Fields, is_stream_id, job_fields, text
-from workpool.types import JobStatus, State, status_from_hash
+from workpool.protocol import Fields, check_job_id, is_stream_id, job_fields, text
+from workpool.types import Canceled, JobStatus, State, status_from_hash
 
 Command = tuple[Any, ...]
 
 
 @dataclass
 class Step:
-    """Commands for one round trip; `atomic` sends them as one MULTI/EXEC transaction."""
+    """Commands for one round trip; `atomic` sends them as one MULTI/EXEC transaction; `pause`
+    is how long the driver waits before sending them (polling for an effect)."""
 
     commands: list[Command]
     atomic: bool = False
+    pause: float = 0.0
 
 
 Ops = Generator[Step, list[Any], Any]
@@ -68,6 +72,50 @@ def status(keys: Keys, job_id: str) -> Ops:
     msg = f"no job {job_id!r} in this pool: it was never enqueued here, its entry was rejected " \
           "as malformed (see `workpool stats`), or it finished longer ago than the retention"
     raise JobNotFound(msg)
+
+
+def wait_deadline(job_id: str, timeout: float | None) -> float | None:
+    """Check wait()'s arguments; the monotonic time it gives up at (None: never)."""
+    check_job_id(job_id)
+    if timeout is None:
+        return None
+    return time.monotonic() + validate.number("timeout", timeout, 0, 10**9)
+
+
+def wait_seconds(wait: Any) -> float:
+    """How long a call waits for the main loop to apply its request (checked)."""
+    return validate.number("wait", wait, 0, 3600)
+
+
+def applied(keys: Keys, entry_id: Any, wait: float, reads: list[Command]) -> Ops:
+    """Poll (2 ms doubling to 50 ms) until the main loop applied request `entry_id` (it left
+    pendingStart) or `wait` seconds passed; returns the replies of `reads` made at the poll
+    that saw it applied, or None if it was not in time."""
+    deadline, pause = time.monotonic() + wait, 0.0
+    while True:
+        found, *replies = yield Step([("XRANGE", keys.pending_start, entry_id, entry_id),
+                                      *reads], pause=pause)
+        if not found:
+            return replies
+        if time.monotonic() + pause >= deadline:
+            return None
+        pause = min(max(pause * 2, 0.002), 0.05)
+
+
+def cancel_one(keys: Keys, job_id: str, wait: float) -> Ops:
+    """Append a cancel request, then wait (up to `wait` s) for the main loop to apply it and
+    say what it did."""
+    (entry_id,) = yield Step([("XADD", keys.pending_start, "*", "op", "cancel", "id", job_id)])
+    replies = yield from applied(keys, entry_id, wait,
+                                 [("HMGET", keys.job(job_id), "state", "cancel")])
+    if replies is None:
+        return Canceled.SENT
+    state, mark = replies[0]
+    if state == b"canceled":
+        return Canceled.CANCELED
+    if mark == b"1":
+        return Canceled.MARKED
+    return Canceled.UNKNOWN if state is None else Canceled.FINISHED
 
 
 def cancel(keys: Keys, job_ids: Iterable[str]) -> Ops:
@@ -118,7 +166,18 @@ def cancel_all(keys: Keys) -> Ops:
     return sent
 
 
-def configure(keys: Keys, fields: Mapping[str, str]) -> Ops:
-    """Append a live-configuration request; it wakes the main loop, which applies it at once."""
-    yield Step([("XADD", keys.pending_start, "*", *[x for kv in fields.items() for x in kv])])
-    return None
+def configure(keys: Keys, fields: Mapping[str, str], wait: float) -> Ops:
+    """Append a live-configuration request (it wakes the main loop, which applies it at once);
+    "applied" once it did, "sent" if it did not within `wait` s; ConfigurationError with the
+    engine's reason if it refused it."""
+    (entry_id,) = yield Step([("XADD", keys.pending_start, "*",
+                               *[x for kv in fields.items() for x in kv])])
+    replies = yield from applied(keys, entry_id, wait,
+                                 [("XREVRANGE", keys.rejected, "+", "-", "COUNT", 100)])
+    if replies is None:
+        return "sent"
+    for _, record in replies[0]:
+        if record.get(b"entry") == entry_id:
+            msg = f"the main loop refused the configuration: {text(record.get(b'reason'))}"
+            raise ConfigurationError(msg)
+    return "applied"

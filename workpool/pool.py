@@ -10,19 +10,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 from redis.client import Pipeline
 
-from workpool import ops
+from workpool import limits, ops, validate
 from workpool.admission import UNSET, _Unset, check_max_per_key, config_fields, declared_settings
-from workpool.connection import resolve_url, sync_client, unavailable_as_typed
+from workpool.connection import check_url, resolve_url, sync_client, unavailable_as_typed
 from workpool.cron import parse_schedule
 from workpool.engine import EngineSettings
-from workpool.errors import ConfigurationError, UnknownJobName, WaitTimeout
+from workpool.errors import UnknownJobName, WaitTimeout
 from workpool.keys import Keys
 from workpool.periodic import CronJob
-from workpool.protocol import Encoding, Fields, enqueue_fields, key_job_id, new_job_id
+from workpool.protocol import (
+    Encoding,
+    Fields,
+    check_job_id,
+    check_kwargs,
+    enqueue_fields,
+    enqueue_options,
+    key_job_id,
+    new_job_id,
+)
 from workpool.registry import HandlerSpec, JobSpec, Registry, check_name
 from workpool.stats import PoolStats
 from workpool.stats import stats as stats_ops
-from workpool.types import JobStatus, RateLimit, Retry
+from workpool.types import Canceled, Configured, JobStatus, RateLimit, Retry, rate_limit_of
 
 if TYPE_CHECKING:
     from workpool.aio import AsyncWorkpool
@@ -31,6 +40,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 JobRef = Callable[..., Any] | str
 
 _WAIT_RECHECK = 5.0  # seconds: a safety re-read while waiting, should a notification be missed
+
+
+def _callable(fn: Any) -> Any:
+    """What a decorator was given: a function (the decorator was not called, say)."""
+    if not callable(fn):
+        validate.fail("the decorated object", "a function", fn)
+    return fn
 
 
 class Workpool:
@@ -45,35 +61,38 @@ class Workpool:
         retry: Retry | None = None,
         retention: float = 24 * 3600.0,
         max_payload_bytes: int = 1 << 20,
+        max_result_bytes: int = 1 << 20,
         lease_ttl: float = 5.0,
         heartbeat_ttl: float = 10.0,
         encoding: Encoding = "msgpack",
-        rate_limit: RateLimit | None = None,
+        rate_limit: RateLimit | str | None = None,
         max_per_key: int | None = None,
     ) -> None:
-        check_name(name)
-        if not isinstance(max_parallelism, int) or max_parallelism < 0:
-            msg = f"max_parallelism must be an integer >= 0 (0 pauses), got {max_parallelism!r}"
-            raise ConfigurationError(msg)
-        for label, value in (("retention", retention), ("lease_ttl", lease_ttl),
-                             ("heartbeat_ttl", heartbeat_ttl)):
-            if not value > 0:
-                msg = f"{label} must be a positive number of seconds, got {value!r}"
-                raise ConfigurationError(msg)
-        self.name = name
+        self.name = check_name(name)
         self.keys = Keys(name)
-        self.max_parallelism = max_parallelism
-        self.retry = retry or Retry()
+        self.max_parallelism = validate.integer("max_parallelism", max_parallelism, 0,
+                                                limits.MAX_SETTING)
+        self.retry = Retry() if retry is None else validate.instance(
+            "retry", retry, Retry, "a workpool.Retry or None")
         self.retention = retention
-        self.max_payload_bytes = max_payload_bytes
+        self.retention_ms = validate.seconds_ms("retention", retention, limits.MAX_RETENTION_MS,
+                                                positive=True)
+        self.max_payload_bytes = validate.integer("max_payload_bytes", max_payload_bytes, 1,
+                                                  limits.MAX_PAYLOAD_BYTES)
+        self.max_result_bytes = validate.integer("max_result_bytes", max_result_bytes, 1,
+                                                 limits.MAX_PAYLOAD_BYTES)
         self.lease_ttl = lease_ttl
+        validate.seconds_ms("lease_ttl", lease_ttl, limits.MAX_TTL_MS, positive=True)
         self.heartbeat_ttl = heartbeat_ttl
-        self.encoding = encoding
-        self.rate_limit = rate_limit
+        validate.seconds_ms("heartbeat_ttl", heartbeat_ttl, limits.MAX_TTL_MS, positive=True)
+        if encoding not in ("msgpack", "json"):
+            validate.fail("encoding", "'msgpack' or 'json'", encoding)
+        self.encoding: Encoding = encoding
+        self.rate_limit = rate_limit_of("rate_limit", rate_limit)
         self.max_per_key = None if max_per_key is None else check_max_per_key(max_per_key)
         self.registry = Registry()
         self.crons: list[CronJob] = []
-        self._url = redis_url
+        self._url = None if redis_url is None else check_url("redis_url", redis_url)
         self._redis: redis.Redis | None = None
         self._aio: AsyncWorkpool | None = None
 
@@ -90,7 +109,7 @@ class Workpool:
         """Point the pool at another Redis (e.g. the CLI's --redis-url); drops open clients."""
         self.close()
         self._aio = None
-        self._url = url
+        self._url = check_url("redis_url", url)
 
     @property
     def redis(self) -> redis.Redis:
@@ -111,31 +130,34 @@ class Workpool:
     def engine_settings(self, batch: int = 256) -> EngineSettings:
         """Limits the main-loop scripts apply for this pool."""
         return EngineSettings(
-            batch=batch, max_payload=self.max_payload_bytes,
-            retention_ms=round(self.retention * 1000), max_attempts=self.retry.max_attempts,
-            initial_backoff_ms=round(self.retry.initial_backoff * 1000), base=self.retry.base,
+            batch=batch, max_payload=self.max_payload_bytes, max_result=self.max_result_bytes,
+            retention_ms=self.retention_ms, retry=self.retry.wire,
             silence_grace_ms=round(self.heartbeat_ttl * 500),  # a beat comes every ttl/3
         )
 
     # -- registration --------------------------------------------------------------------
 
     def job(self, name: str | None = None, *, retry: Retry | None = None,
-            timeout: float | None = None, rate_limit: RateLimit | None = None,
+            timeout: float | None = None, rate_limit: RateLimit | str | None = None,
             max_per_key: int | None = None) -> Callable[[F], F]:
         """Register a sync or async function as a job (by default under its `__name__`).
 
-        `rate_limit`: starts of this job across all workers; `max_per_key`: running jobs of this
-        name per concurrency key (1 = serial per key).
+        `rate_limit`: starts of this job across all workers (a RateLimit or text like "5/s");
+        `max_per_key`: running jobs of this name per concurrency key (1 = serial).
         """
-        if timeout is not None and not timeout > 0:
-            msg = f"timeout must be a positive number of seconds, got {timeout!r}"
-            raise ConfigurationError(msg)
+        if name is not None:
+            check_name(name)
+        if retry is not None:
+            validate.instance("retry", retry, Retry, "a workpool.Retry or None")
+        if timeout is not None:
+            validate.seconds_ms("timeout", timeout, limits.MAX_TIMEOUT_MS, positive=True)
+        limit = rate_limit_of("rate_limit", rate_limit)
         if max_per_key is not None:
             check_max_per_key(max_per_key)
 
         def register(fn: F) -> F:
-            self.registry.add_job(JobSpec(check_name(name or fn.__name__), fn, retry, timeout,
-                                          rate_limit, max_per_key))
+            self.registry.add_job(JobSpec(check_name(name or _callable(fn).__name__), fn, retry,
+                                          timeout, limit, max_per_key))
             return fn
 
         return register
@@ -146,14 +168,18 @@ class Workpool:
         """Register a job enqueued once per tick of `schedule` (a cron line in UTC, or seconds).
 
         Exactly one job per tick however many processes run: the tick time is its idempotency
-        key. A tick more than `grace` seconds old when the main loop sees it was missed (every
-        process was down): with `catch_up` the latest missed tick runs once, else it is skipped.
+        key. Every tick found at most `grace` seconds late runs (after a leader handover, too);
+        an older one was missed (every process was down): with `catch_up` the latest missed
+        tick runs once, else it is skipped and logged.
         """
         parsed = parse_schedule(schedule)
+        validate.flag("catch_up", catch_up)
+        validate.seconds_ms("grace", grace, limits.MAX_GRACE_MS)
+        register_job = self.job(name, retry=retry, timeout=timeout)
 
         def register(fn: F) -> F:
-            job_name = check_name(name or fn.__name__)
-            self.job(job_name, retry=retry, timeout=timeout)(fn)
+            job_name = check_name(name or _callable(fn).__name__)
+            register_job(fn)
             self.crons.append(CronJob(job_name, parsed, catch_up, grace))
             return fn
 
@@ -163,24 +189,36 @@ class Workpool:
         """Rate and key limits this code declares; a new main-loop holder writes them."""
         return declared_settings(self.rate_limit, self.max_per_key, self.registry)
 
-    def on_complete(self, name: str | None = None) -> Callable[[F], F]:
-        """Register `fn(job_id, result, context)` to be called once a job is terminal."""
+    def on_complete(self, name: str | None = None, *,
+                    timeout: float | None = 60.0) -> Callable[[F], F]:
+        """Register `fn(job_id, result, context)` to be called once a job is terminal.
+
+        `timeout`: seconds one run may take (None: no limit); a run past it failed and the
+        delivery is tried again, as after any failure.
+        """
+        if name is not None:
+            check_name(name)
+        if timeout is not None:
+            validate.seconds_ms("timeout", timeout, limits.MAX_TIMEOUT_MS, positive=True)
 
         def register(fn: F) -> F:
-            self.registry.add_handler(HandlerSpec(check_name(name or fn.__name__), fn))
+            self.registry.add_handler(HandlerSpec(check_name(name or _callable(fn).__name__),
+                                                  fn, timeout))
             return fn
 
         return register
 
     # -- requests (built once, sent by the sync or the async face) ----------------------
 
-    def _name_of(self, ref: JobRef, kind: str) -> str:
+    def _name_of(self, ref: Any, argument: str) -> str:
         if isinstance(ref, str):
-            return check_name(ref)
+            return check_name(ref, argument)
+        if not callable(ref):
+            validate.fail(argument, "a registered function or its name", ref)
         name = self.registry.name_of(ref)
         if name is None:
-            decorator = "job" if kind == "job" else "on_complete"
-            msg = f"{kind} {getattr(ref, '__name__', ref)!r} is not registered on pool " \
+            decorator = "job" if argument == "job" else "on_complete"
+            msg = f"{argument} {getattr(ref, '__name__', ref)!r} is not registered on pool " \
                   f"{self.name!r}: decorate it with @pool.{decorator}()"
             raise UnknownJobName(msg)
         return name
@@ -196,20 +234,22 @@ class Workpool:
         """Validate and encode enqueue entries; raises before anything is written."""
         name = self._name_of(job, "job")
         spec = self.registry.jobs.get(name)
+        if retry is not None:
+            validate.instance("retry", retry, Retry, "a workpool.Retry or None")
         policy = retry or (spec.retry if spec else None) or self.retry
         handler = None if on_complete is None else self._name_of(on_complete, "on_complete")
-        at = run_at.timestamp() if isinstance(run_at, datetime) else run_at
+        options = enqueue_options(
+            job_id=key_job_id(key), name=name, enc=self.encoding, retry=policy.wire,
+            timeout=timeout if timeout is not None else (spec.timeout if spec else None),
+            run_at=run_at.timestamp() if isinstance(run_at, datetime) else run_at,
+            run_after=run_after, on_complete=handler, context=context, priority=priority,
+            concurrency_key=concurrency_key)
+        kw = check_kwargs(kwargs)
         entries = []
         for args in args_list:
-            entries.append(enqueue_fields(
-                job_id=key_job_id(key), name=name, args=args, kwargs=kwargs,
-                enc=self.encoding, max_payload=self.max_payload_bytes,
-                max_attempts=policy.max_attempts, initial_backoff=policy.initial_backoff,
-                base=policy.base, timeout=timeout if timeout is not None else
-                (spec.timeout if spec else None), run_at=at, run_after=run_after,
-                on_complete=handler, context=context, priority=priority,
-                concurrency_key=concurrency_key,
-            ))
+            if not isinstance(args, list | tuple):
+                validate.fail("args_list", "an iterable of argument tuples (or lists)", args)
+            entries.append(enqueue_fields(options, args, kw, self.max_payload_bytes))
         return entries
 
     def _drive(self, gen: ops.Ops) -> Any:
@@ -217,6 +257,8 @@ class Workpool:
             try:
                 step = next(gen)
                 while True:
+                    if step.pause:
+                        time.sleep(step.pause)
                     pipe = self.redis.pipeline(transaction=step.atomic)
                     for command in step.commands:
                         pipe.execute_command(*command)
@@ -268,12 +310,16 @@ class Workpool:
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status; JobNotFound if the pool has no such job."""
-        result: JobStatus = self._drive(ops.status(self.keys, job_id))
+        result: JobStatus = self._drive(ops.status(self.keys, check_job_id(job_id)))
         return result
 
-    def cancel(self, job_id: str) -> None:
-        """Cancel a job: pending/retrying ones end canceled; a running one is never retried."""
-        self._drive(ops.cancel(self.keys, [job_id]))
+    def cancel(self, job_id: str, wait: float = 2.0) -> Canceled:
+        """Cancel a job: pending/retrying ones end canceled; a running one is never retried.
+        Waits up to `wait` s for the main loop to apply it and says what it did (SENT: none
+        did in time; it will, in order)."""
+        result: Canceled = self._drive(ops.cancel_one(self.keys, check_job_id(job_id),
+                                                      ops.wait_seconds(wait)))
+        return result
 
     def cancel_all(self) -> int:
         """Cancel every job not finished; returns how many cancel requests were sent."""
@@ -282,21 +328,24 @@ class Workpool:
 
     def configure(
         self, *, max_parallelism: int | _Unset = UNSET, paused: bool | _Unset = UNSET,
-        rate_limit: RateLimit | _Unset | None = UNSET,
-        rate_limits: Mapping[str, RateLimit | None] | None = None,
+        rate_limit: RateLimit | str | _Unset | None = UNSET,
+        rate_limits: Mapping[str, RateLimit | str | None] | None = None,
         max_per_key: int | _Unset = UNSET, max_per_key_for: Mapping[str, int] | None = None,
-        reset: bool = False,
-    ) -> None:
+        reset: bool = False, wait: float = 2.0,
+    ) -> Configured:
         """Change a running pool at once, persisted in Redis (overrides what code declares).
 
-        `rate_limit=None` lifts the pool's limit; `rate_limits={"job": None}` a job's;
-        `reset=True` drops every override so the code's values apply again.
+        `rate_limit=None` lifts the pool's limit; `rate_limits={"job": None}` a job's (a rate
+        may be text: "50/1s"); `reset=True` drops every override so the code's values apply
+        again. Waits up to `wait` s for the main loop: "applied", or "sent" (it applies when a
+        main loop runs).
         """
         fields = config_fields(
             max_parallelism=max_parallelism, paused=paused, rate_limit=rate_limit,
             rate_limits=rate_limits, max_per_key=max_per_key, max_per_key_for=max_per_key_for,
             reset=reset)
-        self._drive(ops.configure(self.keys, fields))
+        result: Configured = self._drive(ops.configure(self.keys, fields, ops.wait_seconds(wait)))
+        return result
 
     def stats(self) -> PoolStats:
         """Counts per state, running vs limit, throughput and anomaly counters."""
@@ -305,7 +354,7 @@ class Workpool:
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Block until the job is terminal (woken by its notification, no busy polling)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = ops.wait_deadline(job_id, timeout)
         with unavailable_as_typed(self.url):
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:

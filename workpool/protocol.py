@@ -8,7 +8,6 @@ registered name only.
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,8 @@ from typing import Any, Literal
 
 import msgpack
 
-from workpool.errors import ConfigurationError, PayloadTooLarge, SerializationError
+from workpool import limits, validate
+from workpool.errors import PayloadTooLarge, SerializationError
 
 Encoding = Literal["msgpack", "json"]
 Fields = dict[str, str | bytes]
@@ -45,15 +45,43 @@ def decode(data: bytes, enc: str) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+def decode_arguments(args: bytes, kwargs: bytes, enc: str) -> tuple[list[Any], dict[str, Any]]:
+    """A job's positional and keyword arguments as a worker calls it. SerializationError (the
+    job cannot run, however often it is tried) when they do not decode to a list and a map with
+    str keys: msgpack nested deeper than the decoder goes, say, which the engine's check lets
+    through."""
+    try:
+        positional, named = decode(args, enc), decode(kwargs, enc)
+    except Exception as exc:  # any decoder failure makes the payload unusable
+        msg = f"the job's args or kwargs cannot be decoded as {enc} ({type(exc).__name__}: " \
+              f"{exc}); the job is ended as unusable"
+        raise SerializationError(msg) from exc
+    positional = [] if positional is None else positional
+    named = {} if named is None else named
+    if not isinstance(positional, list) or not isinstance(named, dict) or \
+            not all(isinstance(k, str) for k in named):
+        msg = "the job's args must decode to an array and its kwargs to a map with string " \
+              "keys; the job is ended as unusable"
+        raise SerializationError(msg)
+    return positional, named
+
+
 def new_job_id() -> str:
     """A random job id, for an enqueue that must know its id before Redis replies."""
     return uuid.uuid4().hex
 
 
-def key_job_id(key: str | None) -> str | None:
+def key_job_id(key: Any) -> str | None:
     """The job id an enqueue names itself: `key:<key>` for an idempotency key; None leaves the
     id to Redis (the entry's own id, unique in the stream and known from XADD's reply)."""
-    return None if key is None else "key:" + key
+    if key is None:
+        return None
+    return limits.KEY_PREFIX + validate.string("key", key, limits.MAX_KEY_BYTES)
+
+
+def check_job_id(job_id: Any) -> str:
+    """A job id a caller names (status, cancel, wait): one that could exist."""
+    return validate.string("job_id", job_id, limits.MAX_ID_BYTES)
 
 
 def is_stream_id(job_id: str) -> bool:
@@ -61,70 +89,71 @@ def is_stream_id(job_id: str) -> bool:
     return bool(_STREAM_ID.match(job_id))
 
 
-def _ms(seconds: float, name: str) -> int:
-    if not math.isfinite(seconds) or seconds < 0:
-        msg = f"{name} must be a finite number of seconds >= 0, got {seconds!r}"
-        raise ConfigurationError(msg)
-    return round(seconds * 1000)
-
-
-def enqueue_fields(
+def enqueue_options(
     *,
     job_id: str | None,
     name: str,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any] | None,
     enc: Encoding,
-    max_payload: int,
-    max_attempts: int,
-    initial_backoff: float,
-    base: float,
-    timeout: float | None,
-    run_at: float | None,
-    run_after: float | None,
+    retry: Mapping[str, str],
+    timeout: Any,
+    run_at: Any,
+    run_after: Any,
     on_complete: str | None,
     context: Any,
-    priority: int = 0,
-    concurrency_key: str | None = None,
+    priority: Any,
+    concurrency_key: Any,
 ) -> Fields:
-    """Fields of one enqueue entry; raises before anything is written if they are unusable."""
+    """The fields every entry of one enqueue call shares (all but args and kwargs), checked
+    against the engine's limits: raises ConfigurationError naming the option before anything is
+    written."""
     fields: Fields = {"op": "enqueue", "name": name, "enc": enc}
     if job_id is not None:  # none: the entry's id is the job's
         fields["id"] = job_id
-    payload = 0
-    fields["args"] = encode(list(args), enc)
-    payload += len(fields["args"])
-    if kwargs:
-        fields["kwargs"] = encode(dict(kwargs), enc)
-        payload += len(fields["kwargs"])
     if on_complete is not None:
         fields["on_complete"] = on_complete
         fields["context"] = encode(context, enc)
-        payload += len(fields["context"])
-    if payload > max_payload:
-        msg = f"job {name!r}: {payload} bytes of arguments and context exceed the pool's " \
-              f"max_payload_bytes={max_payload}; store large data elsewhere and pass a reference."
-        raise PayloadTooLarge(msg)
-    fields["max_attempts"] = str(max_attempts)
-    fields["initial_backoff_ms"] = str(_ms(initial_backoff, "initial_backoff"))
-    fields["base"] = repr(float(base))
+    fields.update(retry)
     if timeout is not None:
-        fields["timeout_ms"] = str(_ms(timeout, "timeout"))
+        fields["timeout_ms"] = str(validate.seconds_ms("timeout", timeout, limits.MAX_TIMEOUT_MS,
+                                                       positive=True))
     if run_at is not None:
-        fields["run_at_ms"] = str(_ms(run_at, "run_at"))
+        fields["run_at_ms"] = str(validate.seconds_ms("run_at", run_at, limits.MAX_RUN_AT_MS))
     if run_after is not None:
-        fields["run_after_ms"] = str(_ms(run_after, "run_after"))
-    if priority:
-        if not isinstance(priority, int) or not -1000 <= priority <= 1000:
-            msg = f"priority must be an integer in [-1000, 1000], got {priority!r}"
-            raise ConfigurationError(msg)
+        fields["run_after_ms"] = str(validate.seconds_ms("run_after", run_after,
+                                                         limits.MAX_RUN_AFTER_MS))
+    if validate.integer("priority", priority, limits.MIN_PRIORITY, limits.MAX_PRIORITY):
         fields["priority"] = str(priority)
     if concurrency_key is not None:
-        if not concurrency_key or len(concurrency_key.encode()) > 512:
-            msg = f"concurrency_key must be a non-empty string of at most 512 bytes, " \
-                  f"got {concurrency_key!r}"
-            raise ConfigurationError(msg)
-        fields["concurrency_key"] = concurrency_key
+        fields["concurrency_key"] = validate.string("concurrency_key", concurrency_key,
+                                                    limits.MAX_CONCURRENCY_KEY_BYTES)
+    return fields
+
+
+def check_kwargs(kwargs: Any) -> dict[str, Any]:
+    """Keyword arguments: a mapping with str keys (a worker calls fn(**kwargs))."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        validate.fail("kwargs", "a mapping with str keys", kwargs)
+    return dict(kwargs)
+
+
+def enqueue_fields(options: Fields, args: Sequence[Any], kwargs: Mapping[str, Any],
+                   max_payload: int) -> Fields:
+    """One enqueue entry: `options` (from enqueue_options) with these arguments encoded;
+    PayloadTooLarge before anything is written if they are too large."""
+    enc: Encoding = "json" if options["enc"] == "json" else "msgpack"
+    fields = dict(options)
+    fields["args"] = encode(list(args), enc)
+    payload = len(fields["args"]) + len(options.get("context", b""))
+    if kwargs:
+        fields["kwargs"] = encode(dict(kwargs), enc)
+        payload += len(fields["kwargs"])
+    if payload > max_payload:
+        msg = f"job {options['name']!r}: {payload} bytes of arguments and context exceed the " \
+              f"pool's max_payload_bytes={max_payload}; store large data elsewhere and pass a " \
+              "reference."
+        raise PayloadTooLarge(msg)
     return fields
 
 
@@ -147,7 +176,7 @@ def as_text_map(flat: Mapping[bytes, bytes]) -> dict[str, bytes]:
 #: Field order of a pending job's packed value in the `unstarted` hash (lua/includes/unstarted.lua).
 UNSTARTED_FIELDS = ("name", "enc", "max_attempts", "backoff_ms", "base", "timeout_ms",
                     "enqueued_at", "due_at", "priority", "seq", "args", "kwargs", "context",
-                    "on_complete", "ckey")
+                    "on_complete", "ckey", "max_backoff_ms")
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -164,8 +193,8 @@ def unstarted_hash(packed: bytes) -> dict[str, bytes]:
     out), so it reads like any other job hash."""
     values = msgpack.unpackb(packed, raw=True)
     h = {"state": b"pending", "attempts": b"0"}
-    h.update((name, _as_bytes(v)) for name, v in zip(UNSTARTED_FIELDS, values, strict=True)
-             if v != b"")
+    h.update((name, _as_bytes(v)) for name, v in zip(UNSTARTED_FIELDS, values, strict=False)
+             if v != b"")  # a value packed by an older version has fewer fields
     return h
 
 

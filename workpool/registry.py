@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from workpool.errors import ConfigurationError, UnknownJobName
 from workpool.types import RateLimit, Retry
 
-_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class HandlerSpec:
 
     name: str
     fn: Callable[..., Any]
+    timeout: float | None = 60.0  #: seconds a run may take; then it failed (and is retried)
 
     @property
     def is_async(self) -> bool:
@@ -44,11 +45,11 @@ class HandlerSpec:
         return inspect.iscoroutinefunction(self.fn)
 
 
-def check_name(name: str) -> str:
-    """Job and handler names travel on the wire: keep them short, printable and unambiguous."""
-    if not _NAME.match(name):
-        msg = f"invalid name {name!r}: use letters, digits and _ . : - (at most 200 characters), " \
-              "starting with a letter or _"
+def check_name(name: Any, what: str = "name") -> str:
+    """Pool, job and handler names travel on the wire: short, printable ASCII, unambiguous."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        msg = f"{what} {name!r} is invalid: use ASCII letters, digits and _ . : - (at most 200 " \
+              "characters), starting with a letter or _"
         raise ConfigurationError(msg)
     return name
 

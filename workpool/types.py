@@ -2,36 +2,47 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
+from workpool import limits, validate
 from workpool.errors import ConfigurationError, JobFailed
 from workpool.protocol import decode, text
 
 
 @dataclass(frozen=True)
 class Retry:
-    """Retry policy: attempt n (from 1) waits initial_backoff * base**(n-1) * jitter[0.5, 1.5)."""
+    """Retry policy: attempt n (from 1) waits initial_backoff * base**(n-1) * jitter[0.5, 1.5),
+    never more than max_backoff (itself at most 7 days, `limits.MAX_RETRY_DELAY_MS`)."""
 
     max_attempts: int = 5  #: total attempts, the first included
     initial_backoff: float = 0.25  #: seconds before the first retry (before jitter)
     base: float = 2.0  #: growth factor of the delay per attempt
+    max_backoff: float = limits.DEFAULT_MAX_BACKOFF_MS / 1000  #: seconds one retry waits at most
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            msg = f"Retry.max_attempts must be an integer >= 1, got {self.max_attempts!r}"
-            raise ConfigurationError(msg)
-        if not math.isfinite(self.initial_backoff) or self.initial_backoff < 0:
-            msg = f"Retry.initial_backoff must be seconds >= 0, got {self.initial_backoff!r}"
-            raise ConfigurationError(msg)
-        if not math.isfinite(self.base) or self.base < 1:
-            msg = f"Retry.base must be >= 1, got {self.base!r}"
-            raise ConfigurationError(msg)
+        validate.integer("Retry.max_attempts", self.max_attempts, 1, limits.MAX_ATTEMPTS)
+        validate.number("Retry.base", self.base, 1, limits.MAX_BACKOFF_BASE)
+        initial = validate.seconds_ms("Retry.initial_backoff", self.initial_backoff,
+                                      limits.MAX_RETRY_DELAY_MS)
+        if validate.seconds_ms("Retry.max_backoff", self.max_backoff,
+                               limits.MAX_RETRY_DELAY_MS) < initial:
+            validate.fail("Retry.max_backoff", f"at least initial_backoff "
+                          f"({self.initial_backoff!r})", self.max_backoff)
+
+    @property
+    def wire(self) -> dict[str, str]:
+        """The policy's enqueue entry fields."""
+        return {"max_attempts": str(self.max_attempts),
+                "initial_backoff_ms": str(round(self.initial_backoff * 1000)),
+                "base": repr(float(self.base)),
+                "max_backoff_ms": str(round(self.max_backoff * 1000))}
 
 
 NO_RETRY = Retry(max_attempts=1)
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True)
@@ -43,12 +54,8 @@ class RateLimit:
     per: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.limit, int) or self.limit < 1:
-            msg = f"RateLimit.limit must be an integer >= 1, got {self.limit!r}"
-            raise ConfigurationError(msg)
-        if not math.isfinite(self.per) or self.per < 0.001:
-            msg = f"RateLimit.per must be at least 0.001 seconds, got {self.per!r}"
-            raise ConfigurationError(msg)
+        validate.integer("RateLimit.limit", self.limit, 1, limits.MAX_RATE_LIMIT)
+        validate.number("RateLimit.per", self.per, 0.001, limits.MAX_RATE_PER_MS / 1000)
 
     @property
     def spec(self) -> str:
@@ -56,17 +63,26 @@ class RateLimit:
         return f"{self.limit}/{round(self.per * 1000)}"
 
     @classmethod
-    def parse(cls, text: str) -> RateLimit:
-        """`50/1s`, `50/1.5`, `10/500ms`, `100/1m`: a limit per a period (seconds by default)."""
+    def parse(cls, text: str, name: str = "rate limit") -> RateLimit:
+        """`50/1s`, `50/1.5`, `10/500ms`, `100/1m`, `5/s`: a limit per a period (seconds by
+        default); `name` is the argument the text came from, for the error."""
         limit, sep, per = text.partition("/")
-        units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        unit = next((u for u in ("ms", "s", "m", "h") if per.endswith(u)), "")
         try:
-            unit = next((u for u in ("ms", "s", "m", "h") if per.endswith(u)), "")
-            seconds = float(per[: len(per) - len(unit)] or 1) * units.get(unit, 1.0)
+            seconds = float(per[: len(per) - len(unit)] or 1) * _UNITS.get(unit, 1.0)
             return cls(int(limit), seconds if sep else 1.0)
-        except ValueError:
-            msg = f"rate limit {text!r}: expected LIMIT/PERIOD such as 50/1s, 10/500ms, 100/1m"
+        except (ValueError, ConfigurationError) as exc:
+            msg = f"{name} {text!r}: expected LIMIT/PERIOD such as 50/1s, 10/500ms, 100/1m ({exc})"
             raise ConfigurationError(msg) from None
+
+
+def rate_limit_of(name: str, value: Any) -> RateLimit | None:
+    """A rate limit given as a RateLimit, as text (`"5/s"`), or None (no limit)."""
+    if value is None or isinstance(value, RateLimit):
+        return value
+    if isinstance(value, str):
+        return RateLimit.parse(value, name)
+    return validate.fail(name, "a RateLimit, a text such as '50/1s', or None", value)
 
 
 class State(str, Enum):
@@ -83,6 +99,32 @@ class State(str, Enum):
         """True for done and canceled."""
         return self in (State.DONE, State.CANCELED)
 
+
+class Canceled(str, Enum):
+    """What a cancel did (`Workpool.cancel`), once the main loop applied it."""
+
+    CANCELED = "canceled"  #: it was pending or retrying: it is canceled; on_complete runs
+    MARKED = "marked"  #: it was running: that attempt finishes, and it is never retried
+    FINISHED = "finished"  #: it had finished already: nothing changed
+    UNKNOWN = "unknown"  #: no such job (never enqueued here, or past its retention)
+    SENT = "sent"  #: no main loop applied it in time; it will, in order, when one runs
+
+    @property
+    def description(self) -> str:
+        """A sentence for people (the CLI prints it)."""
+        return _CANCELED[self]
+
+
+_CANCELED = {
+    Canceled.CANCELED: "canceled: it had not started (or was between attempts); its "
+                       "on_complete handler runs with kind canceled",
+    Canceled.MARKED: "marked: it is running; that attempt finishes, and it is never retried",
+    Canceled.FINISHED: "not canceled: it had finished already",
+    Canceled.UNKNOWN: "no such job in this pool (never enqueued, or past its retention)",
+    Canceled.SENT: "cancel requested: no main loop has applied it yet (it will, in order)",
+}
+
+Configured = Literal["applied", "sent"]  #: a configure() a main loop applied, or one waiting
 
 Kind = Literal["succeeded", "failed", "canceled"]
 
