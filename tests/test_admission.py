@@ -27,10 +27,10 @@ from test_transitions import (
     wait_until,
 )
 
-from workpool import RateLimit, Retry, State, Workpool
+from workpool import RateLimit, Retry, State, Workpool, limits
 from workpool.codes import Code
 from workpool.cron import parse_schedule
-from workpool.engine import Engine, parse_lease
+from workpool.engine import Engine, parse_lease, parse_start
 from workpool.errors import ConfigurationError
 from workpool.keys import GROUP
 from workpool.periodic import CronJob, TickDecision, decide, tick_call
@@ -95,7 +95,7 @@ def without(snapshot: dict[bytes, bytes | None], *keys: str) -> dict[bytes, byte
 
 
 def test_a_higher_priority_job_starts_first_even_when_enqueued_last(p: Pool) -> None:
-    p.client.configure(max_parallelism=1)
+    p.client.configure(wait=0, max_parallelism=1)
     low = p.client.enqueue("work", priority=-5)
     normal = p.client.enqueue("work")
     high = p.client.enqueue("work", priority=7)
@@ -141,7 +141,7 @@ def test_a_retried_job_keeps_its_priority_and_its_place_in_line(p: Pool) -> None
     t = p.clock()
     p.ingest(t)
     assert p.start(t).ids == [first]
-    p.client.configure(paused=True, max_parallelism=1)
+    p.client.configure(wait=0, paused=True, max_parallelism=1)
     later_same = p.client.enqueue("work", priority=3)
     later_low = p.client.enqueue("work")
     p.ingest(t + 1)
@@ -155,7 +155,7 @@ def test_a_retried_job_keeps_its_priority_and_its_place_in_line(p: Pool) -> None
     h = p.job(first)
     assert (h["state"], h["priority"], h["seq"]) == (b"retrying", b"3", b"1")
 
-    p.client.configure(paused=False)
+    p.client.configure(wait=0, paused=False)
     p.ingest(due)
     assert p.start(due).ids == [first]
     assert (p.state(first), p.job(first)["attempts"]) == (RUNNING, b"2")
@@ -163,11 +163,11 @@ def test_a_retried_job_keeps_its_priority_and_its_place_in_line(p: Pool) -> None
 
 
 BAD_PRIORITIES = [
-    ("1001", "a numeric option is not a number in its allowed range"),
-    ("-1001", "a numeric option is not a number in its allowed range"),
-    ("1.5", "priority must be an integer"),
-    ("high", "a numeric option is not a number in its allowed range"),
-    ("nan", "a numeric option is not a number in its allowed range"),
+    ("1001", "field priority is not a number from -1000 to 1000"),
+    ("-1001", "field priority is not a number from -1000 to 1000"),
+    ("1.5", "field priority must be a whole number"),
+    ("high", "field priority is not a number from -1000 to 1000"),
+    ("nan", "field priority is not a number from -1000 to 1000"),
 ]
 
 
@@ -197,7 +197,7 @@ def test_a_pool_rate_limit_allows_that_many_starts_then_says_when_the_next_token
 ) -> None:
     p = make_pool({"rate": "2/60000"} if source == "declared" else None)
     if source == "configured":
-        p.client.configure(rate_limit=RateLimit(2, per=60))
+        p.client.configure(wait=0, rate_limit=RateLimit(2, per=60))
     ids = [p.client.enqueue("work", i) for i in range(4)]
     t = p.clock()
     p.ingest(t)
@@ -283,7 +283,7 @@ def _two_parked(p: Pool) -> tuple[str, str, int]:
 def test_lifting_a_names_rate_releases_its_held_jobs_at_the_next_call(make_pool: MakePool) -> None:
     p = make_pool({"rate:work": "1/60000"})
     b, c, t = _two_parked(p)
-    p.client.configure(rate_limits={"work": None})
+    p.client.configure(wait=0, rate_limits={"work": None})
     assert p.ingest(t + 1).codes == [Code.CONFIGURED]
     assert hmap(p, p.keys.config) == {"rate:work": ""}  # "none": no limit, whatever the code says
     assert zset(p, p.keys.throttled) == [("work", 0.0)]
@@ -299,7 +299,7 @@ def test_a_config_entry_that_changes_a_names_rate_rechecks_its_held_jobs_at_once
 ) -> None:
     p = make_pool({"rate:work": "1/60000"})
     b, c, t = _two_parked(p)
-    p.client.configure(rate_limits={"work": RateLimit(5, per=1)})
+    p.client.configure(wait=0, rate_limits={"work": RateLimit(5, per=1)})
     assert p.ingest(t + 1000).codes == [Code.CONFIGURED]
     assert hmap(p, p.keys.config) == {"rate:work": "5/1000"}
     assert zset(p, p.keys.throttled) == [("work", 0.0)]
@@ -313,10 +313,10 @@ def test_a_config_entry_that_changes_a_names_rate_rechecks_its_held_jobs_at_once
 def test_a_reset_that_drops_a_names_rate_override_releases_its_held_jobs_at_the_next_call(
     p: Pool,
 ) -> None:
-    p.client.configure(rate_limits={"work": RateLimit(1, per=60)})
+    p.client.configure(wait=0, rate_limits={"work": RateLimit(1, per=60)})
     p.ingest(p.clock())
     b, c, t = _two_parked(p)
-    p.client.configure(reset=True)
+    p.client.configure(wait=0, reset=True)
     assert p.ingest(t + 1).codes == [Code.CONFIGURED]
     assert not p.r.exists(p.keys.config)
     assert p.start(t + 1).ids == [b, c]
@@ -326,7 +326,7 @@ def test_a_reset_that_drops_a_names_rate_override_releases_its_held_jobs_at_the_
 def test_a_canceled_job_held_by_a_rate_leaves_its_name_queue(make_pool: MakePool) -> None:
     p = make_pool({"rate:work": "1/60000"})
     b, c, t = _two_parked(p)
-    p.client.cancel(b)
+    p.client.cancel(b, wait=0)
     assert p.ingest(t + 1).outcomes == [(b, Code.CANCELED)]
     assert zset(p, p.keys.name_queue("work")) == [(c, rank(0, 3))]
     assert not p.r.hexists(p.keys.unstarted, b)
@@ -472,7 +472,7 @@ def test_a_higher_priority_job_of_a_key_takes_the_place_of_the_keys_head_in_the_
     make_pool: MakePool,
 ) -> None:
     p = make_pool({"max_per_key": "1"})
-    p.client.configure(paused=True)
+    p.client.configure(wait=0, paused=True)
     first = p.client.enqueue("work", 1, concurrency_key="k")
     t = p.clock()
     p.ingest(t)
@@ -487,7 +487,7 @@ def test_a_higher_priority_job_of_a_key_takes_the_place_of_the_keys_head_in_the_
     assert zset(p, p.keys.key_queue("k")) == [(first, rank(0, 1))]
     assert p.stat("held_by_key") == 1
 
-    p.client.configure(paused=False)
+    p.client.configure(wait=0, paused=False)
     p.ingest(t1)
     assert p.start(t1).ids == [urgent]
     p.finish_run(urgent, 1, ok=True)
@@ -524,12 +524,12 @@ def test_raising_the_key_limit_admits_a_waiting_job_at_once(
     p.ingest(t)
     assert p.start(t).ids == [k1]
 
-    p.client.configure(**change)
+    p.client.configure(wait=0, **change)
     assert p.ingest(t + 1).codes == [Code.CONFIGURED]
-    assert hmap(p, p.keys.key_heads) == {"k": k2}  # no attempt of k had to end
-    assert zset(p, p.keys.ready) == [(k2, rank(0, 2))]
+    assert zset(p, p.keys.key_drain) == [("k", 0.0)]  # moved on by the next start, bounded
+    assert p.start(t + 1).ids == [k2]  # no attempt of k had to end
     assert (p.r.exists(p.keys.key_queue("k")), p.stat("held_by_key")) == (0, 0)
-    assert p.start(t + 1).ids == [k2]
+    assert p.r.exists(p.keys.key_drain) == 0
     assert hmap(p, p.keys.key_running) == {"k": "2"}
     assert [p.state(k) for k in (k1, k2)] == [RUNNING, RUNNING]
 
@@ -544,7 +544,7 @@ def test_canceling_a_job_waiting_for_its_key_leaves_the_key_queue_consistent(
     assert p.start(t).ids == [k1]
     assert p.stat("held_by_key") == 2
 
-    p.client.cancel(k2)
+    p.client.cancel(k2, wait=0)
     assert p.ingest(t + 1).outcomes == [(k2, Code.CANCELED)]
     assert p.state(k2) == CANCELED
     assert zset(p, p.keys.key_queue("k")) == [(k3, rank(0, 3))]
@@ -562,7 +562,7 @@ def test_canceling_the_head_of_a_key_in_the_ready_set_lets_the_next_job_of_the_k
     make_pool: MakePool,
 ) -> None:
     p = make_pool({"max_per_key": "1"})
-    p.client.configure(paused=True)
+    p.client.configure(wait=0, paused=True)
     k1 = p.client.enqueue("work", 1, concurrency_key="k")
     k2 = p.client.enqueue("work", 2, concurrency_key="k")
     t = p.clock()
@@ -573,13 +573,13 @@ def test_canceling_the_head_of_a_key_in_the_ready_set_lets_the_next_job_of_the_k
     assert zset(p, p.keys.ready) == [(k1, rank(0, 1))]
     assert zset(p, p.keys.key_queue("k")) == [(k2, rank(0, 2))]
 
-    p.client.cancel(k1)
+    p.client.cancel(k1, wait=0)
     assert p.ingest(t + 1).outcomes == [(k1, Code.CANCELED)]
     assert hmap(p, p.keys.key_heads) == {"k": k2}
     assert zset(p, p.keys.ready) == [(k2, rank(0, 2))]
     assert (p.r.exists(p.keys.key_queue("k")), p.stat("held_by_key")) == (0, 0)
 
-    p.client.configure(paused=False)
+    p.client.configure(wait=0, paused=False)
     p.ingest(t + 2)
     assert p.start(t + 2).ids == [k2]
     assert (hmap(p, p.keys.key_heads), hmap(p, p.keys.key_running)) == ({}, {"k": "1"})
@@ -612,11 +612,68 @@ def test_many_jobs_waiting_for_one_hot_key_are_not_touched_by_start_calls(
     assert (p.r.zcard(keyq), p.r.zcard(p.keys.ready), p.stat("held_by_key")) == (48, 0, 48)
 
 
+def test_lifting_a_key_limit_moves_its_waiting_jobs_on_a_batch_at_a_time(
+    make_pool: MakePool,
+) -> None:
+    """A hot key's whole queue waits behind a serial limit that is then lifted (max_per_key 0):
+    no one script call moves the queue; each start call moves a batch at most, and the loop is
+    told to come again at once until the queue is gone."""
+    p = make_pool({"max_per_key": "1"})
+    small = Engine(p.keys, replace(p.engine.settings, batch=32))
+    p.client.configure(wait=0, max_parallelism=1)
+    hot = p.client.enqueue_many("work", [(i,) for i in range(300)], concurrency_key="hot")
+    t = p.clock()
+    while p.r.xlen(p.keys.pending_start):
+        p.ingest(t)
+    assert p.start(t).ids == [hot[0]]
+    keyq = p.keys.key_queue("hot")
+    assert p.r.zcard(keyq) == 299
+    p.client.configure(wait=0, max_per_key=0)
+    assert p.ingest(t).codes == [Code.CONFIGURED]
+    assert p.r.zcard(keyq) == 299  # the config entry itself moves none of them
+    left = [299]
+    while left[-1]:
+        reply = parse_start(p.call(small.start(p.token, t)))
+        left.append(p.r.zcard(keyq))
+        assert left[-2] - left[-1] <= 32 + limits.KEY_STEPS
+        assert reply.promoted >= 32 or not left[-1]  # more left: the loop calls again at once
+    assert len(left) > 299 // (32 + limits.KEY_STEPS)
+    assert p.r.zcard(p.keys.ready) == 299 and p.stat("held_by_key") == 0
+    assert set(hot[1:]) == {m for m, _ in zset(p, p.keys.ready)}
+
+
+def test_names_with_many_held_jobs_put_them_back_a_batch_at_a_time(p: Pool) -> None:
+    """Ten names, forty parked jobs each, then every rate lifted: one start call puts back one
+    batch in all (not a batch per name), and each name left with jobs is looked at again at
+    once."""
+    small = Engine(p.keys, replace(p.engine.settings, batch=32))
+    names = [f"n{i}" for i in range(10)]
+    p.client.configure(wait=0, max_parallelism=1000, rate_limits=dict.fromkeys(names, "1/1h"))
+    for name in names:
+        p.client.enqueue_many(name, [(i,) for i in range(40)])
+    t = p.clock()
+    while p.r.xlen(p.keys.pending_start):
+        p.ingest(t)
+    while p.r.zcard(p.keys.ready):  # each call parks what it looks at
+        parse_start(p.call(small.start(p.token, t)))
+    assert p.stat("held_by_rate") == 390  # one of each name started
+    p.client.configure(wait=0, rate_limits=dict.fromkeys(names, None))
+    p.ingest(t)
+    p.client.configure(wait=0, max_parallelism=0)
+    p.ingest(t)
+    held = [p.stat("held_by_rate")]
+    while held[-1]:
+        parse_start(p.call(small.start(p.token, t)))
+        held.append(p.stat("held_by_rate"))
+        assert held[-2] - held[-1] <= 32
+    assert p.r.zcard(p.keys.ready) == 390
+
+
 # -- pause and live configuration ---------------------------------------------------------------
 
 
 def test_a_paused_pool_admits_due_jobs_but_starts_none_until_resumed(p: Pool) -> None:
-    p.client.configure(paused=True)
+    p.client.configure(wait=0, paused=True)
     a, b = p.client.enqueue("work", 1), p.client.enqueue("work", 2)
     t = p.clock()
     assert p.ingest(t).codes == [Code.CONFIGURED, Code.ENQUEUED, Code.ENQUEUED]
@@ -629,7 +686,7 @@ def test_a_paused_pool_admits_due_jobs_but_starts_none_until_resumed(p: Pool) ->
     assert (p.state(a), p.state(b)) == (PENDING, PENDING)
     assert p.client.stats().paused
 
-    p.client.configure(paused=False)
+    p.client.configure(wait=0, paused=False)
     assert p.ingest(t + FAR).codes == [Code.CONFIGURED]
     assert hmap(p, p.keys.config) == {"paused": "0"}
     resumed = p.start(t + FAR)
@@ -641,7 +698,7 @@ def test_a_reset_drops_every_override_and_the_declared_defaults_apply_again(
     make_pool: MakePool,
 ) -> None:
     p = make_pool({"rate": "2/60000", "max_per_key": "1"})
-    p.client.configure(max_parallelism=1, paused=True, rate_limit=None, max_per_key=3)
+    p.client.configure(wait=0, max_parallelism=1, paused=True, rate_limit=None, max_per_key=3)
     t = p.clock()
     assert p.ingest(t).codes == [Code.CONFIGURED]
     assert hmap(p, p.keys.config) == {"max_parallelism": "1", "paused": "1", "rate": "",
@@ -649,7 +706,7 @@ def test_a_reset_drops_every_override_and_the_declared_defaults_apply_again(
     assert p.client.stats().settings == {"max_parallelism": "1", "paused": "1", "rate": "none",
                                          "max_per_key": "3"}
 
-    p.client.configure(reset=True)
+    p.client.configure(wait=0, reset=True)
     assert p.ingest(t + 1).codes == [Code.CONFIGURED]
     assert not p.r.exists(p.keys.config)
     assert hmap(p, p.keys.defaults) == {"max_parallelism": "10", "rate": "2/60000",
@@ -688,7 +745,7 @@ BAD_CONFIG: list[tuple[dict[str, str], str]] = [
 def test_a_config_entry_with_any_unusable_value_is_rejected_and_changes_nothing(
     p: Pool, fields: dict[str, str], reason: str,
 ) -> None:
-    p.client.configure(max_parallelism=3, rate_limits={"work": RateLimit(1, per=1)})
+    p.client.configure(wait=0, max_parallelism=3, rate_limits={"work": RateLimit(1, per=1)})
     p.ingest(p.clock())
     config = hmap(p, p.keys.config)
     before = without(p.snapshot(), p.keys.stats, p.keys.pending_start)
@@ -707,7 +764,7 @@ def test_configure_refuses_unusable_values_before_writing_anything(p: Pool) -> N
                                   {"max_per_key_for": {"w": -2}}, {}]
     for bad in bads:
         with pytest.raises(ConfigurationError):
-            p.client.configure(**bad)
+            p.client.configure(wait=0, **bad)
     with pytest.raises(ConfigurationError):
         RateLimit(0)
     assert p.r.xlen(p.keys.pending_start) == 0
@@ -720,8 +777,8 @@ EVERY_MINUTE = CronJob("tick", parse_schedule(60), catch_up=False, grace=60)
 
 
 def _tick(p: Pool, job: CronJob, decision: TickDecision, token: str | None = None) -> list[Any]:
-    """Run the fenced tick script as the main loop does (the tick's id as idempotency key)."""
-    (fields,) = p.client.build_entries(job.name, [()], key=f"cron:{job.name}:{decision.tick_ms}")
+    """Run the fenced tick script as the main loop does (the script names the tick's job)."""
+    (fields,) = p.client.build_entries(job.name, [()])
     reply = p.call(tick_call(p.keys, token or p.token, job, decision, fields))
     return [Code(reply[0]), reply[1]]
 
@@ -729,11 +786,11 @@ def _tick(p: Pool, job: CronJob, decision: TickDecision, token: str | None = Non
 def test_a_cron_tick_enqueues_one_job_keyed_by_its_tick_and_records_the_tick(p: Pool) -> None:
     now = p.clock()
     tick = now // 60_000 * 60_000
-    decision = decide(EVERY_MINUTE, None, now)
+    (decision,) = decide(EVERY_MINUTE, None, now)
     assert decision == TickDecision(tick, enqueue=True, next_ms=tick + 60_000)
 
     assert _tick(p, EVERY_MINUTE, decision) == [Code.OK, 1]
-    job_id = f"key:cron:tick:{tick}"
+    job_id = f"cron:tick:{tick}"
     ((_, fields),) = entries(p.r.xrange(p.keys.pending_start))
     assert (fields["id"], fields["name"]) == (job_id.encode(), b"tick")
     assert p.r.sismember(p.keys.incoming, job_id)
@@ -744,6 +801,15 @@ def test_a_cron_tick_enqueues_one_job_keyed_by_its_tick_and_records_the_tick(p: 
     before = p.snapshot()
     assert _tick(p, EVERY_MINUTE, decision) == [Code.DUPLICATE_ENQUEUE, 0]
     assert p.snapshot() == before
+
+
+def test_an_idempotency_key_shaped_like_a_cron_tick_makes_a_job_of_its_own(p: Pool) -> None:
+    tick = p.clock() // 60_000 * 60_000
+    user = p.client.enqueue("tick", key=f"cron:tick:{tick}")
+    assert _tick(p, EVERY_MINUTE, TickDecision(tick, True, tick + 60_000)) == [Code.OK, 1]
+    assert p.ingest(p.clock()).outcomes == [(user, Code.ENQUEUED),
+                                            (f"cron:tick:{tick}", Code.ENQUEUED)]
+    assert user != f"cron:tick:{tick}"
 
 
 def test_a_missed_tick_that_is_skipped_is_recorded_without_a_job(p: Pool) -> None:
@@ -777,31 +843,49 @@ def _hourly(catch_up: bool) -> CronJob:
 @pytest.mark.parametrize("catch_up", [False, True])
 def test_decide_enqueues_a_tick_within_its_grace(catch_up: bool) -> None:
     job = _hourly(catch_up)
-    assert decide(job, T0 - HOUR, T0) == TickDecision(T0, True, T0 + HOUR)
-    assert decide(job, T0 - HOUR, T0 + 60_000) == TickDecision(T0, True, T0 + HOUR)
-    assert decide(job, T0, T0 + 60_000) is None  # already handled
-    assert decide(job, T0 - HOUR, T0 - 1) is None  # not due yet
+    assert decide(job, T0 - HOUR, T0) == [TickDecision(T0, True, T0 + HOUR)]
+    assert decide(job, T0 - HOUR, T0 + 60_000) == [TickDecision(T0, True, T0 + HOUR)]
+    assert decide(job, T0, T0 + 60_000) == []  # already handled
+    assert decide(job, T0 - HOUR, T0 - 1) == []  # not due yet
 
 
 def test_decide_skips_a_missed_tick_without_catch_up() -> None:
-    assert decide(_hourly(False), T0 - HOUR, T0 + 60_001) == TickDecision(T0, False, T0 + HOUR)
+    assert decide(_hourly(False), T0 - HOUR, T0 + 60_001) == [TickDecision(T0, False, T0 + HOUR)]
 
 
 def test_decide_with_catch_up_enqueues_the_latest_missed_tick_once_and_never_older_ones() -> None:
     job = _hourly(True)
     now = T0 + 5 * HOUR + 120_000  # down for five hours and two minutes
-    decision = decide(job, T0, now)
+    (decision,) = decide(job, T0, now)
     assert decision == TickDecision(T0 + 5 * HOUR, True, T0 + 6 * HOUR)
-    assert decide(job, decision.tick_ms, now) is None
-    assert decide(job, decision.tick_ms, T0 + 6 * HOUR) == TickDecision(T0 + 6 * HOUR, True,
-                                                                          T0 + 7 * HOUR)
+    assert decide(job, decision.tick_ms, now) == []
+    assert decide(job, decision.tick_ms, T0 + 6 * HOUR) == [TickDecision(T0 + 6 * HOUR, True,
+                                                                           T0 + 7 * HOUR)]
 
 
 @pytest.mark.parametrize("catch_up", [False, True])
 def test_decide_on_a_first_start_does_not_enqueue_a_stale_tick(catch_up: bool) -> None:
     job = _hourly(catch_up)
-    assert decide(job, None, T0 + 120_000) == TickDecision(T0, False, T0 + HOUR)
-    assert decide(job, None, T0 + 5_000) == TickDecision(T0, True, T0 + HOUR)
+    assert decide(job, None, T0 + 120_000) == [TickDecision(T0, False, T0 + HOUR)]
+    assert decide(job, None, T0 + 5_000) == [TickDecision(T0, True, T0 + HOUR)]
+
+
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_after_a_handover_every_tick_within_its_grace_runs_and_the_missed_one_is_recorded(
+        catch_up: bool) -> None:
+    """A one-second cron whose leader was SIGKILLed: the ticks of the 5 s handover all run,
+    oldest first; with a gap longer than the grace, the latest missed tick is recorded (skipped
+    unless catch_up) and the ticks within the grace run."""
+    assert decide(CronJob("beat", parse_schedule(1), catch_up, grace=60.0), T0, T0 + 5_000) == [
+        TickDecision(T0 + i, True, T0 + i + 1_000) for i in range(1_000, 5_001, 1_000)]
+    job = CronJob("beat", parse_schedule(1), catch_up, grace=3.0)
+    assert decide(job, T0, T0 + 10_000) == [
+        TickDecision(T0 + 6_000, catch_up, T0 + 7_000),
+        *(TickDecision(T0 + i, True, T0 + i + 1_000) for i in range(7_000, 10_001, 1_000))]
+    long_down = decide(job, T0, T0 + 3_600_000, limit=10)
+    assert long_down[0] == TickDecision(T0 + 3_596_000, catch_up, T0 + 3_597_000)
+    assert [d.tick_ms for d in long_down[1:]] == [T0 + i for i in range(3_597_000, 3_600_001,
+                                                                         1_000)]
 
 
 class CronCaller:
@@ -812,9 +896,10 @@ class CronCaller:
         self.p, self.token, self.last = p, token, last
 
     def tick(self, now: int) -> Code | None:
-        decision = decide(EVERY_MINUTE, self.last, now)
-        if decision is None:
+        decisions = decide(EVERY_MINUTE, self.last, now)
+        if not decisions:
             return None
+        (decision,) = decisions
         code, _ = _tick(self.p, EVERY_MINUTE, decision, self.token)
         if code != Code.NOT_LEADER:
             self.last = decision.tick_ms
@@ -835,7 +920,7 @@ def test_two_main_loops_around_a_leader_change_still_yield_one_job_per_tick(p: P
     assert first.tick(tick + 60_200) == Code.NOT_LEADER
     assert second.tick(tick + 60_300) is None
 
-    ids = [f"key:cron:tick:{tick}", f"key:cron:tick:{tick + 60_000}"]
+    ids = [f"cron:tick:{tick}", f"cron:tick:{tick + 60_000}"]
     assert p.ingest(tick + 60_300, second.token).outcomes == [(i, Code.ENQUEUED) for i in ids]
     assert sorted(text(k) for k in p.r.hkeys(p.keys.unstarted)) == sorted(ids)
     assert hmap(p, p.keys.cron) == {"tick": str(tick + 60_000)}
@@ -855,7 +940,7 @@ def test_stats_show_ready_and_held_jobs_priorities_and_the_settings_in_force(
     p.ingest(t)
     assert p.start(t).ids == [w1, k1]
 
-    p.client.configure(paused=True, max_parallelism=3, rate_limits={"other": None})
+    p.client.configure(wait=0, paused=True, max_parallelism=3, rate_limits={"other": None})
     ready = [p.client.enqueue("other", priority=n) for n in (5, 0, 0, -2)]
     t1 = p.clock()
     p.ingest(t1)

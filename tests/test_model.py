@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, cast
 
+import msgpack
 import redis
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from workpool import limits
 from workpool.codes import Code
 from workpool.engine import (
     Engine,
@@ -34,7 +36,7 @@ from workpool.engine import (
     parse_start,
 )
 from workpool.keys import GROUP, Keys
-from workpool.protocol import enqueue_fields, job_fields, text
+from workpool.protocol import enqueue_fields, enqueue_options, job_fields, text
 from workpool.scripts import Call, run
 from workpool.statemachine import (
     ABSENT,
@@ -62,6 +64,8 @@ CKEYS = ("k1", "k2")  #: concurrency keys
 #: no bucket expires while one example runs, so "absent bucket = full" never disagrees.
 RATES = ("1/60000", "2/60000", "3/120000", "10/60000")  #: per job name
 POOL_RATES = ("10/60000", "30/60000")  #: pool-wide
+#: Rates at the engine's limits (per >= 60 s, as above).
+EXTREME_RATES = (f"{limits.MAX_RATE_LIMIT}/60000", f"1/{limits.MAX_RATE_PER_MS}")
 RANK = 10**12  #: rank = -priority * RANK + seq
 HASH_OF = {PENDING: ("pending", None), RUNNING: ("running", None),
            RETRYING: ("retrying", None), SUCCEEDED: ("done", "succeeded"),
@@ -92,18 +96,35 @@ def bucket_wait(spec: str, tokens: float) -> int:
 
 
 def valid_config_value(name: str, value: str) -> bool:
-    """What ingestRequests accepts in a config entry ('' clears the override)."""
+    """What ingestRequests accepts in a config entry ('' clears the override), within the
+    engine's limits."""
     if value == "":
         return True
     if name == "paused":
         return value in ("0", "1")
     if name == "rate" or name.startswith("rate:"):
         parts = value.split("/")
-        return value == "none" or (len(parts) == 2 and all(p.isdigit() for p in parts)
-                                   and int(parts[0]) >= 1 and int(parts[1]) >= 1)
+        return value == "none" or (
+            len(parts) == 2 and all(p.isdigit() for p in parts)
+            and 1 <= int(parts[0]) <= limits.MAX_RATE_LIMIT
+            and 1 <= int(parts[1]) <= limits.MAX_RATE_PER_MS)
     if name in ("max_parallelism", "max_per_key") or name.startswith("max_per_key:"):
-        return value.isdigit()
+        return value.isdigit() and int(value) <= limits.MAX_SETTING
     return False
+
+
+def retry_delay(job: Job, seed: str) -> int:
+    """The wait after the job's failed attempt (includes/finish.lua): backoff * base^(n-1) *
+    jitter, capped at its max_backoff_ms; an overflow is the cap."""
+    cap = min(job.max_backoff_ms, limits.MAX_RETRY_DELAY_MS)
+    delay = 0.0
+    if job.backoff_ms > 0:
+        try:
+            delay = job.backoff_ms * job.base ** (job.attempts - 1) * jitter(seed, job.id,
+                                                                            job.attempts)
+        except OverflowError:
+            delay = math.inf
+    return math.floor(min(delay, cap))
 
 
 @dataclass(eq=False)
@@ -126,6 +147,7 @@ class Job:
     backoff_ms: int
     base: float
     on_complete: bool
+    max_backoff_ms: int
     name: str = "misc"
     priority: int = 0
     ckey: str = ""
@@ -159,14 +181,28 @@ class JobSpec:
     name: str = "misc"
     priority: int = 0
     ckey: str | None = None
+    max_backoff_ms: int = limits.DEFAULT_MAX_BACKOFF_MS
 
 
-SPECS = st.builds(JobSpec, max_attempts=st.sampled_from([3, 2, 1]),
-                  backoff_ms=st.sampled_from([0, 10, 250, 1000]),
-                  base=st.sampled_from([1.0, 1.5, 2.0]), on_complete=st.booleans(),
-                  run_after_ms=st.sampled_from([0, 0, 0, 50, 2000]),
-                  name=st.sampled_from([*NAMES, "mail"]), priority=st.integers(-2, 2),
-                  ckey=st.sampled_from([None, *CKEYS]))
+#: Options, the engine's limits among them (a retry's wait is capped however the backoff grows).
+SPECS = st.builds(JobSpec, max_attempts=st.sampled_from([3, 2, 1, 8, limits.MAX_ATTEMPTS]),
+                  backoff_ms=st.sampled_from([0, 10, 250, 1000, limits.MAX_RETRY_DELAY_MS]),
+                  base=st.sampled_from([1.0, 1.5, 2.0, float(limits.MAX_BACKOFF_BASE)]),
+                  on_complete=st.booleans(),
+                  run_after_ms=st.sampled_from([0, 0, 0, 50, 2000, limits.MAX_RUN_AFTER_MS]),
+                  name=st.sampled_from([*NAMES, "mail"]),
+                  priority=st.sampled_from([-2, -1, 0, 0, 1, 2, limits.MIN_PRIORITY,
+                                            limits.MAX_PRIORITY]),
+                  ckey=st.sampled_from([None, *CKEYS]),
+                  max_backoff_ms=st.sampled_from([limits.DEFAULT_MAX_BACKOFF_MS, 0, 500,
+                                                  limits.MAX_RETRY_DELAY_MS]))
+#: Ways an enqueue entry is malformed: a field (None: removed) and its unusable value.
+CORRUPTIONS: tuple[tuple[str, str | bytes | None], ...] = (
+    ("name", None), ("name", "two words"), ("priority", "1001"), ("priority", "0.5"),
+    ("base", str(limits.MAX_BACKOFF_BASE + 1)), ("max_attempts", str(limits.MAX_ATTEMPTS + 1)),
+    ("max_backoff_ms", str(limits.MAX_RETRY_DELAY_MS + 1)), ("timeout_ms", "1e13"),
+    ("run_at_ms", "-1"), ("run_after_ms", "nan"), ("kwargs", msgpack.packb({1: 2})),
+    ("args", msgpack.packb({"a": 1})), ("enc", "pickle"))
 NAME_RATE_FIELDS = st.sampled_from([f"rate:{n}" for n in NAMES])
 KEY_FIELDS = st.sampled_from(["max_per_key", *(f"max_per_key:{n}" for n in NAMES)])
 #: Declared settings (acquireLease writes them as defaults): as `declared_settings` makes them.
@@ -178,13 +214,16 @@ DECLARED = st.lists(st.one_of(st.tuples(NAME_RATE_FIELDS, st.sampled_from(RATES)
 CONFIG_PAIRS = st.one_of(
     st.tuples(st.just("max_parallelism"), st.sampled_from(["0", "1", "2", "3", "4", ""])),
     st.tuples(st.just("paused"), st.sampled_from(["0", "1", ""])),
-    st.tuples(NAME_RATE_FIELDS, st.sampled_from([*RATES, "none", ""])),
-    st.tuples(st.just("rate"), st.sampled_from([*POOL_RATES, "none", ""])),
-    st.tuples(KEY_FIELDS, st.sampled_from(["0", "1", "1", "2", ""])),
+    st.tuples(NAME_RATE_FIELDS, st.sampled_from([*RATES, *EXTREME_RATES, "none", ""])),
+    st.tuples(st.just("rate"), st.sampled_from([*POOL_RATES, *EXTREME_RATES, "none", ""])),
+    st.tuples(KEY_FIELDS, st.sampled_from(["0", "1", "1", "2", str(limits.MAX_SETTING), ""])),
 )
 BAD_CONFIGS: tuple[dict[str, str], ...] = (
     {"rate": "fast"}, {"max_per_key": "none"}, {"speed": "1"}, {}, {"rate:mail": "0/60000"},
-    {"paused": "2"}, {"max_parallelism": "-1"})
+    {"paused": "2"}, {"max_parallelism": "-1"}, {"rate:mail": "2/100000000000000000"},
+    {"rate": f"{limits.MAX_RATE_LIMIT + 1}/60000"}, {"rate": f"1/{limits.MAX_RATE_PER_MS + 1}"},
+    {"max_parallelism": str(limits.MAX_SETTING + 1)}, {"max_per_key:sync": "9" * 20},
+    {"max_parallelism": "2", "rate": "1/0"})
 
 
 @dataclass
@@ -222,6 +261,8 @@ class Outcome:
                      error="boom")
         elif not self.ok:
             f["error"] = "ValueError: callback failed"
+            if not self.retryable:  # no worker can run the handler
+                f["retryable"] = "0"
         return f
 
 
@@ -249,6 +290,7 @@ class Admission:
         self.keyq: dict[str, dict[str, float]] = {k: {} for k in CKEYS}
         self.nameq: dict[str, dict[str, float]] = {n: {} for n in NAMES}
         self.head: dict[str, str] = {}
+        self.drain: dict[str, float] = {}  #: keys whose queue startJobs is to move on (score 0)
         self.krun: Counter[str] = Counter()
         self.throttled: dict[str, float] = {}
         self.buckets: dict[str, tuple[float, int]] = {}  #: scope -> (tokens, ts)
@@ -310,9 +352,10 @@ class Admission:
         self.recheck_keys()
 
     def recheck_keys(self) -> None:
-        """Keys with running attempts may admit more after a limit changed."""
-        for ckey in list(self.krun):
-            self.advance_key(ckey)
+        """Keys with running attempts may admit more after a limit changed: startJobs looks at
+        them again, a batch at a time."""
+        for ckey in self.krun:
+            self.drain[ckey] = 0
 
     # -- token buckets -----------------------------------------------------------------------
 
@@ -352,18 +395,27 @@ class Admission:
             self.head[job.ckey] = job.id
         self.ready[job.id] = job.rank
 
-    def advance_key(self, ckey: str) -> None:
+    def advance_key(self, ckey: str) -> int:
         """The best waiting job of the key stands for it in `ready`, if the key is below its
-        limit (jobs of names without a limit for keys go to `ready` and the next is tried)."""
-        while ckey not in self.head and self.keyq[ckey]:
+        limit (jobs of names without a limit for keys go to `ready` and the next is tried), at
+        most KEY_STEPS jobs; a key with more to move is left to startJobs. Returns the moves."""
+        if ckey in self.head:
+            return 0
+        for moved in range(limits.KEY_STEPS):
+            if not self.keyq[ckey]:
+                return moved
             job_id, rank = zset_order(self.keyq[ckey])[0]
             limit = self.key_limit(self.jobs[job_id].name)
             if limit > 0 and self.krun[ckey] >= limit:
-                return
+                return moved
             del self.keyq[ckey][job_id]
+            self.ready[job_id] = rank
             if limit > 0:
                 self.head[ckey] = job_id
-            self.ready[job_id] = rank
+                return moved + 1
+        if self.keyq[ckey]:
+            self.drain[ckey] = 0
+        return limits.KEY_STEPS
 
     def key_started(self, job: Job) -> None:
         """An attempt of the job's key starts: the next job of the key may stand for it."""
@@ -409,32 +461,49 @@ class Admission:
         at = now + bucket_wait(spec, tokens)
         self.throttled[job.name] = min(at, self.throttled.get(job.name, math.inf))
 
-    def unpark(self, now: int) -> None:
-        """Names whose next token is due release max(1, floor(tokens)) jobs, best first."""
+    def drain_keys(self) -> int:
+        """Keys left to move on go on, a batch of steps at most; returns the steps."""
+        moved = 0
+        while moved < BATCH and self.drain:
+            ckey = zset_order(self.drain)[0][0]
+            del self.drain[ckey]
+            moved += max(1, self.advance_key(ckey))
+        return moved
+
+    def unpark(self, now: int, moved: int) -> int:
+        """Names whose next token is due release max(1, floor(tokens)) jobs, best first, a batch
+        in all (a name cut short by the batch is looked at again at once); returns `moved` plus
+        the steps."""
         for name, _ in [kv for kv in zset_order(self.throttled) if kv[1] <= now][:BATCH]:
+            if moved >= BATCH:
+                break
             del self.throttled[name]
             spec = self.setting(f"rate:{name}")
-            n = BATCH
+            tokens = BATCH
             if spec is not None:
-                n = max(1, math.floor(self.tokens(f"name:{name}", spec, now)))
-            for job_id, rank in zset_order(self.nameq[name])[:min(n, BATCH)]:
+                tokens = max(1, math.floor(self.tokens(f"name:{name}", spec, now)))
+            n = min(tokens, BATCH - moved)
+            released = zset_order(self.nameq[name])[:n]
+            for job_id, rank in released:
                 del self.nameq[name][job_id]
                 self.ready[job_id] = rank
+            moved += max(1, len(released))
             if self.nameq[name]:
-                limit, per = rate_of(spec) if spec else (1, 0)
+                limit, per = rate_of(spec) if spec and n >= tokens else (1, 0)
                 self.throttled[name] = now + math.ceil(per / limit)
+        return moved
 
     def plan_start(self, now: int, running: int, due: dict[str, float],
                    start_job: Callable[[Job, int], None]) -> StartPlan:
         """startJobs' admission: unpark, promote due jobs, then start the best ready jobs into
         free slots within the limits; `start_job` does the start itself."""
-        self.unpark(now)
-        promoted = [job_id for job_id, at in zset_order(due) if at <= now][:BATCH]
+        moved = self.unpark(now, self.drain_keys())
+        promoted = [job_id for job_id, at in zset_order(due) if at <= now][:max(0, BATCH - moved)]
         for job_id in promoted:
             del due[job_id]
             self.make_ready(self.jobs[job_id])
         maxp = self.maxp()
-        plan = StartPlan(maxp, min(maxp - running, BATCH), len(promoted))
+        plan = StartPlan(maxp, min(maxp - running, BATCH), moved + len(promoted))
         pool_rate = self.setting("rate")
         while len(plan.started) < plan.free and plan.looked < 2 * BATCH and self.ready:
             plan.looked += 1
@@ -580,9 +649,7 @@ class WorkpoolModel(RuleBasedStateMachine):
         self._drop(job.run_entry)
         self.adm.key_ended(job)
         if row.target == RETRYING:
-            delay = job.backoff_ms * job.base ** (job.attempts - 1) * jitter(seed, job.id,
-                                                                           job.attempts)
-            self.due[job.id] = self.now + math.floor(delay)
+            self.due[job.id] = self.now + retry_delay(job, seed)
             self.adm.waiting.add(job.id)
             job.state = RETRYING
         else:
@@ -593,7 +660,8 @@ class WorkpoolModel(RuleBasedStateMachine):
         job = self.jobs.get(out.job_id)
         current = job is not None and job.cb == "pending" and job.cb_n == out.num
         row = step("deliver_ok" if out.ok else "deliver_fail", job.state if job else ABSENT,
-                   {"delivery_current": current})
+                   {"delivery_current": current,
+                    "delivery_given_up": current and not out.retryable})  # within retention
         if job is None or row.code == Code.STALE_CALLBACK:
             self.stats["stale_callbacks"] += 1
             return row.code
@@ -601,6 +669,9 @@ class WorkpoolModel(RuleBasedStateMachine):
         job.cb_entry = None
         if row.code == Code.CALLBACK_DELIVERED:
             job.cb = "delivered"
+        elif row.code == Code.CALLBACK_ABANDONED:
+            job.cb = "failed"
+            self.stats["callbacks_abandoned"] += 1
         else:
             job.cb_n = out.num + 1
             self.cb_due[job.id] = self.now + min(60000, 1000 * 2 ** (out.num - 1))
@@ -633,8 +704,8 @@ class WorkpoolModel(RuleBasedStateMachine):
             s = req.spec
             self.adm.seq += 1
             self.jobs[req.job_id] = Job(req.job_id, s.max_attempts, s.backoff_ms, s.base,
-                                        s.on_complete, s.name, s.priority, s.ckey or "",
-                                        self.adm.seq)
+                                        s.on_complete, s.max_backoff_ms, s.name, s.priority,
+                                        s.ckey or "", self.adm.seq)
             self.adm.priorities.add(s.priority)
             self.adm.waiting.add(req.job_id)
             if req.due <= self.now:  # due already: joins admission at once
@@ -671,22 +742,25 @@ class WorkpoolModel(RuleBasedStateMachine):
         return self.token
 
     def enqueue_job(self, job_id: str | None, spec: JobSpec = JobSpec(), *,
-                    well_formed: bool = True) -> str:
-        """Append an enqueue entry as a client does (no id: the entry id is the job id)."""
+                    well_formed: bool = True, corruption: int = 0) -> str:
+        """Append an enqueue entry as a client does (no id: the entry id is the job id); a
+        malformed one is corrupted in one of the ways of CORRUPTIONS."""
         eid = self._next_eid()
-        fields = enqueue_fields(
-            job_id=job_id or "", name=spec.name, args=[self.seq], kwargs=None, enc="msgpack",
-            max_payload=1 << 20, max_attempts=spec.max_attempts, initial_backoff=0.0,
-            base=spec.base, timeout=None, run_at=None, run_after=None,
-            on_complete="record" if spec.on_complete else None, context={"n": self.seq},
-            priority=spec.priority, concurrency_key=spec.ckey)
-        fields["initial_backoff_ms"] = str(spec.backoff_ms)
+        retry = {"max_attempts": str(spec.max_attempts), "initial_backoff_ms": str(spec.backoff_ms),
+                 "base": repr(spec.base), "max_backoff_ms": str(spec.max_backoff_ms)}
+        options = enqueue_options(
+            job_id=job_id, name=spec.name, enc="msgpack", retry=retry, timeout=None, run_at=None,
+            run_after=None, on_complete="record" if spec.on_complete else None,
+            context={"n": self.seq}, priority=spec.priority, concurrency_key=spec.ckey)
+        fields = enqueue_fields(options, [self.seq], {}, 1 << 20)
         if spec.run_after_ms:
             fields["run_after_ms"] = str(spec.run_after_ms)
-        if job_id is None:
-            del fields["id"]
         if not well_formed:
-            del fields["name"]
+            field, value = CORRUPTIONS[corruption % len(CORRUPTIONS)]
+            if value is None:
+                del fields[field]
+            else:
+                fields[field] = value
         pipe = self.r.pipeline(transaction=True)
         pipe.xadd(POOL.pending_start, fields, id=eid)  # type: ignore[arg-type]
         if job_id is not None:
@@ -879,7 +953,8 @@ class WorkpoolModel(RuleBasedStateMachine):
     @rule(how=st.sampled_from(["key", "key", "reuse", "entry-id", "entry-id", "malformed"]),
           key=KEYS, pick=PICK, specs=st.lists(SPECS, min_size=1, max_size=4))
     def client_enqueues(self, how: str, key: str, pick: int, specs: list[JobSpec]) -> None:
-        """One to four enqueues (more share an id, or have entry ids, or are malformed)."""
+        """One to four enqueues (more share an id, or have entry ids, or are malformed: a
+        field missing or out of the engine's limits)."""
         for spec in specs:
             job_id: str | None = "key:" + key
             if how == "reuse" and self.jobs:
@@ -888,7 +963,7 @@ class WorkpoolModel(RuleBasedStateMachine):
                 job_id = None
             elif how == "malformed":  # may hit an existing id: validation comes first
                 job_id = key
-            self.enqueue_job(job_id, spec, well_formed=how != "malformed")
+            self.enqueue_job(job_id, spec, well_formed=how != "malformed", corruption=pick)
 
     @rule(what=st.sampled_from(["running", "waiting", "held", "any", "unknown"]), pick=PICK)
     def client_cancels(self, what: str, pick: int) -> None:
@@ -1174,7 +1249,8 @@ class WorkpoolModel(RuleBasedStateMachine):
             return
         a, k = self.adm, POOL
         pipe = self.r.pipeline(transaction=False)
-        for z in (k.ready, k.throttled, *map(k.key_queue, CKEYS), *map(k.name_queue, NAMES)):
+        for z in (k.ready, k.throttled, k.key_drain, *map(k.key_queue, CKEYS),
+                  *map(k.name_queue, NAMES)):
             pipe.execute_command("ZRANGE", z, 0, -1, "WITHSCORES")
         scopes = ["pool", *(f"name:{n}" for n in NAMES)]
         for h in (k.key_heads, k.key_running, k.config, k.defaults, *map(k.bucket, scopes)):
@@ -1186,10 +1262,11 @@ class WorkpoolModel(RuleBasedStateMachine):
         for pattern in ("keyq:*", "nameq:*", "bucket:*"):
             pipe.execute_command("KEYS", k.prefix + pattern)
         replies = pipe.execute()
-        zsets, hashes = replies[:7], replies[7:11 + len(scopes)]
+        zsets, hashes = replies[:8], replies[8:12 + len(scopes)]
         unstarted, retrying, priorities, seq, keyqs, nameqs, bucket_keys = \
-            replies[11 + len(scopes):]
-        queues = [a.ready, a.throttled, *(a.keyq[c] for c in CKEYS), *(a.nameq[n] for n in NAMES)]
+            replies[12 + len(scopes):]
+        queues = [a.ready, a.throttled, a.drain, *(a.keyq[c] for c in CKEYS),
+                  *(a.nameq[n] for n in NAMES)]
         for raw, scores in zip(zsets, queues, strict=True):
             assert [(text(m), s) for m, s in raw] == zset_order(scores)
         heads, krun, config, defaults, *buckets = [
@@ -1228,7 +1305,7 @@ class WorkpoolModel(RuleBasedStateMachine):
             assert all(self.jobs[i].ckey == ckey for i in q)
             if q:
                 first = self.jobs[zset_order(q)[0][0]]
-                assert ckey in a.head or a.key_at_limit(first), (ckey, first.id)
+                assert ckey in a.head or a.key_at_limit(first) or ckey in a.drain, (ckey, first.id)
         for name, q in a.nameq.items():
             assert all(self.jobs[i].name == name for i in q)
             if q:
@@ -1444,7 +1521,8 @@ def _golden_limits_change(m: WorkpoolModel) -> None:
                                                                      ["key:m4", "key:m5"])
     eid = ok(m.configure({"reset": "1"}))  # back to the declared settings: no limits but 3
     assert ok(m.ingest()) == [(eid, c.CONFIGURED)]
-    assert list(m.adm.ready) == ["key:x"] and m.adm.throttled == {"mail": 0}
+    # the key with a running attempt is looked at again by the next start, the name too
+    assert (m.adm.drain, list(m.adm.ready), m.adm.throttled) == ({"k2": 0}, [], {"mail": 0})
     # two free slots of 3: x and m4 in enqueue order; m5 is next in line for a free slot
     assert ok(m.start()) == ["key:x", "key:m4"]
     assert list(m.adm.ready) == ["key:m5"]

@@ -7,7 +7,6 @@ loop) on a pool that registers the job, and reads the outcome the way docs/proto
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import cast
 
 import msgpack
@@ -20,13 +19,6 @@ from workpool.keys import Keys
 
 KEYS = Keys("proto")
 STREAM = KEYS.pending_start
-
-
-@pytest.fixture
-def pools(redis_url: str) -> Iterator[Pools]:
-    made = Pools(redis_url)
-    yield made
-    made.close()
 
 
 @pytest.fixture
@@ -150,14 +142,20 @@ def test_options_of_an_entry_land_in_the_job_hash(
 def test_an_entry_that_omits_options_gets_the_pool_defaults(
     pools: Pools, redis_client: redis.Redis, redis_url: str,
 ) -> None:
-    p = pools("proto", retry=Retry(max_attempts=4, initial_backoff=0.5, base=3.0))
+    p = pools("proto", retry=Retry(max_attempts=4, initial_backoff=0.5, base=3.0,
+                                   max_backoff=60.0))
+
+    @p.job()
+    def add(a: int, b: int) -> int:
+        return a + b
+
     xadd(redis_url, STREAM, "id", "dflt", "name", "add", "enc", "json", "args", "[1,2]",
          "run_after_ms", "3600000")
     with running_worker(p):
         eventually(lambda: _status_or_none(p, "dflt"), what="dflt applied")
     h = job_fields(redis_client, KEYS, "dflt")
-    assert (h["max_attempts"], h["backoff_ms"], float(h["base"]), h["timeout_ms"]) == (
-        b"4", b"500", 3.0, b"0")
+    assert (h["max_attempts"], h["backoff_ms"], float(h["base"]), h["timeout_ms"],
+            h["max_backoff_ms"]) == (b"4", b"500", 3.0, b"0", b"60000")
 
 
 def test_raw_cancel_and_config_entries_are_applied(
@@ -189,7 +187,7 @@ def _status_or_none(pool: Workpool, job_id: str) -> JobStatus | None:
 
 MALFORMED = {
     "missing name": ([b"op", b"enqueue", b"id", b"bad", b"enc", b"json", b"args", b"[1]"],
-                     "missing field name"),
+                     "field name must be a name"),
     "bad msgpack": ([b"id", b"bad", b"name", b"add", b"args", b"\xc1"],
                     "field args is not valid msgpack"),
     "truncated msgpack": ([b"id", b"bad", b"name", b"add", b"args", b"\x92\x01"],
@@ -207,13 +205,13 @@ MALFORMED = {
     "unknown op": ([b"op", b"frobnicate", b"id", b"bad"], "unknown op frobnicate"),
     "non-numeric max_attempts": (
         [b"id", b"bad", b"name", b"add", b"enc", b"json", b"args", b"[1,2]",
-         b"max_attempts", b"many"], "not a number in its allowed range"),
+         b"max_attempts", b"many"], "field max_attempts is not a number from 1 to 1000000"),
     "max_attempts zero": (
         [b"id", b"bad", b"name", b"add", b"enc", b"json", b"args", b"[1,2]",
-         b"max_attempts", b"0"], "not a number in its allowed range"),
+         b"max_attempts", b"0"], "field max_attempts is not a number from 1 to 1000000"),
     "fractional max_attempts": (
         [b"id", b"bad", b"name", b"add", b"enc", b"json", b"args", b"[1,2]",
-         b"max_attempts", b"2.5"], "max_attempts must be an integer"),
+         b"max_attempts", b"2.5"], "field max_attempts must be a whole number"),
     "cancel without id": ([b"op", b"cancel"], "cancel needs field id"),
     "config with a negative count": ([b"op", b"config", b"max_parallelism", b"-1"],
                                      "config field max_parallelism has an unusable value"),

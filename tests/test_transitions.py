@@ -20,7 +20,7 @@ import redis
 import redis.crc
 from helpers import job_fields
 
-from workpool import Retry, State, Workpool
+from workpool import Retry, State, Workpool, limits
 from workpool.codes import Code
 from workpool.cron import parse_schedule
 from workpool.engine import (
@@ -167,10 +167,12 @@ class Pool:
                        error=error)
         self.r.xadd(self.keys.pending_completion, out)  # type: ignore[arg-type]
 
-    def finish_callback(self, job_id: str, n: int, *, ok: bool) -> None:
+    def finish_callback(self, job_id: str, n: int, *, ok: bool, retryable: bool = True) -> None:
         """Append an on_complete delivery outcome exactly as a worker does."""
         out: dict[str, str | bytes] = {"kind": "cb", "id": job_id, "n": str(n)}
         out.update(ok="1") if ok else out.update(ok="0", error="RuntimeError: handler down")
+        if not retryable:
+            out["retryable"] = "0"
         self.r.xadd(self.keys.pending_completion, out)  # type: ignore[arg-type]
 
     def beat(self, worker: str) -> None:
@@ -199,6 +201,15 @@ class Pool:
         if worker is not None:
             self.beat(worker)
             assert [f["id"] for _, f in self.deliver(worker)] == [job_id.encode()]
+        return job_id, t
+
+    def delivering(self, handler: str) -> tuple[str, int]:
+        """A job that succeeded at time `t` (returned with it), its on_complete delivery 1
+        taken by worker w1."""
+        job_id, t = self.running_job(on_complete=handler)
+        self.finish_run(job_id, 1, ok=True)
+        assert self.apply(t).codes == [Code.SUCCEEDED]
+        assert len(self.deliver("w1")) == 1
         return job_id, t
 
     def retrying_job(self, **options: Any) -> tuple[str, int]:
@@ -263,7 +274,9 @@ def test_an_enqueued_job_is_pending_at_once_and_stays_pending_once_ingested(p: P
 
 
 MALFORMED: list[tuple[dict[str, str | bytes], str]] = [
-    ({"op": "enqueue", "id": "bad"}, "missing field name"),
+    ({"op": "enqueue", "id": "bad"}, "field name must be a name"),
+    ({"id": "bad", "name": "two words"}, "field name must be a name"),
+    ({"id": "bad", "name": "work", "on_complete": "x" * 201}, "field on_complete must be a name"),
     ({"id": "bad", "name": "work", "enc": "pickle"}, "field enc must be msgpack or json"),
     ({"id": "bad", "name": "work", "args": b"\x93\x01"}, "field args is not valid msgpack"),
     ({"id": "bad", "name": "work", "enc": "json", "args": "[1,"}, "field args is not valid json"),
@@ -273,11 +286,26 @@ MALFORMED: list[tuple[dict[str, str | bytes], str]] = [
     ({"id": "bad", "name": "work", "args": b"\xdd\x00\x01\x00\x00"}, "field args is not valid"),
     ({"id": "bad", "name": "work", "args": encode(5)}, "field args must encode an array"),
     ({"id": "bad", "name": "work", "kwargs": encode([1])}, "field kwargs must encode a map"),
+    ({"id": "bad", "name": "work", "kwargs": encode({1: 2})},
+     "field kwargs must encode a map with string keys"),
+    ({"id": "bad", "name": "work", "kwargs": encode({"a": 1, b"b": 2})},
+     "field kwargs must encode a map with string keys"),
+    ({"id": "bad", "name": "work", "enc": "json", "args": "{}"}, "field args must encode an array"),
+    ({"id": "bad", "name": "work", "enc": "json", "args": '{"1": 2}'},
+     "field args must encode an array"),
+    ({"id": "bad", "name": "work", "enc": "json", "kwargs": " []"},
+     "field kwargs must encode a map"),
     ({"id": "bad", "name": "work", "context": b"\xd9"}, "field context is not valid msgpack"),
-    ({"id": "bad", "name": "work", "max_attempts": "1.5"}, "max_attempts must be an integer"),
-    ({"id": "bad", "name": "work", "max_attempts": "0"}, "a numeric option is not a number"),
-    ({"id": "bad", "name": "work", "run_at_ms": "soon"}, "a numeric option is not a number"),
-    ({"id": "bad", "name": "work", "args": encode([b"x" * (1 << 20)])}, "payload of "),
+    ({"id": "bad", "name": "work", "max_attempts": "1.5"},
+     "field max_attempts must be a whole number"),
+    ({"id": "bad", "name": "work", "max_attempts": "0"},
+     "field max_attempts is not a number from 1 to 1000000"),
+    ({"id": "bad", "name": "work", "base": "1001"}, "field base is not a number from 1 to 1000"),
+    ({"id": "bad", "name": "work", "timeout_ms": "1e13"}, "field timeout_ms is not a number"),
+    ({"id": "bad", "name": "work", "initial_backoff_ms": "1e12"},
+     "field initial_backoff_ms is not a number"),
+    ({"id": "bad", "name": "work", "run_at_ms": "soon"}, "field run_at_ms is not a number"),
+    ({"id": "bad", "name": "work", "run_after_ms": "nan"}, "field run_after_ms is not a number"),
     ({"op": "frobnicate", "id": "bad"}, "unknown op frobnicate"),
 ]
 
@@ -298,6 +326,7 @@ def test_a_malformed_enqueue_is_set_aside_with_its_raw_fields_and_the_batch_goes
     assert text(record["reason"]).startswith(reason)
     kept = {k[2:]: v for k, v in record.items() if k.startswith("f.")}
     assert kept == {k: v if isinstance(v, bytes) else v.encode() for k, v in fields.items()}
+    assert "cut" not in record  # small enough to keep whole
     assert p.state("bad") == ABSENT
     assert not p.r.sismember(p.keys.incoming, "bad")
     assert p.state(good) == PENDING
@@ -350,6 +379,116 @@ def test_an_entry_that_raises_is_set_aside_and_the_jobs_around_it_are_fully_admi
     assert p.score(p.keys.ready, before) is not None
     assert p.score(p.keys.ready, after) is not None
     assert {text(m) for m in p.r.hkeys(p.keys.unstarted)} == {before, after}
+
+
+def test_an_entry_of_thousands_of_fields_is_set_aside_bounded_and_the_stream_goes_on(
+    p: Pool,
+) -> None:
+    """One huge malformed entry among good ones: each good one applied exactly once (a keyed job
+    is queued in one place), the huge one set aside in a record of bounded size."""
+    p.client.configure(wait=0, max_per_key=1)
+    assert p.ingest(p.clock()).codes == [Code.CONFIGURED]
+    keyed = p.client.enqueue("work", 1, concurrency_key="k")
+    junk: dict[Any, Any] = {f"f{i}": "v" for i in range(4100)}
+    huge = text(p.r.xadd(p.keys.pending_start, {"op": "enqueue", **junk}))  # no name
+    after = p.client.enqueue("work", 2)
+    reply = p.ingest(p.clock())
+    assert reply.outcomes == [(keyed, Code.ENQUEUED), (huge, Code.REJECTED),
+                              (after, Code.ENQUEUED)]
+    assert p.r.xlen(p.keys.pending_start) == 0
+    assert p.ingest(p.clock()).outcomes == []  # nothing left to fail on
+    assert p.score(p.keys.ready, keyed) is not None
+    assert p.r.zcard(p.keys.key_queue("k")) == 0
+    assert p.r.hget(p.keys.key_heads, "k") == keyed.encode()
+    ((_, record),) = entries(p.r.xrange(p.keys.rejected))
+    assert text(record["cut"]) == "kept 32 of 4101 fields, 123 of 23499 bytes"
+    assert len([k for k in record if k.startswith("f.")]) == 32
+
+
+def test_an_outcome_entry_of_thousands_of_fields_is_set_aside_and_the_outcome_behind_it_lands(
+    p: Pool,
+) -> None:
+    job_id, _ = p.running_job(1)
+    junk: dict[Any, Any] = {f"f{i}": "v" for i in range(4100)}
+    p.r.xadd(p.keys.pending_completion, {"kind": "mystery", **junk})
+    p.finish_run(job_id, 1, ok=True, result="done")
+    assert p.apply(p.clock()).codes == [Code.REJECTED, Code.SUCCEEDED]
+    assert p.state(job_id) == SUCCEEDED
+    assert p.r.xlen(p.keys.pending_completion) == 0
+
+
+def test_rejected_entries_are_kept_bounded_in_bytes_and_one_call_reads_a_bounded_amount(
+    p: Pool,
+) -> None:
+    """Five 8 MB enqueues over the payload limit: each is set aside as a few KiB, and a script
+    call stops reading once it has read CALL_BYTES (it still applies at least one entry)."""
+    big = encode([b"x" * (8 << 20)])
+    bad = [text(p.r.xadd(p.keys.pending_start, {"name": "work", "args": big}))
+           for _ in range(5)]
+    good = p.client.enqueue("work", 1)
+    codes: list[Code] = []
+    while p.r.xlen(p.keys.pending_start):
+        reply = p.ingest(p.clock())
+        assert reply.applied == 1  # each 8 MB entry fills a call's byte budget on its own
+        codes += reply.codes
+    assert codes == [Code.REJECTED] * 5 + [Code.ENQUEUED]
+    assert [e for e, _ in entries(p.r.xrange(p.keys.rejected))] != []
+    records = [f for _, f in entries(p.r.xrange(p.keys.rejected))]
+    assert [text(f["entry"]) for f in records] == bad
+    assert all(text(f["reason"]).startswith("payload of ") for f in records)
+    assert all(len(f["f.args"]) < limits.REJECTED_ENTRY_BYTES for f in records)
+    assert int(p.r.memory_usage(p.keys.rejected) or 0) < 64 * 1024
+    assert p.client.status(good).state == State.PENDING
+
+
+def test_an_unusable_setting_written_behind_the_engines_back_cannot_stop_a_start(
+    p: Pool,
+) -> None:
+    """A rate of 2 per 10^17 ms (it once passed validation, then PEXPIRE failed after startJobs
+    had dispatched): the engine refuses it at ingest, and one already stored (an older version,
+    a hand edit) counts as unset, so the job starts once and is counted running."""
+    eid = text(p.r.xadd(p.keys.pending_start, {"op": "config",
+                                               "rate:work": "2/100000000000000000"}))
+    assert p.ingest(p.clock()).outcomes == [(eid, Code.REJECTED)]
+    p.r.hset(p.keys.config, "rate:work", "2/100000000000000000")
+    p.r.hset(p.keys.config, "max_per_key", "many")
+    job_id = p.client.enqueue("work", 1, concurrency_key="k")
+    t = p.clock()
+    assert p.ingest(t).codes == [Code.ENQUEUED]
+    assert p.start(t).ids == [job_id]
+    assert p.start(t).ids == []
+    assert p.start(t).ids == []
+    assert len(p.dispatched("run")) == 1
+    assert p.score(p.keys.running, job_id) == t
+    assert p.job(job_id)["attempts"] == b"1"
+
+
+@pytest.mark.parametrize(("argv", "index"), [(3, "batch"), (4, "now")])
+def test_a_script_given_an_unusable_argument_fails_whole_and_writes_nothing(
+    p: Pool, argv: int, index: str,
+) -> None:
+    p.client.enqueue("work", 1)
+    t = p.clock()
+    assert p.ingest(t).codes == [Code.ENQUEUED]
+    before = p.snapshot()
+    call = p.engine.start(p.token, t)
+    args = list(call.args)
+    args[argv - 1] = "lots"
+    with pytest.raises(redis.ResponseError, match=f"ARGV\\[{argv}\\] must be a whole number"):
+        p.call(replace(call, args=args))
+    assert p.snapshot() == before, index
+
+
+def test_a_fractional_ms_option_from_a_foreign_client_is_whole_ms_in_the_job(p: Pool) -> None:
+    p.r.xadd(p.keys.pending_start, {"id": "frac", "name": "work", "timeout_ms": "1500.7",
+                                    "run_after_ms": "0.5", "initial_backoff_ms": "10.9"})
+    t = p.clock()
+    assert p.ingest(t).outcomes == [("frac", Code.ENQUEUED)]
+    assert p.start(t + 1).ids == ["frac"]
+    h = p.job("frac")
+    assert (h["timeout_ms"], h["backoff_ms"]) == (b"1500", b"10")
+    ((_, dispatched),) = p.dispatched("run")
+    assert dispatched["timeout_ms"] == b"1500"
 
 
 WELL_FORMED: list[tuple[Any, ...]] = [
@@ -430,7 +569,7 @@ def test_a_job_with_run_after_is_due_that_long_after_its_enqueue(p: Pool) -> Non
 
 
 def test_jobs_start_only_while_running_is_below_max_parallelism(p: Pool) -> None:
-    p.client.configure(max_parallelism=2)
+    p.client.configure(wait=0, max_parallelism=2)
     ids = {p.client.enqueue("work", i) for i in range(3)}
     t = p.clock()
     assert p.ingest(t).codes == [Code.CONFIGURED] + [Code.ENQUEUED] * 3
@@ -448,7 +587,7 @@ def test_jobs_start_only_while_running_is_below_max_parallelism(p: Pool) -> None
 
 
 def test_max_parallelism_zero_pauses_the_pool_until_a_config_entry_raises_it(p: Pool) -> None:
-    p.client.configure(max_parallelism=0)
+    p.client.configure(wait=0, max_parallelism=0)
     job_id = p.client.enqueue("work")
     t = p.clock()
     assert p.ingest(t).codes == [Code.CONFIGURED, Code.ENQUEUED]
@@ -457,7 +596,7 @@ def test_max_parallelism_zero_pauses_the_pool_until_a_config_entry_raises_it(p: 
     assert (paused.started, paused.max_parallelism) == (0, 0)
     assert p.state(job_id) == PENDING
 
-    p.client.configure(max_parallelism=1)
+    p.client.configure(wait=0, max_parallelism=1)
     assert p.ingest(t + FAR).codes == [Code.CONFIGURED]
     assert p.start(t + FAR).ids == [job_id]
     assert p.state(job_id) == RUNNING
@@ -555,7 +694,7 @@ def test_a_failed_attempt_with_attempts_left_is_retrying_after_backoff_times_jit
 
 
 def test_a_retrying_job_holds_no_slot(p: Pool) -> None:
-    p.client.configure(max_parallelism=1)
+    p.client.configure(wait=0, max_parallelism=1)
     p.ingest(p.clock())
     job_id, now = p.retrying_job()
     other = p.client.enqueue("work")
@@ -614,7 +753,7 @@ def test_a_non_retryable_failure_makes_the_job_done_failed_at_once(p: Pool) -> N
 @covers("cancel", Code.CANCEL_MARKED)
 def test_a_cancel_of_a_running_job_marks_it_and_its_failure_is_never_retried(p: Pool) -> None:
     job_id, t = p.running_job()
-    p.client.cancel(job_id)
+    p.client.cancel(job_id, wait=0)
     assert p.ingest(t + 1).outcomes == [(job_id, Code.CANCEL_MARKED)]
     h = p.job(job_id)
     assert (h["state"], h["cancel"]) == (b"running", b"1")
@@ -633,7 +772,7 @@ def test_a_cancel_of_a_running_job_marks_it_and_its_failure_is_never_retried(p: 
 
 def test_a_cancel_of_a_running_job_lets_its_success_stand(p: Pool) -> None:
     job_id, t = p.running_job()
-    p.client.cancel(job_id)
+    p.client.cancel(job_id, wait=0)
     assert p.ingest(t + 1).codes == [Code.CANCEL_MARKED]
     p.finish_run(job_id, 1, ok=True, result="fine")
     assert p.apply(t + 2).outcomes == [(job_id, Code.SUCCEEDED)]
@@ -656,7 +795,7 @@ def test_a_cancel_of_a_pending_job_cancels_it_and_records_one_on_complete_delive
     job_id = p.client.enqueue("work", on_complete="record", context={"user": 1})
     t = p.clock()
     p.ingest(t)
-    p.client.cancel(job_id)
+    p.client.cancel(job_id, wait=0)
     assert p.ingest(t + 1).outcomes == [(job_id, Code.CANCELED)]
     h = p.job(job_id)
     assert (h["state"], h["outcome"], h["cancel"]) == (b"canceled", b"canceled", b"1")
@@ -677,7 +816,7 @@ def test_a_cancel_of_a_retrying_job_cancels_it_and_records_one_on_complete_deliv
 ) -> None:
     job_id, now = p.retrying_job(on_complete="record")
     assert p.stat("retrying") == 1
-    p.client.cancel(job_id)
+    p.client.cancel(job_id, wait=0)
     assert p.ingest(now + 1).outcomes == [(job_id, Code.CANCELED)]
     assert p.state(job_id) == CANCELED
     _assert_one_delivery_recorded(p, job_id)
@@ -693,7 +832,7 @@ def test_a_cancel_of_a_finished_job_changes_nothing(p: Pool) -> None:
     p.finish_run(job_id, 1, ok=True)
     p.apply(t + 1)
     before = p.job(job_id), p.dispatched()
-    p.client.cancel(job_id)
+    p.client.cancel(job_id, wait=0)
     assert p.ingest(t + 2).outcomes == [(job_id, Code.CANCEL_NOOP)]
     assert (p.job(job_id), p.dispatched()) == before
     assert p.stat("cancel_noop") == 1
@@ -702,8 +841,8 @@ def test_a_cancel_of_a_finished_job_changes_nothing(p: Pool) -> None:
 
 def test_a_second_cancel_is_a_harmless_noop(p: Pool) -> None:
     pending = p.client.enqueue("work", on_complete="record")
-    p.client.cancel(pending)
-    p.client.cancel(pending)
+    p.client.cancel(pending, wait=0)
+    p.client.cancel(pending, wait=0)
     t = p.clock()
     assert p.ingest(t).codes == [Code.ENQUEUED, Code.CANCELED, Code.CANCEL_NOOP]
     assert p.state(pending) == CANCELED
@@ -711,8 +850,8 @@ def test_a_second_cancel_is_a_harmless_noop(p: Pool) -> None:
     assert_table("cancel", CANCELED, Code.CANCEL_NOOP, CANCELED)
 
     running, t = p.running_job(worker=None)
-    p.client.cancel(running)
-    p.client.cancel(running)
+    p.client.cancel(running, wait=0)
+    p.client.cancel(running, wait=0)
     assert p.ingest(t).codes == [Code.CANCEL_MARKED, Code.CANCEL_NOOP]
     assert (p.state(running), p.job(running)["cancel"]) == (RUNNING, b"1")
     assert (p.stat("canceled"), p.stat("cancel_marked"), p.stat("cancel_noop")) == (1, 1, 2)
@@ -720,7 +859,7 @@ def test_a_second_cancel_is_a_harmless_noop(p: Pool) -> None:
 
 
 def test_a_cancel_of_an_unknown_job_is_a_noop(p: Pool) -> None:
-    p.client.cancel("nope")
+    p.client.cancel("nope", wait=0)
     assert p.ingest(p.clock()).outcomes == [("nope", Code.CANCEL_NOOP)]
     assert p.state("nope") == ABSENT
     assert (p.r.xlen(p.keys.dispatch), p.r.zcard(p.keys.due)) == (0, 0)
@@ -753,16 +892,74 @@ def test_a_batch_entry_applies_each_outcome_it_carries_and_sets_aside_what_is_ma
     assert p.r.xlen(p.keys.pending_completion) == 0
 
 
-def test_a_batch_entry_over_one_call_s_batch_is_set_aside_whole(p: Pool) -> None:
+def test_a_batch_entry_of_up_to_the_protocol_maximum_applies_whole_whatever_the_batch(
+    p: Pool,
+) -> None:
+    """A worker packs up to MAX_OUTCOMES_PER_ENTRY outcomes in an entry, whatever batch the main
+    loop runs with; one entry more is set aside whole (bounded work per script call)."""
     job_id, _ = p.running_job(1)
     item = ["kind", "run", "id", job_id, "attempt", "1", "ok", "1", "result", b"\xc0"]
-    too_many = [item] * (p.engine.settings.batch + 1)  # bounded work per script call
-    p.r.xadd(p.keys.pending_completion,
-             {"kind": "batch", "o": msgpack.packb(too_many, use_bin_type=False)})
+    small = Engine(p.keys, replace(p.engine.settings, batch=16))
+    for n in (limits.MAX_OUTCOMES_PER_ENTRY, limits.MAX_OUTCOMES_PER_ENTRY + 1):
+        p.r.xadd(p.keys.pending_completion,
+                 {"kind": "batch", "o": msgpack.packb([item] * n, use_bin_type=False)})
+    first = parse_batch(p.call(small.apply(p.token, SEED, p.clock())))
+    assert first.codes == [Code.SUCCEEDED] + [Code.STALE_COMPLETION] * (n - 2)
     assert p.apply(p.clock()).codes == [Code.REJECTED]
-    assert p.state(job_id) == RUNNING
     ((_, record),) = entries(p.r.xrange(p.keys.rejected))
-    assert text(record["reason"]) == f"field o holds more than {p.engine.settings.batch} outcomes"
+    assert text(record["reason"]) == f"field o holds more than {n - 1} outcomes"
+
+
+def test_a_result_over_max_result_bytes_fails_its_job_at_once_and_the_other_outcomes_land(
+    p: Pool,
+) -> None:
+    big, small = p.running_job(1)[0], p.running_job(2)[0]
+    p.finish_run(big, 1, ok=True, result="x" * 200)
+    p.finish_run(small, 1, ok=True, result="y" * 10)
+    capped = Engine(p.keys, replace(p.engine.settings, max_result=100))
+    reply = parse_batch(p.call(capped.apply(p.token, SEED, p.clock())))
+    assert reply.outcomes == [(big, Code.FAILED), (small, Code.SUCCEEDED)]  # attempts were left
+    h = p.job(big)
+    assert (h["error_type"], h["error"]) == (
+        b"PayloadTooLarge", b"the result of 202 bytes is over the pool's max_result_bytes (100)")
+    assert "result" not in h
+    assert decode(p.job(small)["result"], "msgpack") == "y" * 10
+
+
+def test_an_error_text_is_kept_up_to_its_limit(p: Pool) -> None:
+    job_id, _ = p.running_job(1)
+    p.finish_run(job_id, 1, ok=False, retryable=False, error="e" * 100_000,
+                 error_type="T" * 1000)
+    assert p.apply(p.clock()).codes == [Code.FAILED]
+    h = p.job(job_id)
+    assert (len(h["error"]), len(h["error_type"])) == (limits.MAX_ERROR_BYTES, 200)
+
+
+def test_a_retry_never_waits_longer_than_max_backoff_even_when_its_growth_overflows(
+    p: Pool,
+) -> None:
+    """base 1000 from 1 s: the raw delay passes 10^300 and then overflows to infinity; every
+    wait stays within the job's max_backoff_ms, so the job keeps coming back."""
+    p.r.xadd(p.keys.pending_start, {"id": "grow", "name": "work", "max_attempts": "120",
+                                    "initial_backoff_ms": "1000", "base": "1000",
+                                    "max_backoff_ms": "5000"})
+    now = p.clock()
+    assert p.ingest(now).codes == [Code.ENQUEUED]
+    waits = []
+    for attempt in range(1, 120):
+        assert p.start(now).ids == ["grow"]
+        p.finish_run("grow", attempt, ok=False)
+        assert p.apply(now).codes == [Code.RETRY_SCHEDULED]
+        due = int(p.job("grow")["due_at"])
+        waits.append(due - now)
+        now = due
+    assert waits[0] == int(1000 * jitter(SEED, "grow", 1))
+    assert all(0 <= w <= 5000 for w in waits)
+    assert waits[-1] == 5000  # 1000 ** 118 is inf: the cap, not inf
+    p.r.xadd(p.keys.pending_start, {"id": "dflt", "name": "work", "base": "1000",
+                                    "initial_backoff_ms": "100000"})
+    assert p.ingest(now).codes == [Code.ENQUEUED]
+    assert p.job("dflt")["max_backoff_ms"] == str(limits.DEFAULT_MAX_BACKOFF_MS).encode()
 
 
 def test_a_completion_of_a_superseded_attempt_is_rejected_and_counted(p: Pool) -> None:
@@ -874,6 +1071,37 @@ def with_grace(p: Pool) -> Pool:
     """The same pool whose reaper suspects a silent worker for GRACE_MS before it is lost."""
     return replace(p, engine=Engine(p.keys, replace(p.engine.settings,
                                                     silence_grace_ms=GRACE_MS)))
+
+
+def test_workers_gone_for_good_leave_the_dispatch_group_and_their_suspicion(p: Pool) -> None:
+    """Each restart of a worker makes a new consumer: one with nothing pending, no heartbeat and
+    idle past the grace is removed (and its suspicion with it), so neither grows forever."""
+    graced = Engine(p.keys, replace(p.engine.settings, silence_grace_ms=50))
+    jobs = [p.client.enqueue("work", i) for i in range(4)]
+    t = p.clock()
+    p.ingest(t)
+    assert len(p.start(t).ids) == 4
+    for worker in ("old-1", "old-2", "w-held"):
+        ((_, f),) = p.deliver(worker, count=1)  # each takes one job, and dies without a beat
+    p.beat("w1")
+    assert len(p.deliver("w1")) == 1
+
+    def reap(now: int) -> ReapReply:
+        return parse_reap(p.call(graced.reap(p.token, SEED, now)))
+
+    def consumers() -> list[str]:
+        return sorted(text(c["name"]) for c in p.r.xinfo_consumers(p.keys.dispatch, GROUP))
+
+    for job_id in jobs[:2]:  # the outcomes of old-1 and old-2 landed
+        p.finish_run(job_id, 1, ok=True)
+    assert p.apply(t + 1).codes == [Code.SUCCEEDED] * 2
+    assert reap(t + 1).lost == 0  # w-held is suspected only
+    assert p.r.hexists(p.keys.suspects, "w-held")
+    p.finish_run(text(f["id"]), 1, ok=True)  # w-held's outcome landed before it died
+    assert p.apply(t + 2).codes == [Code.SUCCEEDED]
+    wait_until(lambda: reap(t + 3).lost == 0 and consumers() == ["w1"])
+    assert p.r.hlen(p.keys.suspects) == 0
+    assert p.stat("workers_removed") == 3
 
 
 def test_a_silent_worker_is_lost_only_once_suspected_for_the_grace(p: Pool) -> None:
@@ -1081,12 +1309,42 @@ def test_a_failed_on_complete_delivery_is_retried_after_one_second_doubling_capp
     assert p.apply(now).codes == [Code.CALLBACK_DELIVERED]
 
 
+@covers("deliver_fail", Code.CALLBACK_ABANDONED)
+def test_a_delivery_no_worker_can_run_is_closed_undelivered_and_the_job_then_expires(
+    p: Pool,
+) -> None:
+    job_id, t = p.delivering("nosuchhandler")
+    p.finish_callback(job_id, 1, ok=False, retryable=False)
+    assert p.apply(t + 1).outcomes == [(job_id, Code.CALLBACK_ABANDONED)]
+    h = p.job(job_id)
+    assert (h["cb"], h["cb_error"]) == (b"failed", b"RuntimeError: handler down")
+    assert 0 < p.r.pttl(p.keys.job(job_id)) <= RETENTION_MS
+    assert p.score(p.keys.callbacks_due, job_id) is None
+    assert (p.r.xlen(p.keys.dispatch), p.held()) == (0, 0)
+    assert p.stat("callbacks_abandoned") == 1
+    assert_table("deliver_fail", SUCCEEDED, Code.CALLBACK_ABANDONED, SUCCEEDED,
+                 "delivery_given_up", "delivery_current")
+
+
+def test_a_delivery_still_failing_a_retention_after_its_job_finished_is_given_up(
+    p: Pool,
+) -> None:
+    job_id, t = p.delivering("record")
+    p.finish_callback(job_id, 1, ok=False)
+    assert p.apply(t + RETENTION_MS).codes == [Code.CALLBACK_RETRY]  # within the retention
+    p.start(t + RETENTION_MS + 1000)
+    p.deliver("w1")
+    p.finish_callback(job_id, 2, ok=False)
+    assert p.apply(t + RETENTION_MS + 1001).codes == [Code.CALLBACK_ABANDONED]
+    assert p.job(job_id)["cb"] == b"failed"
+
+
 @covers("deliver_ok", Code.STALE_CALLBACK)
 def test_an_outcome_of_a_closed_delivery_is_stale_and_dropped(p: Pool) -> None:
     job_id = p.client.enqueue("work", on_complete="record")
     t = p.clock()
     p.ingest(t)
-    p.client.cancel(job_id)
+    p.client.cancel(job_id, wait=0)
     p.ingest(t)
     p.finish_callback(job_id, 1, ok=True)
     p.finish_callback(job_id, 1, ok=True)

@@ -32,6 +32,7 @@ class Code(IntEnum):
     REDELIVERED = 17  #: callback delivery of a dead worker handed out again
     HELD_BY_RATE = 18  #: due job held: its job name's rate limit has no token (stays pending)
     HELD_BY_KEY = 19  #: due job held: its concurrency key is at its limit (stays pending)
+    CALLBACK_ABANDONED = 20  #: on_complete failed for good (no such handler, or past retention)
 
 
 def lua_prelude() -> str:

@@ -130,6 +130,11 @@ class Keys:
         """HASH concurrency key -> attempts of that key running now."""
         return self._k("keyRunning")
 
+    @property
+    def key_drain(self) -> str:
+        """ZSET concurrency key -> 0: keys whose queue is still to be moved on (startJobs)."""
+        return self._k("keyDrain")
+
     def key_queue(self, concurrency_key: str) -> str:
         """ZSET id -> rank: due jobs of the key waiting for its limit."""
         return self._k("keyq:" + concurrency_key)

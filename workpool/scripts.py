@@ -1,10 +1,10 @@
 """Loads the Lua transition scripts and runs them, one round trip per batch of calls.
 
 Each `lua/<verbNoun>-<numKeys>.lua` file is expanded once (`-- @include name` pulls in
-`lua/includes/name.lua`, each at most once) and prefixed with the shared code table. Calls go by
-EVALSHA; a NOSCRIPT reply (after SCRIPT FLUSH, a restart or a failover) loads the script and
-repeats just the calls that missed, which is safe because each script checks state before it
-writes and fails a whole call or none of it.
+`lua/includes/name.lua`, each at most once) and prefixed with the shared tables of result codes
+(`C`) and limits (`L`). Calls go by EVALSHA; a NOSCRIPT reply (after SCRIPT FLUSH, a restart or
+a failover) loads the script and repeats just the calls that missed, which is safe because each
+script checks everything before its first write and fails a whole call or none of it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from workpool.codes import lua_prelude
+from workpool import codes, limits
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 _FILE = re.compile(r"^(\w+)-(\d+)\.lua$")
@@ -78,7 +78,8 @@ def scripts() -> dict[str, Script]:
     for entry in lua_dir.iterdir():
         match = _FILE.match(entry.name)
         if match:
-            source = lua_prelude() + _expand(entry.read_text(), lua_dir, set())
+            source = (codes.lua_prelude() + limits.lua_prelude()
+                      + _expand(entry.read_text(), lua_dir, set()))
             found[match.group(1)] = Script(match.group(1), int(match.group(2)), source)
     return found
 

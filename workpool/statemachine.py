@@ -70,6 +70,9 @@ TABLE: tuple[Row, ...] = (
         "finished, unknown or already marked: harmless"),
     Row("deliver_ok", TERMINAL, "delivery_current", None, Code.CALLBACK_DELIVERED,
         "applyOutcomes", "on_complete closed; retention starts"),
+    Row("deliver_fail", TERMINAL, "delivery_given_up", None, Code.CALLBACK_ABANDONED,
+        "applyOutcomes", "no worker can run it (retryable=0), or still failing a retention after "
+        "the job finished: closed undelivered (cb=failed); retention starts"),
     Row("deliver_fail", TERMINAL, "delivery_current", None, Code.CALLBACK_RETRY,
         "applyOutcomes", "delivered again after 1 s doubling, capped at 60 s"),
     Row("deliver_ok", ANY, "", None, Code.STALE_CALLBACK, "applyOutcomes",

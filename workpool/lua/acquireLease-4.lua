@@ -17,30 +17,44 @@
 -- ARGV[5..] pairs   further declared settings: field, value, ... ('rate', 'rate:<name>',
 --                   'max_per_key', 'max_per_key:<name>'; rates as "limit/per_ms")
 -- Returns {code, token, ttl_ms}: OK with the live token `<epoch>:<owner>` when the caller holds
--- the lease (fresh or renewed), NOT_LEADER with '' and the holder's remaining ttl otherwise.
+-- the lease (fresh or renewed), NOT_LEADER with '' and the holder's remaining ttl otherwise. An
+-- argument out of its limits (a declared setting valid_setting refuses, say) is an error reply
+-- with nothing written.
 -- @include common
 -- @include admission
 
+local ttl = arg_int(2, 1, L.MAX_TTL_MS)
+local declared = {'max_parallelism', arg_int(4, 0, L.MAX_SETTING)}
+for i = 5, #ARGV, 2 do
+  if ARGV[i] == 'max_parallelism' or not valid_setting(ARGV[i], ARGV[i + 1] or '') then
+    error('declared setting ' .. tostring(ARGV[i]) .. ' has an unusable value ' ..
+          tostring(ARGV[i + 1]))
+  end
+  declared[#declared + 1] = ARGV[i]
+  declared[#declared + 1] = ARGV[i + 1]
+end
 local cur = rcall('GET', KEYS[1])
 if cur then
   local owner = string.match(cur, '^%d+:(.*)$')
   if owner == ARGV[1] then
-    rcall('PEXPIRE', KEYS[1], ARGV[2])
-    return {C.OK, cur, tonumber(ARGV[2])}
+    rcall('PEXPIRE', KEYS[1], ttl)
+    return {C.OK, cur, ttl}
   end
   return {C.NOT_LEADER, '', rcall('PTTL', KEYS[1])}
 end
-local token = rcall('INCR', KEYS[2]) .. ':' .. ARGV[1]
-rcall('SET', KEYS[1], token, 'PX', ARGV[2])
 local ok = redis.pcall('XGROUP', 'CREATE', KEYS[3], ARGV[3], '0', 'MKSTREAM')
 if type(ok) == 'table' and ok.err and not string.find(ok.err, 'BUSYGROUP') then
-  return redis.error_reply(ok.err)
+  return redis.error_reply(ok.err)  -- a dispatch key of another type: nothing else written
 end
+local token = rcall('INCR', KEYS[2]) .. ':' .. ARGV[1]
+rcall('SET', KEYS[1], token, 'PX', ttl)
 local was = {}
 local old = rcall('HGETALL', KEYS[4])
 for i = 1, #old, 2 do was[old[i]] = old[i + 1] end
 rcall('DEL', KEYS[4])
-rcall('HSET', KEYS[4], 'max_parallelism', ARGV[4], unpack(ARGV, 5))
+for i = 1, #declared, 1000 do  -- bounded calls stay far below Lua's unpack limit
+  rcall('HSET', KEYS[4], unpack(declared, i, math.min(i + 999, #declared)))
+end
 -- A declared limit raised or lifted must not leave held jobs waiting: names whose declared rate
 -- changed are looked at again now, and keys with running attempts may admit more.
 local a = adm(string.sub(KEYS[1], 1, -6), {})
@@ -49,6 +63,6 @@ for _, name in ipairs(rcall('ZRANGE', a.throttled, 0, -1)) do
     rcall('ZADD', a.throttled, 0, name)
   end
 end
-for _, ckey in ipairs(rcall('HKEYS', a.krun)) do advance_key(a, ckey) end
+recheck_keys(a)
 flush_counts(a.prefix .. 'stats', a.counts)
-return {C.OK, token, tonumber(ARGV[2])}
+return {C.OK, token, ttl}

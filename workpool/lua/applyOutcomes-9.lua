@@ -2,11 +2,16 @@
 --   kind=run: success of the current attempt -> done/succeeded; failure -> retrying (attempts
 --     left, retryable, no cancel requested) or done/failed. An outcome of any attempt but the
 --     job's current running one is STALE_COMPLETION: counted, never applied.
+--     A result over ARGV[8] bytes fails the attempt instead (PayloadTooLarge, not retried); an
+--     error text is kept up to L.MAX_ERROR_BYTES.
 --   kind=cb: on_complete handler result; success closes the delivery, failure schedules it
---     again with backoff (1 s doubling, capped at 60 s). Superseded ones are STALE_CALLBACK.
---   kind=batch: field `o` is a msgpack array of at most `batch` outcomes, each a flat
---     [field, value, ...] array of a run or cb outcome; each is applied as if it were its own
---     entry (a worker sends everything it has ready as one entry).
+--     again with backoff (1 s doubling, capped at 60 s). A failure marked retryable=0 (no such
+--     handler), or one more than the retention after the job finished, closes it undelivered
+--     (CALLBACK_ABANDONED, cb=failed), so no job is kept forever. Superseded ones are
+--     STALE_CALLBACK.
+--   kind=batch: field `o` is a msgpack array of at most L.MAX_OUTCOMES_PER_ENTRY outcomes,
+--     each a flat [field, value, ...] array of a run or cb outcome; each is applied as if it
+--     were its own entry (a worker sends everything it has ready as one entry).
 -- Malformed entries (and any whose application raises) are set aside in the rejected record.
 -- Applied entries are trimmed from the stream (one XTRIM per call).
 --
@@ -18,7 +23,8 @@
 -- KEYS[6] due                ZSET    id -> due time (ms)
 -- KEYS[7] callbacksDue       ZSET    id -> time (ms) a failed delivery is tried again
 -- KEYS[8] stats              HASH    counters
--- KEYS[9] rejected           STREAM  malformed entries set aside (capped ~10000)
+-- KEYS[9] rejected           STREAM  malformed entries set aside (the newest L.REJECTED_KEPT,
+--                                about; each cut to L.REJECTED_ENTRY_BYTES)
 -- ARGV[1] token       lease token `<epoch>:<owner>`
 -- ARGV[2] prefix      key prefix `{wp:<pool>}:`
 -- ARGV[3] batch       outcomes applied in this call: no entry is begun once this many are
@@ -26,18 +32,22 @@
 -- ARGV[5] seed        jitter seed (string)
 -- ARGV[6] retention   ms a finished job is kept
 -- ARGV[7] group       consumer group of the dispatch stream
+-- ARGV[8] max_result  bytes of a result kept at most (the pool's max_result_bytes)
 -- Returns {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
 -- written) or OK, with the job id and a code per outcome
 -- (SUCCEEDED, RETRY_SCHEDULED, FAILED, STALE_COMPLETION, CALLBACK_DELIVERED,
--- CALLBACK_RETRY, STALE_CALLBACK, REJECTED).
+-- CALLBACK_RETRY, CALLBACK_ABANDONED, STALE_CALLBACK, REJECTED). A bad argument is an error
+-- reply, nothing written.
 -- @include common
 -- @include finish
 
 if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, ''} end
 local prefix = ARGV[2]
+local batch = arg_int(3, 1, 100000)
 local ctx = {prefix = prefix, dispatch = KEYS[5], group = ARGV[7], running = KEYS[3],
-             deadlines = KEYS[4], due = KEYS[6], now = now_ms(ARGV[4]), seed = ARGV[5],
-             retention = tonumber(ARGV[6]), counts = {}, finished = 0}
+             deadlines = KEYS[4], due = KEYS[6], now = now_ms(4), seed = ARGV[5],
+             retention = arg_int(6, 1, L.MAX_RETENTION_MS),
+             max_result = arg_int(8, 1, L.MAX_PAYLOAD_BYTES), counts = {}, finished = 0}
 deferring(ctx)  -- ended attempts leave running and dispatch in one call each per batch
 
 local function reject(entry_id, flat, reason)
@@ -55,9 +65,14 @@ local function run_outcome(entry_id, f, flat)
     bump(ctx.counts, 'stale_completions')
     return C.STALE_COMPLETION
   end
-  if f.ok == '1' then
+  local result = f.result or ''
+  if f.ok == '1' and #result > ctx.max_result then
+    return fail_attempt(ctx, f.id, jk, j, 'the result of ' .. #result .. " bytes is over the " ..
+                        "pool's max_result_bytes (" .. ctx.max_result .. ')', 'PayloadTooLarge',
+                        false)
+  elseif f.ok == '1' then
     end_attempt(ctx, f.id, j)
-    finish(ctx, f.id, jk, 'done', 'succeeded', j.on_complete, {'result', f.result or ''})
+    finish(ctx, f.id, jk, 'done', 'succeeded', j.on_complete, {'result', result})
     return C.SUCCEEDED
   end
   return fail_attempt(ctx, f.id, jk, j, f.error or 'no error message', f.error_type or 'Error',
@@ -70,21 +85,25 @@ local function callback_outcome(entry_id, f, flat)
     return reject(entry_id, flat, 'a callback outcome needs id, n and ok (1 or 0)')
   end
   local jk = prefix .. 'job:' .. f.id
-  local h = rcall('HMGET', jk, 'cb', 'cb_n', 'cb_entry')
+  local h = rcall('HMGET', jk, 'cb', 'cb_n', 'cb_entry', 'finished_at')
   if h[1] ~= 'pending' or tonumber(h[2]) ~= n then
     bump(ctx.counts, 'stale_callbacks')
     return C.STALE_CALLBACK
   end
+  local err = string.sub(f.error or 'no error message', 1, L.MAX_ERROR_BYTES)
+  local given_up = f.ok ~= '1' and
+    (f.retryable == '0' or ctx.now - (tonumber(h[4]) or ctx.now) > ctx.retention)
   drop_entry(ctx, h[3])
-  if f.ok == '1' then
-    rcall('HSET', jk, 'cb', 'delivered')
+  if f.ok == '1' or given_up then
+    rcall('HSET', jk, 'cb', f.ok == '1' and 'delivered' or 'failed')
+    if given_up then rcall('HSET', jk, 'cb_error', err) end
     rcall('HDEL', jk, 'cb_entry')
     rcall('PEXPIRE', jk, ctx.retention)
-    bump(ctx.counts, 'callbacks_delivered')
-    return C.CALLBACK_DELIVERED
+    bump(ctx.counts, f.ok == '1' and 'callbacks_delivered' or 'callbacks_abandoned')
+    return f.ok == '1' and C.CALLBACK_DELIVERED or C.CALLBACK_ABANDONED
   end
   local delay = math.min(60000, 1000 * 2 ^ (n - 1))
-  rcall('HSET', jk, 'cb_n', n + 1, 'cb_error', f.error or 'no error message')
+  rcall('HSET', jk, 'cb_n', n + 1, 'cb_error', err)
   rcall('HDEL', jk, 'cb_entry')
   rcall('ZADD', KEYS[7], ctx.now + delay, f.id)
   bump(ctx.counts, 'callback_failures')
@@ -110,8 +129,9 @@ local function batch_outcome(entry_id, f, flat)
   if not ok or type(outcomes) ~= 'table' then
     return reject(entry_id, flat, 'field o must be a msgpack array of outcomes')
   end
-  if #outcomes > tonumber(ARGV[3]) then  -- one call's work stays bounded by the batch
-    return reject(entry_id, flat, 'field o holds more than ' .. ARGV[3] .. ' outcomes')
+  if #outcomes > L.MAX_OUTCOMES_PER_ENTRY then  -- one call's work stays bounded
+    return reject(entry_id, flat, 'field o holds more than ' .. L.MAX_OUTCOMES_PER_ENTRY ..
+                  ' outcomes')
   end
   local codes = {}
   for _, item in ipairs(outcomes) do
@@ -133,7 +153,7 @@ local function batch_outcome(entry_id, f, flat)
 end
 
 local handlers = {run = run_outcome, cb = callback_outcome, batch = batch_outcome}
-local result = apply_entries(KEYS[2], tonumber(ARGV[3]), 'kind', '', handlers, reject)
+local result = apply_entries(KEYS[2], batch, 'kind', '', handlers, reject)
 flush_deferred(ctx.defer)
 count_throughput(ctx)
 flush_counts(KEYS[8], ctx.counts)

@@ -1,6 +1,7 @@
 -- enqueueCronTick: record that a periodic job's tick was handled and, unless it was skipped,
--- append its enqueue request (id `key:cron:<name>:<tick_ms>`, so one job per tick even if two
--- main loops overlapped). A tick at or before the last recorded one is a no-op.
+-- append its enqueue request (id `cron:<name>:<tick_ms>`, so one job per tick even if two main
+-- loops overlapped; no idempotency key maps to it, since those ids are `key:<key>`). A tick at
+-- or before the last recorded one is a no-op.
 --
 -- KEYS[1] lease          STRING  main-loop lease, checked against ARGV[1] (fencing)
 -- KEYS[2] cron           HASH    cron name -> last tick handled (ms)
@@ -12,15 +13,17 @@
 -- ARGV[4] enqueue        '1' to enqueue the tick, '0' to record it as skipped (missed)
 -- ARGV[5..] fields       the enqueue entry's fields and values (when ARGV[4] is '1')
 -- Returns {code, enqueued}: OK with 1 (enqueued) or 0 (recorded as skipped), DUPLICATE_ENQUEUE
--- (that tick was already handled; nothing written) or NOT_LEADER (nothing written).
+-- (that tick was already handled; nothing written) or NOT_LEADER (nothing written); a tick that
+-- is not a time in ms is an error reply, nothing written.
 -- @include common
 
 if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0} end
-local last = tonumber(rcall('HGET', KEYS[2], ARGV[2]) or '-1')
-if tonumber(ARGV[3]) <= last then return {C.DUPLICATE_ENQUEUE, 0} end
-rcall('HSET', KEYS[2], ARGV[2], ARGV[3])
+local tick = arg_int(3, 0, L.MAX_RUN_AT_MS)
+local last = tonumber(rcall('HGET', KEYS[2], ARGV[2]) or '-1') or -1
+if tick <= last then return {C.DUPLICATE_ENQUEUE, 0} end
+rcall('HSET', KEYS[2], ARGV[2], tick)
 if ARGV[4] ~= '1' then return {C.OK, 0} end
-local id = 'key:cron:' .. ARGV[2] .. ':' .. ARGV[3]
+local id = L.CRON_PREFIX .. ARGV[2] .. ':' .. tick
 rcall('XADD', KEYS[3], '*', 'id', id, unpack(ARGV, 5))
 rcall('SADD', KEYS[4], id)
 return {C.OK, 1}

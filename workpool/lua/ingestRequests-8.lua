@@ -6,16 +6,18 @@
 --   cancel  -> pending/retrying become canceled; running is marked (never retried)
 --   config  -> live overrides of the pool's settings (max_parallelism, paused, rate limits,
 --              key limits), validated in full before any is written
--- Malformed entries (and any whose application raises) are set aside in the rejected record
--- with their raw fields. Applied entries are trimmed from the stream (one XTRIM per call), so
--- it holds only requests not yet applied.
+-- Each entry is checked in full before its first write. Malformed entries (and any whose
+-- application raises) are set aside in the rejected record with their raw fields (cut to a
+-- bounded size). Applied entries are trimmed from the stream (one XTRIM per call), so it holds
+-- only requests not yet applied.
 --
 -- KEYS[1] lease          STRING  main-loop lease, checked against ARGV[1] (fencing)
 -- KEYS[2] pendingStart   STREAM  client requests
 -- KEYS[3] incoming       SET     ids appended but not applied yet
 -- KEYS[4] due            ZSET    id -> due time (ms)
 -- KEYS[5] stats          HASH    counters
--- KEYS[6] rejected       STREAM  malformed entries set aside (capped ~10000)
+-- KEYS[6] rejected       STREAM  malformed entries set aside (the newest L.REJECTED_KEPT,
+--                                about; each cut to L.REJECTED_ENTRY_BYTES)
 -- KEYS[7] config         HASH    live configuration
 -- KEYS[8] dispatch       STREAM  (terminal transitions may record an on_complete delivery)
 -- Derived from ARGV[2] (same hash tag): seq, priorities, unstarted, retrying and the admission
@@ -26,20 +28,22 @@
 -- ARGV[4] max_payload    max bytes of args + kwargs + context (integer)
 -- ARGV[5] now            ms since epoch, or '' for Redis TIME
 -- ARGV[6] retention      ms a finished job is kept
--- ARGV[7] defaults       "max_attempts,initial_backoff_ms,base" for entries that omit them
+-- ARGV[7] defaults       "max_attempts,initial_backoff_ms,base,max_backoff_ms" for entries
+--                        that omit them
 -- ARGV[8] group          consumer group of the dispatch stream
 -- Returns {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
 -- written) or OK, with the job id and a code per entry
 -- (ENQUEUED, DUPLICATE_ENQUEUE, CANCELED, CANCEL_MARKED, CANCEL_NOOP,
--- CONFIGURED, REJECTED).
+-- CONFIGURED, REJECTED). A bad argument is an error reply, nothing written.
 -- @include common
 -- @include finish
 
 if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, ''} end
 local prefix = ARGV[2]
-local max_payload = tonumber(ARGV[4])
-local ctx = {prefix = prefix, dispatch = KEYS[8], group = ARGV[8], now = now_ms(ARGV[5]),
-             retention = tonumber(ARGV[6]), counts = {}, finished = 0,
+local batch = arg_int(3, 1, 100000)
+local max_payload = arg_int(4, 1, L.MAX_PAYLOAD_BYTES)
+local ctx = {prefix = prefix, dispatch = KEYS[8], group = ARGV[8], now = now_ms(5),
+             retention = arg_int(6, 1, L.MAX_RETENTION_MS), counts = {}, finished = 0,
              running = '', deadlines = '', due = KEYS[4], priorities = {}}
 ctx.adm = adm(prefix, ctx.counts)
 -- Enqueues join `unstarted` (and, without a key, `ready`) in one call per run of enqueues: the
@@ -49,10 +53,51 @@ ctx.defer = {}
 local add_unstarted, add_ready = {'HSET', ctx.adm.unstarted}, {'ZADD', ctx.adm.ready}
 local fresh = {}
 local seq = nil  -- the pool's seq counter, read once and written back once
-local d_attempts, d_backoff, d_base = string.match(ARGV[7], '^([^,]+),([^,]+),([^,]+)$')
 
--- Redis's cmsgpack knows no bin or ext types (msgpack-python writes bytes as bin), so msgpack is
--- checked by walking it: raises on malformed input; returns a table for an array or map.
+-- The numeric options of an enqueue entry: name -> {lo, hi, whole (must be an integer), default}
+-- (whole = false: a fraction is dropped for ms fields, kept for base). The defaults for
+-- retries are the pool's (ARGV[7]), checked against the same bounds before anything is written.
+local OPTION_NAMES = {'max_attempts', 'initial_backoff_ms', 'base', 'max_backoff_ms',
+                      'timeout_ms', 'run_at_ms', 'run_after_ms', 'priority'}
+local OPTIONS = {
+  max_attempts = {1, L.MAX_ATTEMPTS, true}, initial_backoff_ms = {0, L.MAX_RETRY_DELAY_MS},
+  base = {1, L.MAX_BACKOFF_BASE}, max_backoff_ms = {0, L.MAX_RETRY_DELAY_MS},
+  timeout_ms = {0, L.MAX_TIMEOUT_MS, false, 0}, run_at_ms = {0, L.MAX_RUN_AT_MS, false, 0},
+  run_after_ms = {0, L.MAX_RUN_AFTER_MS, false, 0},
+  priority = {L.MIN_PRIORITY, L.MAX_PRIORITY, true, 0}}
+
+-- A number field: its value (the default when absent or ''), or nil and the reason.
+local function option(f, name)
+  local o = OPTIONS[name]
+  local raw = f[name]
+  if raw == nil or raw == '' then return o[4] end
+  local n = tonumber(raw)
+  if n == nil or n ~= n or n < o[1] or n > o[2] then
+    return nil, 'field ' .. name .. ' is not a number from ' .. o[1] .. ' to ' .. o[2]
+  end
+  if n ~= math.floor(n) then
+    if o[3] then return nil, 'field ' .. name .. ' must be a whole number' end
+    if name ~= 'base' then n = math.floor(n) end
+  end
+  return n
+end
+
+do  -- the pool's retry defaults: checked before the first write
+  local d = {}
+  d.max_attempts, d.initial_backoff_ms, d.base, d.max_backoff_ms =
+    string.match(ARGV[7], '^([^,]+),([^,]+),([^,]+),([^,]+)$')
+  for i = 1, 4 do
+    local name = OPTION_NAMES[i]
+    local n, why = option(d, name)
+    if d[name] == nil or n == nil then error('ARGV[7] defaults: ' .. (why or 'no ' .. name)) end
+    OPTIONS[name][4] = n
+  end
+end
+
+-- msgpack is checked by walking it (Redis's cmsgpack knows no bin or ext types, and
+-- msgpack-python writes bytes as bin): mp_head reads the item at s[i], returning the index
+-- after its head and payload and how many items nest in it (array elements, map keys and
+-- values); mp_skip steps over one whole value. Both raise on malformed input.
 local mp_fixed = {[0xc0] = 0, [0xc2] = 0, [0xc3] = 0, [0xca] = 4, [0xcb] = 8, [0xcc] = 1,
   [0xcd] = 2, [0xce] = 4, [0xcf] = 8, [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8,
   [0xd4] = 2, [0xd5] = 3, [0xd6] = 5, [0xd7] = 9, [0xd8] = 17}
@@ -60,65 +105,82 @@ local mp_sized = {[0xc4] = {1, 0}, [0xc5] = {2, 0}, [0xc6] = {4, 0}, [0xc7] = {1
   [0xc8] = {2, 1}, [0xc9] = {4, 1}, [0xd9] = {1, 0}, [0xda] = {2, 0}, [0xdb] = {4, 0}}
 local mp_counted = {[0xdc] = {2, 1}, [0xdd] = {4, 1}, [0xde] = {2, 2}, [0xdf] = {4, 2}}
 
-local function msgpack_check(s)
-  local i, n, need = 1, #s, 1
-  if n == 0 then return nil end
-  local function uint(len)
-    if i + len > n then error('truncated msgpack') end
-    local v = 0
-    for k = i + 1, i + len do v = v * 256 + string.byte(s, k) end
-    return v
-  end
+local function mp_uint(s, i, len, n)
+  if i + len > n then error('truncated msgpack') end
+  local v = 0
+  for k = i + 1, i + len do v = v * 256 + string.byte(s, k) end
+  return v
+end
+
+local function mp_head(s, i, n)
+  if i > n then error('truncated msgpack') end
+  local b = string.byte(s, i)
+  local skip, items = 0, 0
+  if b <= 0x7f or b >= 0xe0 then skip = 0
+  elseif b <= 0x8f then items = 2 * (b - 0x80)
+  elseif b <= 0x9f then items = b - 0x90
+  elseif b <= 0xbf then skip = b - 0xa0
+  elseif mp_fixed[b] then skip = mp_fixed[b]
+  elseif mp_sized[b] then skip = mp_sized[b][1] + mp_sized[b][2] + mp_uint(s, i, mp_sized[b][1], n)
+  elseif mp_counted[b] then
+    skip, items = mp_counted[b][1], mp_counted[b][2] * mp_uint(s, i, mp_counted[b][1], n)
+  else error('invalid msgpack byte') end
+  i = i + 1 + skip
+  if items > n - i + 1 then error('truncated msgpack') end  -- each item takes a byte at least
+  return i, items
+end
+
+local function mp_skip(s, i, n)
+  local need, items = 1, 0
   while need > 0 do
-    if i > n then error('truncated msgpack') end
-    local b = string.byte(s, i)
-    local skip, items = 0, 0
-    if b <= 0x7f or b >= 0xe0 then skip = 0
-    elseif b <= 0x8f then items = 2 * (b - 0x80)
-    elseif b <= 0x9f then items = b - 0x90
-    elseif b <= 0xbf then skip = b - 0xa0
-    elseif mp_fixed[b] then skip = mp_fixed[b]
-    elseif mp_sized[b] then skip = mp_sized[b][1] + mp_sized[b][2] + uint(mp_sized[b][1])
-    elseif mp_counted[b] then
-      skip, items = mp_counted[b][1], mp_counted[b][2] * uint(mp_counted[b][1])
-    else error('invalid msgpack byte') end
-    i = i + 1 + skip
+    i, items = mp_head(s, i, n)
     need = need - 1 + items
     if need > n - i + 1 then error('truncated msgpack') end
   end
-  if i ~= n + 1 then error('trailing bytes after the msgpack value') end
-  local first = string.byte(s, 1)
-  if (first >= 0x80 and first <= 0x9f) or (first >= 0xdc and first <= 0xdf) then return {} end
-  return true
+  return i
 end
 
-local decoders = {msgpack = msgpack_check, json = cjson.decode}
-
--- args must encode an array and kwargs a map (a map passed as args would call fn(*keys)).
--- msgpack: read the type byte; JSON: array keys are 1..n, map keys are strings ({} fits both).
-local function has_shape(enc, raw, value, want)
-  if enc == 'msgpack' then
-    local b = string.byte(raw, 1) or -1
-    if want == 'array' then return (b >= 0x90 and b <= 0x9f) or b == 0xdc or b == 0xdd end
-    return (b >= 0x80 and b <= 0x8f) or b == 0xde or b == 0xdf
-  end
-  if type(value) ~= 'table' then return false end
-  for k in pairs(value) do
-    if want == 'map' and type(k) ~= 'string' then return false end
-    if want == 'array' and (type(k) ~= 'number' or k < 1 or k ~= math.floor(k)) then
-      return false
+-- What one encoded value is: 'array', 'map' (every key a string, as fn(**kwargs) needs),
+-- 'badmap' or 'other'. Raises if it is not exactly one valid value.
+local function msgpack_kind(s)
+  local n, b = #s, string.byte(s, 1)
+  local kind, i = 'other', nil
+  if (b >= 0x90 and b <= 0x9f) or b == 0xdc or b == 0xdd then kind = 'array'
+  elseif (b >= 0x80 and b <= 0x8f) or b == 0xde or b == 0xdf then kind = 'map' end
+  if kind == 'map' then
+    local items
+    i, items = mp_head(s, 1, n)
+    for _ = 1, items / 2 do
+      local k = string.byte(s, i) or 0
+      if not ((k >= 0xa0 and k <= 0xbf) or k == 0xd9 or k == 0xda or k == 0xdb) then
+        kind = 'badmap'
+      end
+      i = mp_skip(s, mp_skip(s, i, n), n)
     end
-  end
-  return true
+  else i = mp_skip(s, 1, n) end
+  if i ~= n + 1 then error('trailing bytes after the msgpack value') end
+  return kind
 end
 
--- A number field: nil when absent, false when present but not a number within [lo, hi].
-local function number_field(f, name, default, lo, hi)
-  local raw = f[name]
-  if raw == nil or raw == '' then return tonumber(default) end
-  local n = tonumber(raw)
-  if n == nil or n ~= n or n < lo or n > hi then return false end
-  return n
+local function json_kind(s)
+  cjson.decode(s)  -- raises on invalid JSON; object keys are always strings
+  local c = string.match(s, '^%s*(.)')
+  return (c == '[' and 'array') or (c == '{' and 'map') or 'other'
+end
+
+local kinds = {msgpack = msgpack_kind, json = json_kind}
+local SHAPES = {args = {'array', 'an array'}, kwargs = {'map', 'a map with string keys'}}
+local NAME, NAMED = '^[A-Za-z_][A-Za-z0-9_.:%-]*$', {'name', 'on_complete'}
+local names = {}  -- the names this call checked (a batch mostly repeats a few)
+
+local function is_name(v)
+  if v == nil then return false end
+  local ok = names[v]
+  if ok == nil then
+    ok = #v <= L.MAX_NAME_BYTES and string.match(v, NAME) ~= nil
+    names[v] = ok
+  end
+  return ok
 end
 
 -- A rejected enqueue leaves `incoming` too: status() then reports the id as unknown.
@@ -128,50 +190,49 @@ local function reject(entry_id, flat, reason)
   return set_aside(KEYS[6], entry_id, flat, reason, ctx.counts)
 end
 
-local function enqueue(entry_id, f, flat)
-  local id = f.id
-  if id == nil or id == '' then id = entry_id end
-  if #id > 512 then return reject(entry_id, flat, 'field id is longer than 512 bytes') end
-  local name = f.name
-  if name == nil or name == '' then return reject(entry_id, flat, 'missing field name') end
+-- Why an enqueue entry is malformed (nil: it is not), and its checked options.
+local function check_enqueue(id, f)
+  if #id > L.MAX_ID_BYTES then return 'field id is longer than ' .. L.MAX_ID_BYTES .. ' bytes' end
+  for _, field in ipairs(NAMED) do
+    local v = f[field]
+    if (v ~= nil or field == 'name') and not is_name(v) then
+      return 'field ' .. field .. ' must be a name: ASCII letters, digits and _ . : - (at most ' ..
+             L.MAX_NAME_BYTES .. ' bytes), starting with a letter or _'
+    end
+  end
   local enc = f.enc or 'msgpack'
-  local decode = decoders[enc]
-  if not decode then return reject(entry_id, flat, 'field enc must be msgpack or json') end
+  if not kinds[enc] then return 'field enc must be msgpack or json' end
   local size = 0
   for _, field in ipairs({'args', 'kwargs', 'context'}) do
     local raw = f[field]
-    if raw ~= nil then
+    if raw ~= nil and raw ~= '' then
       size = size + #raw
-      local ok, value = pcall(decode, raw)
-      if not ok then return reject(entry_id, flat, 'field ' .. field .. ' is not valid ' .. enc) end
-      local want = ({args = 'array', kwargs = 'map'})[field]
-      if want and not has_shape(enc, raw, value, want) then
-        return reject(entry_id, flat, 'field ' .. field .. ' must encode ' ..
-                      (want == 'array' and 'an array' or 'a map'))
-      end
+      local ok, kind = pcall(kinds[enc], raw)
+      if not ok then return 'field ' .. field .. ' is not valid ' .. enc end
+      local shape = SHAPES[field]
+      if shape and kind ~= shape[1] then return 'field ' .. field .. ' must encode ' .. shape[2] end
     end
   end
   if size > max_payload then
-    return reject(entry_id, flat, 'payload of ' .. size .. ' bytes is over the limit of ' .. max_payload)
+    return 'payload of ' .. size .. ' bytes is over the limit of ' .. max_payload
   end
-  local max_attempts = number_field(f, 'max_attempts', d_attempts, 1, 1000000)
-  local backoff = number_field(f, 'initial_backoff_ms', d_backoff, 0, 1e12)
-  local base = number_field(f, 'base', d_base, 1, 1000)
-  local timeout = number_field(f, 'timeout_ms', 0, 0, 1e12)
-  local run_at = number_field(f, 'run_at_ms', 0, 0, 1e15)
-  local run_after = number_field(f, 'run_after_ms', 0, 0, 1e15)
-  local priority = number_field(f, 'priority', 0, -1000, 1000)
-  local ckey = f.concurrency_key or ''
-  if #ckey > 512 then return reject(entry_id, flat, 'field concurrency_key is longer than 512 bytes') end
-  if not (max_attempts and backoff and base and timeout and run_at and run_after and priority) then
-    return reject(entry_id, flat, 'a numeric option is not a number in its allowed range')
+  if #(f.concurrency_key or '') > L.MAX_CONCURRENCY_KEY_BYTES then
+    return 'field concurrency_key is longer than ' .. L.MAX_CONCURRENCY_KEY_BYTES .. ' bytes'
   end
-  if max_attempts ~= math.floor(max_attempts) then
-    return reject(entry_id, flat, 'max_attempts must be an integer')
+  local o = {enc = enc}
+  for _, name in ipairs(OPTION_NAMES) do
+    local n, why = option(f, name)
+    if n == nil then return why end
+    o[name] = n
   end
-  if priority ~= math.floor(priority) then
-    return reject(entry_id, flat, 'priority must be an integer')
-  end
+  return nil, o
+end
+
+local function enqueue(entry_id, f, flat)
+  local id = f.id
+  if id == nil or id == '' then id = entry_id end
+  local why, o = check_enqueue(id, f)
+  if why then return reject(entry_id, flat, why) end
   if f.id and f.id ~= '' then rcall('SREM', KEYS[3], id) end  -- only named ids are incoming
   if fresh[id] or rcall('EXISTS', prefix .. 'job:' .. id) == 1 or
      rcall('HEXISTS', ctx.adm.unstarted, id) == 1 then
@@ -179,14 +240,15 @@ local function enqueue(entry_id, f, flat)
     return C.DUPLICATE_ENQUEUE
   end
   local enqueued_at = tonumber(string.match(entry_id, '^(%d+)'))
-  local due = math.max(run_at, enqueued_at + run_after)
-  seq = (seq or tonumber(rcall('GET', ctx.adm.seq) or '0')) + 1
+  local due = math.max(o.run_at_ms, enqueued_at + o.run_after_ms)
+  local ckey, priority = f.concurrency_key or '', o.priority
+  seq = (seq or tonumber(rcall('GET', ctx.adm.seq) or '0') or 0) + 1
   fresh[id] = true
   defer(ctx.defer, add_unstarted, id, pack_job({
-    name = name, enc = enc, max_attempts = max_attempts, backoff_ms = backoff, base = base,
-    timeout_ms = timeout, enqueued_at = enqueued_at, due_at = due, priority = priority,
-    seq = seq, args = f.args, kwargs = f.kwargs, context = f.context,
-    on_complete = f.on_complete, ckey = ckey}))
+    name = f.name, enc = o.enc, max_attempts = o.max_attempts, backoff_ms = o.initial_backoff_ms,
+    base = o.base, timeout_ms = o.timeout_ms, enqueued_at = enqueued_at, due_at = due,
+    priority = priority, seq = seq, args = f.args, kwargs = f.kwargs, context = f.context,
+    on_complete = f.on_complete, ckey = ckey, max_backoff_ms = o.max_backoff_ms}))
   if not ctx.priorities[priority] then
     rcall('SADD', prefix .. 'priorities', priority)
     ctx.priorities[priority] = true
@@ -196,7 +258,7 @@ local function enqueue(entry_id, f, flat)
   elseif ckey == '' then  -- due already: straight to admission, no trip through `due`
     defer(ctx.defer, add_ready, rank_of(priority, seq), id)
   else
-    make_ready(ctx.adm, id, name, priority, seq, ckey)
+    make_ready(ctx.adm, id, f.name, priority, seq, ckey)
   end
   bump(ctx.counts, 'enqueued')
   return C.ENQUEUED
@@ -212,13 +274,13 @@ local function cancel(entry_id, f, flat)
   if state == 'pending' or state == 'retrying' then
     rcall('ZREM', KEYS[4], id)
     unqueue(ctx.adm, id, state, j.name, j.ckey)
-    local extra = {'cancel', '1', 'cancel_attempt', j.attempts}
+    local extra = {'cancel', '1', 'cancel_attempt', j.attempts or 0}
     if state == 'retrying' then bump(ctx.counts, 'retrying', -1)
     else extra = hash_fields(j, {'attempts', 0, unpack(extra)}) end  -- never started: whole hash
     finish(ctx, id, jk, 'canceled', 'canceled', j.on_complete, extra)
     return C.CANCELED
   elseif state == 'running' and j.cancel ~= '1' then
-    rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', j.attempts)
+    rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', j.attempts or 0)
     bump(ctx.counts, 'cancel_marked')
     return C.CANCEL_MARKED
   end
@@ -226,20 +288,12 @@ local function cancel(entry_id, f, flat)
   return C.CANCEL_NOOP
 end
 
--- A config value: '' clears the override (the code's default applies again); else it must fit.
+-- A config value: '' clears the override (the code's default applies again), 'none' lifts a
+-- rate limit; else it must fit (valid_setting).
 local function config_value(field, v)
   if v == '' then return true end
-  if field == 'paused' then return v == '0' or v == '1' end
-  if field == 'rate' or string.sub(field, 1, 5) == 'rate:' then
-    if v == 'none' then return true end
-    local limit, per = string.match(v, '^(%d+)/(%d+)$')
-    return limit ~= nil and tonumber(limit) >= 1 and tonumber(per) >= 1
-  end
-  if field == 'max_parallelism' or field == 'max_per_key' or
-     string.sub(field, 1, 12) == 'max_per_key:' then
-    return string.match(v, '^%d+$') ~= nil
-  end
-  return false
+  if v == 'none' then return field == 'rate' or string.sub(field, 1, 5) == 'rate:' end
+  return valid_setting(field, v)
 end
 
 -- Live configuration: validate every field, then write them all (or nothing).
@@ -272,14 +326,12 @@ local function configure(entry_id, f, flat)
       rcall('ZADD', a.throttled, 'XX', 0, string.sub(field, 6))  -- held jobs: look again now
     end
   end
-  if keys_changed then  -- a raised key limit: keys with running attempts may admit more now
-    for _, ckey in ipairs(rcall('HKEYS', a.krun)) do advance_key(a, ckey) end
-  end
+  if keys_changed then recheck_keys(a) end  -- a raised key limit: keys may admit more now
   return C.CONFIGURED
 end
 
 local handlers = {enqueue = enqueue, cancel = cancel, config = configure}
-local result = apply_entries(KEYS[2], tonumber(ARGV[3]), 'op', 'enqueue', handlers, reject)
+local result = apply_entries(KEYS[2], batch, 'op', 'enqueue', handlers, reject)
 flush_deferred(ctx.defer)
 if seq then rcall('SET', ctx.adm.seq, seq) end
 count_throughput(ctx)

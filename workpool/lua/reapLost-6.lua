@@ -12,6 +12,9 @@
 --     more than grace ms after the previous one (Redis was down or stalled, or no leader
 --     reaped) suspects afresh: heartbeats may not have had their chance, so nobody is lost
 --     before the workers could beat again.
+--   dead consumer without entries: a consumer of the group with nothing pending, no live
+--     heartbeat and idle for longer than the grace (a worker that stopped or restarted) is
+--     removed from the group, with its suspicion: the group does not grow with restarts.
 -- A late outcome from such an attempt is then stale and is rejected by applyOutcomes.
 --
 -- KEYS[1] lease          STRING  main-loop lease, checked against ARGV[1] (fencing)
@@ -42,18 +45,20 @@
 
 if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, 0, 0} end
 local prefix = ARGV[2]
-local batch = tonumber(ARGV[3])
+local batch = arg_int(3, 1, 100000)
 local group = ARGV[7]
 local ctx = {prefix = prefix, dispatch = KEYS[2], group = group, running = KEYS[3],
-             deadlines = KEYS[4], due = KEYS[5], now = now_ms(ARGV[4]), seed = ARGV[5],
-             retention = tonumber(ARGV[6]), counts = {}, finished = 0}
+             deadlines = KEYS[4], due = KEYS[5], now = now_ms(4), seed = ARGV[5],
+             retention = arg_int(6, 1, L.MAX_RETENTION_MS), counts = {}, finished = 0}
 local timed_out, lost, redelivered = 0, 0, 0
-local grace = tonumber(ARGV[8] or '0') or 0
+local grace = arg_int(8, 0, L.MAX_TTL_MS)
+local sent = (ARGV[9] or '') ~= '' and now_ms(9) or nil
 local suspects = prefix .. 'suspects'
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[2], group)
+if consumers.err then return {C.OK, 0, 0, 0} end  -- no group yet: nothing was ever delivered
 local afresh = false  -- no reap for longer than the grace: workers may not have had their say
 if grace > 0 then
-  local previous = tonumber(rcall('GET', prefix .. 'reapedAt') or '0')
-  local sent = tonumber(ARGV[9] or '')
+  local previous = tonumber(rcall('GET', prefix .. 'reapedAt') or '0') or 0
   local trusted = sent ~= nil and ctx.now - sent < grace / 2
   afresh = ctx.now - previous > grace and not trusted
   rcall('SET', prefix .. 'reapedAt', ctx.now)
@@ -65,16 +70,16 @@ if not afresh then ids = rcall('ZRANGEBYSCORE', KEYS[4], '-inf', ctx.now, 'LIMIT
 for _, id in ipairs(ids) do
   local jk = prefix .. 'job:' .. id
   local j = attempt_fields(jk)
-  local timeout = tonumber(j.timeout_ms or '0')
-  if j.state ~= 'running' or timeout <= 0 then
+  local timeout = tonumber(j.timeout_ms or '0') or 0
+  if j.state ~= 'running' or timeout <= 0 or not j.dispatch then
     rcall('ZREM', KEYS[4], id)
   else
     local p = rcall('XPENDING', KEYS[2], group, j.dispatch, j.dispatch, 1)
     if #p == 0 then
       rcall('ZADD', KEYS[4], ctx.now + timeout, id)
     elseif tonumber(p[1][3]) >= timeout + 2 * grace then
-      fail_attempt(ctx, id, jk, j, 'attempt ' .. j.attempts .. ' ran past its timeout of ' ..
-                   timeout .. ' ms', 'Timeout', true)
+      fail_attempt(ctx, id, jk, j, 'attempt ' .. tostring(j.attempts) ..
+                   ' ran past its timeout of ' .. timeout .. ' ms', 'Timeout', true)
       timed_out = timed_out + 1
     else
       rcall('ZADD', KEYS[4], ctx.now + timeout + 2 * grace - tonumber(p[1][3]), id)
@@ -143,6 +148,20 @@ for _, c in ipairs(summary[4] or {}) do
       if grace > 0 then rcall('HDEL', suspects, consumer) end
     end
   end
+end
+
+-- Consumers with nothing pending and no heartbeat, idle past the grace: gone for good.
+local left = 0
+for _, c in ipairs(consumers) do
+  if left >= batch then break end
+  local info = fields_of(c)
+  if tonumber(info.pending) == 0 and tonumber(info.idle) > grace and
+     rcall('EXISTS', prefix .. 'hb:' .. info.name) == 0 then
+    rcall('XGROUP', 'DELCONSUMER', KEYS[2], group, info.name)
+    rcall('HDEL', suspects, info.name)
+    bump(ctx.counts, 'workers_removed')
+  end
+  left = left + 1
 end
 
 bump(ctx.counts, 'timeouts', timed_out)

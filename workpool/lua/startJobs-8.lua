@@ -5,6 +5,8 @@
 -- and appends one entry to the dispatch stream. Also hands out due on_complete deliveries.
 -- A job held by a name's rate limit is parked in nameq:<name> until the name's next token; a
 -- job whose key is at its limit waits in keyq:<key>: neither is looked at again until then.
+-- Every step is bounded by the batch: keys whose queue an earlier call left to move on
+-- (keyDrain), held jobs put back, promotions, starts and deliveries.
 --
 -- KEYS[1] lease          STRING  main-loop lease, checked against ARGV[1] (fencing)
 -- KEYS[2] config         HASH    live overrides (max_parallelism, paused, rate limits, ...)
@@ -21,14 +23,16 @@
 -- ARGV[4] now            ms since epoch, or '' for Redis TIME
 -- Returns {code, started, running, max_parallelism, next_due_ms, next_callback_ms, now,
 -- next_admission_ms, promoted, ids...} with -1 for "nothing scheduled"; next_admission_ms is
--- when a rate limit lets a held job go. code is NOT_LEADER (nothing written) or OK.
+-- when a rate limit lets a held job go; promoted counts the steps moving jobs towards `ready`
+-- (a full batch: call again at once). code is NOT_LEADER (nothing written) or OK; a bad
+-- argument is an error reply, nothing written.
 -- @include common
 -- @include admission
 
 if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, 0, 0, -1, -1, 0, -1, 0} end
 local prefix = ARGV[2]
-local batch = tonumber(ARGV[3])
-local now = now_ms(ARGV[4])
+local batch = arg_int(3, 1, 100000)
+local now = now_ms(4)
 local counts = {}
 local a = adm(prefix, counts)
 local maxp = tonumber(setting(a, 'max_parallelism') or '0')
@@ -36,38 +40,52 @@ if setting(a, 'paused') == '1' then maxp = 0 end
 local running = rcall('ZCARD', KEYS[4])
 local started = {}
 local next_admission = -1
+local moved = 0  -- jobs moved towards `ready` (steps 0-2): a full batch makes the loop go again
 
 local function wake_at(t)
   if next_admission < 0 or t < next_admission then next_admission = t end
 end
 
--- 1. Names whose next token is due: their held jobs go back to `ready`, as many as tokens.
+-- 0. Keys whose queue an earlier step left unfinished (a lifted key limit, say) move on.
+while moved < batch do
+  local ckey = rcall('ZRANGE', a.drain, 0, 0)[1]
+  if not ckey then break end
+  rcall('ZREM', a.drain, ckey)
+  moved = moved + math.max(1, advance_key(a, ckey))
+end
+
+-- 1. Names whose next token is due: their held jobs go back to `ready`, as many as tokens (a
+-- batch in all; a name with more held jobs than that is looked at again at once).
 for _, name in ipairs(rcall('ZRANGEBYSCORE', a.throttled, '-inf', now, 'LIMIT', 0, batch)) do
+  if moved >= batch then break end
   rcall('ZREM', a.throttled, name)
   local q = prefix .. 'nameq:' .. name
   local spec = setting(a, 'rate:' .. name)
-  local n = batch
-  if spec then n = math.max(1, math.floor(bucket_tokens(a, 'name:' .. name, spec, now))) end
-  local held = rcall('ZRANGE', q, 0, math.min(n, batch) - 1, 'WITHSCORES')
+  local tokens = batch  -- no rate in force (lifted since): all may go
+  if spec then tokens = math.max(1, math.floor(bucket_tokens(a, 'name:' .. name, spec, now))) end
+  local n = math.min(tokens, batch - moved)
+  local held = rcall('ZRANGE', q, 0, n - 1, 'WITHSCORES')
   for i = 1, #held, 2 do
     rcall('ZREM', q, held[i])
     rcall('ZADD', a.ready, held[i + 1], held[i])
   end
   bump(counts, 'held_by_rate', -#held / 2)
-  if rcall('EXISTS', q) == 1 then
+  moved = moved + math.max(1, #held / 2)
+  if rcall('EXISTS', q) == 1 then  -- its next token, or now if the batch ran out first
     local limit, per = 1, 0
-    if spec then limit, per = rate_of(spec) end
+    if spec and n >= tokens then limit, per = rate_of(spec) end
     rcall('ZADD', a.throttled, now + math.ceil(per / limit), name)
   end
 end
 
 -- 2. Due jobs become ready (or wait in their key's queue).
-local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, batch)
+local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, math.max(0, batch - moved))
 for _, id in ipairs(due) do
   local j = job_fields(a, id, {'state', 'name', 'priority', 'seq', 'ckey'})
   rcall('ZREM', KEYS[3], id)
   if j and (j.state == 'pending' or j.state == 'retrying') then
-    make_ready(a, id, j.name, tonumber(j.priority or '0') or 0, tonumber(j.seq or '0') or 0, j.ckey)
+    make_ready(a, id, j.name or '', tonumber(j.priority or '0') or 0, tonumber(j.seq or '0') or 0,
+               j.ckey)
   else
     bump(counts, 'orphan_due_entries')
   end
@@ -103,14 +121,14 @@ while #started < free and looked < 2 * batch do
   local name = j.name or ''
   if name_rates[name] == nil then name_rates[name] = setting(a, 'rate:' .. name) or false end
   local name_rate = name_rates[name] or nil
-  local name_tokens = name_rate and bucket_tokens(a, 'name:' .. j.name, name_rate, now)
+  local name_tokens = name_rate and bucket_tokens(a, 'name:' .. name, name_rate, now)
   if j.state ~= 'pending' and j.state ~= 'retrying' then
     rcall('ZREM', a.ready, id)
     bump(counts, 'orphan_due_entries')
   elseif pool_tokens and pool_tokens < 1 then
     wake_at(now + bucket_wait(pool_rate, pool_tokens))
     break
-  elseif key_at_limit(a, j.ckey, j.name) then  -- its key reached its limit since: wait again
+  elseif key_at_limit(a, j.ckey, name) then  -- its key reached its limit since: wait again
     rcall('ZREM', a.ready, id)
     rcall('ZADD', prefix .. 'keyq:' .. j.ckey, rank, id)
     bump(counts, 'held_by_key')
@@ -119,12 +137,12 @@ while #started < free and looked < 2 * batch do
     window = {}
   elseif name_tokens and name_tokens < 1 then
     rcall('ZREM', a.ready, id)
-    rcall('ZADD', prefix .. 'nameq:' .. j.name, rank, id)
-    rcall('ZADD', a.throttled, 'LT', now + bucket_wait(name_rate, name_tokens), j.name)
+    rcall('ZADD', prefix .. 'nameq:' .. name, rank, id)
+    rcall('ZADD', a.throttled, 'LT', now + bucket_wait(name_rate, name_tokens), name)
     bump(counts, 'held_by_rate')
   else
     if pool_tokens then bucket_take(a, 'pool', pool_rate, now, pool_tokens) end
-    if name_tokens then bucket_take(a, 'name:' .. j.name, name_rate, now, name_tokens) end
+    if name_tokens then bucket_take(a, 'name:' .. name, name_rate, now, name_tokens) end
     defer(d, unready, id)
     defer(d, a.leave[j.state], id)
     if j.ckey and j.ckey ~= '' then
@@ -133,15 +151,15 @@ while #started < free and looked < 2 * batch do
       advance_key(a, j.ckey)
       window = {}
     end
-    local attempt = tonumber(j.attempts) + 1
+    local attempt = (tonumber(j.attempts) or 0) + 1
+    local timeout = tonumber(j.timeout_ms) or 0
     local eid = rcall('XADD', KEYS[5], '*', 'kind', 'run', 'id', id, 'attempt', attempt,
-                      'name', j.name, 'args', j.args or '', 'kwargs', j.kwargs or '', 'enc', j.enc,
-                      'timeout_ms', j.timeout_ms)
+                      'name', name, 'args', j.args or '', 'kwargs', j.kwargs or '',
+                      'enc', j.enc or 'msgpack', 'timeout_ms', timeout)
     local fields = {'state', 'running', 'attempts', attempt, 'started_at', now, 'dispatch', eid}
     if j.state == 'pending' then fields = hash_fields(j, fields) end  -- first start: whole hash
     rcall('HSET', jk, unpack(fields))
     defer(d, run, now, id)
-    local timeout = tonumber(j.timeout_ms)
     if timeout > 0 then rcall('ZADD', KEYS[6], now + timeout, id) end
     started[#started + 1] = id
     if j.state == 'retrying' then bump(counts, 'retrying', -1) end
@@ -159,7 +177,7 @@ for _, id in ipairs(deliveries) do
   local h = rcall('HMGET', jk, 'cb', 'cb_n')
   rcall('ZREM', KEYS[7], id)
   if h[1] == 'pending' then
-    local eid = rcall('XADD', KEYS[5], '*', 'kind', 'cb', 'id', id, 'n', h[2])
+    local eid = rcall('XADD', KEYS[5], '*', 'kind', 'cb', 'id', id, 'n', h[2] or 1)
     rcall('HSET', jk, 'cb_entry', eid)
   end
 end
@@ -172,6 +190,6 @@ end
 
 flush_counts(KEYS[8], counts)
 local out = {C.OK, #started, running + #started, maxp, first_score(KEYS[3]),
-             first_score(KEYS[7]), now, next_admission, #due}
+             first_score(KEYS[7]), now, next_admission, moved + #due}
 for _, id in ipairs(started) do out[#out + 1] = id end
 return out

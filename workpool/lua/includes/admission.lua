@@ -11,6 +11,7 @@
 --   seq         STRING counter: each job's place in line, taken when it is enqueued
 --   unstarted   HASH  id -> packed fields: every pending job (never started), wherever it waits
 --   retrying    SET   every retrying job, wherever it waits (cancel_all)
+--   keyDrain    ZSET  K -> 0: keys whose queue advance_key left unfinished (startJobs goes on)
 -- a.leave[state] is the write that takes a pending or retrying job out of the one it is in.
 --   config      HASH  live overrides; defaults HASH: values declared in code (config wins)
 -- rank = -priority * 1e12 + seq: higher priority first, then the order jobs were enqueued in
@@ -21,16 +22,36 @@ local function adm(prefix, counts)
              head = prefix .. 'keyHead', krun = prefix .. 'keyRunning',
              throttled = prefix .. 'throttled', seq = prefix .. 'seq',
              unstarted = prefix .. 'unstarted', retrying = prefix .. 'retrying',
-             config = prefix .. 'config', defaults = prefix .. 'defaults'}
+             drain = prefix .. 'keyDrain', config = prefix .. 'config',
+             defaults = prefix .. 'defaults'}
   a.leave = {pending = {'HDEL', a.unstarted}, retrying = {'SREM', a.retrying}}
   return a
 end
 
--- Effective setting: the live override, else the code-declared default; '' means "none".
+-- A setting value within the limits (`field` decides its form): 0 or 1 for paused, a rate
+-- "limit/per_ms", or a count.
+local function valid_setting(field, v)
+  if field == 'paused' then return v == '0' or v == '1' end
+  if field == 'rate' or string.sub(field, 1, 5) == 'rate:' then
+    local limit, per = string.match(v, '^(%d+)/(%d+)$')
+    limit, per = tonumber(limit), tonumber(per)
+    return limit ~= nil and limit >= 1 and limit <= L.MAX_RATE_LIMIT and per >= 1 and
+           per <= L.MAX_RATE_PER_MS
+  end
+  if field == 'max_parallelism' or field == 'max_per_key' or
+     string.sub(field, 1, 12) == 'max_per_key:' then
+    return string.match(v, '^%d+$') ~= nil and tonumber(v) <= L.MAX_SETTING
+  end
+  return false
+end
+
+-- Effective setting: the live override, else the code-declared default; '' means "none". Both
+-- are written validated; a value that is not (edited by hand, or by an older version) counts
+-- as unset rather than stop admission.
 local function setting(a, field)
   local v = rcall('HGET', a.config, field)
   if not v then v = rcall('HGET', a.defaults, field) end
-  if not v or v == '' then return nil end
+  if not v or v == '' or not valid_setting(field, v) then return nil end
   return v
 end
 
@@ -110,20 +131,35 @@ local function make_ready(a, id, name, priority, seq, ckey)
   rcall('ZADD', a.ready, rank, id)
 end
 
--- Let the next waiting job of key K stand for it in `ready`, if K is below its limit.
+-- Let the next waiting job of key K stand for it in `ready`, if K is below its limit; a job of
+-- a name without a key limit goes to `ready` and the next one is looked at. At most
+-- L.KEY_STEPS jobs move per call: a key with more to move is listed in `keyDrain`, and
+-- startJobs goes on with it, a batch at a time. Returns how many jobs moved.
 local function advance_key(a, ckey)
-  if rcall('HEXISTS', a.head, ckey) == 1 then return end
+  if rcall('HEXISTS', a.head, ckey) == 1 then return 0 end
   local q = a.prefix .. 'keyq:' .. ckey
-  local nxt = rcall('ZRANGE', q, 0, 0, 'WITHSCORES')
-  if #nxt == 0 then return end
-  local j = job_fields(a, nxt[1], {'state', 'name'})
-  local limit = key_limit(a, j and j.name or '')
-  if limit > 0 and tonumber(rcall('HGET', a.krun, ckey) or '0') >= limit then return end
-  rcall('ZREM', q, nxt[1])
-  bump(a.counts, 'held_by_key', -1)
-  if limit > 0 then rcall('HSET', a.head, ckey, nxt[1]) end
-  rcall('ZADD', a.ready, nxt[2], nxt[1])
-  if limit == 0 then return advance_key(a, ckey) end  -- no key limit for its name: next one too
+  for moved = 0, L.KEY_STEPS - 1 do
+    local nxt = rcall('ZRANGE', q, 0, 0, 'WITHSCORES')
+    if #nxt == 0 then return moved end
+    local j = job_fields(a, nxt[1], {'state', 'name'})
+    local limit = key_limit(a, j and j.name or '')
+    if limit > 0 and tonumber(rcall('HGET', a.krun, ckey) or '0') >= limit then return moved end
+    rcall('ZREM', q, nxt[1])
+    bump(a.counts, 'held_by_key', -1)
+    rcall('ZADD', a.ready, nxt[2], nxt[1])
+    if limit > 0 then
+      rcall('HSET', a.head, ckey, nxt[1])
+      return moved + 1
+    end
+  end
+  if rcall('EXISTS', q) == 1 then rcall('ZADD', a.drain, 0, ckey) end
+  return L.KEY_STEPS
+end
+
+-- Keys whose limits may have changed (a config entry, a new leader's declarations): looked at
+-- again by startJobs, in bounded steps, rather than here.
+local function recheck_keys(a)
+  for _, ckey in ipairs(rcall('HKEYS', a.krun)) do rcall('ZADD', a.drain, 0, ckey) end
 end
 
 -- An attempt of key K started (+1) or ended (-1).

@@ -6,9 +6,20 @@ local function holds_lease(lease_key, token)
   return rcall('GET', lease_key) == token
 end
 
--- Milliseconds: the passed-in time when given (tests, replays), else Redis TIME.
-local function now_ms(arg)
-  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+-- ARGV[i] as a whole number in [lo, hi]. Scripts read their arguments before their first
+-- write, so a bad call is an error reply with nothing written.
+local function arg_int(i, lo, hi)
+  local n = tonumber(ARGV[i])
+  if n == nil or n ~= math.floor(n) or n < lo or n > hi then
+    error('ARGV[' .. i .. '] must be a whole number from ' .. lo .. ' to ' .. hi .. ', got ' ..
+          tostring(ARGV[i]))
+  end
+  return n
+end
+
+-- Milliseconds: ARGV[i] when given (tests, replays), else Redis TIME.
+local function now_ms(i)
+  if ARGV[i] ~= nil and ARGV[i] ~= '' then return arg_int(i, 0, L.MAX_RUN_AT_MS) end
   local t = rcall('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
@@ -73,14 +84,32 @@ local function flush_deferred(d)
   end
 end
 
--- Set a malformed stream entry aside, with its raw fields (prefixed `f.`) and the reason.
+-- Set a malformed stream entry aside in the rejected record with the reason and as much of its
+-- raw fields (prefixed `f.`) as fits in L.REJECTED_ENTRY_BYTES: at most 32 fields, names cut at
+-- 64 bytes, values at what is left, so a record stays small whatever was sent (`cut` says what
+-- was left out). The record keeps about the newest L.REJECTED_KEPT entries.
 local function set_aside(rejected_key, entry_id, flat, reason, counts)
-  local out = {'entry', entry_id, 'reason', reason}
+  local out = {'entry', entry_id, 'reason', string.sub(reason, 1, 512)}
+  local left, total, kept = L.REJECTED_ENTRY_BYTES, 0, 0
   for i = 1, #flat, 2 do
-    out[#out + 1] = 'f.' .. tostring(flat[i])
-    out[#out + 1] = flat[i + 1]
+    local name, value = tostring(flat[i]), tostring(flat[i + 1] or '')
+    total = total + #name + #value
+    if kept < 32 and left > 0 then
+      name = string.sub(name, 1, 64)
+      value = string.sub(value, 1, math.max(0, left - #name))
+      left = left - #name - #value
+      out[#out + 1] = 'f.' .. name
+      out[#out + 1] = value
+      kept = kept + 1
+    end
   end
-  rcall('XADD', rejected_key, 'MAXLEN', '~', 10000, '*', unpack(out))
+  local bytes = L.REJECTED_ENTRY_BYTES - left
+  if kept * 2 < #flat or bytes < total then
+    out[#out + 1] = 'cut'
+    out[#out + 1] = 'kept ' .. kept .. ' of ' .. math.floor(#flat / 2) .. ' fields, ' ..
+                    bytes .. ' of ' .. total .. ' bytes'
+  end
+  rcall('XADD', rejected_key, 'MAXLEN', '~', L.REJECTED_KEPT, '*', unpack(out))
   bump(counts, 'rejected')
   return C.REJECTED
 end
@@ -92,38 +121,52 @@ local function trim_through(stream, last_id)
   rcall('XDEL', stream, last_id)
 end
 
--- Apply entries of `stream`, oldest first, until `batch` items are applied: each entry by the
--- handler its `field` names (`default` when absent), else set aside; applied entries are
--- dropped from the stream (it holds only what is not applied yet). A handler returns a code,
--- or (for an entry carrying many items) a list of {id, code} pairs.
+local function entry_bytes(flat)
+  local n = 0
+  for i = 1, #flat do n = n + #flat[i] end
+  return n
+end
+
+-- Apply entries of `stream`, oldest first, until `batch` items are applied (or L.CALL_BYTES of
+-- entries were read: a call stays bounded whatever their size), reading L.PAGE entries at a
+-- time: each entry by the handler its `field` names (`default` when absent), else set aside;
+-- applied entries are dropped from the stream (it holds only what is not applied yet). A
+-- handler checks everything before its first write and returns a code, or (for an entry
+-- carrying many items) a list of {id, code} pairs.
 -- Returns {OK, items applied, last_entry_id, id1, code1, ...}.
 local function apply_entries(stream, batch, field, default, handlers, reject)
-  local entries = rcall('XRANGE', stream, '-', '+', 'COUNT', batch)
   local result = {C.OK, 0, ''}
-  for _, e in ipairs(entries) do
-    if result[2] >= batch then break end
-    local entry_id, flat = e[1], e[2]
-    local f = fields_of(flat)
-    local handler = handlers[f[field] or default]
-    local code
-    if handler then
-      -- An entry that raises (a key of the wrong type, say) is set aside: the batch goes on,
-      -- and the writes deferred for the entries before it are still made.
-      local ok, result = pcall(handler, entry_id, f, flat)
-      code = ok and result or reject(entry_id, flat, 'could not be applied: ' .. tostring(result))
-    else code = reject(entry_id, flat, 'unknown ' .. field .. ' ' .. tostring(f[field])) end
-    if type(code) == 'table' then
-      for i = 1, #code, 2 do
-        result[#result + 1] = code[i]
-        result[#result + 1] = code[i + 1]
+  local from, bytes = '-', 0
+  while result[2] < batch and bytes < L.CALL_BYTES do
+    local entries = rcall('XRANGE', stream, from, '+', 'COUNT', L.PAGE)
+    for _, e in ipairs(entries) do
+      if result[2] >= batch or bytes >= L.CALL_BYTES then break end
+      local entry_id, flat = e[1], e[2]
+      local f = fields_of(flat)
+      local handler = handlers[f[field] or default]
+      local code
+      if handler then
+        -- Last resort: an entry whose application raises (a key of the wrong type written by
+        -- someone else, say) is set aside and the batch goes on.
+        local ok, got = pcall(handler, entry_id, f, flat)
+        code = ok and got or reject(entry_id, flat, 'could not be applied: ' .. tostring(got))
+      else code = reject(entry_id, flat, 'unknown ' .. field .. ' ' .. tostring(f[field])) end
+      if type(code) == 'table' then
+        for i = 1, #code, 2 do
+          result[#result + 1] = code[i]
+          result[#result + 1] = code[i + 1]
+        end
+        result[2] = result[2] + #code / 2
+      else
+        result[#result + 1] = f.id or entry_id
+        result[#result + 1] = code
+        result[2] = result[2] + 1
       end
-      result[2] = result[2] + #code / 2
-    else
-      result[#result + 1] = f.id or entry_id
-      result[#result + 1] = code
-      result[2] = result[2] + 1
+      result[3] = entry_id
+      bytes = bytes + entry_bytes(flat)
     end
-    result[3] = entry_id
+    if #entries < L.PAGE then break end
+    from = '(' .. entries[#entries][1]
   end
   if result[3] ~= '' then trim_through(stream, result[3]) end
   return result

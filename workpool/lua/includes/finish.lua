@@ -38,7 +38,7 @@ end
 
 -- Job fields the end of an attempt needs, read with one HMGET (missing ones are false).
 local ATTEMPT_FIELDS = {'state', 'attempts', 'dispatch', 'ckey', 'on_complete', 'timeout_ms',
-                        'max_attempts', 'backoff_ms', 'base', 'cancel'}
+                        'max_attempts', 'backoff_ms', 'base', 'max_backoff_ms', 'cancel'}
 local function attempt_fields(jk)
   return read_fields(jk, ATTEMPT_FIELDS)
 end
@@ -70,15 +70,27 @@ local function finish(ctx, id, jk, state, outcome, handler, extra)
   rcall('PUBLISH', ctx.prefix .. 'done:' .. id, state)
 end
 
+-- The wait before the next attempt after failed attempt `attempts`: backoff_ms *
+-- base^(attempts - 1) * jitter, never more than the job's max_backoff_ms (L.MAX_RETRY_DELAY_MS
+-- for a job without one). A product that overflows is the cap, never inf or NaN.
+local function retry_delay(ctx, id, j, attempts)
+  local backoff, base = tonumber(j.backoff_ms) or 0, tonumber(j.base) or 1
+  local cap = math.min(tonumber(j.max_backoff_ms) or L.MAX_RETRY_DELAY_MS, L.MAX_RETRY_DELAY_MS)
+  local d = 0
+  if backoff > 0 then d = backoff * base ^ (attempts - 1) * jitter(ctx.seed, id, attempts) end
+  if not (d <= cap) then d = cap end
+  return math.floor(d)
+end
+
 -- A failed attempt (error, lost worker, timeout): retry with backoff if allowed, else final.
--- `j` holds the job's fields (attempt_fields).
+-- `j` holds the job's fields (attempt_fields). Everything is decided before the first write.
 local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
-  local attempts, max_attempts = tonumber(j.attempts), tonumber(j.max_attempts)
+  local attempts = tonumber(j.attempts) or 0
+  local retry = retryable and j.cancel ~= '1' and attempts < (tonumber(j.max_attempts) or 1)
+  local due = retry and ctx.now + retry_delay(ctx, id, j, attempts)
+  err, etype = string.sub(err, 1, L.MAX_ERROR_BYTES), string.sub(etype, 1, 200)
   end_attempt(ctx, id, j)
-  if retryable and j.cancel ~= '1' and attempts < max_attempts then
-    local delay = tonumber(j.backoff_ms) * tonumber(j.base) ^ (attempts - 1) *
-                  jitter(ctx.seed, id, attempts)
-    local due = ctx.now + math.floor(delay)
+  if retry then
     rcall('HSET', jk, 'error', err, 'error_type', etype, 'state', 'retrying', 'due_at', due)
     rcall('ZADD', ctx.due, due, id)
     rcall('SADD', adm_of(ctx).retrying, id)

@@ -4,7 +4,7 @@
 -- dropped. workpool/protocol.py (UNSTARTED_FIELDS) reads the same order. Needs common.lua.
 local UNSTARTED = {'name', 'enc', 'max_attempts', 'backoff_ms', 'base', 'timeout_ms',
                    'enqueued_at', 'due_at', 'priority', 'seq', 'args', 'kwargs', 'context',
-                   'on_complete', 'ckey'}
+                   'on_complete', 'ckey', 'max_backoff_ms'}
 
 -- The packed value of job fields `j` (a missing field packs as '').
 local function pack_job(j)
