@@ -27,7 +27,8 @@ def _fast(name: str) -> Workpool:
 
 rate_pool = _fast("adm-rate")
 key_pool = _fast("adm-key")
-cron_pool = _fast("adm-cron")
+# The default 5 s lease: a leader's SIGKILL leaves about five one-second ticks to the next one.
+cron_pool = Workpool("adm-cron", max_parallelism=MAX_PARALLELISM, heartbeat_ttl=1.0)
 # Long lease and heartbeat: the loop's only short timer is the 1 s reap, so jobs that start well
 # within it after `config --resume` prove the config entry itself woke the loop.
 config_pool = Workpool("adm-config", max_parallelism=MAX_PARALLELISM, lease_ttl=30.0,

@@ -171,7 +171,7 @@ def test_a_serial_key_never_runs_two_jobs_at_once_while_other_keys_and_unkeyed_j
 
 def _cron_jobs(r: redis.Redis) -> dict[int, dict[str, str]]:
     """The cron job hashes of `tick`, by tick time (ms)."""
-    prefix = cron_pool.keys.job("key:cron:tick:")
+    prefix = cron_pool.keys.job("cron:tick:")
     return {int(text(k)[len(prefix):]): {text(f): text(v) for f, v in r.hgetall(k).items()}
             for k in r.scan_iter(match=prefix.replace("{", "\\{").replace("}", "\\}") + "*")}
 
@@ -199,8 +199,8 @@ def test_cron_on_three_processes_enqueues_one_job_per_tick_even_when_the_leader_
     killed_at = now_us(r) // 1000
     procs.kill(leader)  # a tick is ~1 s away: no tick job is running now
 
-    eventually(lambda: sum(t > killed_at for t in _cron_jobs(r)) >= 3, 10.0,
-               "3 ticks after the kill")
+    eventually(lambda: sum(t > killed_at for t in _cron_jobs(r)) >= 7, 20.0,
+               "7 ticks after the kill")
     jobs = eventually(lambda: _settled(r), 5.0, "the tick jobs finished")
     ticks = sorted(jobs)
     runs = sorted(_runs(r))
@@ -211,8 +211,8 @@ def test_cron_on_three_processes_enqueues_one_job_per_tick_even_when_the_leader_
     gaps = [b - a for a, b in pairwise(ticks)]
     before_kill = [b - a for a, b in pairwise(sorted(before))]
     assert set(before_kill) == {1000}  # a tick every second while the leader lives
-    # Missed ticks older than the latest due one are skipped by design: allow one over failover.
-    assert max(gaps) <= 2000, gaps
+    # The 5 s lease handover is within the ticks' grace (60 s): every tick of it ran, late.
+    assert set(gaps) == {1000}, gaps
     assert int(r.hget(cron_pool.keys.cron, "tick") or 0) == ticks[-1]
     new_leader = text(r.get(cron_pool.keys.lease)).split(":", 1)[1]
     assert new_leader != leader
