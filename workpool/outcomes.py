@@ -1,21 +1,42 @@
 """A worker's outcome outbox: attempts and deliveries hand their outcome over at once; one task
-appends everything ready, up to 64 outcomes per `kind=batch` entry, in one round trip, and
-keeps them through a Redis outage until they are written."""
+appends everything ready in one round trip, packed `kind=batch` entries of at most
+MAX_OUTCOMES_PER_ENTRY outcomes and ENTRY_BYTES each (a larger outcome goes alone). Whatever
+Redis answers (an outage, OOM, BUSY, READONLY), the outcomes are kept and written again after a
+backoff: the flusher never stops before the worker does."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import msgpack
 import redis.asyncio
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from workpool.connection import MAX_BACKOFF
+from workpool.connection import Backoff
+from workpool.failures import describe, error_type
+from workpool.limits import MAX_OUTCOMES_PER_ENTRY
 
 Outcome = dict[str, str | bytes]
-PER_ENTRY = 64  # outcomes per pendingCompletion entry (the main loop applies 256 per call)
+ENTRY_BYTES = 1 << 20  #: bytes of outcomes packed in one entry (one larger outcome: alone)
+
+
+def pack(outcomes: list[Outcome]) -> list[bytes]:
+    """The `o` fields of the entries carrying `outcomes`, in order."""
+    entries: list[bytes] = []
+    items: list[list[str | bytes]] = []
+    size = 0
+    for out in outcomes:
+        item = [x for pair in out.items() for x in pair]
+        item_size = sum(len(x) for x in item)
+        if items and (len(items) == MAX_OUTCOMES_PER_ENTRY or size + item_size > ENTRY_BYTES):
+            entries.append(msgpack.packb(items, use_bin_type=False))  # Redis's Lua reads no bin
+            items, size = [], 0
+        items.append(item)
+        size += item_size
+    if items:
+        entries.append(msgpack.packb(items, use_bin_type=False))
+    return entries
 
 
 class Outbox:
@@ -24,17 +45,28 @@ class Outbox:
     def __init__(self, stream: str, log: Any) -> None:
         self.stream, self.log = stream, log
         self._queue: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._unwritten: list[bytes] = []  #: packed entries a failed round trip left
         self._closing = False
 
     def put(self, outcome: Outcome) -> None:
         self._queue.put_nowait(outcome)
 
+    @property
+    def waiting(self) -> int:
+        """Outcomes and entries not written yet."""
+        return self._queue.qsize() + len(self._unwritten)
+
     async def run(self, client: redis.asyncio.Redis) -> None:
-        """Flush whenever something is ready, until close()."""
+        """Flush whenever something is ready, until close(); back off while Redis refuses."""
+        backoff = Backoff()
         while not self._closing:
-            first = await self._queue.get()
-            self._queue.put_nowait(first)
-            await self.flush(client)
+            if not self._unwritten:
+                first = await self._queue.get()
+                self._queue.put_nowait(first)
+            if await self.flush(client):
+                backoff.reset()
+            else:
+                await asyncio.sleep(backoff.next())
 
     def close(self) -> None:
         """Let run() end after one more flush. Never cancel it instead: a cancel mid-pipeline
@@ -42,25 +74,42 @@ class Outbox:
         self._closing = True
         self._queue.put_nowait({})  # {} only wakes the flusher
 
-    async def flush(self, client: redis.asyncio.Redis) -> None:
-        """Append every ready outcome in one round trip; on a Redis outage keep them, retry."""
-        batch: list[list[str | bytes]] = []
+    async def flush(self, client: redis.asyncio.Redis) -> bool:
+        """Append every ready outcome in one round trip; True when all are written (else the
+        ones not written are kept for the next flush, and the refusal is logged)."""
+        ready: list[Outcome] = []
         while not self._queue.empty():
             out = self._queue.get_nowait()
             if out:
-                batch.append([x for pair in out.items() for x in pair])
-        entries = [msgpack.packb(batch[i:i + PER_ENTRY], use_bin_type=False)  # Redis's Lua
-                   for i in range(0, len(batch), PER_ENTRY)]                  # reads no bin
-        backoff = 0.1
-        while entries:
-            try:
-                pipe = client.pipeline(transaction=False)
-                for packed in entries:
-                    pipe.execute_command("XADD", self.stream, "*", "kind", "batch", "o", packed)
-                await pipe.execute()
-                return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                self.log.warning("could not append outcomes, retrying", error=str(exc),
-                                 outcomes=len(batch), backoff=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                ready.append(out)
+        self._unwritten.extend(pack(ready))
+        if not self._unwritten:
+            return True
+        pipe = client.pipeline(transaction=False)
+        for packed in self._unwritten:
+            pipe.execute_command("XADD", self.stream, "*", "kind", "batch", "o", packed)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # an outage: all of them are kept
+            self._refused(exc, len(self._unwritten))
+            return False
+        failed = [(packed, r) for packed, r in zip(self._unwritten, replies, strict=True)
+                  if isinstance(r, Exception)]
+        self._unwritten = [packed for packed, _ in failed]
+        if failed:
+            self._refused(failed[0][1], len(failed))
+        return not failed
+
+    def _refused(self, exc: BaseException, entries: int) -> None:
+        self.log.warning("could not append outcomes, retrying", entries=entries,
+                         error_type=error_type(exc), error=describe(exc, with_traceback=False))
+
+    async def drain(self, client: redis.asyncio.Redis, within: float) -> int:
+        """Flush until everything is written or `within` seconds passed (a worker stopping);
+        returns how many entries could not be written (their attempts will be reaped)."""
+        deadline, backoff = time.monotonic() + within, Backoff()
+        while not await self.flush(client):
+            if time.monotonic() + backoff.delay > deadline:
+                break
+            await asyncio.sleep(backoff.next())
+        return len(self._unwritten)

@@ -84,7 +84,7 @@ class Workload:
         job_id = self.rng.choice(self._recent)
         self.rec.record("invoke_cancel", job=job_id)
         try:
-            self.pool.cancel(job_id)
+            self.pool.cancel(job_id, wait=0)
         except workpool.RedisUnavailable as exc:
             self.rec.record("cancel_error", job=job_id, error=str(exc)[:200])
             return

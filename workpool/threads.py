@@ -1,0 +1,96 @@
+"""Where a worker runs job code: async jobs as tasks, sync code on a pool of threads. An attempt
+is bounded by its timeout; a thread still busy with an attempt that ended (timed out or was
+cancelled: a thread cannot be stopped) stays counted as stuck until it comes back, so the
+worker's capacity is honest and no later job waits behind it unseen."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+THREAD_PREFIX = "workpool-job"  #: job threads' names start with it (cli: abandoned at exit)
+
+
+class AttemptTimedOut(Exception):
+    """The attempt ran past its timeout: the engine's `Timeout`, not a TimeoutError the job
+    raised itself (that one is reported as the job's own error)."""
+
+
+class Escaped(Exception):
+    """A job raised a BaseException that is no Exception (SystemExit, KeyboardInterrupt): it
+    ends the attempt as that error, and never the worker."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(original)
+        self.original = original
+
+
+async def contained(work: Awaitable[T]) -> T:
+    """`work`'s result; a SystemExit or KeyboardInterrupt it raises comes out as Escaped."""
+    try:
+        return await work
+    except (Exception, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        raise Escaped(exc) from exc
+
+
+async def bounded(work: Awaitable[T], timeout: float | None) -> T:
+    """Await `work` for at most `timeout` seconds (None: no limit): AttemptTimedOut if it runs
+    past, after cancelling it; whatever it raises itself passes through as itself."""
+    if timeout is None:  # no task of its own: a cancel of ours reaches `work` as it is
+        return await contained(work)
+    task = asyncio.ensure_future(contained(work))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        msg = f"ran past its timeout of {timeout:g} s"
+        raise AttemptTimedOut(msg)
+    return task.result()
+
+
+class JobThreads:
+    """`size` threads for sync jobs and handlers; `stuck` counts those still busy with an
+    attempt that ended. `on_change` is called (on the event loop) whenever that count changes."""
+
+    def __init__(self, size: int, on_change: Callable[[], None]) -> None:
+        self._pool = ThreadPoolExecutor(size, thread_name_prefix=THREAD_PREFIX)
+        self._stuck: set[Future[Any]] = set()
+        self._on_change = on_change
+
+    @property
+    def stuck(self) -> int:
+        """Threads busy with an attempt that already ended."""
+        return len(self._stuck)
+
+    async def run(self, fn: Callable[..., T], args: Sequence[Any], kwargs: Mapping[str, Any],
+                  timeout: float | None) -> T:
+        """Call `fn(*args, **kwargs)` on a thread, in this task's context (current() works)."""
+        loop = asyncio.get_running_loop()
+        call = partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        future = self._pool.submit(call)
+        try:
+            return await bounded(asyncio.wrap_future(future), timeout)
+        finally:
+            if not future.done():  # the attempt ended, the thread goes on: count it
+                self._stuck.add(future)
+                future.add_done_callback(
+                    lambda f: loop.call_soon_threadsafe(self._came_back, f))
+                self._on_change()
+
+    def _came_back(self, future: Future[Any]) -> None:
+        self._stuck.discard(future)
+        self._on_change()
+
+    def shutdown(self) -> None:
+        """Start no more work; threads still busy are left to finish (or to the process exit)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
