@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,13 +33,6 @@ from workpool.engine import Engine, parse_lease
 from workpool.scripts import run, script
 
 
-@pytest.fixture
-def pools(redis_url: str) -> Iterator[Pools]:
-    made = Pools(redis_url)
-    yield made
-    made.close()
-
-
 def _with_add(pool: Workpool) -> Any:
     @pool.job()
     def add(a: int, b: int) -> int:
@@ -64,6 +57,21 @@ def test_status_is_pending_right_after_enqueue_before_any_main_loop_runs(
     st = pool.status(job_id)
     assert (st.id, st.state, st.terminal) == (job_id, State.PENDING, False)
     assert not job_fields(redis_client, pool.keys, job_id)  # nothing has applied it yet
+
+
+def test_stats_count_enqueues_not_applied_yet_as_pending(pools: Pools) -> None:
+    """Before any main loop runs, the jobs just enqueued are pending (the demo's first line
+    once said "pending 0" right after enqueuing 300); cancels and configs waiting beside them
+    are not jobs."""
+    pool = pools("c")
+    add = _with_add(pool)
+    pool.enqueue_many(add, [(i, i) for i in range(300)])
+    pool.enqueue(add, 1, 2, key="named")
+    pool.cancel("some-job", wait=0)
+    pool.configure(max_parallelism=3, wait=0)
+    s = pool.stats()
+    assert (s.pending, s.accepted_not_applied, s.exists) == (301, 301, True)
+    assert not pools("other").stats().exists
 
 
 def test_status_of_an_unknown_id_raises_job_not_found(pools: Pools) -> None:

@@ -19,12 +19,15 @@ from typing import Any, cast
 import click
 
 from workpool.cli_support import load_pool
-from workpool.connection import ENV_URL, resolve_url
-from workpool.errors import WorkpoolError
+from workpool.connection import ENV_URL, check_url, resolve_url
+from workpool.embedded import ensure_local_server, local_data_dir, local_server, stop_local_server
+from workpool.errors import ConfigurationError, WorkerStuck, WorkpoolError
+from workpool.limits import MAX_PRIORITY, MAX_SETTING, MIN_PRIORITY
 from workpool.logs import LogFormat, configure_logging, logger
 from workpool.pool import Workpool
 from workpool.stats import PoolStats
-from workpool.types import JobStatus, RateLimit
+from workpool.threads import THREAD_PREFIX
+from workpool.types import Canceled, JobStatus, RateLimit
 
 ENV_POOL = "WORKPOOL_POOL"
 ANOMALIES = ("stale_completions", "stale_callbacks", "rejected", "duplicate_enqueues",
@@ -45,18 +48,36 @@ class Settings:
 
 
 class _Group(click.Group):
-    """Turns workpool's typed errors into a one-line message and exit status 1."""
+    """Turns workpool's typed errors into a one-line message: a usage error (status 2) for an
+    option workpool cannot use, status 1 for anything else."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConfigurationError as exc:
+            raise click.UsageError(str(exc), ctx) from exc
         except WorkpoolError as exc:
             raise click.ClickException(str(exc)) from exc
 
 
-def _pool(ctx: click.Context, spec: str) -> Workpool:
-    """MODULE:POOL imports the pool; a plain name gives a bare pool (enqueue by name)."""
+def _url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--redis-url: empty means unset; anything else must be a Redis URL."""
+    if not value:
+        return None
+    try:
+        return check_url(f"--{param.name.replace('_', '-')}" if param.name else "url", value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+def _pool(ctx: click.Context, spec: str, *, code: bool = False) -> Workpool:
+    """MODULE:POOL imports the pool; a plain name gives a bare pool (enqueue by name), unless
+    the command runs the pool's code (`code`)."""
     url = cast("Settings", ctx.obj).redis_url
+    if code and ":" not in spec:
+        msg = f"expected MODULE:POOL naming the pool object and its registered jobs (e.g. " \
+              f"myapp.tasks:pool), got {spec!r}"
+        raise click.BadParameter(msg, ctx, param_hint="MODULE:POOL")
     if ":" in spec:
         try:
             pool = load_pool(spec)
@@ -86,7 +107,7 @@ async def _until_signaled(run: Callable[[asyncio.Event], Awaitable[None]]) -> No
 
 
 @click.group(cls=_Group)
-@click.option("--redis-url", envvar=ENV_URL, default=None,
+@click.option("--redis-url", envvar=ENV_URL, default=None, callback=_url,
               help=f"Redis to use (default ${ENV_URL}, else the pool's own, else the embedded "
                    "per-user server). Overrides the URL of a pool loaded from MODULE:POOL.")
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console",
@@ -116,13 +137,25 @@ def worker(ctx: click.Context, *, spec: str, concurrency: int, executor: str, no
 
     settings = cast("Settings", ctx.obj)
     settings.setup_logging()
-    pool = _pool(ctx, spec)
+    pool = _pool(ctx, spec, code=True)
     if settings.redis_url:
         os.environ[ENV_URL] = settings.redis_url  # child processes of the process executor
     runner = Worker(pool, concurrency=concurrency, executor=cast("ExecutorKind", executor),
                     run_loop=not no_loop, worker_id=worker_id, grace=grace, pool_spec=spec)
-    asyncio.run(_until_signaled(runner.run))
+    try:
+        asyncio.run(_until_signaled(runner.run))
+    except WorkerStuck as exc:
+        _restart(str(exc))
     _leave_abandoned_attempts()
+
+
+def _restart(why: str) -> None:
+    """Replace this process by a fresh `workpool worker` with the same arguments (the threads
+    stuck in timed-out attempts go with the old process image): the worker supervises itself."""
+    logger().error("restarting the worker process", reason=why)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def _leave_abandoned_attempts() -> None:
@@ -130,7 +163,7 @@ def _leave_abandoned_attempts() -> None:
     exit now rather than wait for their threads or child processes at interpreter exit."""
 
     def busy() -> list[threading.Thread | BaseProcess]:
-        threads = [t for t in threading.enumerate() if t.name.startswith("workpool-job")]
+        threads = [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]
         return [*threads, *multiprocessing.active_children()]
 
     deadline = time.monotonic() + 1.0  # idle ones end at once after the executor's shutdown
@@ -156,7 +189,7 @@ def loop(ctx: click.Context, spec: str) -> None:
     from workpool.loop import MainLoop  # noqa: PLC0415
 
     cast("Settings", ctx.obj).setup_logging()
-    asyncio.run(_until_signaled(MainLoop(_pool(ctx, spec)).run))
+    asyncio.run(_until_signaled(MainLoop(_pool(ctx, spec, code=True)).run))
 
 
 def _parse_args(raw: Sequence[str], strict: bool) -> list[Any]:
@@ -178,11 +211,18 @@ def _parse_args(raw: Sequence[str], strict: bool) -> list[Any]:
 @click.option("--key", default=None, help="Idempotency key: same key, same job.")
 @click.option("--run-after", type=click.FloatRange(min=0), default=None,
               help="Do not start before this many seconds from now.")
+@click.option("--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY), default=0,
+              show_default=True, help="Among due jobs, a higher priority starts first.")
+@click.option("--concurrency-key", default=None,
+              help="Jobs of one key run at most max_per_key at once (see `workpool config`).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds an attempt may run (default: the job's own, if any).")
 @click.option("--json-args", is_flag=True,
               help="Every ARG must be JSON (no fallback to a plain string).")
 @click.pass_context
 def enqueue(ctx: click.Context, *, spec: str, name: str, args: tuple[str, ...], key: str | None,
-            run_after: float | None, json_args: bool) -> None:
+            run_after: float | None, priority: int, concurrency_key: str | None,
+            timeout: float | None, json_args: bool) -> None:
     """Enqueue job NAME on POOL (MODULE:POOL or a pool name); prints the job id.
 
     Each ARG is parsed as JSON, falling back to a plain string: `workpool enqueue emails
@@ -191,7 +231,9 @@ def enqueue(ctx: click.Context, *, spec: str, name: str, args: tuple[str, ...], 
     pool = _pool(ctx, spec)
     if pool.registry.jobs:
         pool.registry.job(name)  # the pool's code is at hand: catch a misspelt name now
-    click.echo(pool.enqueue(name, *_parse_args(args, json_args), key=key, run_after=run_after))
+    click.echo(pool.enqueue(name, *_parse_args(args, json_args), key=key, run_after=run_after,
+                            priority=priority, concurrency_key=concurrency_key,
+                            timeout=timeout))
 
 
 def _show(value: Any) -> str:
@@ -239,7 +281,10 @@ pool_option = click.option("--pool", "spec", envvar=ENV_POOL, required=True, met
 @click.pass_context
 def status(ctx: click.Context, job_id: str, spec: str, as_json: bool) -> None:
     """Print a job's state, attempts, outcome, result and error."""
-    st = _pool(ctx, spec).status(job_id)
+    _print_status(_pool(ctx, spec).status(job_id), as_json)
+
+
+def _print_status(st: JobStatus, as_json: bool) -> None:
     if as_json:
         click.echo(_show({**dataclasses.asdict(st), "state": st.state.value}))
     else:
@@ -249,13 +294,26 @@ def status(ctx: click.Context, job_id: str, spec: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("job_id", metavar="ID")
 @pool_option
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after this many seconds (status 1); default: wait for ever.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
+@click.pass_context
+def wait(ctx: click.Context, job_id: str, spec: str, timeout: float | None,
+         as_json: bool) -> None:
+    """Wait until a job is finished (done or canceled), then print its status."""
+    _print_status(_pool(ctx, spec).wait(job_id, timeout=timeout), as_json)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@pool_option
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str, spec: str) -> None:
     """Cancel a job: pending/retrying ones end canceled; a running one is never retried."""
-    pool = _pool(ctx, spec)
-    was = pool.status(job_id).state.value  # JobNotFound for an unknown id
-    pool.cancel(job_id)
-    click.echo(f"cancel requested for {job_id} (it was {was})")
+    result = _pool(ctx, spec).cancel(job_id)
+    if result == Canceled.UNKNOWN:
+        raise click.ClickException(f"{job_id}: {result.description}")
+    click.echo(f"{job_id}: {result.description}")
 
 
 def stats_lines(s: PoolStats) -> list[str]:
@@ -276,7 +334,8 @@ def stats_lines(s: PoolStats) -> list[str]:
                  f"{c.get('succeeded', 0)}, failed {c.get('failed', 0)}; all time)"),
         ("canceled", f"{c.get('canceled', 0)} (all time)"),
         ("leader", s.leader or "none"),
-        ("workers", f"{s.workers} live"),
+        ("workers", f"{s.workers} live" + (f", {s.threads_stuck} job threads stuck in attempts "
+                                           "that timed out" if s.threads_stuck else "")),
         ("throughput", f"{s.throughput:.2f} jobs/s (last minute)"),
         ("anomalies", "\n".join(f"{name} {c.get(name, 0)}" for name in ANOMALIES)),
     ]
@@ -284,9 +343,16 @@ def stats_lines(s: PoolStats) -> list[str]:
     if s.rejected:
         lines.append("recent rejected entries (newest first):")
     for entry in s.rejected:
-        fields = " ".join(f"{k[2:]}={v!r}" for k, v in entry.items() if k.startswith("f."))
-        lines.append(f"  {entry.get('entry', '?')}  {entry.get('reason', '?')}  [{fields}]")
+        fields = " ".join(f"{k[2:]}={_clip(v)}" for k, v in entry.items() if k.startswith("f."))
+        cut = f" (cut: {entry['cut']})" if "cut" in entry else ""
+        lines.append(f"  {entry.get('entry', '?')}  {_clip(entry.get('reason', '?'))}  "
+                     f"[{fields}]{cut}")
     return lines
+
+
+def _clip(value: str, width: int = 60) -> str:
+    """A value shown whole if short, else its start and its length."""
+    return repr(value) if len(value) <= width else f"{value[:width]!r}... ({len(value)} chars)"
 
 
 @cli.command()
@@ -295,7 +361,11 @@ def stats_lines(s: PoolStats) -> list[str]:
 @click.pass_context
 def stats(ctx: click.Context, spec: str, as_json: bool) -> None:
     """Counts per state, running vs limit, leader, workers, throughput and anomalies."""
-    s = _pool(ctx, spec).stats()
+    pool = _pool(ctx, spec)
+    s = pool.stats()
+    if not s.exists:
+        raise click.ClickException(f"no pool named {pool.name!r} at {pool.url}: nothing of it is "
+                                   "in Redis (check the name, and --redis-url)")
     if as_json:
         click.echo(_show({**dataclasses.asdict(s), "throughput": s.throughput,
                           "max_parallelism": s.max_parallelism, "paused": s.paused}))
@@ -315,6 +385,10 @@ def demo(ctx: click.Context, jobs: int, workers: int, timeout: float) -> None:
 
     settings = cast("Settings", ctx.obj)
     url = resolve_url(settings.redis_url)
+    known = local_server() if settings.redis_url is None else None
+    if known is not None:
+        click.echo(f"using the embedded redis-server {known['version']} at {url} "
+                   f"({known['binary']}; `workpool server stop` stops it)")
     click.echo(f"demo on {url}: {jobs} jobs, {workers} worker processes")
     if not demo_module.run(url, jobs, workers, timeout, click.echo):
         raise click.ClickException("the demo did not finish every job in time")
@@ -325,29 +399,79 @@ def main() -> None:
     cli(prog_name="workpool")
 
 
-def _named(pairs: tuple[str, ...], what: str) -> dict[str, str]:
+@cli.group()
+def server() -> None:
+    """The embedded per-user redis-server (used when no Redis URL is configured)."""
+
+
+def _server_lines(known: dict[str, Any]) -> list[str]:
+    return _aligned([("url", str(known["url"])), ("pid", str(known["pid"])),
+                     ("binary", str(known.get("binary", "?"))),
+                     ("version", str(known.get("version", "?"))),
+                     ("data", str(known.get("data", local_data_dir())))])
+
+
+@server.command("start")
+def server_start() -> None:
+    """Start the embedded server if it is not running; print its URL."""
+    ensure_local_server()
+    known = local_server()
+    click.echo("\n".join(_server_lines(known) if known else []))
+
+
+@server.command("status")
+def server_status() -> None:
+    """Show the embedded server: URL, pid, binary and version, data directory."""
+    known = local_server()
+    if known is None:
+        raise click.ClickException(f"the embedded server is not running (data directory "
+                                   f"{local_data_dir()})")
+    click.echo("\n".join(_server_lines(known)))
+
+
+@server.command("stop")
+def server_stop() -> None:
+    """Stop the embedded server (its AOF keeps the jobs: the next use starts it again)."""
+    known = stop_local_server()
+    if known is None:
+        click.echo(f"the embedded server was not running (data directory {local_data_dir()})")
+    else:
+        click.echo(f"stopped the embedded server at {known['url']} (pid {known['pid']})")
+
+
+def _named(pairs: tuple[str, ...], what: str, parse: Callable[[str, str], Any]) -> dict[str, Any]:
+    """NAME=VALUE options as a dict, each value parsed by `parse(option, value)`."""
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             msg = f"{what} expects NAME=VALUE, got {pair!r}"
             raise click.BadParameter(msg)
-        out[name] = value
+        out[name] = parse(f"{what} {name}", value)
     return out
 
 
-def _rate(text: str) -> RateLimit | None:
-    return None if text == "none" else RateLimit.parse(text)
+def _rate(option: str, text: str) -> RateLimit | None:
+    return None if text == "none" else RateLimit.parse(text, option)
+
+
+def _count(option: str, text: str) -> int:
+    if not text.isdigit():
+        msg = f"{option} expects a whole number >= 0, got {text!r}"
+        raise click.BadParameter(msg)
+    return int(text)
 
 
 @cli.command("config")
 @click.argument("spec", metavar="POOL")
-@click.option("--max-parallelism", type=int, help="Running jobs across all workers.")
+@click.option("--max-parallelism", type=click.IntRange(0, MAX_SETTING),
+              help="Running jobs across all workers.")
 @click.option("--pause/--resume", "paused", default=None, help="Stop / resume starting jobs.")
 @click.option("--rate-limit", help="Pool-wide starts, LIMIT/PERIOD (50/1s, 10/500ms) or none.")
 @click.option("--job-rate-limit", multiple=True, metavar="NAME=RATE",
               help="Starts of one job name, e.g. send_email=50/1s (repeatable).")
-@click.option("--max-per-key", type=int, help="Running jobs per concurrency key (1 = serial).")
+@click.option("--max-per-key", type=click.IntRange(0, MAX_SETTING),
+              help="Running jobs per concurrency key (1 = serial).")
 @click.option("--job-max-per-key", multiple=True, metavar="NAME=N",
               help="Per-key limit of one job name (repeatable).")
 @click.option("--reset", is_flag=True, help="Drop every live override first (code values apply).")
@@ -362,14 +486,15 @@ def config(ctx: click.Context, spec: str, *, max_parallelism: int | None, paused
     if paused is not None:
         settings["paused"] = paused
     if rate_limit is not None:
-        settings["rate_limit"] = _rate(rate_limit)
+        settings["rate_limit"] = _rate("--rate-limit", rate_limit)
     if job_rate_limit:
-        settings["rate_limits"] = {n: _rate(v) for n, v in
-                                   _named(job_rate_limit, "--job-rate-limit").items()}
+        settings["rate_limits"] = _named(job_rate_limit, "--job-rate-limit", _rate)
     if max_per_key is not None:
         settings["max_per_key"] = max_per_key
     if job_max_per_key:
-        settings["max_per_key_for"] = {n: int(v) for n, v in
-                                       _named(job_max_per_key, "--job-max-per-key").items()}
-    _pool(ctx, spec).configure(**settings)
-    click.echo(f"configuration sent to pool {spec}")
+        settings["max_per_key_for"] = _named(job_max_per_key, "--job-max-per-key", _count)
+    if _pool(ctx, spec).configure(**settings) == "applied":
+        click.echo(f"configuration applied to pool {spec}")
+    else:
+        click.echo(f"configuration sent to pool {spec}: no main loop has applied it yet (it "
+                   "will, in order, when one runs)")

@@ -20,8 +20,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from workpool.errors import RedisServerNotFound, WorkpoolError
 
@@ -215,7 +216,7 @@ print(os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ, setsid=True,
                      file_actions=[(os.POSIX_SPAWN_DUP2, null, fd) for fd in (0, 1, 2)]))"""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
@@ -231,24 +232,66 @@ def _spawn_detached(binary: str, data_dir: Path, port: int) -> Spawned:
     args = _server_args(binary, data_dir, port, "everysec")
     cmd = [sys.executable, "-I", "-c", _DETACH, *args]
     pid = int(subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=True).stdout)
-    return pid, (lambda: _pid_alive(pid)), (lambda: os.kill(pid, signal.SIGKILL))
+    return pid, (lambda: pid_alive(pid)), (lambda: os.kill(pid, signal.SIGKILL))
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[Path]:
+    """The per-user server's state file, with its lock held (one process at a time)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "server.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield data_dir / "server.json"
+
+
+def _answering(state: Path) -> dict[str, Any] | None:
+    """What the state file says of the per-user server, if that very server answers."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        known: dict[str, Any] = json.loads(state.read_text())
+        if _answering_pid(int(known["port"])) == int(known["pid"]):
+            return known
+    return None
 
 
 def ensure_local_server() -> str:
     """Return the URL of the per-user shared server, starting it (detached) if none answers."""
     data_dir = local_data_dir().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    state = data_dir / "server.json"
-    with (data_dir / "server.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            known = json.loads(state.read_text())
-            if _answering_pid(int(known["port"])) == int(known["pid"]):
-                return f"redis://127.0.0.1:{int(known['port'])}/0"
-        spawn = functools.partial(_spawn_detached, find_redis_server(), data_dir)
-        port, pid = _launch(None, spawn, data_dir)
+    with _locked(data_dir) as state:
+        known = _answering(state)
+        if known is not None:
+            return str(known["url"])
+        binary = find_redis_server()
+        port, pid = _launch(None, functools.partial(_spawn_detached, binary, data_dir), data_dir)
         url = f"redis://127.0.0.1:{port}/0"
+        version = ".".join(map(str, _server_version(binary)))
         tmp = state.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"port": port, "pid": pid, "url": url}))
+        tmp.write_text(json.dumps({"port": port, "pid": pid, "url": url, "binary": binary,
+                                   "version": version, "data": str(data_dir)}))
         os.replace(tmp, state)
         return url
+
+
+def local_server() -> dict[str, Any] | None:
+    """The per-user server (url, pid, port, binary, version, data dir) if it runs, else None."""
+    data_dir = local_data_dir().resolve()
+    with _locked(data_dir) as state:
+        return _answering(state)
+
+
+def stop_local_server(timeout: float = 10.0) -> dict[str, Any] | None:
+    """Shut the per-user server down (SHUTDOWN: its AOF is flushed first) and wait until its
+    process is gone; None if it was not running."""
+    data_dir = local_data_dir().resolve()
+    with _locked(data_dir) as state:
+        known = _answering(state)
+        if known is None:
+            return None
+        with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", int(known["port"])), timeout=timeout) as sock:
+            sock.sendall(b"SHUTDOWN NOSAVE\r\n")
+            sock.recv(64)
+        deadline = time.monotonic() + timeout
+        while pid_alive(int(known["pid"])) and time.monotonic() < deadline:
+            time.sleep(0.02)  # poll interval
+        state.unlink(missing_ok=True)
+        return known

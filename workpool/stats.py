@@ -16,7 +16,7 @@ class PoolStats:
     """A snapshot of one pool."""
 
     pool: str
-    pending: int  #: accepted jobs waiting for their first start (due or not)
+    pending: int  #: accepted jobs waiting for their first start (due or not), applied or not
     running: int
     retrying: int
     ready: int  #: due jobs free to start now, waiting for a slot or a pool-wide token
@@ -27,7 +27,9 @@ class PoolStats:
     accepted_not_applied: int  #: enqueue entries the main loop has not applied yet
     leader: str | None  #: lease token of the main-loop holder, if any
     workers: int  #: worker processes with a live heartbeat that have read from the pool
+    threads_stuck: int  #: their job threads still busy with attempts that timed out
     finished_last_minute: int
+    exists: bool = True  #: False when nothing of the pool is in Redis (no such pool)
     counters: dict[str, int] = field(default_factory=dict)
     rejected: list[dict[str, str]] = field(default_factory=list)
 
@@ -54,11 +56,12 @@ def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
     minute = int(now[0]) // 60
     replies = yield Step([
         ("HLEN", keys.unstarted), ("ZCARD", keys.running), ("HGETALL", keys.stats),
-        ("HGETALL", keys.defaults), ("SCARD", keys.incoming), ("GET", keys.lease),
-        ("XREVRANGE", keys.rejected, "+", "-", "COUNT", rejected_shown),
+        ("HGETALL", keys.defaults), ("EVAL", _NOT_APPLIED, 1, keys.pending_start, _SCAN),
+        ("GET", keys.lease), ("XREVRANGE", keys.rejected, "+", "-", "COUNT", rejected_shown),
         ("GET", keys.throughput(minute)), ("GET", keys.throughput(minute - 1)),
         ("EVAL", _LIVE_WORKERS, 1, keys.dispatch, GROUP, keys.prefix),
         ("HGETALL", keys.config), ("ZCARD", keys.ready), ("SMEMBERS", keys.priorities),
+        ("EXISTS", keys.defaults, keys.stats, keys.pending_start, keys.unstarted, keys.lease),
     ])
     priorities = sorted(int(p) for p in replies[12])
     counts = yield Step([("ZCOUNT", keys.ready, -p * _RANK, f"({-p * _RANK + _RANK}")
@@ -81,22 +84,44 @@ def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
         settings=settings,
         accepted_not_applied=int(replies[4]),
         leader=text(replies[5]) or None,
-        workers=int(replies[9]),
+        workers=int(replies[9][0]),
+        threads_stuck=int(replies[9][1]),
         finished_last_minute=this_minute + last_minute * (60 - elapsed) // 60,
         counters=counters,
         # raw fields of a rejected entry may be any bytes (bad msgpack): shown escaped, never fatal
         rejected=[{text(k): v.decode("utf-8", "backslashreplace") for k, v in entry.items()}
                   for _, entry in replies[6]],
+        exists=int(replies[13]) > 0,
     )
 
 
-# Read-only: consumers of the dispatch group whose heartbeat is live (0 before the group exists).
+# Read-only: consumers of the dispatch group whose heartbeat is live, and the job threads they
+# report stuck in timed-out attempts (a heartbeat holds the worker's JSON; {0, 0} before the
+# group exists).
 _LIVE_WORKERS = """
 local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-if not ok then return 0 end
-local live = 0
+if not ok then return {0, 0} end
+local live, stuck = 0, 0
 for _, c in ipairs(consumers) do
-  if redis.call('EXISTS', ARGV[2] .. 'hb:' .. c[2]) == 1 then live = live + 1 end
+  local beat = redis.call('GET', ARGV[2] .. 'hb:' .. c[2])
+  if beat then
+    live = live + 1
+    local parsed, info = pcall(cjson.decode, beat)
+    if parsed and type(info) == 'table' then stuck = stuck + (tonumber(info.stuck) or 0) end
+  end
 end
-return live
+return {live, stuck}
+"""
+
+_SCAN = 10_000  # pendingStart entries looked at one by one; beyond, each counts as an enqueue
+# Read-only: enqueue requests in pendingStart (not applied yet), without cancels and configs.
+_NOT_APPLIED = """
+local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[1])
+local n = 0
+for _, e in ipairs(entries) do
+  local op = 'enqueue'
+  for i = 1, #e[2], 2 do if e[2][i] == 'op' then op = e[2][i + 1] end end
+  if op == 'enqueue' then n = n + 1 end
+end
+return n + math.max(0, redis.call('XLEN', KEYS[1]) - #entries)
 """
