@@ -30,6 +30,7 @@ from workpool import (
 )
 from workpool.embedded import RedisServer
 from workpool.engine import Engine, parse_lease
+from workpool.protocol import encode
 from workpool.scripts import run, script
 
 
@@ -72,6 +73,20 @@ def test_stats_count_enqueues_not_applied_yet_as_pending(pools: Pools) -> None:
     s = pool.stats()
     assert (s.pending, s.accepted_not_applied, s.exists) == (301, 301, True)
     assert not pools("other").stats().exists
+
+
+def test_stats_read_a_bounded_amount_of_requests_not_applied_yet(
+        pools: Pools, redis_client: redis.Redis) -> None:
+    """Counting the enqueues among the requests not applied yet reads 1 MiB of them at most:
+    behind 40 entries of 512 KiB, three cancels count as enqueues rather than have a stats call
+    read 20 MiB into Redis's Lua."""
+    pool = pools("c")
+    big = encode([b"x" * (512 << 10)])
+    for _ in range(40):
+        redis_client.xadd(pool.keys.pending_start, {"name": "add", "args": big})
+    for _ in range(3):
+        redis_client.xadd(pool.keys.pending_start, {"op": "cancel", "id": "some-job"})
+    assert pool.stats().pending == 43
 
 
 def test_status_of_an_unknown_id_raises_job_not_found(pools: Pools) -> None:

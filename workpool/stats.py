@@ -56,7 +56,7 @@ def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
     minute = int(now[0]) // 60
     replies = yield Step([
         ("HLEN", keys.unstarted), ("ZCARD", keys.running), ("HGETALL", keys.stats),
-        ("HGETALL", keys.defaults), ("EVAL", _NOT_APPLIED, 1, keys.pending_start, _SCAN),
+        ("HGETALL", keys.defaults), ("EVAL", _NOT_APPLIED, 1, keys.pending_start, *_SCAN),
         ("GET", keys.lease), ("XREVRANGE", keys.rejected, "+", "-", "COUNT", rejected_shown),
         ("GET", keys.throughput(minute)), ("GET", keys.throughput(minute - 1)),
         ("EVAL", _LIVE_WORKERS, 1, keys.dispatch, GROUP, keys.prefix),
@@ -113,15 +113,25 @@ end
 return {live, stuck}
 """
 
-_SCAN = 10_000  # pendingStart entries looked at one by one; beyond, each counts as an enqueue
+_SCAN = (10_000, 1 << 20)  # pendingStart entries, bytes looked at; beyond, each is an enqueue
 # Read-only: enqueue requests in pendingStart (not applied yet), without cancels and configs.
+# Read 16 entries at a time and stop after ARGV[1] entries or ARGV[2] bytes, so a stream of
+# large entries costs a bounded read; what is left is counted as enqueues (the common case).
 _NOT_APPLIED = """
-local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[1])
-local n = 0
-for _, e in ipairs(entries) do
-  local op = 'enqueue'
-  for i = 1, #e[2], 2 do if e[2][i] == 'op' then op = e[2][i + 1] end end
-  if op == 'enqueue' then n = n + 1 end
+local n, seen, bytes, from = 0, 0, 0, '-'
+while seen < tonumber(ARGV[1]) and bytes < tonumber(ARGV[2]) do
+  local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', 16)
+  for _, e in ipairs(entries) do
+    local op = 'enqueue'
+    for i = 1, #e[2], 2 do
+      bytes = bytes + #e[2][i] + #e[2][i + 1]
+      if e[2][i] == 'op' then op = e[2][i + 1] end
+    end
+    if op == 'enqueue' then n = n + 1 end
+  end
+  seen = seen + #entries
+  if #entries < 16 then break end
+  from = '(' .. entries[#entries][1]
 end
-return n + math.max(0, redis.call('XLEN', KEYS[1]) - #entries)
+return n + math.max(0, redis.call('XLEN', KEYS[1]) - seen)
 """
