@@ -21,7 +21,7 @@ import click
 from workpool.cli_support import load_pool
 from workpool.connection import ENV_URL, check_url, resolve_url
 from workpool.embedded import ensure_local_server, local_data_dir, local_server, stop_local_server
-from workpool.errors import ConfigurationError, WorkerStuck, WorkpoolError
+from workpool.errors import ConfigurationError, WorkerFailed, WorkerStuck, WorkpoolError
 from workpool.limits import MAX_PRIORITY, MAX_SETTING, MIN_PRIORITY
 from workpool.logs import LogFormat, configure_logging, logger
 from workpool.pool import Workpool
@@ -146,7 +146,11 @@ def worker(ctx: click.Context, *, spec: str, concurrency: int, executor: str, no
         asyncio.run(_until_signaled(runner.run))
     except WorkerStuck as exc:
         _restart(str(exc))
-    _leave_abandoned_attempts()
+    except WorkerFailed as exc:  # say why first: threads left behind may end the process below
+        click.echo(f"Error: {exc}", err=True)
+        _leave_abandoned_attempts(1)
+        sys.exit(1)
+    _leave_abandoned_attempts(0)
 
 
 def _restart(why: str) -> None:
@@ -158,9 +162,10 @@ def _restart(why: str) -> None:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-def _leave_abandoned_attempts() -> None:
+def _leave_abandoned_attempts(status: int) -> None:
     """Attempts still running after the grace period were left to the reaper (WorkerLost):
-    exit now rather than wait for their threads or child processes at interpreter exit."""
+    exit now, with `status`, rather than wait for their threads or child processes at
+    interpreter exit (a thread stuck in a job would keep the process for ever)."""
 
     def busy() -> list[threading.Thread | BaseProcess]:
         threads = [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]
@@ -178,7 +183,7 @@ def _leave_abandoned_attempts() -> None:
         child.kill()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 @cli.command()
