@@ -51,11 +51,6 @@ class Outbox:
     def put(self, outcome: Outcome) -> None:
         self._queue.put_nowait(outcome)
 
-    @property
-    def waiting(self) -> int:
-        """Outcomes and entries not written yet."""
-        return self._queue.qsize() + len(self._unwritten)
-
     async def run(self, client: redis.asyncio.Redis) -> None:
         """Flush whenever something is ready, until close(); back off while Redis refuses."""
         backoff = Backoff()
