@@ -5,7 +5,6 @@ needs (waiting for a job, the embedded server) has a command."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from helpers import Pools, eventually, running_worker
 
 from workpool import Retry, State
 from workpool.cli import cli
+from workpool.embedded import pid_alive
 from workpool.types import Canceled
 
 Invoke = Callable[..., Result]
@@ -182,14 +182,6 @@ def test_the_server_commands_show_and_stop_the_embedded_server(tmp_path: Path) -
     pid = int(re.search(r"^pid\s+(\d+)", status.output, re.M).group(1))  # type: ignore[union-attr]
     stopped = runner.invoke(cli, ["server", "stop"], env=env)
     assert stopped.exit_code == 0 and "stopped" in stopped.output
-    eventually(lambda: not _alive(pid), 10.0, "the server process exits")
+    eventually(lambda: not pid_alive(pid), 10.0, "the server process exits")
     after = runner.invoke(cli, ["server", "status"], env=env)
     assert after.exit_code == 1 and "not running" in after.output
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
