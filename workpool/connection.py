@@ -10,13 +10,34 @@ from typing import Any
 import redis
 
 from workpool import validate
-from workpool.errors import RedisUnavailable
+from workpool.errors import RedisRefused, RedisUnavailable
 
 ENV_URL = "WORKPOOL_REDIS_URL"
 MAX_BACKOFF = 1.0  # s between reconnect attempts at most: retrying once a second is cheap
 
 
 SCHEMES = ("redis://", "rediss://", "unix://")
+#: error codes of a server that refuses for a while (redis-py strips the code of some of them)
+_REFUSALS = ("OOM", "BUSY", "READONLY", "MISCONF", "LOADING", "MASTERDOWN", "NOREPLICAS",
+             "TRYAGAIN", "UNBLOCKED")
+_REFUSAL_CLASSES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
+                    redis.exceptions.BusyLoadingError)
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """A reply refusing a command for the moment (the server is out of memory, busy with a
+    script, a replica, loading, or cannot persist; a blocked read cut short by a change of
+    role), as opposed to a defect of the call. In a pipeline redis-py puts its own words
+    before the server's error code; a script refused at its first write names the code after
+    the script's position (`Error running script ...: -READONLY ...`)."""
+    if isinstance(exc, _REFUSAL_CLASSES):
+        return True
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    reply = str(exc).rpartition(" of pipeline caused error: ")[2]
+    if reply.startswith("Error running script"):
+        reply = reply.rpartition(": -")[2]
+    return reply.split(" ", 1)[0] in _REFUSALS
 
 
 def check_url(name: str, url: Any) -> str:
@@ -65,10 +86,19 @@ class Backoff:
 
 @contextmanager
 def unavailable_as_typed(url: str) -> Generator[None, None, None]:
-    """Turn redis-py's connection errors into RedisUnavailable naming the URL."""
+    """Turn redis-py's connection errors into RedisUnavailable naming the URL, and a server's
+    passing refusals (OOM, BUSY, READONLY, ...) into RedisRefused."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        msg = f"cannot reach Redis at {url} ({exc}); the call may or may not have taken " \
-              "effect. Check the server and retry: an enqueue with key= is safe to repeat."
-        raise RedisUnavailable(msg) from exc
+    except redis.RedisError as exc:
+        if not is_refusal(exc):
+            if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+                msg = f"cannot reach Redis at {url} ({exc}); the call may or may not have " \
+                      "taken effect. Check the server and retry: an enqueue with key= is " \
+                      "safe to repeat."
+                raise RedisUnavailable(msg) from exc
+            raise
+        msg = f"Redis at {url} refused the call for now ({type(exc).__name__}: {exc}). " \
+              "Retry once it recovers (an enqueue with key= is safe to repeat); if it " \
+              "persists, see the server's maxmemory, replica and persistence settings."
+        raise RedisRefused(msg) from exc

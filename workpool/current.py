@@ -18,6 +18,8 @@ class Running:
     attempt: int  #: the fencing token of this run: only its outcome is applied
     delivery: int = 0  #: the on_complete delivery number (0 inside a job)
     worker_id: str = ""
+    #: when the main loop handed this attempt (or delivery) out: Redis time, s since the epoch
+    dispatched_at: float = 0.0
 
 
 _RUNNING: contextvars.ContextVar[Running] = contextvars.ContextVar("workpool_running")

@@ -12,7 +12,14 @@ class RedisServerNotFound(WorkpoolError):
 
 
 class RedisUnavailable(WorkpoolError):
-    """Redis could not be reached; nothing was written by the failed call."""
+    """Redis could not be reached, so the call may or may not have taken effect; retrying is
+    safe for an enqueue with `key=`."""
+
+
+class RedisRefused(RedisUnavailable):
+    """Redis answered but refused the call for now: out of memory (OOM), busy running a script
+    (BUSY), a read-only replica (READONLY), loading its data, a failed disk write (MISCONF). A
+    refused command writes nothing; retry once the server recovers."""
 
 
 class SerializationError(WorkpoolError, TypeError):

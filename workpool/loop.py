@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workpool.codes import Code
-from workpool.connection import Backoff
+from workpool.connection import Backoff, is_refusal
 from workpool.engine import (
     BatchReply,
     Engine,
@@ -98,8 +98,10 @@ class MainLoop:
                     await self._retry(stop, backoff, "warning", "redis unreachable, retrying", exc)
                 except ResponseError as exc:  # a refusal or a script error: outlive it
                     self._trouble_at = time.monotonic()
-                    await self._retry(stop, backoff, "error", "redis refused a call, retrying",
-                                      exc)
+                    refused = is_refusal(exc)  # passing (OOM, BUSY, READONLY): no defect
+                    await self._retry(stop, backoff, "warning" if refused else "error",
+                                      "redis refused a call, retrying" if refused else
+                                      "a call failed, retrying", exc)
                 except Exception as exc:  # a defect: logged whole, never the end
                     self.log.exception("main loop step failed, retrying")
                     await self._release(client)

@@ -162,7 +162,8 @@ class JobStatus:
     max_attempts: int = 0
     outcome: Literal["succeeded", "failed"] | None = None  #: set when state is done
     result: Any = None  #: return value when succeeded
-    error: str | None = None  #: last attempt's error, if any
+    #: the latest failed attempt's error, if any (kept on success: it says why a retry ran)
+    error: str | None = None
     error_type: str | None = None
     cancel_requested: bool = False  #: a cancel reached the job (a running one is never retried)
     enqueued_at: float | None = None  #: seconds since the epoch (Redis clock)

@@ -66,6 +66,11 @@ def _entry_key(entry_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _entry_time(entry_id: bytes) -> float:
+    """When the main loop wrote a dispatch entry (its id's Redis time), in s since the epoch."""
+    return _entry_key(entry_id)[0] / 1000
+
+
 def _timeout(raw: bytes | None) -> float | None:
     """An entry's timeout_ms as seconds; None for none (0, absent or unreadable)."""
     try:
@@ -379,9 +384,10 @@ class Worker:
         (-inf when unknown), the earliest moment Redis may have handed it to us."""
         self._taken[entry_id] = time.monotonic()
         if f.get("kind") == b"cb":
-            task = asyncio.create_task(self._deliver(client, f))
+            task = asyncio.create_task(self._deliver(client, f, _entry_time(entry_id)))
         else:
-            task = asyncio.create_task(self._attempt(f, client, read_at, time.monotonic()))
+            task = asyncio.create_task(self._attempt(f, client, read_at, time.monotonic(),
+                                                     _entry_time(entry_id)))
         self._inflight.add(task)
         task.add_done_callback(self._finished)
 
@@ -414,7 +420,7 @@ class Worker:
     # -- running ---------------------------------------------------------------------------
 
     async def _attempt(self, f: dict[str, bytes], client: redis.asyncio.Redis, read_at: float,
-                       received: float) -> None:
+                       received: float, dispatched_at: float) -> None:
         """One attempt: every way it can end (a defect of ours included) is an outcome, but
         for a cancel (fenced: it was given away, or left to the reaper at shutdown)."""
         job_id, name = text(f.get("id")), text(f.get("name"))
@@ -431,7 +437,8 @@ class Worker:
             # Begun: from here a lapsed heartbeat's fence may cancel it (until here, this check
             # is its fence: it is not listed, so it is never "cancelled" before it began).
             self._attempts[cast("asyncio.Task[None]", asyncio.current_task())] = (job_id, attempt)
-            out.update(await self._execute(f, job_id, name, attempt))
+            out.update(await self._execute(f, Running(job_id, name, attempt, 0, self.id,
+                                                      dispatched_at)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a defect of the worker: the attempt still ends
@@ -445,12 +452,10 @@ class Worker:
                         error=failures.cut(text(out["error"]), 300))
         self._outbox.put(out)
 
-    async def _execute(self, f: dict[str, bytes], job_id: str, name: str,
-                       attempt: int) -> Outcome:
+    async def _execute(self, f: dict[str, bytes], running: Running) -> Outcome:
         """Run the job; its outcome's ok/result or error fields."""
-        enc = text(f.get("enc")) or "msgpack"
+        name, enc = running.name, text(f.get("enc")) or "msgpack"
         timeout = _timeout(f.get("timeout_ms"))
-        running = Running(job_id, name, attempt, 0, self.id)
         enter(running)  # this task's own context: current() inside the job
         try:
             spec = self.pool.registry.job(name)
@@ -493,7 +498,8 @@ class Worker:
                   "the process executor replaced it"
             raise _ChildError("ChildProcessLost", msg, True) from exc
 
-    async def _deliver(self, client: redis.asyncio.Redis, f: dict[str, bytes]) -> None:
+    async def _deliver(self, client: redis.asyncio.Redis, f: dict[str, bytes],
+                       dispatched_at: float) -> None:
         """One on_complete delivery: every way it can end is an outcome (a handler this worker
         does not have: retryable=0, so the delivery is given up rather than tried forever)."""
         job_id, n = text(f.get("id")), text(f.get("n"))
@@ -504,7 +510,7 @@ class Worker:
             if text(h.get("cb")) != "pending" or text(h.get("cb_n")) != n:
                 return  # superseded: the main loop already closed or re-issued this delivery
             handler = text(h.get("on_complete"))
-            enter(Running(job_id, handler, 0, int(n or 0), self.id))
+            enter(Running(job_id, handler, 0, int(n or 0), self.id, dispatched_at))
             spec = self.pool.registry.handler(handler)
             result = status_from_hash(job_id, h).to_result()
             context = decode(h.get("context") or b"", text(h.get("enc")) or "msgpack")

@@ -1,5 +1,6 @@
 """The processes of a chaos run: one redis-server (AOF on, our own port and data dir) and N
-worker processes (each also a main-loop candidate), with the signals the faults send them."""
+worker processes (each also a main-loop candidate; every other one runs sync jobs in the
+process executor's children, the others in threads), with the signals the faults send them."""
 
 from __future__ import annotations
 
@@ -40,15 +41,16 @@ class Cluster:
                 "WORKPOOL_CHAOS_DIR": str(self.run_dir)}
 
     def spawn_worker(self) -> int:
-        """Start one worker process; returns its pid."""
+        """Start one worker process (thread and process executors in turn); returns its pid."""
         self._spawned += 1
+        executor = "process" if self._spawned % 2 == 0 else "thread"
         log = (self.run_dir / "logs" / f"worker-{self._spawned}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "workpool", "--log-format", "json", "--log-level",
                  "WARNING", "worker", "workpool.chaos.app:pool", "--concurrency",
-                 str(self.concurrency), "--grace", "10"],
+                 str(self.concurrency), "--grace", "10", "--executor", executor],
                 env=self.env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         self.workers[proc.pid] = proc
         return proc.pid

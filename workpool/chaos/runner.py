@@ -57,22 +57,26 @@ def run(config: RunConfig, run_dir: Path) -> Report:
         stop = threading.Event()
         client = threading.Thread(target=workload.run, args=(stop,), name="chaos-client")
         client.start()
-        _inject(config, Faults(cluster, rec, random.Random(rng.random())), rec)
+        _inject(config, Faults(cluster, rec, random.Random(rng.random()), workload), rec)
         stop.set()
         client.join()
         cluster.wake_all()
         cluster.start_workers()
         rec.record("quiesce")
-        job_ids = {e["job"] for e in load(run_dir / "history") if e["e"] == "invoke_enqueue"}
+        history = load(run_dir / "history")
+        job_ids = {e["job"] for e in history if e["e"] == "invoke_enqueue"}
         _quiesce(cluster, job_ids, config.quiesce_timeout)
+        rec.record("stop_workers")
         cluster.stop_workers()
-        final = _final_states(cluster, job_ids)
-        stale = int(cluster.admin.hget(cluster.keys.stats, "stale_completions") or 0)
+        poisoned = {i for e in history if e["e"] == "fault" for i in e.get("ids") or ()}
+        final = _final_states(cluster, job_ids | poisoned)  # a poison id must find no job
+        stale, rejected = (int(n or 0) for n in cluster.admin.hmget(
+            cluster.keys.stats, "stale_completions", "rejected"))
     finally:
         cluster.close()
         rec.close()
     (run_dir / "final.json").write_text(json.dumps(
-        {"config": asdict(config), "stale_rejected": stale,
+        {"config": asdict(config), "stale_rejected": stale, "entries_rejected": rejected,
          "jobs": {job: asdict(f) for job, f in final.items()}}, default=str))
     return recheck(run_dir)
 
@@ -82,7 +86,7 @@ def recheck(run_dir: Path) -> Report:
     saved = json.loads((run_dir / "final.json").read_text())
     final = {job: FinalJob(**f) for job, f in saved["jobs"].items()}
     report = check(load(run_dir / "history"), final, saved["config"]["max_parallelism"],
-                   saved["stale_rejected"])
+                   saved["stale_rejected"], saved.get("entries_rejected", 0))
     (run_dir / "report.json").write_text(json.dumps(
         {"config": saved["config"], "report": asdict(report)}, indent=1, default=str))
     return report
