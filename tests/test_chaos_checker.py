@@ -290,6 +290,15 @@ def test_a_job_that_fails_on_every_attempt_must_have_used_them_all() -> None:
     assert run(3).wrong_outcome
 
 
+def test_a_job_planned_to_succeed_in_the_end_may_fail_only_if_a_cancel_stopped_it() -> None:
+    events = [*enqueued("a", kind="flaky", args=(3,)),
+              *ran("a", 1, W1, 1.0, 1.1, r="error", err="FlakyError"),
+              delivered("a", 1.2, kind="failed", value=None, error_type="FlakyError")]
+    final = {"a": failed(1, "FlakyError", "planned failure of attempt 1")}
+    assert checked(events, final).wrong_outcome
+    assert checked([*events, *cancel("a", 1.05, "marked")], final).ok
+
+
 def test_a_job_planned_to_fail_that_succeeded_or_failed_otherwise_is_a_wrong_outcome() -> None:
     events = [*enqueued("a", kind="doomed"), *ran("a", 1, W1, 1.0, 1.1), delivered("a", 1.2)]
     assert checked(events, {"a": done()}).wrong_outcome

@@ -43,6 +43,34 @@ def test_a_job_and_its_on_complete_handler_know_the_run_they_belong_to(redis_url
     pools.close()
 
 
+def test_a_run_knows_when_the_main_loop_handed_it_out_on_redis_s_clock(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    pools = Pools(redis_url)
+    pool = pools("dispatched")
+    seen: list[float] = []
+
+    @pool.job()
+    async def stamp() -> float:
+        return workpool.current().dispatched_at
+
+    @pool.on_complete()
+    def handler(job_id: str, result: Result, context: Any) -> None:
+        seen.append(workpool.current().dispatched_at)
+
+    def redis_now() -> float:
+        seconds, micros = redis_client.time()
+        return seconds + micros / 1e6
+
+    with running_worker(pool):
+        before = redis_now()
+        job = pool.enqueue(stamp, on_complete=handler)
+        dispatched = pool.wait(job, 15).result
+        eventually(lambda: seen, what="the handler ran")
+        after = redis_now()
+    assert before - 0.001 <= dispatched <= seen[0] <= after  # ms of the dispatch entry id
+    pools.close()
+
+
 def test_current_outside_a_job_raises_an_error_that_says_where_it_works() -> None:
     with pytest.raises(workpool.WorkpoolError, match="only available inside a job"):
         workpool.current()

@@ -111,6 +111,33 @@ def test_a_worker_outlives_a_redis_that_refuses_commands_for_a_while(
 # -- results, errors and exceptions out of the ordinary ------------------------------------------
 
 
+def test_a_stalled_worker_begins_no_attempt_before_redis_says_it_is_still_its_own(
+        own_server: RedisServer) -> None:
+    # found by the chaos checker: a worker waking from a pause as Redis was killed began an
+    # attempt given away meanwhile, because "Redis cannot say" was taken as "still ours"
+    pool = Workpool("mine", own_server.url)
+    pool.job(name="noop")(lambda: None)
+    w = worker.Worker(pool, concurrency=1)
+    r = redis.Redis.from_url(own_server.url)
+    answers: list[bool] = []
+
+    async def ask() -> bool:
+        client = redis.asyncio.Redis.from_url(own_server.url)
+        try:
+            return await w._mine(client, "given-away", 1)
+        finally:
+            await client.aclose()
+
+    with busy(r):
+        asking = threading.Thread(target=lambda: answers.append(asyncio.run(ask())))
+        asking.start()
+        assert stays(lambda: not answers, 1.0)  # no answer while Redis cannot give one
+    asking.join(10)
+    assert answers == [False]  # asked again once Redis answered: the attempt is not ours
+    r.close()
+    pool.close()
+
+
 def test_a_result_over_the_pools_cap_fails_its_job_and_everything_else_lands(
         pools: Pools) -> None:
     pool = pools("bigresult", max_result_bytes=1000, retry=Retry(max_attempts=3))

@@ -73,7 +73,8 @@ class MainLoop:
         self._cursor = _Cursor()
         self._cron_last: dict[str, int] = {}
         self._cron_next: dict[str, int] = {}
-        self._trouble_at = time.monotonic()  # last error or stalled round trip seen
+        #: since when Redis has answered every round trip promptly (None: the last one failed)
+        self._answering_since: float | None = None
         self._stall_s = pool.heartbeat_ttl / 4  # a round trip this much slower: a stall
         self._grace_s = pool.heartbeat_ttl / 2  # the reaper's silence grace
         self._clock: tuple[int, float] | None = None  # (Redis ms, monotonic) of a reply
@@ -94,10 +95,10 @@ class MainLoop:
                         await self._tick(client, stop)
                     backoff.reset()
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    self._trouble_at = time.monotonic()
+                    self._answering_since = None
                     await self._retry(stop, backoff, "warning", "redis unreachable, retrying", exc)
                 except ResponseError as exc:  # a refusal or a script error: outlive it
-                    self._trouble_at = time.monotonic()
+                    self._answering_since = None
                     refused = is_refusal(exc)  # passing (OOM, BUSY, READONLY): no defect
                     await self._retry(stop, backoff, "warning" if refused else "error",
                                       "redis refused a call, retrying" if refused else
@@ -123,14 +124,17 @@ class MainLoop:
         began = time.monotonic()
         result = await reply
         if time.monotonic() - began > expected_s + self._stall_s:
-            self._trouble_at = time.monotonic()
+            self._answering_since = time.monotonic()
+        elif self._answering_since is None:  # back after errors: answering from this call on
+            self._answering_since = began
         return result
 
     def _reap_sent_ms(self) -> int | None:
         """Redis time now (from the last reply), if Redis answered promptly for the last grace:
         the reaper then knows heartbeats could be written all along."""
-        if self._clock is None or time.monotonic() - self._trouble_at < self._grace_s:
-            return None
+        since = self._answering_since
+        if self._clock is None or since is None or time.monotonic() - since < self._grace_s:
+            return None  # (a first answer after a backoff says nothing of the time before)
         redis_ms, at = self._clock
         return redis_ms + round((time.monotonic() - at) * 1000)
 

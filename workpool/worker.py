@@ -384,7 +384,8 @@ class Worker:
         (-inf when unknown), the earliest moment Redis may have handed it to us."""
         self._taken[entry_id] = time.monotonic()
         if f.get("kind") == b"cb":
-            task = asyncio.create_task(self._deliver(client, f, _entry_time(entry_id)))
+            task = asyncio.create_task(self._deliver(client, f, read_at, time.monotonic(),
+                                                     _entry_time(entry_id)))
         else:
             task = asyncio.create_task(self._attempt(f, client, read_at, time.monotonic(),
                                                      _entry_time(entry_id)))
@@ -498,8 +499,8 @@ class Worker:
                   "the process executor replaced it"
             raise _ChildError("ChildProcessLost", msg, True) from exc
 
-    async def _deliver(self, client: redis.asyncio.Redis, f: dict[str, bytes],
-                       dispatched_at: float) -> None:
+    async def _deliver(self, client: redis.asyncio.Redis, f: dict[str, bytes], read_at: float,
+                       received: float, dispatched_at: float) -> None:
         """One on_complete delivery: every way it can end is an outcome (a handler this worker
         does not have: retryable=0, so the delivery is given up rather than tried forever)."""
         job_id, n = text(f.get("id")), text(f.get("n"))
@@ -507,6 +508,8 @@ class Worker:
         out: Outcome = {"kind": "cb", "id": job_id, "n": n}
         try:
             h = await self._job_hash(client, job_id)
+            if self._stalled(read_at, received):  # that read may have waited out a pause: the
+                h = await self._job_hash(client, job_id)  # delivery given away meanwhile
             if text(h.get("cb")) != "pending" or text(h.get("cb_n")) != n:
                 return  # superseded: the main loop already closed or re-issued this delivery
             handler = text(h.get("on_complete"))
@@ -547,11 +550,20 @@ class Worker:
             or resumed_at > read_at
 
     async def _mine(self, client: redis.asyncio.Redis, job_id: str, attempt: int) -> bool:
-        """Is this attempt still the job's current one? (If Redis cannot say: assume so.)"""
-        try:
-            return (await still_current(client, self.pool.keys, [(job_id, attempt)]))[0]
-        except Exception:  # Redis could not answer: go on, fenced by attempt
-            return True
+        """Is this attempt still the job's current one? Asked until Redis answers (False if the
+        worker stops meanwhile): to begin one that was given away would run it twice at once."""
+        backoff = Backoff()
+        while not self._halt.is_set():
+            try:
+                return (await still_current(client, self.pool.keys, [(job_id, attempt)]))[0]
+            except Exception as exc:  # an outage or a refusal: it may pass; never assume
+                delay = backoff.next()
+                self.log.warning("could not check that an attempt is still ours, retrying",
+                                 job=job_id, attempt=attempt, error_type=failures.error_type(exc),
+                                 error=failures.describe(exc, with_traceback=False),
+                                 backoff=delay)
+                await _wait(self._halt, delay)
+        return False
 
     async def _job_hash(self, client: redis.asyncio.Redis, job_id: str) -> dict[str, bytes]:
         """The job's hash; waits out a Redis outage or refusal (dropping the delivery would

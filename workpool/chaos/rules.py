@@ -155,6 +155,6 @@ def _planned(rep: Report, job: str, fin: FinalJob, hist: JobHistory) -> None:
                                  f"{fin.attempts} of {MAX_ATTEMPTS} attempts")
     elif fin.attempts > MAX_ATTEMPTS:
         rep.wrong_outcome.append(f"{job}: {fin.attempts} attempts, more than {MAX_ATTEMPTS}")
-    elif fin.error_type in OWN_ERRORS and (kind not in OWN_ERRORS[fin.error_type] or
-                                           not always_fails):
+    elif fin.error_type in OWN_ERRORS and (kind not in OWN_ERRORS[fin.error_type] or not (
+            always_fails or hist.cancels)):  # (a cancel stops the retries that would succeed)
         rep.wrong_outcome.append(f"{job}: a {kind} job failed with {fin.error_type}")
