@@ -132,6 +132,14 @@ def test_a_pause_that_ended_before_the_delivery_does_not_explain_a_second_run() 
     assert len(checked(events, final).duplicated) == 1
 
 
+def test_a_superseded_delivery_run_by_a_worker_woken_from_a_pause_is_at_least_once() -> None:
+    events, final = one_clean_job()  # delivery 1 ran on W1 at 1.2; a stale one runs late on W2
+    stale = {**delivered("a", 4.0, W2, n=0), "d": 0.9}
+    assert len(checked([*events, stale], final).duplicated) == 1
+    report = checked([*events, stale, *fault("pause_worker", 1.0, W2, 3.9)], final)
+    assert report.ok and report.callback_reruns_after_fault == 1, report.violations()
+
+
 def test_a_handler_that_saw_another_result_than_the_final_one_is_caught() -> None:
     # loose rule: handlers were compared with each other only, never with the job's result
     events = [*enqueued("a"), *ran("a", 1, W1, 1.0, 1.1),

@@ -68,7 +68,9 @@ def _past_timeout(s: Start, ended: float) -> bool:
 
 def callbacks(rep: Report, job: str, fin: FinalJob, hist: JobHistory, tl: Timeline) -> None:
     """One delivery closed; every handler run saw the job's final result; a handler succeeded
-    again only after a fault on the earlier run's worker during that delivery."""
+    again only after a fault on the earlier run's worker during that delivery (its outcome
+    never landed), or a pause of the later run's worker between its delivery's hand-out and
+    its run (a superseded delivery, woken)."""
     if not hist.cbs or fin.cb != "delivered":
         rep.lost_callbacks.append(job)
     ok = fin.outcome == "succeeded"  # (its Result drops the error an earlier attempt left)
@@ -79,7 +81,8 @@ def callbacks(rep: Report, job: str, fin: FinalJob, hist: JobHistory, tl: Timeli
             rep.duplicated.append(f"{job}: on_complete delivery {c['n']} saw {seen}, not the "
                                   f"final result {want}")
     for prev, nxt in itertools.pairwise(hist.cbs):
-        if tl.hit(prev["pid"], prev.get("d") or prev.get("t0") or prev["t"], nxt["t"]):
+        if tl.hit(prev["pid"], prev.get("d") or prev["t"], nxt["t"]) or \
+                tl.pause_overlapping(nxt["pid"], nxt.get("d") or nxt["t"], nxt["t"]):
             rep.callback_reruns_after_fault += 1
         else:
             rep.duplicated.append(f"{job}: on_complete succeeded again, delivery {nxt['n']}")
