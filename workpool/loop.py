@@ -73,8 +73,10 @@ class MainLoop:
         self._cursor = _Cursor()
         self._cron_last: dict[str, int] = {}
         self._cron_next: dict[str, int] = {}
-        #: since when Redis has answered every round trip promptly (None: the last one failed)
-        self._answering_since: float | None = None
+        #: since when this loop's own writes (lease acquired, then renewed) have all landed,
+        #: with no error or stall since: only then could workers' heartbeats be written too
+        #: (None: not so; a prompt read says nothing, OOM and READONLY refuse writes alone)
+        self._writing_since: float | None = None
         self._stall_s = pool.heartbeat_ttl / 4  # a round trip this much slower: a stall
         self._grace_s = pool.heartbeat_ttl / 2  # the reaper's silence grace
         self._clock: tuple[int, float] | None = None  # (Redis ms, monotonic) of a reply
@@ -95,10 +97,10 @@ class MainLoop:
                         await self._tick(client, stop)
                     backoff.reset()
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    self._answering_since = None
+                    self._writing_since = None
                     await self._retry(stop, backoff, "warning", "redis unreachable, retrying", exc)
                 except ResponseError as exc:  # a refusal or a script error: outlive it
-                    self._answering_since = None
+                    self._writing_since = None
                     refused = is_refusal(exc)  # passing (OOM, BUSY, READONLY): no defect
                     await self._retry(stop, backoff, "warning" if refused else "error",
                                       "redis refused a call, retrying" if refused else
@@ -124,17 +126,17 @@ class MainLoop:
         began = time.monotonic()
         result = await reply
         if time.monotonic() - began > expected_s + self._stall_s:
-            self._answering_since = time.monotonic()
-        elif self._answering_since is None:  # back after errors: answering from this call on
-            self._answering_since = began
+            self._writing_since = None
         return result
 
     def _reap_sent_ms(self) -> int | None:
-        """Redis time now (from the last reply), if Redis answered promptly for the last grace:
-        the reaper then knows heartbeats could be written all along."""
-        since = self._answering_since
+        """Redis time now (from the last reply), if this loop's writes have landed for the
+        last grace: the reaper then knows heartbeats could be written all along. A new leader,
+        or one back from an error or a stall, is not trusted for a grace: its reaps suspect
+        afresh."""
+        since = self._writing_since
         if self._clock is None or since is None or time.monotonic() - since < self._grace_s:
-            return None  # (a first answer after a backoff says nothing of the time before)
+            return None
         redis_ms, at = self._clock
         return redis_ms + round((time.monotonic() - at) * 1000)
 
@@ -152,6 +154,7 @@ class MainLoop:
 
     def _lead(self, token: str) -> None:
         self.token = token
+        self._writing_since = time.monotonic()  # the lease was just written
         self._renew_at = time.monotonic() + self.pool.lease_ttl / 3
         self._reap_at = 0.0
         self._cursor = _Cursor()
@@ -165,6 +168,7 @@ class MainLoop:
     def _lose(self, why: str) -> None:
         self.log.warning("main loop lease lost", reason=why, token=self.token)
         self.token = None
+        self._writing_since = None
 
     async def _tick(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
         assert self.token is not None
@@ -187,6 +191,8 @@ class MainLoop:
                 self._lose("lease renewal refused")
                 return
             self._renew_at = now + self.pool.lease_ttl / 3
+            if self._writing_since is None:  # writes land again (after an error or a stall)
+                self._writing_since = now
         ingest, apply_, start = (parse_batch(replies[0]), parse_batch(replies[1]),
                                  parse_start(replies[2]))
         if Code.NOT_LEADER in (ingest.code, apply_.code, start.code):
