@@ -22,6 +22,7 @@ from workpool.children import ChildFailed, ChildLost, Children
 from workpool.current import Running
 from workpool.errors import ConfigurationError
 from workpool.protocol import decode, encode
+from workpool.threads import Stalled
 
 TESTS_DIR = Path(__file__).resolve().parent
 RUNNING = Running("job-1", "a-job", 3, 0, "worker-1")
@@ -249,5 +250,22 @@ def test_child_exits_send_no_signal_to_the_parent(tmp_path: Path) -> None:
         finally:
             for sig in (signal.SIGTERM, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
+
+    run_async(main)
+
+
+def test_a_tripped_guard_sends_nothing_and_keeps_the_child() -> None:
+    # the worker's last chance to notice a stall between its check and the job's first
+    # instruction: nothing reaches the child, which stays loaded for the next run
+    async def main() -> None:
+        async with started() as children:
+            before = await call(children, "pid")
+            packed = encode([2, 3], "msgpack")
+            with pytest.raises(Stalled):
+                await children.run("add", packed, b"", "msgpack", RUNNING, None, lambda: True)
+            assert children.busy == 0
+            assert await call(children, "pid") == before  # the same child, not replaced
+            assert decode(await children.run("add", packed, b"", "msgpack", RUNNING, None,
+                                             lambda: False), "msgpack") == 5
 
     run_async(main)

@@ -19,6 +19,7 @@ from typing import Any
 from workpool import child
 from workpool.current import Running
 from workpool.errors import ConfigurationError
+from workpool.threads import Guard, Stalled
 
 _STOP_GRACE = 2.0  #: seconds a child has to exit after SIGTERM on close() before SIGKILL
 
@@ -51,8 +52,11 @@ class _Child:
         self.loaded = False  #: the child reported that it imported the pool
         self.gone = asyncio.Event()  #: set once the process has exited and been reaped
 
-    async def call(self, data: bytes) -> list[Any]:
-        """Send a request and return the child's reply."""
+    async def call(self, data: bytes, guard: Guard | None = None) -> list[Any]:
+        """Send a request and return the child's reply; with a `guard`, checked right before
+        the send (Stalled if it trips: nothing was sent)."""
+        if guard is not None and guard():
+            raise Stalled
         with suppress(ConnectionError):  # a child that died while idle shows as EOF below
             self.conn.send_bytes(data)
         return await self.reply()
@@ -106,17 +110,21 @@ class Children:
             raise
 
     async def run(self, name: str, args: bytes, kwargs: bytes, enc: str,  # noqa: PLR0917
-                  running: Running, timeout: float | None) -> bytes:
+                  running: Running, timeout: float | None, guard: Guard | None = None) -> bytes:
         """Run the sync job `name` in an idle child (waiting for one if all are busy) and return
         its encoded result. Raises ChildFailed, ChildLost, or asyncio.TimeoutError; on a
-        timeout, a cancellation or a death, the child is killed, reaped and replaced."""
+        timeout, a cancellation or a death, the child is killed, reaped and replaced. A
+        `guard` that trips just before the request is sent raises Stalled (the child stays)."""
         data = child.request(name, args, kwargs, enc, running)
         each = await self._idle.get()
         self._busy += 1
         try:
             if not each.loaded:  # a replacement: its start does not count against the timeout
                 await self._load(each)
-            reply = await asyncio.wait_for(each.call(data), timeout)
+            reply = await asyncio.wait_for(each.call(data, guard), timeout)
+        except Stalled:
+            self._idle.put_nowait(each)  # nothing was sent: the child is as it was
+            raise
         except BaseException:
             self._replace(each)
             raise

@@ -21,6 +21,33 @@ class AttemptTimedOut(Exception):
     raised itself (that one is reported as the job's own error)."""
 
 
+class Stalled(Exception):
+    """The worker may have stalled (paused, or its heartbeat lapsed) since it last made sure
+    the attempt is still its own: raised just before the job's first instruction, instead of
+    running it, so the worker asks again."""
+
+
+Guard = Callable[[], bool]  #: True when the worker may have stalled since its last check
+
+
+def guarded_call(guard: Guard, fn: Callable[..., T]) -> Callable[..., T]:
+    """`fn`, run only if `guard()` is False at the moment it would begin (else Stalled)."""
+    def call(*args: Any, **kwargs: Any) -> T:
+        if guard():
+            raise Stalled
+        return fn(*args, **kwargs)
+    return call
+
+
+async def guarded_await(guard: Guard, fn: Callable[..., Awaitable[T]], args: Sequence[Any],
+                        kwargs: Mapping[str, Any]) -> T:
+    """`await fn(*args, **kwargs)`, begun only if `guard()` is False right then (else
+    Stalled): no await lies between the guard and the coroutine's first instruction."""
+    if guard():
+        raise Stalled
+    return await fn(*args, **kwargs)
+
+
 class Escaped(Exception):
     """A job raised a BaseException that is no Exception (SystemExit, KeyboardInterrupt): it
     ends the attempt as that error, and never the worker."""

@@ -26,6 +26,7 @@ import os
 import socket
 import time
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING, Literal, cast
 
 import redis.asyncio
@@ -49,7 +50,16 @@ from workpool.loop import MainLoop, _wait
 from workpool.outcomes import Outbox, Outcome
 from workpool.protocol import as_text_map, decode, decode_arguments, encode, text
 from workpool.scripts import scripts
-from workpool.threads import AttemptTimedOut, Escaped, JobThreads, bounded
+from workpool.threads import (
+    AttemptTimedOut,
+    Escaped,
+    Guard,
+    JobThreads,
+    Stalled,
+    bounded,
+    guarded_await,
+    guarded_call,
+)
 from workpool.types import status_from_hash
 
 if TYPE_CHECKING:
@@ -431,15 +441,26 @@ class Worker:
             attempt = 0
         log = self.log.bind(job=job_id, attempt=attempt, name=name)
         out: Outcome = {"kind": "run", "id": job_id, "attempt": str(attempt)}
+        task = cast("asyncio.Task[None]", asyncio.current_task())
         try:
-            if self._stalled(read_at, received) and not await self._mine(client, job_id, attempt):
-                log.warning("skipping an attempt given away while this worker stalled")
-                return
-            # Begun: from here a lapsed heartbeat's fence may cancel it (until here, this check
-            # is its fence: it is not listed, so it is never "cancelled" before it began).
-            self._attempts[cast("asyncio.Task[None]", asyncio.current_task())] = (job_id, attempt)
-            out.update(await self._execute(f, Running(job_id, name, attempt, 0, self.id,
-                                                      dispatched_at)))
+            while True:
+                checked = await self._confirmed(client, job_id, attempt, read_at, received)
+                if checked is None:
+                    log.warning("skipping an attempt given away while this worker stalled")
+                    return
+                # Begun: from here a lapsed heartbeat's fence may cancel it (until here, the
+                # checks are its fence: it is not listed, so it is never "cancelled" before it
+                # began). The guard stops it just before its first instruction if the worker
+                # may have stalled since `checked`: then it is checked again.
+                self._attempts[task] = (job_id, attempt)
+                try:
+                    out.update(await self._execute(f, Running(
+                        job_id, name, attempt, 0, self.id, dispatched_at),
+                        partial(self._stalled, checked, checked)))
+                    break
+                except Stalled:
+                    del self._attempts[task]
+                    read_at = received = checked
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a defect of the worker: the attempt still ends
@@ -453,24 +474,28 @@ class Worker:
                         error=failures.cut(text(out["error"]), 300))
         self._outbox.put(out)
 
-    async def _execute(self, f: dict[str, bytes], running: Running) -> Outcome:
-        """Run the job; its outcome's ok/result or error fields."""
+    async def _execute(self, f: dict[str, bytes], running: Running, guard: Guard) -> Outcome:
+        """Run the job; its outcome's ok/result or error fields. Stalled (no outcome) if
+        `guard` trips just before its first instruction."""
         name, enc = running.name, text(f.get("enc")) or "msgpack"
         timeout = _timeout(f.get("timeout_ms"))
         enter(running)  # this task's own context: current() inside the job
         try:
             spec = self.pool.registry.job(name)
             if self._children is not None and not spec.is_async:
-                raw = await self._in_child(f, name, enc, running, timeout)
+                raw = await self._in_child(f, name, enc, running, timeout, guard)
             else:
                 args, kwargs = decode_arguments(f.get("args") or b"", f.get("kwargs") or b"",
                                                 enc)
                 if spec.is_async:
-                    value = await bounded(spec.fn(*args, **kwargs), timeout)
+                    value = await bounded(guarded_await(guard, spec.fn, args, kwargs), timeout)
                 else:
                     assert self._threads is not None
-                    value = await self._threads.run(spec.fn, args, kwargs, timeout)
+                    value = await self._threads.run(guarded_call(guard, spec.fn), args, kwargs,
+                                                    timeout)
                 raw = encode(value, "json" if enc == "json" else "msgpack")
+        except Stalled:
+            raise
         except Exception as exc:  # the job's own error, its timeout, its child's death
             return _failure_of(exc)
         if len(raw) > self.pool.max_result_bytes:
@@ -480,15 +505,15 @@ class Worker:
             return {"ok": "0", "retryable": "0", "error_type": "PayloadTooLarge", "error": msg}
         return {"ok": "1", "result": raw}
 
-    async def _in_child(self, f: dict[str, bytes], name: str, enc: str, running: Running,
-                        timeout: float | None) -> bytes:
+    async def _in_child(self, f: dict[str, bytes], name: str, enc: str,  # noqa: PLR0917
+                        running: Running, timeout: float | None, guard: Guard) -> bytes:
         """Run a sync job in a child process (a timeout kills that child)."""
         from workpool.children import ChildFailed, ChildLost  # noqa: PLC0415
 
         assert self._children is not None
         try:
             return await self._children.run(name, f.get("args") or b"", f.get("kwargs") or b"",
-                                            enc, running, timeout)
+                                            enc, running, timeout, guard)
         except asyncio.TimeoutError as exc:
             msg = f"ran past its timeout of {timeout:g} s; its child process was killed"
             raise AttemptTimedOut(msg) from exc
@@ -548,6 +573,22 @@ class Worker:
         beat_at, resumed_at = (beat.beat_at, beat.resumed_at) if beat else (now, -math.inf)
         return read_at == -math.inf or now - received > half or now - beat_at > half \
             or resumed_at > read_at
+
+    async def _confirmed(self, client: redis.asyncio.Redis, job_id: str, attempt: int,
+                         read_at: float, received: float) -> float | None:
+        """When this attempt was last known to be ours with no stall since (None: it is not
+        ours, or the worker stops). Without a stall since its read, that is now; else Redis is
+        asked, and asked again while a stall may have come between asking and the answer."""
+        since, got, backoff, asked_before = read_at, received, Backoff(), False
+        while self._stalled(since, got):
+            if asked_before:  # stalled again (or still: heartbeats refused): wait a little
+                await _wait(self._halt, backoff.next())
+            asked = time.monotonic()
+            if self._halt.is_set() or not await self._mine(client, job_id, attempt):
+                return None
+            since = got = asked
+            asked_before = True
+        return time.monotonic()
 
     async def _mine(self, client: redis.asyncio.Redis, job_id: str, attempt: int) -> bool:
         """Is this attempt still the job's current one? Asked until Redis answers (False if the
