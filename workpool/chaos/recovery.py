@@ -53,7 +53,8 @@ def _next_start(hist: JobHistory, s: Start) -> float | None:
 def _worker_faults(out: dict[str, list[float]], events: list[Event],
                    jobs: dict[str, JobHistory], tl: Timeline) -> None:
     """From a worker's SIGKILL (or SIGSTOP) to each attempt it held running again elsewhere;
-    the "no other fault meanwhile" rows keep recoveries no leader loss or Redis fault slowed."""
+    the "no other fault meanwhile" rows keep recoveries no leader loss, Redis fault or second
+    fault to the same worker slowed."""
     by_pid: dict[int, list[tuple[Start, JobHistory]]] = defaultdict(list)
     for hist in jobs.values():
         for s in hist.starts:
@@ -68,5 +69,5 @@ def _worker_faults(out: dict[str, list[float]], events: list[Event],
             if s.t > t or (end is not None and end["t"] <= t) or nxt is None or nxt <= t:
                 continue  # not running at the fault, or superseded before it
             out[label].append(nxt - t - tl.redis_down_between(t, nxt))
-            if not tl.disrupted(t, nxt):
+            if not tl.disrupted(t, nxt, e["target"]):
                 out[label + " (no other fault meanwhile)"].append(nxt - t)

@@ -100,7 +100,9 @@ class Timeline:
         return sum(max(0.0, min(w.ended, before) - max(w.began, after))
                    for w in self.windows if w.kind in REDIS_FAULTS)
 
-    def disrupted(self, after: float, before: float) -> bool:
-        """Did a leader's loss or a Redis fault happen in (after, before)?"""
-        return any(after < w.began < before for w in self.windows if w.kind in DISRUPTIVE)
+    def disrupted(self, after: float, before: float, target: int | None = None) -> bool:
+        """Did a leader's loss or a Redis fault happen in (after, before), or another fault to
+        `target`?"""
+        return any(after < w.began < before for w in self.windows
+                   if w.kind in DISRUPTIVE or (target is not None and w.target == target))
 
