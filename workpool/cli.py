@@ -20,6 +20,7 @@ import click
 
 from workpool.cli_support import load_pool
 from workpool.connection import ENV_URL, check_url, resolve_url
+from workpool.counters import ANOMALIES, Counter
 from workpool.embedded import ensure_local_server, local_data_dir, local_server, stop_local_server
 from workpool.errors import ConfigurationError, WorkerFailed, WorkerStuck, WorkpoolError
 from workpool.limits import MAX_PRIORITY, MAX_SETTING, MIN_PRIORITY
@@ -30,8 +31,6 @@ from workpool.threads import THREAD_PREFIX
 from workpool.types import Canceled, JobStatus, RateLimit
 
 ENV_POOL = "WORKPOOL_POOL"
-ANOMALIES = ("stale_completions", "stale_callbacks", "rejected", "duplicate_enqueues",
-             "timeouts", "workers_lost_attempts", "callback_failures", "orphan_due_entries")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +323,7 @@ def cancel(ctx: click.Context, job_id: str, spec: str) -> None:
 def stats_lines(s: PoolStats) -> list[str]:
     """Pool stats as aligned lines, then the most recent rejected entries with their reason."""
     c = s.counters
+    ok, failed = c.get(Counter.SUCCEEDED, 0), c.get(Counter.FAILED, 0)
     limit = "unset (no main loop yet)" if s.max_parallelism is None else str(s.max_parallelism)
     rows = [
         ("pool", s.pool),
@@ -335,9 +335,8 @@ def stats_lines(s: PoolStats) -> list[str]:
                             sorted(s.ready_by_priority.items(), reverse=True))),
         ("held", f"{s.held_by_rate} by job rate limits, {s.held_by_key} by concurrency-key limits"),
         ("limits", " ".join(f"{k}={v}" for k, v in sorted(s.settings.items())) or "none"),
-        ("done", f"{c.get('succeeded', 0) + c.get('failed', 0)} (succeeded "
-                 f"{c.get('succeeded', 0)}, failed {c.get('failed', 0)}; all time)"),
-        ("canceled", f"{c.get('canceled', 0)} (all time)"),
+        ("done", f"{ok + failed} (succeeded {ok}, failed {failed}; all time)"),
+        ("canceled", f"{c.get(Counter.CANCELED, 0)} (all time)"),
         ("leader", s.leader or "none"),
         ("workers", f"{s.workers} live" + (f", {s.threads_stuck} job threads stuck in attempts "
                                            "that timed out" if s.threads_stuck else "")),

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from workpool.counters import Counter
 from workpool.pool import Workpool
 from workpool.types import Result, Retry
 
@@ -66,9 +67,9 @@ def _counts(demo: Workpool) -> dict[str, int]:
     s = demo.stats()
     c = s.counters
     return {"pending": s.pending, "running": s.running, "retrying": s.retrying,
-            "succeeded": c.get("succeeded", 0), "failed": c.get("failed", 0),
-            "canceled": c.get("canceled", 0), "retries": c.get("retried", 0),
-            "handlers_run": c.get("callbacks_delivered", 0)}
+            "succeeded": c.get(Counter.SUCCEEDED, 0), "failed": c.get(Counter.FAILED, 0),
+            "canceled": c.get(Counter.CANCELED, 0), "retries": c.get(Counter.RETRIED, 0),
+            "handlers_run": c.get(Counter.CALLBACKS_DELIVERED, 0)}
 
 
 def _line(counts: dict[str, int]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from workpool.counters import Counter
 from workpool.keys import GROUP, Keys
 from workpool.ops import Ops, Step
 from workpool.protocol import text
@@ -69,7 +70,7 @@ def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
     counters = {text(k): int(v) for k, v in replies[2].items()}
     settings = {text(k): text(v) for k, v in replies[3].items()}
     settings.update({text(k): text(v) or "none" for k, v in replies[10].items()})
-    retrying = counters.get("retrying", 0)
+    retrying = counters.get(Counter.RETRYING, 0)
     this_minute, last_minute = int(replies[7] or 0), int(replies[8] or 0)
     elapsed = int(now[0]) % 60 + 1
     return PoolStats(
@@ -78,8 +79,8 @@ def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
         running=int(replies[1]),
         retrying=retrying,
         ready=int(replies[11]),
-        held_by_rate=counters.get("held_by_rate", 0),
-        held_by_key=counters.get("held_by_key", 0),
+        held_by_rate=counters.get(Counter.HELD_BY_RATE, 0),
+        held_by_key=counters.get(Counter.HELD_BY_KEY, 0),
         ready_by_priority={p: int(n) for p, n in zip(priorities, counts, strict=True) if n},
         settings=settings,
         accepted_not_applied=int(replies[4]),

@@ -18,6 +18,7 @@ from workpool.chaos.faults import KINDS, Faults
 from workpool.chaos.history import Recorder, load
 from workpool.chaos.settings import ChaosSettings
 from workpool.chaos.workload import Workload
+from workpool.counters import Counter
 from workpool.pool import Workpool
 from workpool.protocol import decode, job_fields, text
 
@@ -71,7 +72,7 @@ def run(config: RunConfig, run_dir: Path) -> Report:
         poisoned = {i for e in history if e["e"] == "fault" for i in e.get("ids") or ()}
         final = _final_states(cluster, job_ids | poisoned)  # a poison id must find no job
         stale, rejected = (int(n or 0) for n in cluster.admin.hmget(
-            cluster.keys.stats, "stale_completions", "rejected"))
+            cluster.keys.stats, [Counter.STALE_COMPLETIONS, Counter.REJECTED]))
     finally:
         cluster.close()
         rec.close()

@@ -62,7 +62,7 @@ local function run_outcome(entry_id, f, flat)
   local jk = prefix .. 'job:' .. f.id
   local j = attempt_fields(jk)
   if j.state ~= 'running' or tonumber(j.attempts) ~= attempt then
-    bump(ctx.counts, 'stale_completions')
+    bump(ctx.counts, N.STALE_COMPLETIONS)
     return C.STALE_COMPLETION
   end
   local result = f.result or ''
@@ -87,7 +87,7 @@ local function callback_outcome(entry_id, f, flat)
   local jk = prefix .. 'job:' .. f.id
   local h = rcall('HMGET', jk, 'cb', 'cb_n', 'cb_entry', 'finished_at')
   if h[1] ~= 'pending' or tonumber(h[2]) ~= n then
-    bump(ctx.counts, 'stale_callbacks')
+    bump(ctx.counts, N.STALE_CALLBACKS)
     return C.STALE_CALLBACK
   end
   local err = string.sub(f.error or 'no error message', 1, L.MAX_ERROR_BYTES)
@@ -99,14 +99,14 @@ local function callback_outcome(entry_id, f, flat)
     if given_up then rcall('HSET', jk, 'cb_error', err) end
     rcall('HDEL', jk, 'cb_entry')
     rcall('PEXPIRE', jk, ctx.retention)
-    bump(ctx.counts, f.ok == '1' and 'callbacks_delivered' or 'callbacks_abandoned')
+    bump(ctx.counts, f.ok == '1' and N.CALLBACKS_DELIVERED or N.CALLBACKS_ABANDONED)
     return f.ok == '1' and C.CALLBACK_DELIVERED or C.CALLBACK_ABANDONED
   end
   local delay = math.min(60000, 1000 * 2 ^ (n - 1))
   rcall('HSET', jk, 'cb_n', n + 1, 'cb_error', err)
   rcall('HDEL', jk, 'cb_entry')
   rcall('ZADD', KEYS[7], ctx.now + delay, f.id)
-  bump(ctx.counts, 'callback_failures')
+  bump(ctx.counts, N.CALLBACK_FAILURES)
   return C.CALLBACK_RETRY
 end
 

@@ -236,7 +236,7 @@ local function enqueue(entry_id, f, flat)
   if f.id and f.id ~= '' then rcall('SREM', KEYS[3], id) end  -- only named ids are incoming
   if fresh[id] or rcall('EXISTS', prefix .. 'job:' .. id) == 1 or
      rcall('HEXISTS', ctx.adm.unstarted, id) == 1 then
-    bump(ctx.counts, 'duplicate_enqueues')
+    bump(ctx.counts, N.DUPLICATE_ENQUEUES)
     return C.DUPLICATE_ENQUEUE
   end
   local enqueued_at = tonumber(string.match(entry_id, '^(%d+)'))
@@ -260,7 +260,7 @@ local function enqueue(entry_id, f, flat)
   else
     make_ready(ctx.adm, id, f.name, priority, seq, ckey)
   end
-  bump(ctx.counts, 'enqueued')
+  bump(ctx.counts, N.ENQUEUED)
   return C.ENQUEUED
 end
 
@@ -275,16 +275,16 @@ local function cancel(entry_id, f, flat)
     rcall('ZREM', KEYS[4], id)
     unqueue(ctx.adm, id, state, j.name, j.ckey)
     local extra = {'cancel', '1', 'cancel_attempt', j.attempts or 0}
-    if state == 'retrying' then bump(ctx.counts, 'retrying', -1)
+    if state == 'retrying' then bump(ctx.counts, N.RETRYING, -1)
     else extra = hash_fields(j, {'attempts', 0, unpack(extra)}) end  -- never started: whole hash
     finish(ctx, id, jk, 'canceled', 'canceled', j.on_complete, extra)
     return C.CANCELED
   elseif state == 'running' and j.cancel ~= '1' then
     rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', j.attempts or 0)
-    bump(ctx.counts, 'cancel_marked')
+    bump(ctx.counts, N.CANCEL_MARKED)
     return C.CANCEL_MARKED
   end
-  bump(ctx.counts, 'cancel_noop')
+  bump(ctx.counts, N.CANCEL_NOOP)
   return C.CANCEL_NOOP
 end
 

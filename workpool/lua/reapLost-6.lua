@@ -159,14 +159,14 @@ for _, c in ipairs(consumers) do
      rcall('EXISTS', prefix .. 'hb:' .. info.name) == 0 then
     rcall('XGROUP', 'DELCONSUMER', KEYS[2], group, info.name)
     rcall('HDEL', suspects, info.name)
-    bump(ctx.counts, 'workers_removed')
+    bump(ctx.counts, N.WORKERS_REMOVED)
   end
   left = left + 1
 end
 
-bump(ctx.counts, 'timeouts', timed_out)
-bump(ctx.counts, 'workers_lost_attempts', lost)
-bump(ctx.counts, 'callbacks_redelivered', redelivered)
+bump(ctx.counts, N.TIMEOUTS, timed_out)
+bump(ctx.counts, N.WORKERS_LOST_ATTEMPTS, lost)
+bump(ctx.counts, N.CALLBACKS_REDELIVERED, redelivered)
 count_throughput(ctx)
 flush_counts(KEYS[6], ctx.counts)
 return {C.OK, timed_out, lost, redelivered}

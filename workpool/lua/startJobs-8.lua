@@ -69,7 +69,7 @@ for _, name in ipairs(rcall('ZRANGEBYSCORE', a.throttled, '-inf', now, 'LIMIT', 
     rcall('ZREM', q, held[i])
     rcall('ZADD', a.ready, held[i + 1], held[i])
   end
-  bump(counts, 'held_by_rate', -#held / 2)
+  bump(counts, N.HELD_BY_RATE, -#held / 2)
   moved = moved + math.max(1, #held / 2)
   if rcall('EXISTS', q) == 1 then  -- its next token, or now if the batch ran out first
     local limit, per = 1, 0
@@ -87,7 +87,7 @@ for _, id in ipairs(due) do
     make_ready(a, id, j.name or '', tonumber(j.priority or '0') or 0, tonumber(j.seq or '0') or 0,
                j.ckey)
   else
-    bump(counts, 'orphan_due_entries')
+    bump(counts, N.ORPHAN_DUE_ENTRIES)
   end
 end
 
@@ -124,14 +124,14 @@ while #started < free and looked < 2 * batch do
   local name_tokens = name_rate and bucket_tokens(a, 'name:' .. name, name_rate, now)
   if j.state ~= 'pending' and j.state ~= 'retrying' then
     rcall('ZREM', a.ready, id)
-    bump(counts, 'orphan_due_entries')
+    bump(counts, N.ORPHAN_DUE_ENTRIES)
   elseif pool_tokens and pool_tokens < 1 then
     wake_at(now + bucket_wait(pool_rate, pool_tokens))
     break
   elseif key_at_limit(a, j.ckey, name) then  -- its key reached its limit since: wait again
     rcall('ZREM', a.ready, id)
     rcall('ZADD', prefix .. 'keyq:' .. j.ckey, rank, id)
-    bump(counts, 'held_by_key')
+    bump(counts, N.HELD_BY_KEY)
     if rcall('HGET', a.head, j.ckey) == id then rcall('HDEL', a.head, j.ckey) end
     advance_key(a, j.ckey)
     window = {}
@@ -139,7 +139,7 @@ while #started < free and looked < 2 * batch do
     rcall('ZREM', a.ready, id)
     rcall('ZADD', prefix .. 'nameq:' .. name, rank, id)
     rcall('ZADD', a.throttled, 'LT', now + bucket_wait(name_rate, name_tokens), name)
-    bump(counts, 'held_by_rate')
+    bump(counts, N.HELD_BY_RATE)
   else
     if pool_tokens then bucket_take(a, 'pool', pool_rate, now, pool_tokens) end
     if name_tokens then bucket_take(a, 'name:' .. name, name_rate, now, name_tokens) end
@@ -162,11 +162,11 @@ while #started < free and looked < 2 * batch do
     defer(d, run, now, id)
     if timeout > 0 then rcall('ZADD', KEYS[6], now + timeout, id) end
     started[#started + 1] = id
-    if j.state == 'retrying' then bump(counts, 'retrying', -1) end
+    if j.state == 'retrying' then bump(counts, N.RETRYING, -1) end
   end
 end
 flush_deferred(d)
-if #started > 0 then bump(counts, 'started', #started) end
+if #started > 0 then bump(counts, N.STARTED, #started) end
 local next_throttled = rcall('ZRANGE', a.throttled, 0, 0, 'WITHSCORES')
 if #next_throttled > 0 then wake_at(tonumber(next_throttled[2])) end
 

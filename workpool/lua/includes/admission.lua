@@ -115,14 +115,14 @@ local function make_ready(a, id, name, priority, seq, ckey)
         -- priority) stands for it instead; the head it replaces waits in the key's queue
         rcall('ZREM', a.ready, head)
         rcall('ZADD', a.prefix .. 'keyq:' .. ckey, head_rank, head)
-        bump(a.counts, 'held_by_key')
+        bump(a.counts, N.HELD_BY_KEY)
         rcall('HSET', a.head, ckey, id)
         rcall('ZADD', a.ready, rank, id)
         return
       end
       if head or running >= limit then
         rcall('ZADD', a.prefix .. 'keyq:' .. ckey, rank, id)
-        bump(a.counts, 'held_by_key')
+        bump(a.counts, N.HELD_BY_KEY)
         return
       end
       rcall('HSET', a.head, ckey, id)
@@ -145,7 +145,7 @@ local function advance_key(a, ckey)
     local limit = key_limit(a, j and j.name or '')
     if limit > 0 and tonumber(rcall('HGET', a.krun, ckey) or '0') >= limit then return moved end
     rcall('ZREM', q, nxt[1])
-    bump(a.counts, 'held_by_key', -1)
+    bump(a.counts, N.HELD_BY_KEY, -1)
     rcall('ZADD', a.ready, nxt[2], nxt[1])
     if limit > 0 then
       rcall('HSET', a.head, ckey, nxt[1])
@@ -174,9 +174,9 @@ local function unqueue(a, id, state, name, ckey)
   local leave = a.leave[state]
   rcall(leave[1], leave[2], id)
   rcall('ZREM', a.ready, id)
-  if rcall('ZREM', a.prefix .. 'nameq:' .. name, id) == 1 then bump(a.counts, 'held_by_rate', -1) end
+  if rcall('ZREM', a.prefix .. 'nameq:' .. name, id) == 1 then bump(a.counts, N.HELD_BY_RATE, -1) end
   if ckey and ckey ~= '' then
-    if rcall('ZREM', a.prefix .. 'keyq:' .. ckey, id) == 1 then bump(a.counts, 'held_by_key', -1) end
+    if rcall('ZREM', a.prefix .. 'keyq:' .. ckey, id) == 1 then bump(a.counts, N.HELD_BY_KEY, -1) end
     if rcall('HGET', a.head, ckey) == id then rcall('HDEL', a.head, ckey) end
     advance_key(a, ckey)  -- it may have stood for the key, or been first in line ahead of a job
   end                     -- that its key's limit lets go (another name, another limit)

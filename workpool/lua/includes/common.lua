@@ -110,7 +110,7 @@ local function set_aside(rejected_key, entry_id, flat, reason, counts)
                     bytes .. ' of ' .. total .. ' bytes'
   end
   rcall('XADD', rejected_key, 'MAXLEN', '~', L.REJECTED_KEPT, '*', unpack(out))
-  bump(counts, 'rejected')
+  bump(counts, N.REJECTED)
   return C.REJECTED
 end
 

@@ -94,8 +94,8 @@ local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
     rcall('HSET', jk, 'error', err, 'error_type', etype, 'state', 'retrying', 'due_at', due)
     rcall('ZADD', ctx.due, due, id)
     rcall('SADD', adm_of(ctx).retrying, id)
-    bump(ctx.counts, 'retried')
-    bump(ctx.counts, 'retrying')
+    bump(ctx.counts, N.RETRIED)
+    bump(ctx.counts, N.RETRYING)
     return C.RETRY_SCHEDULED
   end
   finish(ctx, id, jk, 'done', 'failed', j.on_complete, {'error', err, 'error_type', etype})
