@@ -173,10 +173,16 @@ def as_text_map(flat: Mapping[bytes, bytes]) -> dict[str, bytes]:
     return {text(k): v for k, v in flat.items()}
 
 
-#: Field order of a pending job's packed value in the `unstarted` hash (lua/includes/unstarted.lua).
+#: Field order of a pending job's packed value in the `unstarted` hash, written once: the
+#: scripts get it as `UNSTARTED` (lua_prelude), lua/includes/unstarted.lua packs by it.
 UNSTARTED_FIELDS = ("name", "enc", "max_attempts", "backoff_ms", "base", "timeout_ms",
                     "enqueued_at", "due_at", "priority", "seq", "args", "kwargs", "context",
                     "on_complete", "ckey", "max_backoff_ms")
+
+
+def lua_prelude() -> str:
+    """Render the packed field order as a Lua `local UNSTARTED = {...}` line for the loader."""
+    return "local UNSTARTED = {" + ", ".join(f"'{name}'" for name in UNSTARTED_FIELDS) + "}\n"
 
 
 def _as_bytes(value: Any) -> bytes:

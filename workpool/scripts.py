@@ -2,10 +2,11 @@
 
 Each `lua/<verbNoun>-<numKeys>.lua` file is expanded once (`-- @include name` pulls in
 `lua/includes/name.lua`, each at most once) and prefixed with the shared tables of result codes
-(`C`), limits (`L`) and counter names (`N`). Calls go by EVALSHA; a NOSCRIPT reply (after
-SCRIPT FLUSH, a restart or a failover) loads the script and repeats just the calls that missed,
-which is safe because each script checks everything before its first write and fails a whole
-call or none of it.
+(`C`), limits (`L`), counter names (`N`) and the packed field order of pending jobs
+(`UNSTARTED`), each written once in Python. Calls go by EVALSHA; a NOSCRIPT reply (after SCRIPT
+FLUSH, a restart or a failover) loads the script and repeats just the calls that missed, which
+is safe because each script checks everything before its first write and fails a whole call or
+none of it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from workpool import codes, counters, limits
+from workpool import codes, counters, limits, protocol
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 _FILE = re.compile(r"^(\w+)-(\d+)\.lua$")
@@ -80,7 +81,7 @@ def scripts() -> dict[str, Script]:
         match = _FILE.match(entry.name)
         if match:
             source = (codes.lua_prelude() + limits.lua_prelude() + counters.lua_prelude()
-                      + _expand(entry.read_text(), lua_dir, set()))
+                      + protocol.lua_prelude() + _expand(entry.read_text(), lua_dir, set()))
             found[match.group(1)] = Script(match.group(1), int(match.group(2)), source)
     return found
 

@@ -1,10 +1,8 @@
 -- Jobs never started: each is one field of the `unstarted` HASH (id -> msgpack array of its
 -- fields, in UNSTARTED order), not a hash of its own: half the memory of a pending job. Its
 -- `job:<id>` hash is written (hash_fields) when it first starts or is canceled, and the field
--- dropped. workpool/protocol.py (UNSTARTED_FIELDS) reads the same order. Needs common.lua.
-local UNSTARTED = {'name', 'enc', 'max_attempts', 'backoff_ms', 'base', 'timeout_ms',
-                   'enqueued_at', 'due_at', 'priority', 'seq', 'args', 'kwargs', 'context',
-                   'on_complete', 'ckey', 'max_backoff_ms'}
+-- dropped. UNSTARTED is rendered into every script from workpool/protocol.py
+-- (UNSTARTED_FIELDS), which reads the same order. Needs common.lua.
 
 -- The packed value of job fields `j` (a missing field packs as '').
 local function pack_job(j)
