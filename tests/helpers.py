@@ -1,4 +1,5 @@
-"""Test helpers: poll a condition with a deadline, run a Worker in a thread, drive redis-cli."""
+"""Test helpers: poll a condition with a deadline, run a Worker in a thread, drive redis-cli,
+make a real Redis refuse commands for a while (OOM, BUSY, READONLY)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import redis
 
 from workpool import Retry, Workpool, protocol
 from workpool.embedded import find_redis_server
@@ -223,3 +227,75 @@ class CliProcs:
 def entry_ids(client: Any, stream: str) -> list[str]:
     """The ids of the entries in `stream`, oldest first."""
     return [text(e) for e, _ in client.xrange(stream) or []]
+
+
+# -- a real Redis that refuses commands for a while ---------------------------------------------
+
+SPIN = "local t = redis.call('TIME') local s = t[1] * 1e6 + t[2] " \
+       "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > tonumber(ARGV[1])"
+
+
+@contextmanager
+def out_of_memory(r: redis.Redis) -> Iterator[None]:
+    """Every write that can grow memory fails with OOM (maxmemory far below what is used)."""
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", "1")
+    try:
+        yield
+    finally:
+        r.config_set("maxmemory", "0")
+
+
+@contextmanager
+def busy(r: redis.Redis, seconds: float = 2.5) -> Iterator[threading.Thread]:
+    """A slow read-only script holds the server for `seconds`: everyone else gets BUSY until it
+    ends (`lua-time-limit`, Redis 6.2's name for busy-reply-threshold, lowered to 20 ms). Yields
+    the thread running it; the script must end by itself, without an error."""
+    r.config_set("lua-time-limit", "20")
+    script_client = redis.Redis(connection_pool=r.connection_pool.__class__(
+        **r.connection_pool.connection_kwargs))  # a connection of its own, to the same server
+    errors: list[BaseException] = []
+
+    def spin() -> None:
+        try:
+            script_client.eval(SPIN, 0, round(seconds * 1e6))
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+
+    runner = threading.Thread(target=spin, name="busy-script", daemon=True)
+    runner.start()
+    try:
+        eventually(lambda: refused_with(r, "BUSY"), 5.0, "the server answers BUSY")
+        yield runner
+    finally:
+        runner.join(seconds + 10)
+        script_client.close()
+    assert not runner.is_alive() and not errors, errors
+
+
+@contextmanager
+def read_only(r: redis.Redis) -> Iterator[None]:
+    """The server follows a primary that is not there: it refuses writes (READONLY) and keeps
+    its data, until it is a primary again."""
+    r.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    try:
+        yield
+    finally:
+        r.execute_command("REPLICAOF", "NO", "ONE")
+
+
+def refused_with(r: redis.Redis, code: str) -> bool:
+    """True if a write now fails with the server's error `code` (BUSY, OOM, READONLY, ...)."""
+    try:
+        r.set("probe", "1")
+    except redis.ResponseError as exc:
+        return str(exc).startswith(code) or code.lower() in type(exc).__name__.lower()
+    return False
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then closed again)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
 from typing import Any
 
 import pytest
 import redis
-from helpers import eventually
+from helpers import busy, out_of_memory, read_only
 
 from workpool import RedisRefused, RedisUnavailable, State, Workpool, connection
 from workpool.embedded import RedisServer
 from workpool.protocol import key_job_id
 
 URL = "redis://h:1/0"  # never dialled: the mapping alone is under test
-SPIN = "local t = redis.call('TIME') local s = t[1] * 1e6 + t[2] " \
-       "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > tonumber(ARGV[1])"
 
 
 @pytest.fixture
@@ -77,36 +72,6 @@ def assert_refused(call: Callable[[], object], url: str, code: str) -> RedisRefu
     return info.value
 
 
-@contextmanager
-def out_of_memory(r: redis.Redis) -> Iterator[None]:
-    """Every write that can grow memory fails with OOM (maxmemory far below what is used)."""
-    r.config_set("maxmemory-policy", "noeviction")
-    r.config_set("maxmemory", "1")
-    try:
-        yield
-    finally:
-        r.config_set("maxmemory", "0")
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed again)."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def busy_reply(r: redis.Redis) -> bool:
-    """True once the server answers BUSY (a script runs past the busy-reply threshold)."""
-    try:
-        r.ping()
-    except redis.ResponseError as exc:
-        if str(exc).startswith("BUSY"):
-            return True
-        raise
-    return False
-
-
 # -- the sync face ------------------------------------------------------------------------------
 
 
@@ -123,13 +88,10 @@ def test_an_enqueue_on_a_redis_out_of_memory_raises_redis_refused_and_can_be_rep
 def test_an_enqueue_on_a_read_only_replica_raises_redis_refused_and_keeps_the_data(
         own_server: RedisServer, pool: Workpool, raw: redis.Redis) -> None:
     before = pool.enqueue("noop", 0, key="before")
-    raw.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # a primary that is gone
-    try:
+    with read_only(raw):  # a primary that is gone
         assert_refused(lambda: pool.enqueue("noop", 1, key="ro"), own_server.url, "READONLY")
         assert_refused(lambda: pool.enqueue("noop", 1), own_server.url, "READONLY")
         assert pool.status(before).state is State.PENDING  # reads still work
-    finally:
-        raw.execute_command("REPLICAOF", "NO", "ONE")
     assert pool.status(before).state is State.PENDING
     assert entries_of(raw, pool, before) == 1
     recovers(pool, raw, "ro")
@@ -138,29 +100,11 @@ def test_an_enqueue_on_a_read_only_replica_raises_redis_refused_and_keeps_the_da
 def test_an_enqueue_while_a_script_holds_redis_busy_raises_redis_refused(
         own_server: RedisServer, pool: Workpool, raw: redis.Redis) -> None:
     pool.enqueue("noop", 0)
-    # `busy-reply-threshold` since Redis 7; `lua-time-limit` is its name on 6.2 (an alias on 7)
-    raw.config_set("lua-time-limit", "100")
-    script_client = redis.Redis.from_url(own_server.url)
-    outcome: dict[str, Any] = {}
-
-    def spin() -> None:
-        try:
-            outcome["reply"] = script_client.eval(SPIN, 0, 1_500_000)  # ends by itself in 1.5 s
-        except BaseException as exc:  # reported to the test thread below
-            outcome["error"] = exc
-
-    runner = threading.Thread(target=spin, name="busy-script", daemon=True)
-    runner.start()
-    try:
-        eventually(lambda: busy_reply(raw), 5.0, "the server answers BUSY")
+    with busy(raw, 1.5) as runner:  # ends by itself in 1.5 s, without an error
         assert_refused(lambda: pool.enqueue("noop", 1, key="busy"), own_server.url, "BUSY")
         assert_refused(lambda: pool.enqueue("noop", 1), own_server.url, "BUSY")
         assert runner.is_alive()  # the refusal came from the script, not after it
-    finally:
-        runner.join(15)
-        script_client.close()
     assert not runner.is_alive()
-    assert "error" not in outcome, outcome
     recovers(pool, raw, "busy")
 
 

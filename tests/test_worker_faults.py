@@ -9,13 +9,22 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 import redis
-from helpers import Pools, _WorkerThread, eventually, running_worker, stays
+from helpers import (
+    Pools,
+    _WorkerThread,
+    busy,
+    eventually,
+    out_of_memory,
+    read_only,
+    running_worker,
+    stays,
+)
 
 from workpool import Retry, State, Workpool, worker
 from workpool.embedded import RedisServer
@@ -23,56 +32,8 @@ from workpool.errors import WorkerFailed, WorkerStuck
 from workpool.outcomes import Outbox
 from workpool.protocol import text
 
-# -- a Redis that refuses commands for a while ----------------------------------------------------
-
-
-@contextmanager
-def oom(r: redis.Redis) -> Iterator[None]:
-    """Every write that can grow memory fails with OOM (maxmemory far below what is used)."""
-    r.config_set("maxmemory", "1")
-    try:
-        yield
-    finally:
-        r.config_set("maxmemory", "0")
-
-
-@contextmanager
-def busy(r: redis.Redis) -> Iterator[None]:
-    """A slow read-only script holds the server: everyone else gets BUSY until it ends."""
-    r.config_set("lua-time-limit", "20")
-    spin = "local t = redis.call('TIME') local s = t[1] * 1e6 + t[2] " \
-           "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > tonumber(ARGV[1])"
-    script_client = redis.Redis(connection_pool=r.connection_pool.__class__(
-        **r.connection_pool.connection_kwargs))
-    runner = threading.Thread(target=script_client.eval, args=(spin, 0, 2_500_000))
-    runner.start()
-    try:
-        eventually(lambda: _refused(r, "BUSY"), 5.0, "the server answers BUSY")
-        yield
-    finally:
-        runner.join(10)
-        script_client.close()
-
-
-@contextmanager
-def readonly(r: redis.Redis) -> Iterator[None]:
-    """The server follows a primary that does not answer: it refuses writes (READONLY)."""
-    r.execute_command("REPLICAOF", "127.0.0.1", "1")
-    try:
-        yield
-    finally:
-        r.execute_command("REPLICAOF", "NO", "ONE")
-
-
-def _refused(r: redis.Redis, error: str) -> bool:
-    try:
-        r.set("probe", "1")
-    except redis.ResponseError as exc:
-        return str(exc).startswith(error)
-    return False
-
-
-FAULTS = {"OOM": oom, "BUSY": busy, "READONLY": readonly}
+FAULTS: dict[str, Callable[[redis.Redis], AbstractContextManager[object]]] = {
+    "OOM": out_of_memory, "BUSY": busy, "READONLY": read_only}
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
