@@ -26,8 +26,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 import redis.asyncio
 from redis.exceptions import RedisError, ResponseError
@@ -70,6 +71,8 @@ ExecutorKind = Literal["thread", "process"]
 StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 _PENDING_PAGE = 256  # our pending entries read per check for ones never seen
 
+
+T = TypeVar("T")
 
 def _entry_key(entry_id: bytes) -> tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
@@ -533,8 +536,10 @@ class Worker:
         out: Outcome = {"kind": "cb", "id": job_id, "n": n}
         try:
             h = await self._job_hash(client, job_id)
-            if self._stalled(read_at, received):  # that read may have waited out a pause: the
-                h = await self._job_hash(client, job_id)  # delivery given away meanwhile
+            if h is not None and self._stalled(read_at, received):  # that read may have waited
+                h = await self._job_hash(client, job_id)  # out a pause: given away meanwhile?
+            if h is None:
+                return  # the worker stops: the reaper hands the delivery out again
             if text(h.get("cb")) != "pending" or text(h.get("cb_n")) != n:
                 return  # superseded: the main loop already closed or re-issued this delivery
             handler = text(h.get("on_complete"))
@@ -593,33 +598,36 @@ class Worker:
     async def _mine(self, client: redis.asyncio.Redis, job_id: str, attempt: int) -> bool:
         """Is this attempt still the job's current one? Asked until Redis answers (False if the
         worker stops meanwhile): to begin one that was given away would run it twice at once."""
+        current = await self._asked(
+            "check that an attempt is still ours",
+            lambda: still_current(client, self.pool.keys, [(job_id, attempt)]),
+            job=job_id, attempt=attempt)
+        return bool(current and current[0])
+
+    async def _job_hash(self, client: redis.asyncio.Redis,
+                        job_id: str) -> dict[str, bytes] | None:
+        """The job's hash, read until Redis answers (dropping the delivery would strand it);
+        None if the worker stops meanwhile (the reaper hands the delivery out again)."""
+        raw = await self._asked("read the job", lambda: client.hgetall(self.pool.keys.job(job_id)),
+                                job=job_id)
+        return None if raw is None else as_text_map(cast("dict[bytes, bytes]", raw))
+
+    async def _asked(self, what: str, call: Callable[[], Awaitable[T]],
+                     **context: object) -> T | None:
+        """`call()`'s answer, asked again after each failure (an outage or a refusal passes)
+        until one comes; None if the worker halts first. Never assumes an answer."""
         backoff = Backoff()
         while not self._halt.is_set():
             try:
-                return (await still_current(client, self.pool.keys, [(job_id, attempt)]))[0]
-            except Exception as exc:  # an outage or a refusal: it may pass; never assume
+                return await call()
+            except Exception as exc:  # any refusal: try again after a while
                 delay = backoff.next()
-                self.log.warning("could not check that an attempt is still ours, retrying",
-                                 job=job_id, attempt=attempt, error_type=failures.error_type(exc),
+                self.log.warning(f"could not {what}, retrying", **context,
+                                 error_type=failures.error_type(exc),
                                  error=failures.describe(exc, with_traceback=False),
                                  backoff=delay)
                 await _wait(self._halt, delay)
-        return False
-
-    async def _job_hash(self, client: redis.asyncio.Redis, job_id: str) -> dict[str, bytes]:
-        """The job's hash; waits out a Redis outage or refusal (dropping the delivery would
-        strand it)."""
-        backoff = Backoff()
-        while True:
-            try:
-                raw = await client.hgetall(self.pool.keys.job(job_id))
-                return as_text_map(cast("dict[bytes, bytes]", raw))
-            except Exception as exc:  # any refusal: try again after a while
-                delay = backoff.next()
-                self.log.warning("could not read the job, retrying", job=job_id,
-                                 error=failures.describe(exc, with_traceback=False),
-                                 backoff=delay)
-                await asyncio.sleep(delay)
+        return None
 
 
 class _ChildError(Exception):
