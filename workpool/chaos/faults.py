@@ -12,6 +12,7 @@ process dies (`os._exit`) in the process executor.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import socket
@@ -166,13 +167,18 @@ class Faults:
         runs = threading.Thread(target=self._busy, args=(hog, 60_000 if killed else seconds *
                                                          1000))
         runs.start()
-        if killed:
-            time.sleep(seconds)  # the fault is the busy server itself
-            self._admin("SCRIPT", "KILL")
-        runs.join()
-        hog.close()
-        self.rec.record("fault_end", kind="redis_busy")
-        self._admin("CONFIG", "SET", "lua-time-limit", "5000")
+        try:
+            if killed:
+                time.sleep(seconds)  # the fault is the busy server itself
+            while killed and runs.is_alive():  # until it is gone (NOTBUSY: not running yet)
+                with contextlib.suppress(redis.ResponseError):
+                    self._admin("SCRIPT", "KILL")
+                runs.join(0.05)
+            runs.join()
+        finally:
+            hog.close()
+            self.rec.record("fault_end", kind="redis_busy")
+            self._admin("CONFIG", "SET", "lua-time-limit", "5000")
 
     def _busy(self, hog: redis.Redis, ms: float) -> None:
         try:
