@@ -27,13 +27,13 @@ from typing import Any, cast
 import redis
 
 from workpool import RateLimit, Workpool
-from workpool.codes import Code
-from workpool.embedded import RedisServer
-from workpool.engine import Engine, parse_batch, parse_lease, parse_start
-from workpool.keys import GROUP
-from workpool.ops import enqueue_commands
-from workpool.protocol import Fields, text
-from workpool.scripts import Call, run
+from workpool.client.ops import enqueue_commands
+from workpool.server.embedded import RedisServer
+from workpool.wire.calls import Engine, parse_batch, parse_lease, parse_start
+from workpool.wire.codes import Code
+from workpool.wire.keys import GROUP
+from workpool.wire.protocol import Fields, text
+from workpool.wire.scripts import Call, run
 
 BATCH = 256  # the main loop's default batch
 MAX_PARALLELISM = 256  # one full batch of starts per call in the steady rounds

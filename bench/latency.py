@@ -20,8 +20,8 @@ from pathlib import Path
 import redis
 from throughput import _span_s, _stop, _until, options, pool, preload, spawn_workers
 
-from workpool.embedded import RedisServer
-from workpool.protocol import text
+from workpool.server.embedded import RedisServer
+from workpool.wire.protocol import text
 
 STARTS = "bench:starts"  #: job id -> start time (ms), written by the job itself
 _client: redis.asyncio.Redis | None = None

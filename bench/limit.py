@@ -27,7 +27,7 @@ from pathlib import Path
 import redis
 from throughput import redis_cpu_s
 
-from workpool.embedded import RedisServer
+from workpool.server.embedded import RedisServer
 
 BENCH = Path(__file__).resolve().parent
 INCR = b"*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n"

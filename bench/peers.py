@@ -29,7 +29,7 @@ from pathlib import Path
 
 import redis
 
-from workpool.embedded import RedisServer
+from workpool.server.embedded import RedisServer
 
 BENCH = Path(__file__).resolve().parent
 ADAPTERS = BENCH / "peers"

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from throughput import _stop, _until, options, pool, redis_cpu_s, spawn_workers
 
-from workpool.embedded import RedisServer
-from workpool.scripts import scripts
+from workpool.server.embedded import RedisServer
+from workpool.wire.scripts import scripts
 
 CHUNK = 10_000
 SLOW_US = 1000

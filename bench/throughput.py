@@ -31,8 +31,8 @@ from typing import cast
 import redis
 
 from workpool import Workpool
-from workpool.embedded import RedisServer
-from workpool.protocol import encode, text
+from workpool.server.embedded import RedisServer
+from workpool.wire.protocol import encode, text
 
 BENCH_DIR = Path(__file__).resolve().parent
 MAXP_ENV = "BENCH_MAX_PARALLELISM"  # the workers import this module: the limit travels by env

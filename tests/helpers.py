@@ -20,11 +20,12 @@ from typing import Any, Literal, TypeVar
 
 import redis
 
-from workpool import Retry, Workpool, protocol
-from workpool.embedded import find_redis_server
-from workpool.keys import Keys
-from workpool.protocol import text
-from workpool.worker import Worker
+from workpool import Retry, Workpool
+from workpool.server.embedded import find_redis_server
+from workpool.wire import protocol
+from workpool.wire.keys import Keys
+from workpool.wire.protocol import text
+from workpool.worker.supervisor import Worker
 
 T = TypeVar("T")
 

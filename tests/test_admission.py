@@ -27,16 +27,17 @@ from test_transitions import (
     wait_until,
 )
 
-from workpool import RateLimit, Retry, State, Workpool, limits
-from workpool.codes import Code
-from workpool.cron import parse_schedule
-from workpool.engine import Engine, parse_lease, parse_start
+from workpool import RateLimit, Retry, State, Workpool
+from workpool.core.schedule import parse_schedule
 from workpool.errors import ConfigurationError
-from workpool.keys import GROUP
-from workpool.periodic import CronJob, TickDecision, decide, tick_call
-from workpool.protocol import text
-from workpool.scripts import run
-from workpool.statemachine import CANCELED, PENDING, RETRYING, RUNNING, SUCCEEDED
+from workpool.mainloop.cron import CronJob, TickDecision, decide, tick_call
+from workpool.wire import limits
+from workpool.wire.calls import Engine, parse_lease, parse_start
+from workpool.wire.codes import Code
+from workpool.wire.keys import GROUP
+from workpool.wire.protocol import text
+from workpool.wire.scripts import run
+from workpool.wire.statemachine import CANCELED, PENDING, RETRYING, RUNNING, SUCCEEDED
 
 MakePool = Callable[..., Pool]
 HOUR = 3_600_000

@@ -1,4 +1,4 @@
-"""workpool.children: sync jobs in spawned child processes that can be killed one by one.
+"""workpool.worker.children: sync jobs in spawned child processes that can be killed one by one.
 
 Real processes run the jobs of tests/children_app.py; no Redis is involved.
 """
@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from workpool.children import ChildFailed, ChildLost, Children
 from workpool.current import Running
 from workpool.errors import ConfigurationError
-from workpool.protocol import decode, encode
-from workpool.threads import Stalled
+from workpool.wire.protocol import decode, encode
+from workpool.worker.children import ChildFailed, ChildLost, Children
+from workpool.worker.threads import Stalled
 
 TESTS_DIR = Path(__file__).resolve().parent
 RUNNING = Running("job-1", "a-job", 3, 0, "worker-1")

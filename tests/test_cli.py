@@ -17,8 +17,8 @@ from click.testing import CliRunner, Result
 from helpers import Pools, eventually, running_worker
 
 from workpool import Retry, State
-from workpool.cli import cli
-from workpool.embedded import pid_alive
+from workpool.cli.main import cli
+from workpool.server.embedded import pid_alive
 from workpool.types import Canceled
 
 Invoke = Callable[..., Result]

@@ -26,12 +26,12 @@ from workpool import (
     UnknownJobName,
     WaitTimeout,
     Workpool,
-    ops,
 )
-from workpool.embedded import RedisServer
-from workpool.engine import Engine, parse_lease
-from workpool.protocol import encode
-from workpool.scripts import run, script
+from workpool.client import ops
+from workpool.server.embedded import RedisServer
+from workpool.wire.calls import Engine, parse_lease
+from workpool.wire.protocol import encode
+from workpool.wire.scripts import run, script
 
 
 def _with_add(pool: Workpool) -> Any:

@@ -1,4 +1,4 @@
-"""Schedule math of workpool.cron: hand-computed ticks, a brute-force reference, bad specs."""
+"""Schedule math (core/schedule.py): hand-computed ticks, a brute-force reference, bad specs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workpool.cron import CronSchedule, IntervalSchedule, parse_schedule
+from workpool.core.schedule import CronSchedule, IntervalSchedule, parse_schedule
 from workpool.errors import ConfigurationError
 
 EPOCH = dt.datetime(1970, 1, 1)

@@ -37,9 +37,9 @@ from e2e_app import pool as e2e_pool
 from helpers import CliProcs, eventually
 
 from workpool import Retry, State, Workpool
-from workpool.cli import cli
-from workpool.embedded import pid_alive
-from workpool.protocol import text
+from workpool.cli.main import cli
+from workpool.server.embedded import pid_alive
+from workpool.wire.protocol import text
 
 APP = "e2e_app:pool"
 FINISH_TIMEOUT = 30.0

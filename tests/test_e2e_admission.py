@@ -35,8 +35,8 @@ from e2e_admission_app import (
 from helpers import CliProcs, eventually
 
 from workpool import Workpool
-from workpool.cli import cli
-from workpool.protocol import text
+from workpool.cli.main import cli
+from workpool.wire.protocol import text
 
 FINISH_TIMEOUT = 30.0
 WOKEN_DEADLINE = 0.5  # seconds: well under the idle loop's shortest timer (the 1 s reap)

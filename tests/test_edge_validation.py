@@ -1,6 +1,6 @@
 """Validation at the API edge: every public call raises ConfigurationError naming the argument
 before anything is written, and whatever the client accepts, the engine applies (the two share
-one table of limits, `workpool.limits`)."""
+one table of limits, `workpool.wire.limits`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import redis
 
-from workpool import ConfigurationError, RateLimit, Retry, State, Workpool, limits
-from workpool.codes import Code
-from workpool.engine import Engine, parse_batch, parse_lease
-from workpool.scripts import run
+from workpool import ConfigurationError, RateLimit, Retry, State, Workpool
+from workpool.wire import limits
+from workpool.wire.calls import Engine, parse_batch, parse_lease
+from workpool.wire.codes import Code
+from workpool.wire.scripts import run
 
 
 @pytest.fixture

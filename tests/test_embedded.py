@@ -15,9 +15,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from workpool import embedded
-from workpool.embedded import RedisServer, ensure_local_server, find_redis_server, local_data_dir
 from workpool.errors import RedisServerNotFound
+from workpool.server import embedded
+from workpool.server.embedded import (
+    RedisServer,
+    ensure_local_server,
+    find_redis_server,
+    local_data_dir,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,7 +134,7 @@ def _ensure_in_subprocess() -> str:
             p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),
     }
-    code = "from workpool.embedded import ensure_local_server; print(ensure_local_server())"
+    code = "from workpool.server.embedded import ensure_local_server; print(ensure_local_server())"
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=env,

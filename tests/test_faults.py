@@ -16,8 +16,8 @@ import redis
 from helpers import Pools, eventually, hold_job, running_worker, stays
 
 from workpool import Retry, State, Workpool
-from workpool.embedded import RedisServer
-from workpool.keys import GROUP
+from workpool.server.embedded import RedisServer
+from workpool.wire.keys import GROUP
 
 
 def test_a_redis_stall_longer_than_the_heartbeat_ttl_does_not_declare_live_workers_lost(

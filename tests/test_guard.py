@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from workpool.threads import Stalled, guarded_await, guarded_call
+from workpool.worker.threads import Stalled, guarded_await, guarded_call
 
 
 def test_a_tripped_guard_stops_a_sync_job_before_its_first_instruction() -> None:

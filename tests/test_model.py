@@ -25,9 +25,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from workpool import limits
-from workpool.codes import Code
-from workpool.engine import (
+from workpool.wire import limits
+from workpool.wire.calls import (
     Engine,
     StartReply,
     parse_batch,
@@ -35,10 +34,11 @@ from workpool.engine import (
     parse_reap,
     parse_start,
 )
-from workpool.keys import GROUP, Keys
-from workpool.protocol import enqueue_fields, enqueue_options, job_fields, text
-from workpool.scripts import Call, run
-from workpool.statemachine import (
+from workpool.wire.codes import Code
+from workpool.wire.keys import GROUP, Keys
+from workpool.wire.protocol import enqueue_fields, enqueue_options, job_fields, text
+from workpool.wire.scripts import Call, run
+from workpool.wire.statemachine import (
     ABSENT,
     CANCELED,
     FAILED,
@@ -250,7 +250,7 @@ class Outcome:
     retryable: bool = True
 
     def fields(self) -> dict[str, str | bytes]:
-        """The raw stream fields (see workpool/worker.py)."""
+        """The raw stream fields (see workpool/worker/supervisor.py)."""
         key = "attempt" if self.kind == "run" else "n"
         f: dict[str, str | bytes] = {"kind": self.kind, "id": self.job_id, key: str(self.num),
                                      "ok": "1" if self.ok else "0"}

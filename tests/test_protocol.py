@@ -15,7 +15,7 @@ import redis
 from helpers import Pools, eventually, job_fields, redis_cli, running_worker, xadd
 
 from workpool import JobNotFound, JobStatus, Retry, State, Workpool
-from workpool.keys import Keys
+from workpool.wire.keys import Keys
 
 KEYS = Keys("proto")
 STREAM = KEYS.pending_start

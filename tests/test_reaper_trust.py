@@ -18,14 +18,14 @@ from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
 from workpool import Retry, State, Workpool
-from workpool.codes import Code
-from workpool.connection import MAX_BACKOFF
-from workpool.embedded import RedisServer
-from workpool.engine import Engine, parse_lease
-from workpool.keys import GROUP
-from workpool.loop import MainLoop
-from workpool.protocol import encode
-from workpool.scripts import run
+from workpool.mainloop.loop import MainLoop
+from workpool.server.connection import MAX_BACKOFF
+from workpool.server.embedded import RedisServer
+from workpool.wire.calls import Engine, parse_lease
+from workpool.wire.codes import Code
+from workpool.wire.keys import GROUP
+from workpool.wire.protocol import encode
+from workpool.wire.scripts import run
 
 WORKER = "w1"  # a worker in another language, played by the test through its own client
 

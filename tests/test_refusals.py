@@ -15,9 +15,10 @@ import pytest
 import redis
 from helpers import busy, out_of_memory, read_only
 
-from workpool import RedisRefused, RedisUnavailable, State, Workpool, connection
-from workpool.embedded import RedisServer
-from workpool.protocol import key_job_id
+from workpool import RedisRefused, RedisUnavailable, State, Workpool
+from workpool.server import connection
+from workpool.server.embedded import RedisServer
+from workpool.wire.protocol import key_job_id
 
 URL = "redis://h:1/0"  # never dialled: the mapping alone is under test
 

@@ -6,7 +6,7 @@ import asyncio
 
 import redis
 
-from workpool.server_check import assess, check_server
+from workpool.mainloop.server_check import assess, check_server
 
 SAFE = {"maxmemory-policy": "noeviction", "appendonly": "yes", "appendfsync": "always"}
 

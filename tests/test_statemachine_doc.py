@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workpool.codes import Code
-from workpool.statemachine import TABLE, markdown_table
+from workpool.wire.codes import Code
+from workpool.wire.statemachine import TABLE, markdown_table
 
 DOC = Path(__file__).resolve().parent.parent / "statemachine.md"
 START, END = "<!-- table:start -->", "<!-- table:end -->"
@@ -30,7 +30,7 @@ def test_the_table_in_statemachine_md_is_exactly_the_transition_table() -> None:
 
 
 def test_the_table_is_what_python_m_workpool_statemachine_prints() -> None:
-    out = subprocess.run([sys.executable, "-m", "workpool.statemachine"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "workpool.wire.statemachine"], capture_output=True,
                          text=True, check=True)
     assert out.stdout.rstrip("\n") == _table_in_doc()
 

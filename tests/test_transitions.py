@@ -1,4 +1,4 @@
-"""One test per row of the job state machine (TABLE in workpool/statemachine.py), legal and illegal.
+"""One test per row of the job state machine (wire/statemachine.py TABLE), legal and illegal.
 
 Each test sets a state up the way clients and workers do (entries appended to pendingStart and
 pendingCompletion, XREADGROUP on dispatch), runs the real Lua scripts with an explicit `now` (ms),
@@ -20,10 +20,11 @@ import redis
 import redis.crc
 from helpers import job_fields
 
-from workpool import Retry, State, Workpool, limits
-from workpool.codes import Code
-from workpool.cron import parse_schedule
-from workpool.engine import (
+from workpool import Retry, State, Workpool
+from workpool.core.schedule import parse_schedule
+from workpool.mainloop.cron import CronJob, TickDecision, tick_call
+from workpool.wire import limits
+from workpool.wire.calls import (
     BatchReply,
     Engine,
     LeaseReply,
@@ -34,11 +35,11 @@ from workpool.engine import (
     parse_reap,
     parse_start,
 )
-from workpool.keys import GROUP, Keys
-from workpool.periodic import CronJob, TickDecision, tick_call
-from workpool.protocol import as_text_map, decode, encode, text
-from workpool.scripts import Call, run, scripts
-from workpool.statemachine import (
+from workpool.wire.codes import Code
+from workpool.wire.keys import GROUP, Keys
+from workpool.wire.protocol import as_text_map, decode, encode, text
+from workpool.wire.scripts import Call, run, scripts
+from workpool.wire.statemachine import (
     ABSENT,
     CANCELED,
     FAILED,

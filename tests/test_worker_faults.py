@@ -26,11 +26,12 @@ from helpers import (
     stays,
 )
 
-from workpool import Retry, State, Workpool, worker
-from workpool.embedded import RedisServer
+from workpool import Retry, State, Workpool
 from workpool.errors import WorkerFailed, WorkerStuck
-from workpool.outcomes import Outbox
-from workpool.protocol import text
+from workpool.server.embedded import RedisServer
+from workpool.wire.protocol import text
+from workpool.worker import supervisor as worker
+from workpool.worker.outbox import Outbox
 
 FAULTS: dict[str, Callable[[redis.Redis], AbstractContextManager[object]]] = {
     "OOM": out_of_memory, "BUSY": busy, "READONLY": read_only}

@@ -1,5 +1,5 @@
 """Names the scripts and Python share are written once, in Python, and rendered into every
-script: counter names (workpool/counters.py, `N`: no script bumps a counter by a bare string,
+script: counter names (workpool/wire/counters.py, `N`: no script bumps a counter by a bare string,
 and every name it uses exists) and the packed field order of pending jobs
 (protocol.UNSTARTED_FIELDS, `UNSTARTED`: no Lua file lists it again)."""
 
@@ -9,9 +9,9 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from workpool import protocol
-from workpool.counters import NAMES, lua_prelude
-from workpool.scripts import scripts
+from workpool.wire import protocol
+from workpool.wire.counters import NAMES, lua_prelude
+from workpool.wire.scripts import scripts
 
 BARE = re.compile(r"bump\([^,]+,\s*'")
 USED = re.compile(r"\bN\.([A-Z_]+)")

@@ -1,6 +1,8 @@
 """workpool: a job-queue engine on Redis with an explicit, Lua-enforced job state machine."""
 
-from workpool.aio import AsyncWorkpool
+from workpool.client.aio import AsyncWorkpool
+from workpool.client.pool import Workpool
+from workpool.client.stats import PoolStats
 from workpool.current import Running, current
 from workpool.errors import (
     ConfigurationError,
@@ -16,8 +18,6 @@ from workpool.errors import (
     WaitTimeout,
     WorkpoolError,
 )
-from workpool.pool import Workpool
-from workpool.stats import PoolStats
 from workpool.types import JobStatus, RateLimit, Result, Retry, State
 
 __all__ = [

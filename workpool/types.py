@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
-from workpool import limits, validate
+from workpool.core import validate
 from workpool.errors import ConfigurationError, JobFailed
-from workpool.protocol import decode, text
+from workpool.wire import limits
+from workpool.wire.protocol import decode, text
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import Any
 from _common import POOL_NAME, arecord, options, paced, timed
 
 from workpool import Workpool
-from workpool.logs import configure_logging
-from workpool.worker import Worker
+from workpool.core.logs import configure_logging
+from workpool.worker.supervisor import Worker
 
 pool = Workpool(POOL_NAME, os.environ.get("BENCH_URL"), max_parallelism=256, retention=600.0)
 CHUNK = 5000

@@ -12,7 +12,7 @@ from pathlib import Path
 from workpool.chaos.faults import KINDS
 from workpool.chaos.runner import RunConfig, recheck, run
 from workpool.chaos.table import render
-from workpool.embedded import find_redis_server
+from workpool.server.embedded import find_redis_server
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,9 +15,9 @@ from pathlib import Path
 import redis
 
 from workpool.chaos.settings import ChaosSettings
-from workpool.embedded import RedisServer
-from workpool.keys import Keys
-from workpool.protocol import text
+from workpool.server.embedded import RedisServer
+from workpool.wire.keys import Keys
+from workpool.wire.protocol import text
 
 
 class Cluster:

@@ -18,9 +18,9 @@ from pathlib import Path
 import redis
 
 import workpool
-from workpool.embedded import RedisServer
-from workpool.keys import Keys
-from workpool.protocol import is_stream_id
+from workpool.server.embedded import RedisServer
+from workpool.wire.keys import Keys
+from workpool.wire.protocol import is_stream_id
 
 _POOL = "durability"
 

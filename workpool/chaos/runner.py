@@ -18,9 +18,9 @@ from workpool.chaos.faults import KINDS, Faults
 from workpool.chaos.history import Recorder, load
 from workpool.chaos.settings import ChaosSettings
 from workpool.chaos.workload import Workload
-from workpool.counters import Counter
-from workpool.pool import Workpool
-from workpool.protocol import decode, job_fields, text
+from workpool.client.pool import Workpool
+from workpool.wire.counters import Counter
+from workpool.wire.protocol import decode, job_fields, text
 
 _CHUNK = 1000
 

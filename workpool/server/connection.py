@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from workpool import validate
+from workpool.core import validate
 from workpool.errors import RedisRefused, RedisUnavailable
 
 ENV_URL = "WORKPOOL_REDIS_URL"
@@ -54,7 +54,7 @@ def resolve_url(url: str | None) -> str:
     env = os.environ.get(ENV_URL)
     if env:
         return check_url(f"${ENV_URL}", env)
-    from workpool.embedded import ensure_local_server  # noqa: PLC0415 - only when needed
+    from workpool.server.embedded import ensure_local_server  # noqa: PLC0415 - only when needed
 
     return ensure_local_server()
 

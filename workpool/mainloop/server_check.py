@@ -10,7 +10,7 @@ from typing import Literal
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from workpool.protocol import text
+from workpool.wire.protocol import text
 
 _SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync")
 

@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
 
-from workpool import ops
-from workpool.admission import config_fields
-from workpool.connection import unavailable_as_typed
+from workpool.client import ops
+from workpool.client.stats import PoolStats
+from workpool.client.stats import stats as stats_ops
 from workpool.errors import WaitTimeout
-from workpool.protocol import check_job_id
-from workpool.stats import PoolStats
-from workpool.stats import stats as stats_ops
+from workpool.server.connection import unavailable_as_typed
 from workpool.types import Canceled, Configured, JobStatus, Retry
+from workpool.wire.protocol import check_job_id
+from workpool.wire.settings import config_fields
 
 if TYPE_CHECKING:
-    from workpool.pool import JobRef, Workpool
+    from workpool.client.pool import JobRef, Workpool
 
 _WAIT_RECHECK = 5.0
 

@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from workpool import codes, counters, limits, protocol
+from workpool.wire import codes, counters, limits, protocol
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 _FILE = re.compile(r"^(\w+)-(\d+)\.lua$")

@@ -25,9 +25,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from workpool.codes import Code
-from workpool.connection import Backoff, is_refusal
-from workpool.engine import (
+from workpool.core.failures import describe, error_type
+from workpool.core.logs import logger
+from workpool.mainloop.cron import decide, last_ticks, tick_call
+from workpool.mainloop.server_check import check_server
+from workpool.server.connection import Backoff, is_refusal
+from workpool.wire.calls import (
     BatchReply,
     Engine,
     StartReply,
@@ -36,14 +39,11 @@ from workpool.engine import (
     parse_reap,
     parse_start,
 )
-from workpool.failures import describe, error_type
-from workpool.logs import logger
-from workpool.periodic import decide, last_ticks, tick_call
-from workpool.scripts import Call, arun
-from workpool.server_check import check_server
+from workpool.wire.codes import Code
+from workpool.wire.scripts import Call, arun
 
 if TYPE_CHECKING:
-    from workpool.pool import Workpool
+    from workpool.client.pool import Workpool
 
 T = TypeVar("T")
 

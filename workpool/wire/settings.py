@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from workpool import limits, validate
+from workpool.core import validate
+from workpool.core.registry import check_name
 from workpool.errors import ConfigurationError
-from workpool.registry import check_name
 from workpool.types import RateLimit, rate_limit_of
+from workpool.wire import limits
 
 if TYPE_CHECKING:
-    from workpool.registry import Registry
+    from workpool.core.registry import Registry
 
 
 class _Unset:

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Literal, TypeVar, cast
 import redis.asyncio
 from redis.exceptions import RedisError, ResponseError
 
-from workpool import failures, limits, validate
-from workpool.connection import Backoff
+from workpool.core import failures, validate
+from workpool.core.logs import logger
 from workpool.current import Running, enter
 from workpool.errors import (
     FINAL_ERRORS,
@@ -43,15 +43,17 @@ from workpool.errors import (
     WorkerFailed,
     WorkerStuck,
 )
-from workpool.fencing import still_current
-from workpool.heartbeat import Heartbeat
-from workpool.keys import GROUP
-from workpool.logs import logger
-from workpool.loop import MainLoop, _wait
-from workpool.outcomes import Outbox, Outcome
-from workpool.protocol import as_text_map, decode, decode_arguments, encode, text
-from workpool.scripts import scripts
-from workpool.threads import (
+from workpool.mainloop.loop import MainLoop, _wait
+from workpool.server.connection import Backoff
+from workpool.types import status_from_hash
+from workpool.wire import limits
+from workpool.wire.keys import GROUP
+from workpool.wire.protocol import as_text_map, decode, decode_arguments, encode, text
+from workpool.wire.scripts import scripts
+from workpool.worker.fencing import still_current
+from workpool.worker.heartbeat import Heartbeat
+from workpool.worker.outbox import Outbox, Outcome
+from workpool.worker.threads import (
     AttemptTimedOut,
     Escaped,
     Guard,
@@ -61,11 +63,10 @@ from workpool.threads import (
     guarded_await,
     guarded_call,
 )
-from workpool.types import status_from_hash
 
 if TYPE_CHECKING:
-    from workpool.children import Children
-    from workpool.pool import Workpool
+    from workpool.client.pool import Workpool
+    from workpool.worker.children import Children
 
 ExecutorKind = Literal["thread", "process"]
 StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
@@ -260,7 +261,7 @@ class Worker:
         self._fail(WorkerFailed(f"the worker's {what} stopped unexpectedly ({why})"))
 
     async def _start_children(self) -> None:
-        from workpool.children import Children  # noqa: PLC0415 - only for the process executor
+        from workpool.worker.children import Children  # noqa: PLC0415 - only for the process executor
 
         assert self.pool_spec is not None
         self._children = Children(self.concurrency, self.pool_spec)
@@ -511,7 +512,7 @@ class Worker:
     async def _in_child(self, f: dict[str, bytes], name: str, enc: str,  # noqa: PLR0917
                         running: Running, timeout: float | None, guard: Guard) -> bytes:
         """Run a sync job in a child process (a timeout kills that child)."""
-        from workpool.children import ChildFailed, ChildLost  # noqa: PLC0415
+        from workpool.worker.children import ChildFailed, ChildLost  # noqa: PLC0415
 
         assert self._children is not None
         try:

@@ -18,17 +18,22 @@ from typing import Any, cast
 
 import click
 
-from workpool.cli_support import load_pool
-from workpool.connection import ENV_URL, check_url, resolve_url
-from workpool.counters import ANOMALIES, Counter
-from workpool.embedded import ensure_local_server, local_data_dir, local_server, stop_local_server
+from workpool.client.pool import Workpool
+from workpool.client.stats import PoolStats
+from workpool.core.locate import load_pool
+from workpool.core.logs import LogFormat, configure_logging, logger
 from workpool.errors import ConfigurationError, WorkerFailed, WorkerStuck, WorkpoolError
-from workpool.limits import MAX_PRIORITY, MAX_SETTING, MIN_PRIORITY
-from workpool.logs import LogFormat, configure_logging, logger
-from workpool.pool import Workpool
-from workpool.stats import PoolStats
-from workpool.threads import THREAD_PREFIX
+from workpool.server.connection import ENV_URL, check_url, resolve_url
+from workpool.server.embedded import (
+    ensure_local_server,
+    local_data_dir,
+    local_server,
+    stop_local_server,
+)
 from workpool.types import Canceled, JobStatus, RateLimit
+from workpool.wire.counters import ANOMALIES, Counter
+from workpool.wire.limits import MAX_PRIORITY, MAX_SETTING, MIN_PRIORITY
+from workpool.worker.threads import THREAD_PREFIX
 
 ENV_POOL = "WORKPOOL_POOL"
 
@@ -132,7 +137,7 @@ def cli(ctx: click.Context, redis_url: str | None, log_format: LogFormat, log_le
 def worker(ctx: click.Context, *, spec: str, concurrency: int, executor: str, no_loop: bool,
            grace: float, worker_id: str | None) -> None:
     """Run the pool's jobs and on_complete handlers until SIGTERM/SIGINT."""
-    from workpool.worker import ExecutorKind, Worker  # noqa: PLC0415 - keeps other commands light
+    from workpool.worker.supervisor import ExecutorKind, Worker  # noqa: PLC0415 - keeps other commands light
 
     settings = cast("Settings", ctx.obj)
     settings.setup_logging()
@@ -190,7 +195,7 @@ def _leave_abandoned_attempts(status: int) -> None:
 @click.pass_context
 def loop(ctx: click.Context, spec: str) -> None:
     """Run only a main loop for the pool (a standby one until it wins the lease)."""
-    from workpool.loop import MainLoop  # noqa: PLC0415
+    from workpool.mainloop.loop import MainLoop  # noqa: PLC0415
 
     cast("Settings", ctx.obj).setup_logging()
     asyncio.run(_until_signaled(MainLoop(_pool(ctx, spec, code=True)).run))
@@ -385,7 +390,7 @@ def stats(ctx: click.Context, spec: str, as_json: bool) -> None:
 @click.pass_context
 def demo(ctx: click.Context, jobs: int, workers: int, timeout: float) -> None:
     """Enqueue a few hundred jobs, run them on worker processes, show progress and counts."""
-    from workpool import demo as demo_module  # noqa: PLC0415
+    from workpool.cli import demo as demo_module  # noqa: PLC0415
 
     settings = cast("Settings", ctx.obj)
     url = resolve_url(settings.redis_url)

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 from workpool.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from workpool.pool import Workpool
+    from workpool.client.pool import Workpool
 
 
 def load_pool(spec: str) -> Workpool:
     """Import `module:attribute` (the current directory is importable) and return the pool."""
-    from workpool.pool import Workpool  # noqa: PLC0415 - keeps this module light for children
+    from workpool.client.pool import Workpool  # noqa: PLC0415 - keeps this module light for children
 
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:

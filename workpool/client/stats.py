@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workpool.counters import Counter
-from workpool.keys import GROUP, Keys
-from workpool.ops import Ops, Step
-from workpool.protocol import text
+from workpool.client.ops import Ops, Step
+from workpool.wire.counters import Counter
+from workpool.wire.keys import GROUP, Keys
+from workpool.wire.protocol import text
 
 _RANK = 10**12  # ready-set rank = -priority * 1e12 + seq (see lua/includes/admission.lua)
 

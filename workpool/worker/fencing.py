@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import redis.asyncio
 
-from workpool.keys import Keys
+from workpool.wire.keys import Keys
 
 
 async def still_current(client: redis.asyncio.Redis, keys: Keys,

@@ -1,5 +1,5 @@
 """`workpool demo`: a pool with a napping job, a flaky job and an on_complete handler, and the
-driver that runs a few hundred of them on real worker processes (`workpool.demo:pool`).
+driver that runs a few hundred of them on real worker processes (`workpool.cli.demo:pool`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from workpool.counters import Counter
-from workpool.pool import Workpool
+from workpool.client.pool import Workpool
 from workpool.types import Result, Retry
+from workpool.wire.counters import Counter
 
 POOL_ENV = "WORKPOOL_DEMO_POOL"  #: the driver names a fresh pool per run; workers read it here
 _TICK = 0.5  # seconds between progress lines
@@ -131,7 +131,7 @@ def run(url: str, jobs: int, workers: int, timeout: float, echo: Callable[[str],
         env = {**os.environ, POOL_ENV: name}
         procs = [subprocess.Popen(
             [sys.executable, "-m", "workpool", "--redis-url", url, "--log-level", "ERROR",
-             "worker", "workpool.demo:pool", "--worker-id", f"{name}-w{i}"], env=env)
+             "worker", "workpool.cli.demo:pool", "--worker-id", f"{name}-w{i}"], env=env)
             for i in range(workers)]
         counts = _follow(demo, procs, jobs=jobs, handlers=handlers, timeout=timeout, echo=echo)
         if counts is not None:

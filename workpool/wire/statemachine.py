@@ -1,5 +1,5 @@
 """The job state machine as data: the one table that the Lua scripts implement, the model-based
-tests interpret, and `statemachine.md` prints (`python -m workpool.statemachine`).
+tests interpret, and `statemachine.md` prints (`python -m workpool.wire.statemachine`).
 
 States are `absent` (no such job), `pending`, `running`, `retrying`, `done/succeeded`,
 `done/failed` and `canceled`. A row applies when the event matches, the job is in one of its
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from workpool.codes import Code
+from workpool.wire.codes import Code
 
 ABSENT, PENDING, RUNNING, RETRYING = "absent", "pending", "running", "retrying"
 SUCCEEDED, FAILED, CANCELED = "done/succeeded", "done/failed", "canceled"

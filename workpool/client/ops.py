@@ -11,11 +11,11 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workpool import validate
+from workpool.core import validate
 from workpool.errors import ConfigurationError, JobNotFound
-from workpool.keys import Keys
-from workpool.protocol import Fields, check_job_id, is_stream_id, job_fields, text
 from workpool.types import Canceled, JobStatus, State, status_from_hash
+from workpool.wire.keys import Keys
+from workpool.wire.protocol import Fields, check_job_id, is_stream_id, job_fields, text
 
 Command = tuple[Any, ...]
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workpool.connection import Backoff, sync_client
-from workpool.failures import describe, error_type
+from workpool.core.failures import describe, error_type
+from workpool.server.connection import Backoff, sync_client
 
 
 class Heartbeat:

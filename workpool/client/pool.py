@@ -10,15 +10,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 from redis.client import Pipeline
 
-from workpool import limits, ops, validate
-from workpool.admission import UNSET, _Unset, check_max_per_key, config_fields, declared_settings
-from workpool.connection import check_url, resolve_url, sync_client, unavailable_as_typed
-from workpool.cron import parse_schedule
-from workpool.engine import EngineSettings
+from workpool.client import ops
+from workpool.client.stats import PoolStats
+from workpool.client.stats import stats as stats_ops
+from workpool.core import validate
+from workpool.core.registry import HandlerSpec, JobSpec, Registry, check_name
+from workpool.core.schedule import parse_schedule
 from workpool.errors import UnknownJobName, WaitTimeout
-from workpool.keys import Keys
-from workpool.periodic import CronJob
-from workpool.protocol import (
+from workpool.mainloop.cron import CronJob
+from workpool.server.connection import check_url, resolve_url, sync_client, unavailable_as_typed
+from workpool.types import Canceled, Configured, JobStatus, RateLimit, Retry, rate_limit_of
+from workpool.wire import limits
+from workpool.wire.calls import EngineSettings
+from workpool.wire.keys import Keys
+from workpool.wire.protocol import (
     Encoding,
     Fields,
     check_job_id,
@@ -28,13 +33,16 @@ from workpool.protocol import (
     key_job_id,
     new_job_id,
 )
-from workpool.registry import HandlerSpec, JobSpec, Registry, check_name
-from workpool.stats import PoolStats
-from workpool.stats import stats as stats_ops
-from workpool.types import Canceled, Configured, JobStatus, RateLimit, Retry, rate_limit_of
+from workpool.wire.settings import (
+    UNSET,
+    _Unset,
+    check_max_per_key,
+    config_fields,
+    declared_settings,
+)
 
 if TYPE_CHECKING:
-    from workpool.aio import AsyncWorkpool
+    from workpool.client.aio import AsyncWorkpool
 
 F = TypeVar("F", bound=Callable[..., Any])
 JobRef = Callable[..., Any] | str
@@ -122,7 +130,7 @@ class Workpool:
     def aio(self) -> AsyncWorkpool:
         """The asyncio face of this pool: the same calls, awaitable."""
         if self._aio is None:
-            from workpool.aio import AsyncWorkpool  # noqa: PLC0415 - avoids an import cycle
+            from workpool.client.aio import AsyncWorkpool  # noqa: PLC0415 - avoids an import cycle
 
             self._aio = AsyncWorkpool(self)
         return self._aio

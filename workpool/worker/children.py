@@ -1,5 +1,5 @@
 """Parent side of the process executor: a fixed number of spawned child processes
-(workpool.child) that run sync jobs one at a time. A child whose job dies, outlives its timeout
+(worker/child.py) that run sync jobs one at a time. A child whose job dies, outlives its timeout
 or is cancelled is killed and replaced on its own, so no job can break the others' children.
 
 Children are spawned, not forked: a fresh interpreter inherits no event loop, threads or
@@ -16,17 +16,17 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from workpool import child
 from workpool.current import Running
 from workpool.errors import ConfigurationError
-from workpool.threads import Guard, Stalled
+from workpool.worker import child
+from workpool.worker.threads import Guard, Stalled
 
 _STOP_GRACE = 2.0  #: seconds a child has to exit after SIGTERM on close() before SIGKILL
 
 
 class ChildFailed(Exception):
     """The job raised in its child: its class name, its text with a short traceback (from
-    workpool.failures.describe), and whether another attempt may help."""
+    workpool.core.failures.describe), and whether another attempt may help."""
 
     def __init__(self, error_type: str, message: str, retryable: bool) -> None:
         super().__init__(f"{error_type}: {message}")

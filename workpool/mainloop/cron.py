@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from workpool.cron import Schedule
-from workpool.protocol import Fields, text
-from workpool.scripts import Call, script
+from workpool.core.schedule import Schedule
+from workpool.wire.protocol import Fields, text
+from workpool.wire.scripts import Call, script
 
 if TYPE_CHECKING:
-    from workpool.keys import Keys
+    from workpool.wire.keys import Keys
 
 
 @dataclass(frozen=True)

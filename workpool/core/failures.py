@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 import workpool
-from workpool.limits import MAX_ERROR_BYTES
+from workpool.wire.limits import MAX_ERROR_BYTES
 
 _TRACEBACK_FRAMES = 5  #: innermost frames kept with the message
 #: Frames of the machinery that runs a job, left out of its traceback: the job's own matter.

@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 import msgpack
 
-from workpool import limits, validate
+from workpool.core import validate
 from workpool.errors import PayloadTooLarge, SerializationError
+from workpool.wire import limits
 
 Encoding = Literal["msgpack", "json"]
 Fields = dict[str, str | bytes]

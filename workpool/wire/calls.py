@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workpool.codes import Code
-from workpool.keys import GROUP, Keys
-from workpool.limits import DEFAULT_MAX_BACKOFF_MS
-from workpool.protocol import text
-from workpool.scripts import Call, script
+from workpool.wire.codes import Code
+from workpool.wire.keys import GROUP, Keys
+from workpool.wire.limits import DEFAULT_MAX_BACKOFF_MS
+from workpool.wire.protocol import text
+from workpool.wire.scripts import Call, script
 
 _RETRY_DEFAULTS = {"max_attempts": "5", "initial_backoff_ms": "250", "base": "2.0",
                    "max_backoff_ms": str(DEFAULT_MAX_BACKOFF_MS)}

@@ -13,9 +13,9 @@ from typing import Any
 import msgpack
 import redis.asyncio
 
-from workpool.connection import Backoff
-from workpool.failures import describe, error_type
-from workpool.limits import MAX_OUTCOMES_PER_ENTRY
+from workpool.core.failures import describe, error_type
+from workpool.server.connection import Backoff
+from workpool.wire.limits import MAX_OUTCOMES_PER_ENTRY
 
 Outcome = dict[str, str | bytes]
 ENTRY_BYTES = 1 << 20  #: bytes of outcomes packed in one entry (one larger outcome: alone)

@@ -1,4 +1,4 @@
-"""Child-process side of the process executor (see workpool.children): a spawned interpreter
+"""Child-process side of the process executor (see workpool.worker.children): a spawned interpreter
 that imports the pool the operator named and runs its sync jobs by name, one at a time.
 
 Only bytes cross the pipe, never pickles: each request and reply is a msgpack list of plain
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from workpool.cli_support import load_pool
+from workpool.core.failures import describe, error_type
+from workpool.core.locate import load_pool
 from workpool.current import Running, enter
 from workpool.errors import FINAL_ERRORS
-from workpool.failures import describe, error_type
-from workpool.protocol import decode_arguments, encode
+from workpool.wire.protocol import decode_arguments, encode
 
 if TYPE_CHECKING:
-    from workpool.pool import Workpool
+    from workpool.client.pool import Workpool
 
 
 def pack(message: list[Any]) -> bytes:
