@@ -29,10 +29,11 @@ import redis
 from workpool import RateLimit, Workpool
 from workpool.client.ops import enqueue_commands
 from workpool.server.embedded import RedisServer
-from workpool.wire.calls import Engine, parse_batch, parse_lease, parse_start
+from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.keys import GROUP
 from workpool.wire.protocol import Fields, text
+from workpool.wire.replies import parse_batch, parse_lease, parse_start
 from workpool.wire.scripts import Call, run
 
 BATCH = 256  # the main loop's default batch
@@ -81,14 +82,14 @@ class Bench:
 
     def __init__(self, client: redis.Redis, keys_count: int) -> None:
         self.r, self.keys_count = client, keys_count
-        self.engine = Engine(pool.keys, pool.engine_settings(BATCH))
+        self.engine = Engine(pool.keys, pool.config.engine_settings(BATCH))
         self.token = ""
         self.enqueued = 0
         self.max_server = (0, "")
 
     def lease(self) -> None:
         (reply,) = run(self.r, [self.engine.acquire("bench", 3_600_000, MAX_PARALLELISM,
-                                                    pool.declared_settings())])
+                                                    pool.config.declared_settings())])
         lease = parse_lease(reply)
         assert lease.code == Code.OK, lease
         self.token = lease.token
@@ -96,7 +97,7 @@ class Bench:
     def _usec(self) -> int:
         return int(self.r.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
 
-    def timed(self, call: Call, calls: Calls) -> Any:
+    def timed(self, call: Call[Any], calls: Calls) -> Any:
         """Run one script call; record its wall and server time."""
         before = self._usec()
         t0 = time.perf_counter()

@@ -1,8 +1,9 @@
 """Admission control, one rule per test: priorities, rate limits, per-key concurrency, pause and
 live configuration, cron ticks, and the stats that show them.
 
-Like test_transitions.py (whose `Pool` helpers this reuses), each test drives the real Lua scripts
-with an explicit `now` (ms) and checks the returned values and the resulting Redis state.
+Like test_transitions.py (both use the `Pool` of helpers/scripts.py), each test drives the real
+Lua scripts with an explicit `now` (ms) and checks the returned values and the resulting Redis
+state.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from test_transitions import (
+from helpers.scripts import (
     FAR,
     LEASE_MS,
     OTHER,
@@ -28,14 +29,15 @@ from test_transitions import (
 )
 
 from workpool import RateLimit, Retry, State, Workpool
-from workpool.core.schedule import parse_schedule
+from workpool.core.schedule import CronJob, parse_schedule
 from workpool.errors import ConfigurationError
-from workpool.mainloop.cron import CronJob, TickDecision, decide, tick_call
+from workpool.mainloop.cron import TickDecision, decide, tick_call
 from workpool.wire import limits
-from workpool.wire.calls import Engine, parse_lease, parse_start
+from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.keys import GROUP
 from workpool.wire.protocol import text
+from workpool.wire.replies import parse_lease, parse_start
 from workpool.wire.scripts import run
 from workpool.wire.statemachine import CANCELED, PENDING, RETRYING, RUNNING, SUCCEEDED
 
@@ -53,7 +55,7 @@ def make_pool(redis_url: str, redis_client: redis.Redis) -> Iterator[MakePool]:
                           retry=Retry(max_attempts=3, initial_backoff=1.0, base=2.0))
         made.append(client)
         # A silent worker is lost at the first reap (the grace is tested in test_transitions).
-        engine = Engine(client.keys, replace(client.engine_settings(), silence_grace_ms=0))
+        engine = Engine(client.keys, replace(client.config.engine_settings(), silence_grace_ms=0))
         acquire = engine.acquire(OWNER, LEASE_MS, 10, declared)
         lease = parse_lease(run(redis_client, [acquire])[0])
         assert (lease.code, lease.token) == (Code.OK, f"1:{OWNER}")

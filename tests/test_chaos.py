@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workpool.chaos.checker import Report
 from workpool.chaos.faults import KINDS
+from workpool.chaos.report import Report
 
 SEED = 3
 

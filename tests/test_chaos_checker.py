@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from workpool.chaos.checker import FinalJob, Report, check
+from workpool.chaos.checker import FinalJob, check
 from workpool.chaos.history import Event
+from workpool.chaos.report import Report
 
 W1, W2, RUNNER = 101, 102, 100
 

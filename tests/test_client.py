@@ -29,8 +29,9 @@ from workpool import (
 )
 from workpool.client import ops
 from workpool.server.embedded import RedisServer
-from workpool.wire.calls import Engine, parse_lease
+from workpool.wire.calls import Engine
 from workpool.wire.protocol import encode
+from workpool.wire.replies import parse_lease
 from workpool.wire.scripts import run, script
 
 
@@ -331,7 +332,7 @@ def test_cancel_all_also_cancels_entries_not_applied_yet(pools: Pools) -> None:
         assert [pool.wait(i, timeout=15).state for i in ids] == [State.CANCELED] * 2
 
 
-def _drive(pool: Workpool, gen: ops.Ops, between: int, action: Any) -> Any:
+def _drive(pool: Workpool, gen: ops.Ops[Any], between: int, action: Any) -> Any:
     """Run an ops generator step by step, calling `action` after step number `between`."""
     reply: Any = None
     n = 0
@@ -352,7 +353,7 @@ def _drive(pool: Workpool, gen: ops.Ops, between: int, action: Any) -> Any:
 def test_cancel_all_catches_a_job_the_main_loop_applies_while_it_pages(pools: Pools) -> None:
     pool = pools("c", max_parallelism=0)
     job_id = pool.enqueue(_with_add(pool), 1, 1)
-    engine = Engine(pool.keys, pool.engine_settings())
+    engine = Engine(pool.keys, pool.config.engine_settings())
     token = parse_lease(run(pool.redis, [engine.acquire("me", 60_000, 0)])[0]).token
 
     def main_loop_applies_the_entry() -> None:

@@ -220,7 +220,7 @@ def test_killing_the_main_loop_holder_hands_the_lease_over_and_no_job_is_lost_or
         lease = text(redis_client.get(app.keys.lease))
         return lease if lease.endswith(":" + survivor) else ""
 
-    new_epoch = lease_of_survivor() or eventually(lease_of_survivor, 5 * app.lease_ttl,
+    new_epoch = lease_of_survivor() or eventually(lease_of_survivor, 5 * app.config.lease_ttl,
                                                   f"{survivor} takes the lease")
     assert int(new_epoch.split(":")[0]) > int(epoch)
     _all_finished(app, len(ids), len(ids))

@@ -4,6 +4,7 @@ one table of limits, `workpool.wire.limits`)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,8 +14,9 @@ import redis
 
 from workpool import ConfigurationError, RateLimit, Retry, State, Workpool
 from workpool.wire import limits
-from workpool.wire.calls import Engine, parse_batch, parse_lease
+from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
+from workpool.wire.replies import parse_batch, parse_lease
 from workpool.wire.scripts import run
 
 
@@ -75,6 +77,28 @@ def test_an_enqueue_option_the_engine_would_reject_raises_naming_it_and_writes_n
     assert written(redis_client, pool) == 0
 
 
+UNKNOWN: list[tuple[str, Callable[[Workpool], object]]] = [
+    ("enqueue", lambda p: p.enqueue("work", 1, pirority=5)),  # type: ignore[call-arg]
+    ("enqueue_many", lambda p: p.enqueue_many("work", [(1,)], key="k")),  # type: ignore[call-arg]
+    ("configure", lambda p: p.configure(max_paralelism=3)),  # type: ignore[call-arg]
+    ("enqueue", lambda p: asyncio.run(p.aio.enqueue("work", 1, delay=5))),  # type: ignore[call-arg]
+    ("enqueue_many", lambda p: asyncio.run(
+        p.aio.enqueue_many("work", [(1,)], kwargs={"a": 1}))),  # type: ignore[call-arg]
+    ("configure", lambda p: asyncio.run(p.aio.configure(pause=True))),  # type: ignore[call-arg]
+]
+
+
+@pytest.mark.parametrize(("call", "make"), UNKNOWN, ids=range(len(UNKNOWN)))
+def test_a_misspelt_option_is_refused_by_name_never_dropped(
+        pool: Workpool, redis_client: redis.Redis, call: str,
+        make: Callable[[Workpool], object]) -> None:
+    # the options are one TypedDict for both faces: nothing but the check at the edge stops a
+    # name the call does not take, so it is refused there, naming it, before a write
+    with pytest.raises(ConfigurationError, match=rf"{call}\(\) got unknown option"):
+        make(pool)
+    assert written(redis_client, pool) == 0
+
+
 @pytest.mark.parametrize(("argument", "make"), [
     ("max_attempts", lambda: Retry(max_attempts=2_000_000)),
     ("max_attempts", lambda: Retry(max_attempts=True)),
@@ -118,7 +142,7 @@ def test_every_option_at_its_limit_is_applied_by_the_engine(
         {"run_at": dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)},
     ]
     ids = [pool.enqueue("work", 1, **options) for options in extremes]
-    engine = Engine(pool.keys, pool.engine_settings())
+    engine = Engine(pool.keys, pool.config.engine_settings())
     lease = parse_lease(run(redis_client, [engine.acquire("o", 10_000, 1)])[0])
     reply = parse_batch(run(redis_client, [engine.ingest(lease.token)])[0])
     assert reply.codes == [Code.ENQUEUED] * len(extremes)
@@ -156,8 +180,8 @@ def test_rate_limits_may_be_given_as_text_wherever_a_rate_limit_is_taken(
     def job() -> None:
         return None
 
-    assert p.rate_limit == RateLimit(5, 1.0)
-    assert p.declared_settings() == {"rate": "5/1000", "rate:job": "10/500"}
+    assert p.config.rate_limit == RateLimit(5, 1.0)
+    assert p.config.declared_settings() == {"rate": "5/1000", "rate:job": "10/500"}
     p.configure(rate_limit="10/1s", rate_limits={"job": "2/1m"})
     p.close()
 

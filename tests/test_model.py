@@ -5,7 +5,6 @@ admission control included (priorities, rate limits, concurrency keys, live sett
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections import Counter
@@ -15,6 +14,7 @@ from typing import Any, ClassVar, TypeVar, cast
 
 import msgpack
 import redis
+from helpers.scripts import jitter
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -26,17 +26,12 @@ from hypothesis.stateful import (
 )
 
 from workpool.wire import limits
-from workpool.wire.calls import (
-    Engine,
-    StartReply,
-    parse_batch,
-    parse_lease,
-    parse_reap,
-    parse_start,
-)
+from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.keys import GROUP, Keys
-from workpool.wire.protocol import enqueue_fields, enqueue_options, job_fields, text
+from workpool.wire.options import entry_fields
+from workpool.wire.protocol import enqueue_fields, job_fields, text
+from workpool.wire.replies import StartReply, parse_batch, parse_lease, parse_reap, parse_start
 from workpool.wire.scripts import Call, run
 from workpool.wire.statemachine import (
     ABSENT,
@@ -70,12 +65,6 @@ RANK = 10**12  #: rank = -priority * RANK + seq
 HASH_OF = {PENDING: ("pending", None), RUNNING: ("running", None),
            RETRYING: ("retrying", None), SUCCEEDED: ("done", "succeeded"),
            FAILED: ("done", "failed"), CANCELED: ("canceled", "canceled")}
-
-
-def jitter(seed: str, job_id: str, attempt: int) -> float:
-    """The scripts' deterministic retry jitter in [0.5, 1.5)."""
-    digest = hashlib.sha1(f"{seed}:{job_id}:{attempt}".encode()).hexdigest()
-    return 0.5 + int(digest[:8], 16) / 2**32
 
 
 def zset_order(scores: dict[str, float]) -> list[tuple[str, float]]:
@@ -587,7 +576,7 @@ class WorkpoolModel(RuleBasedStateMachine):
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _call(self, call: Call) -> Any:
+    def _call(self, call: Call[Any]) -> Any:
         reply = run(self.r, [call])[0]
         self._sync_dispatch()
         return reply
@@ -748,10 +737,12 @@ class WorkpoolModel(RuleBasedStateMachine):
         eid = self._next_eid()
         retry = {"max_attempts": str(spec.max_attempts), "initial_backoff_ms": str(spec.backoff_ms),
                  "base": repr(spec.base), "max_backoff_ms": str(spec.max_backoff_ms)}
-        options = enqueue_options(
-            job_id=job_id, name=spec.name, enc="msgpack", retry=retry, timeout=None, run_at=None,
-            run_after=None, on_complete="record" if spec.on_complete else None,
-            context={"n": self.seq}, priority=spec.priority, concurrency_key=spec.ckey)
+        options = entry_fields(
+            {"context": {"n": self.seq}, "priority": spec.priority,
+             "concurrency_key": spec.ckey}, name=spec.name, enc="msgpack", retry=retry,
+            timeout=None, handler="record" if spec.on_complete else None)
+        if job_id is not None:
+            options["id"] = job_id
         fields = enqueue_fields(options, [self.seq], {}, 1 << 20)
         if spec.run_after_ms:
             fields["run_after_ms"] = str(spec.run_after_ms)
@@ -919,11 +910,12 @@ class WorkpoolModel(RuleBasedStateMachine):
 
     def old_leader_call(self, token: str, script: str, seed: str = "s") -> Code:
         """A fenced-off leader's script call: NOT_LEADER, and not one key changes."""
-        calls = {"ingest": self.engine.ingest(token, self.now),
-                 "apply": self.engine.apply(token, seed, self.now),
-                 "start": self.engine.start(token, self.now),
-                 "reap": self.engine.reap(token, seed, self.now),
-                 "release": self.engine.release(token)}
+        calls: dict[str, Call[Any]] = {
+            "ingest": self.engine.ingest(token, self.now),
+            "apply": self.engine.apply(token, seed, self.now),
+            "start": self.engine.start(token, self.now),
+            "reap": self.engine.reap(token, seed, self.now),
+            "release": self.engine.release(token)}
         before = self._snapshot()
         code = Code(self._call(calls[script])[0])
         assert code == Code.NOT_LEADER

@@ -19,12 +19,13 @@ from structlog.typing import EventDict
 
 from workpool import Retry, State, Workpool
 from workpool.mainloop.loop import MainLoop
-from workpool.server.connection import MAX_BACKOFF
+from workpool.server.backoff import MAX_BACKOFF
 from workpool.server.embedded import RedisServer
-from workpool.wire.calls import Engine, parse_lease
+from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.keys import GROUP
 from workpool.wire.protocol import encode
+from workpool.wire.replies import parse_lease
 from workpool.wire.scripts import run
 
 WORKER = "w1"  # a worker in another language, played by the test through its own client
@@ -133,7 +134,7 @@ def _redis_ms(r: redis.Redis) -> int:
 def _backoffs(logs: list[EventDict]) -> list[float]:
     """The waits the main loop announced after Redis refused its calls."""
     return [float(e["backoff"]) for e in list(logs)
-            if e.get("event") == "redis refused a call, retrying"]
+            if e.get("event") == "main loop step failed, retrying"]
 
 
 def test_the_first_reap_after_a_backoff_longer_than_the_grace_suspects_afresh(
@@ -142,7 +143,7 @@ def test_the_first_reap_after_a_backoff_longer_than_the_grace_suspects_afresh(
     pool = Workpool("trust", own_server.url, heartbeat_ttl=1.2, lease_ttl=10.0,
                     retry=Retry(max_attempts=3, initial_backoff=0.01))
     keys = pool.keys
-    grace = pool.heartbeat_ttl / 2
+    grace = pool.config.heartbeat_ttl / 2
     assert grace < MAX_BACKOFF  # else no backoff outlasts the grace: nothing to test
     r = redis.Redis.from_url(own_server.url)
     w1 = _Remote(pool, r)
@@ -189,7 +190,7 @@ def test_a_new_leader_that_only_read_before_suspects_afresh(own_server: RedisSer
     pool = Workpool("trust-lead", own_server.url, heartbeat_ttl=2.0, lease_ttl=10.0,
                     retry=Retry(max_attempts=3, initial_backoff=0.01))
     keys = pool.keys
-    grace = pool.heartbeat_ttl / 2
+    grace = pool.config.heartbeat_ttl / 2
     every = 2 * grace
     r = redis.Redis.from_url(own_server.url)
     w1 = _Remote(pool, r)
@@ -207,9 +208,10 @@ def test_a_new_leader_that_only_read_before_suspects_afresh(own_server: RedisSer
 
         # at once another owner takes the lease for 4 graces and never reaps: meanwhile w1's
         # heartbeats may have been refused (READONLY, OOM) while reads were answered
-        engine = Engine(keys, pool.engine_settings())
-        (reply,) = run(r, [engine.acquire("other", round(4 * grace * 1000), pool.max_parallelism,
-                                          pool.declared_settings())])
+        engine = Engine(keys, pool.config.engine_settings())
+        (reply,) = run(r, [engine.acquire("other", round(4 * grace * 1000),
+                                          pool.config.max_parallelism,
+                                          pool.config.declared_settings())])
         assert parse_lease(reply).code == Code.OK
         free_ms = _redis_ms(r) + int(r.pttl(keys.lease))  # when the lease is free again
 

@@ -27,10 +27,12 @@ from helpers import (
 )
 
 from workpool import Retry, State, Workpool
+from workpool.core.logs import logger
 from workpool.errors import WorkerFailed, WorkerStuck
 from workpool.server.embedded import RedisServer
 from workpool.wire.protocol import text
-from workpool.worker import supervisor as worker
+from workpool.worker import reader
+from workpool.worker.liveness import Liveness
 from workpool.worker.outbox import Outbox
 
 FAULTS: dict[str, Callable[[redis.Redis], AbstractContextManager[object]]] = {
@@ -79,14 +81,14 @@ def test_a_stalled_worker_begins_no_attempt_before_redis_says_it_is_still_its_ow
     # attempt given away meanwhile, because "Redis cannot say" was taken as "still ours"
     pool = Workpool("mine", own_server.url)
     pool.job(name="noop")(lambda: None)
-    w = worker.Worker(pool, concurrency=1)
     r = redis.Redis.from_url(own_server.url)
     answers: list[bool] = []
 
     async def ask() -> bool:
         client = redis.asyncio.Redis.from_url(own_server.url)
         try:
-            return await w._mine(client, "given-away", 1)
+            liveness = Liveness(pool.config, "w", client, asyncio.Event(), logger())
+            return await liveness.mine("given-away", 1)
         finally:
             await client.aclose()
 
@@ -306,8 +308,9 @@ def test_a_long_job_is_not_started_twice_however_many_entries_pass_by(
         pools: Pools, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker once remembered only the last 65,536 entries it took: a job still running
     after that many newer ones was taken for an entry never seen and run again. (The bound is
-    lowered here to 10, as if 65,536 entries had passed.)"""
-    monkeypatch.setattr(worker, "_SEEN", 10, raising=False)
+    the page of pending entries the reader checks is lowered here to 10, so 30 newer ones
+    span three pages.)"""
+    monkeypatch.setattr(reader, "PENDING_PAGE", 10)
     pool = pools("longjob", heartbeat_ttl=2.0)
     starts: list[int] = []
     release = threading.Event()
@@ -342,7 +345,7 @@ def test_a_main_loop_that_hits_a_defect_logs_it_and_goes_on(
     task died at its first step, no leader ever ran, and the worker said nothing. Any error now
     is logged whole, the lease given up, and the loop tries again after a backoff."""
     pool = pools("defect")
-    declared = pool.declared_settings
+    declared = pool.config.declared_settings
     failures = iter(range(3))
 
     def flaky_declared() -> dict[str, str]:
@@ -350,7 +353,7 @@ def test_a_main_loop_that_hits_a_defect_logs_it_and_goes_on(
             raise AttributeError("'str' object has no attribute 'spec'")
         return declared()
 
-    monkeypatch.setattr(pool, "declared_settings", flaky_declared)
+    monkeypatch.setattr(pool.config, "declared_settings", flaky_declared)
 
     @pool.job()
     def quick() -> str:

@@ -19,13 +19,18 @@ from workpool.errors import (
     WorkpoolError,
 )
 from workpool.types import JobStatus, RateLimit, Result, Retry, State
+from workpool.wire.options import EnqueueOptions, ManyOptions
+from workpool.wire.settings import LiveSettings
 
 __all__ = [
     "AsyncWorkpool",
     "ConfigurationError",
+    "EnqueueOptions",
     "JobFailed",
     "JobNotFound",
     "JobStatus",
+    "LiveSettings",
+    "ManyOptions",
     "NonRetryableError",
     "PayloadTooLarge",
     "PoolStats",

@@ -15,7 +15,7 @@ from _common import POOL_NAME, arecord, options, paced, timed
 
 from workpool import Workpool
 from workpool.core.logs import configure_logging
-from workpool.worker.supervisor import Worker
+from workpool.process import worker
 
 pool = Workpool(POOL_NAME, os.environ.get("BENCH_URL"), max_parallelism=256, retention=600.0)
 CHUNK = 5000
@@ -31,7 +31,7 @@ async def _work(concurrency: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Worker(pool, concurrency=concurrency).run(stop)
+    await worker(pool, concurrency=concurrency).run(stop)
 
 
 def main() -> None:

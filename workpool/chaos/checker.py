@@ -9,58 +9,17 @@ the outcome applied is the final attempt's own and the one its job planned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from workpool.chaos import rules
 from workpool.chaos.history import Event
 from workpool.chaos.jobs import FinalJob, read
-from workpool.chaos.parallelism import Parallelism, sweep
+from workpool.chaos.parallelism import sweep
 from workpool.chaos.recovery import latencies
+from workpool.chaos.report import Report
 from workpool.chaos.timeline import Timeline
 
-__all__ = ["FinalJob", "Report", "check"]
+__all__ = ["FinalJob", "check"]
 
 TERMINAL = ("done", "canceled")
-
-
-@dataclass
-class Report:
-    """What the checker found; every list names the jobs at fault, each with why."""
-
-    jobs: int = 0
-    acked: int = 0
-    indeterminate: int = 0
-    attempts: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
-    faults: dict[str, int] = field(default_factory=dict)
-    lost: list[str] = field(default_factory=list)
-    lost_callbacks: list[str] = field(default_factory=list)
-    duplicated: list[str] = field(default_factory=list)
-    started_late: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    canceled_then_started: list[str] = field(default_factory=list)
-    cancel_contradicted: list[str] = field(default_factory=list)
-    stale_accepted: list[str] = field(default_factory=list)
-    wrong_outcome: list[str] = field(default_factory=list)
-    parallelism: Parallelism = field(default_factory=Parallelism)
-    stale_rejected: int = 0
-    entries_rejected: int = 0  #: malformed stream entries the engine set aside (poison)
-    reruns_after_fault: int = 0
-    callback_reruns_after_fault: int = 0
-    recovery: dict[str, list[float]] = field(default_factory=dict)
-
-    def violations(self) -> dict[str, int]:
-        """Each guarantee's violation count (all must be 0)."""
-        found = {name: len(getattr(self, name)) for name in (
-            "lost", "lost_callbacks", "duplicated", "started_late", "unexpected")}
-        return {**found, "parallelism_breaches": self.parallelism.admitted_breaches,
-                **{name: len(getattr(self, name)) for name in (
-                    "canceled_then_started", "cancel_contradicted", "stale_accepted",
-                    "wrong_outcome")}}
-
-    @property
-    def ok(self) -> bool:
-        return not any(self.violations().values())
 
 
 def check(events: list[Event], final: dict[str, FinalJob], max_parallelism: int,

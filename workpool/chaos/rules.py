@@ -12,7 +12,7 @@ from workpool.chaos.timeline import SIGNAL_SLACK, Timeline
 from workpool.types import Canceled
 
 if TYPE_CHECKING:
-    from workpool.chaos.checker import Report
+    from workpool.chaos.report import Report
 
 #: the jobs' own planned errors (their message names the attempt) and whether they retry
 JOB_ERRORS = {"FlakyError": True, "DoomedError": False}

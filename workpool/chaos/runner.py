@@ -12,10 +12,11 @@ from pathlib import Path
 
 import redis
 
-from workpool.chaos.checker import FinalJob, Report, check
+from workpool.chaos.checker import FinalJob, check
 from workpool.chaos.cluster import Cluster
 from workpool.chaos.faults import KINDS, Faults
 from workpool.chaos.history import Recorder, load
+from workpool.chaos.report import Report
 from workpool.chaos.settings import ChaosSettings
 from workpool.chaos.workload import Workload
 from workpool.client.pool import Workpool

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workpool.chaos.checker import Report
+from workpool.chaos.report import Report
 
 
 def percentile(values: list[float], q: float) -> float:

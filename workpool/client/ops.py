@@ -9,30 +9,37 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from workpool.core import validate
-from workpool.errors import ConfigurationError, JobNotFound
-from workpool.types import Canceled, JobStatus, State, status_from_hash
+from workpool.errors import ConfigurationError, JobNotFound, WaitTimeout
+from workpool.types import Canceled, Configured, JobStatus, State, status_from_hash
 from workpool.wire.keys import Keys
 from workpool.wire.protocol import Fields, check_job_id, is_stream_id, job_fields, text
 
 Command = tuple[Any, ...]
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class Step:
     """Commands for one round trip; `atomic` sends them as one MULTI/EXEC transaction; `pause`
-    is how long the driver waits before sending them (polling for an effect)."""
+    is how long the driver waits before sending them (polling for an effect); `listen` names a
+    channel the driver subscribes to (once, before these commands) and whose next message
+    cuts the pause short."""
 
     commands: list[Command]
     atomic: bool = False
     pause: float = 0.0
+    listen: str | None = None
 
 
-Ops = Generator[Step, list[Any], Any]
+Ops = Generator[Step, list[Any], T]  #: an operation whose result is a T
 
 _PAGE = 1000
+_WAIT_RECHECK = 5.0  # seconds: a safety re-read while waiting, should a notification be missed
 
 
 def enqueue_commands(keys: Keys, entries: Sequence[Fields]) -> list[Command]:
@@ -49,7 +56,7 @@ def enqueue_commands(keys: Keys, entries: Sequence[Fields]) -> list[Command]:
     return commands
 
 
-def enqueue(keys: Keys, entries: Sequence[Fields]) -> Ops:
+def enqueue(keys: Keys, entries: Sequence[Fields]) -> Ops[list[str]]:
     """Append enqueue entries, all of them or none (MULTI/EXEC when more than one command);
     returns the job ids: an entry's own `id`, else its entry id."""
     commands = enqueue_commands(keys, entries)
@@ -57,13 +64,15 @@ def enqueue(keys: Keys, entries: Sequence[Fields]) -> Ops:
     return [text(f.get("id") or reply) for f, reply in zip(entries, replies, strict=False)]
 
 
-def status(keys: Keys, job_id: str) -> Ops:
-    """The job's status; pending while its enqueue entry waits to be applied."""
+def status(keys: Keys, job_id: str, *, pause: float = 0.0,
+           listen: str | None = None) -> Ops[JobStatus]:
+    """The job's status; pending while its enqueue entry waits to be applied. `pause` and
+    `listen` as in Step (wait() reads it again after a notification)."""
     commands: list[Command] = [("HGETALL", keys.job(job_id)), ("HGET", keys.unstarted, job_id),
                                ("SISMEMBER", keys.incoming, job_id)]
     if is_stream_id(job_id):
         commands.append(("XRANGE", keys.pending_start, job_id, job_id))
-    replies = yield Step(commands)
+    replies = yield Step(commands, pause=pause, listen=listen)
     h = job_fields(replies[0], replies[1])
     if h:
         return status_from_hash(job_id, h)
@@ -74,12 +83,23 @@ def status(keys: Keys, job_id: str) -> Ops:
     raise JobNotFound(msg)
 
 
-def wait_deadline(job_id: str, timeout: float | None) -> float | None:
-    """Check wait()'s arguments; the monotonic time it gives up at (None: never)."""
+def wait(keys: Keys, job_id: str, timeout: float | None) -> Ops[JobStatus]:
+    """The job's status once it is terminal: read again whenever its notification comes (the
+    driver listens on its channel from before the first read, so none is missed), and every
+    few seconds should one be lost; WaitTimeout after `timeout` s (None: no limit)."""
     check_job_id(job_id)
-    if timeout is None:
-        return None
-    return time.monotonic() + validate.number("timeout", timeout, 0, 10**9)
+    deadline = None if timeout is None else \
+        time.monotonic() + validate.number("timeout", timeout, 0, 10**9)
+    pause, channel = 0.0, keys.done_channel(job_id)
+    while True:
+        st = yield from status(keys, job_id, pause=pause, listen=channel)
+        if st.terminal:
+            return st
+        remaining = _WAIT_RECHECK if deadline is None else deadline - time.monotonic()
+        if remaining <= 0:
+            msg = f"job {job_id} is still {st.state.value} after {timeout} s"
+            raise WaitTimeout(msg)
+        pause = min(remaining, _WAIT_RECHECK)
 
 
 def wait_seconds(wait: Any) -> float:
@@ -87,7 +107,8 @@ def wait_seconds(wait: Any) -> float:
     return validate.number("wait", wait, 0, 3600)
 
 
-def applied(keys: Keys, entry_id: Any, wait: float, reads: list[Command]) -> Ops:
+def applied(keys: Keys, entry_id: Any, wait: float,
+            reads: list[Command]) -> Ops[list[Any] | None]:
     """Poll (2 ms doubling to 50 ms) until the main loop applied request `entry_id` (it left
     pendingStart) or `wait` seconds passed; returns the replies of `reads` made at the poll
     that saw it applied, or None if it was not in time."""
@@ -102,7 +123,7 @@ def applied(keys: Keys, entry_id: Any, wait: float, reads: list[Command]) -> Ops
         pause = min(max(pause * 2, 0.002), 0.05)
 
 
-def cancel_one(keys: Keys, job_id: str, wait: float) -> Ops:
+def cancel_one(keys: Keys, job_id: str, wait: float) -> Ops[Canceled]:
     """Append a cancel request, then wait (up to `wait` s) for the main loop to apply it and
     say what it did."""
     (entry_id,) = yield Step([("XADD", keys.pending_start, "*", "op", "cancel", "id", job_id)])
@@ -118,7 +139,7 @@ def cancel_one(keys: Keys, job_id: str, wait: float) -> Ops:
     return Canceled.UNKNOWN if state is None else Canceled.FINISHED
 
 
-def cancel(keys: Keys, job_ids: Iterable[str]) -> Ops:
+def cancel(keys: Keys, job_ids: Iterable[str]) -> Ops[int]:
     """Append cancel requests; the main loop applies them in order after earlier enqueues."""
     ids = list(job_ids)
     for start in range(0, len(ids), _PAGE):
@@ -127,7 +148,7 @@ def cancel(keys: Keys, job_ids: Iterable[str]) -> Ops:
     return len(ids)
 
 
-def cancel_all(keys: Keys) -> Ops:
+def cancel_all(keys: Keys) -> Ops[int]:
     """Cancel every job not finished now: pending, retrying, running and not yet applied ones.
 
     Pages through the enqueues not applied yet (pendingStart and the accepted ids), the
@@ -166,7 +187,7 @@ def cancel_all(keys: Keys) -> Ops:
     return sent
 
 
-def configure(keys: Keys, fields: Mapping[str, str], wait: float) -> Ops:
+def configure(keys: Keys, fields: Mapping[str, str], wait: float) -> Ops[Configured]:
     """Append a live-configuration request (it wakes the main loop, which applies it at once);
     "applied" once it did, "sent" if it did not within `wait` s; ConfigurationError with the
     engine's reason if it refused it."""

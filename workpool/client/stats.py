@@ -51,7 +51,7 @@ class PoolStats:
         return self.finished_last_minute / 60
 
 
-def stats(keys: Keys, rejected_shown: int = 5) -> Ops:
+def stats(keys: Keys, rejected_shown: int = 5) -> Ops[PoolStats]:
     """Read the pool's counters and gauges in three round trips."""
     (now,) = yield Step([("TIME",)])
     minute = int(now[0]) // 60

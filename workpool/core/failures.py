@@ -8,13 +8,12 @@ import concurrent.futures
 import traceback
 from pathlib import Path
 
-import workpool
 from workpool.wire.limits import MAX_ERROR_BYTES
 
 _TRACEBACK_FRAMES = 5  #: innermost frames kept with the message
 #: Frames of the machinery that runs a job, left out of its traceback: the job's own matter.
-_MACHINERY = tuple(str(Path(m.__file__).parent) for m in (workpool, asyncio, concurrent.futures)
-                   if m.__file__)
+_MACHINERY = (str(Path(__file__).resolve().parent.parent),  # the workpool package
+              *(str(Path(m.__file__).parent) for m in (asyncio, concurrent.futures) if m.__file__))
 
 
 def _safe(render: object) -> str:

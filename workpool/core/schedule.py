@@ -9,6 +9,7 @@ import bisect
 import calendar
 import datetime as dt
 import math
+from dataclasses import dataclass
 from typing import Protocol
 
 from workpool.errors import ConfigurationError
@@ -225,3 +226,13 @@ def parse_schedule(spec: str | float | dt.timedelta) -> Schedule:
     if isinstance(spec, str):
         return CronSchedule(spec)
     return IntervalSchedule(spec)
+
+
+@dataclass(frozen=True)
+class CronJob:
+    """A registered periodic job: its job name, schedule and missed-tick policy."""
+
+    name: str
+    schedule: Schedule
+    catch_up: bool  #: run the latest missed tick once (True) or skip it (False)
+    grace: float  #: seconds after its time a tick still counts as on time

@@ -16,10 +16,10 @@
 -- ARGV[4] default   max_parallelism declared in code
 -- ARGV[5..] pairs   further declared settings: field, value, ... ('rate', 'rate:<name>',
 --                   'max_per_key', 'max_per_key:<name>'; rates as "limit/per_ms")
--- Returns {code, token, ttl_ms}: OK with the live token `<epoch>:<owner>` when the caller holds
--- the lease (fresh or renewed), NOT_LEADER with '' and the holder's remaining ttl otherwise. An
--- argument out of its limits (a declared setting valid_setting refuses, say) is an error reply
--- with nothing written.
+-- Returns R.lease {code, token, ttl_ms}: OK with the live token `<epoch>:<owner>` when the
+-- caller holds the lease (fresh or renewed), NOT_LEADER with '' and the holder's remaining ttl
+-- otherwise. An argument out of its limits (a declared setting valid_setting refuses, say) is
+-- an error reply with nothing written.
 -- @include common
 -- @include admission
 
@@ -38,9 +38,9 @@ if cur then
   local owner = string.match(cur, '^%d+:(.*)$')
   if owner == ARGV[1] then
     rcall('PEXPIRE', KEYS[1], ttl)
-    return {C.OK, cur, ttl}
+    return reply(R.lease, {code = C.OK, token = cur, ttl_ms = ttl})
   end
-  return {C.NOT_LEADER, '', rcall('PTTL', KEYS[1])}
+  return reply(R.lease, {code = C.NOT_LEADER, token = '', ttl_ms = rcall('PTTL', KEYS[1])})
 end
 local ok = redis.pcall('XGROUP', 'CREATE', KEYS[3], ARGV[3], '0', 'MKSTREAM')
 if type(ok) == 'table' and ok.err and not string.find(ok.err, 'BUSYGROUP') then
@@ -57,12 +57,12 @@ for i = 1, #declared, 1000 do  -- bounded calls stay far below Lua's unpack limi
 end
 -- A declared limit raised or lifted must not leave held jobs waiting: names whose declared rate
 -- changed are looked at again now, and keys with running attempts may admit more.
-local a = adm(string.sub(KEYS[1], 1, -6), {})
+local a = adm(string.sub(KEYS[1], 1, -(#K.lease + 1)), {})
 for _, name in ipairs(rcall('ZRANGE', a.throttled, 0, -1)) do
   if (rcall('HGET', KEYS[4], 'rate:' .. name) or '') ~= (was['rate:' .. name] or '') then
     rcall('ZADD', a.throttled, 0, name)
   end
 end
 recheck_keys(a)
-flush_counts(a.prefix .. 'stats', a.counts)
-return {C.OK, token, ttl}
+flush_counts(a.prefix .. K.stats, a.counts)
+return reply(R.lease, {code = C.OK, token = token, ttl_ms = ttl})

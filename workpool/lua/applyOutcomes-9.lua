@@ -33,7 +33,7 @@
 -- ARGV[6] retention   ms a finished job is kept
 -- ARGV[7] group       consumer group of the dispatch stream
 -- ARGV[8] max_result  bytes of a result kept at most (the pool's max_result_bytes)
--- Returns {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
+-- Returns R.batch {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
 -- written) or OK, with the job id and a code per outcome
 -- (SUCCEEDED, RETRY_SCHEDULED, FAILED, STALE_COMPLETION, CALLBACK_DELIVERED,
 -- CALLBACK_RETRY, CALLBACK_ABANDONED, STALE_CALLBACK, REJECTED). A bad argument is an error
@@ -41,7 +41,9 @@
 -- @include common
 -- @include finish
 
-if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, ''} end
+if not holds_lease(KEYS[1], ARGV[1]) then
+  return reply(R.batch, {code = C.NOT_LEADER, applied = 0, last_entry_id = ''})
+end
 local prefix = ARGV[2]
 local batch = arg_int(3, 1, 100000)
 local ctx = {prefix = prefix, dispatch = KEYS[5], group = ARGV[7], running = KEYS[3],
@@ -59,7 +61,7 @@ local function run_outcome(entry_id, f, flat)
   if not f.id or not attempt or (f.ok ~= '1' and f.ok ~= '0') then
     return reject(entry_id, flat, 'a run outcome needs id, attempt and ok (1 or 0)')
   end
-  local jk = prefix .. 'job:' .. f.id
+  local jk = prefix .. K.job .. f.id
   local j = attempt_fields(jk)
   if j.state ~= 'running' or tonumber(j.attempts) ~= attempt then
     bump(ctx.counts, N.STALE_COMPLETIONS)
@@ -84,7 +86,7 @@ local function callback_outcome(entry_id, f, flat)
   if not f.id or not n or (f.ok ~= '1' and f.ok ~= '0') then
     return reject(entry_id, flat, 'a callback outcome needs id, n and ok (1 or 0)')
   end
-  local jk = prefix .. 'job:' .. f.id
+  local jk = prefix .. K.job .. f.id
   local h = rcall('HMGET', jk, 'cb', 'cb_n', 'cb_entry', 'finished_at')
   if h[1] ~= 'pending' or tonumber(h[2]) ~= n then
     bump(ctx.counts, N.STALE_CALLBACKS)

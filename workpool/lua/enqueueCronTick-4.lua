@@ -12,18 +12,20 @@
 -- ARGV[3] tick           tick time (ms since epoch)
 -- ARGV[4] enqueue        '1' to enqueue the tick, '0' to record it as skipped (missed)
 -- ARGV[5..] fields       the enqueue entry's fields and values (when ARGV[4] is '1')
--- Returns {code, enqueued}: OK with 1 (enqueued) or 0 (recorded as skipped), DUPLICATE_ENQUEUE
--- (that tick was already handled; nothing written) or NOT_LEADER (nothing written); a tick that
--- is not a time in ms is an error reply, nothing written.
+-- Returns R.tick {code, enqueued}: OK with 1 (enqueued) or 0 (recorded as skipped),
+-- DUPLICATE_ENQUEUE (that tick was already handled; nothing written) or NOT_LEADER (nothing
+-- written); a tick that is not a time in ms is an error reply, nothing written.
 -- @include common
 
-if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0} end
+if not holds_lease(KEYS[1], ARGV[1]) then
+  return reply(R.tick, {code = C.NOT_LEADER, enqueued = 0})
+end
 local tick = arg_int(3, 0, L.MAX_RUN_AT_MS)
 local last = tonumber(rcall('HGET', KEYS[2], ARGV[2]) or '-1') or -1
-if tick <= last then return {C.DUPLICATE_ENQUEUE, 0} end
+if tick <= last then return reply(R.tick, {code = C.DUPLICATE_ENQUEUE, enqueued = 0}) end
 rcall('HSET', KEYS[2], ARGV[2], tick)
-if ARGV[4] ~= '1' then return {C.OK, 0} end
+if ARGV[4] ~= '1' then return reply(R.tick, {code = C.OK, enqueued = 0}) end
 local id = L.CRON_PREFIX .. ARGV[2] .. ':' .. tick
 rcall('XADD', KEYS[3], '*', 'id', id, unpack(ARGV, 5))
 rcall('SADD', KEYS[4], id)
-return {C.OK, 1}
+return reply(R.tick, {code = C.OK, enqueued = 1})

@@ -31,14 +31,16 @@
 -- ARGV[7] defaults       "max_attempts,initial_backoff_ms,base,max_backoff_ms" for entries
 --                        that omit them
 -- ARGV[8] group          consumer group of the dispatch stream
--- Returns {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
+-- Returns R.batch {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
 -- written) or OK, with the job id and a code per entry
 -- (ENQUEUED, DUPLICATE_ENQUEUE, CANCELED, CANCEL_MARKED, CANCEL_NOOP,
 -- CONFIGURED, REJECTED). A bad argument is an error reply, nothing written.
 -- @include common
 -- @include finish
 
-if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, ''} end
+if not holds_lease(KEYS[1], ARGV[1]) then
+  return reply(R.batch, {code = C.NOT_LEADER, applied = 0, last_entry_id = ''})
+end
 local prefix = ARGV[2]
 local batch = arg_int(3, 1, 100000)
 local max_payload = arg_int(4, 1, L.MAX_PAYLOAD_BYTES)
@@ -234,7 +236,7 @@ local function enqueue(entry_id, f, flat)
   local why, o = check_enqueue(id, f)
   if why then return reject(entry_id, flat, why) end
   if f.id and f.id ~= '' then rcall('SREM', KEYS[3], id) end  -- only named ids are incoming
-  if fresh[id] or rcall('EXISTS', prefix .. 'job:' .. id) == 1 or
+  if fresh[id] or rcall('EXISTS', prefix .. K.job .. id) == 1 or
      rcall('HEXISTS', ctx.adm.unstarted, id) == 1 then
     bump(ctx.counts, N.DUPLICATE_ENQUEUES)
     return C.DUPLICATE_ENQUEUE
@@ -250,7 +252,7 @@ local function enqueue(entry_id, f, flat)
     priority = priority, seq = seq, args = f.args, kwargs = f.kwargs, context = f.context,
     on_complete = f.on_complete, ckey = ckey, max_backoff_ms = o.max_backoff_ms}))
   if not ctx.priorities[priority] then
-    rcall('SADD', prefix .. 'priorities', priority)
+    rcall('SADD', prefix .. K.priorities, priority)
     ctx.priorities[priority] = true
   end
   if due > ctx.now then
@@ -268,7 +270,7 @@ local function cancel(entry_id, f, flat)
   flush_deferred(ctx.defer)
   local id = f.id
   if id == nil or id == '' then return reject(entry_id, flat, 'cancel needs field id') end
-  local jk = prefix .. 'job:' .. id
+  local jk = prefix .. K.job .. id
   local j = job_fields(ctx.adm, id, {'state', 'cancel', 'name', 'ckey', 'attempts', 'on_complete'})
   local state = j and j.state
   if state == 'pending' or state == 'retrying' then

@@ -39,11 +39,16 @@
 --                        call itself waited (now - sent >= grace / 2: Redis was frozen)
 -- Derived from ARGV[2] (same hash tag): suspects (HASH consumer -> ms first seen silent) and
 -- reapedAt (STRING, ms of the previous reap), written only when grace > 0.
--- Returns {code, timed_out, lost, redelivered}; code is NOT_LEADER (nothing written) or OK.
+-- Returns R.reap {code, timed_out, lost, redelivered}; code is NOT_LEADER (nothing written) or OK.
 -- @include common
 -- @include finish
 
-if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, 0, 0} end
+local function reaped(code, timed_out, lost, redelivered)
+  return reply(R.reap, {code = code, timed_out = timed_out, lost = lost,
+                        redelivered = redelivered})
+end
+
+if not holds_lease(KEYS[1], ARGV[1]) then return reaped(C.NOT_LEADER, 0, 0, 0) end
 local prefix = ARGV[2]
 local batch = arg_int(3, 1, 100000)
 local group = ARGV[7]
@@ -53,22 +58,22 @@ local ctx = {prefix = prefix, dispatch = KEYS[2], group = group, running = KEYS[
 local timed_out, lost, redelivered = 0, 0, 0
 local grace = arg_int(8, 0, L.MAX_TTL_MS)
 local sent = (ARGV[9] or '') ~= '' and now_ms(9) or nil
-local suspects = prefix .. 'suspects'
+local suspects = prefix .. K.suspects
 local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[2], group)
-if consumers.err then return {C.OK, 0, 0, 0} end  -- no group yet: nothing was ever delivered
+if consumers.err then return reaped(C.OK, 0, 0, 0) end  -- no group yet: nothing was ever delivered
 local afresh = false  -- no reap for longer than the grace: workers may not have had their say
 if grace > 0 then
-  local previous = tonumber(rcall('GET', prefix .. 'reapedAt') or '0') or 0
+  local previous = tonumber(rcall('GET', prefix .. K.reaped_at) or '0') or 0
   local trusted = sent ~= nil and ctx.now - sent < grace / 2
   afresh = ctx.now - previous > grace and not trusted
-  rcall('SET', prefix .. 'reapedAt', ctx.now)
+  rcall('SET', prefix .. K.reaped_at, ctx.now)
 end
 
 -- Per-job timeouts, measured from delivery to a worker (not from dispatch).
 local ids = {}
 if not afresh then ids = rcall('ZRANGEBYSCORE', KEYS[4], '-inf', ctx.now, 'LIMIT', 0, batch) end
 for _, id in ipairs(ids) do
-  local jk = prefix .. 'job:' .. id
+  local jk = prefix .. K.job .. id
   local j = attempt_fields(jk)
   local timeout = tonumber(j.timeout_ms or '0') or 0
   if j.state ~= 'running' or timeout <= 0 or not j.dispatch then
@@ -95,7 +100,7 @@ local function recover(consumer, entry_id)
     return
   end
   local f = fields_of(e[1][2])
-  local jk = prefix .. 'job:' .. (f.id or '')
+  local jk = prefix .. K.job .. (f.id or '')
   if f.kind == 'run' then
     local j = attempt_fields(jk)
     if j.state == 'running' and j.attempts == f.attempt and j.dispatch == entry_id then
@@ -120,7 +125,7 @@ end
 
 -- Silent consumers: lost at once (no grace), or once suspected for grace ms without a gap.
 local function lost_now(consumer)
-  if rcall('EXISTS', prefix .. 'hb:' .. consumer) == 1 then
+  if rcall('EXISTS', prefix .. K.heartbeat .. consumer) == 1 then
     if grace > 0 then rcall('HDEL', suspects, consumer) end
     return false
   end
@@ -156,7 +161,7 @@ for _, c in ipairs(consumers) do
   if left >= batch then break end
   local info = fields_of(c)
   if tonumber(info.pending) == 0 and tonumber(info.idle) > grace and
-     rcall('EXISTS', prefix .. 'hb:' .. info.name) == 0 then
+     rcall('EXISTS', prefix .. K.heartbeat .. info.name) == 0 then
     rcall('XGROUP', 'DELCONSUMER', KEYS[2], group, info.name)
     rcall('HDEL', suspects, info.name)
     bump(ctx.counts, N.WORKERS_REMOVED)
@@ -169,4 +174,4 @@ bump(ctx.counts, N.WORKERS_LOST_ATTEMPTS, lost)
 bump(ctx.counts, N.CALLBACKS_REDELIVERED, redelivered)
 count_throughput(ctx)
 flush_counts(KEYS[6], ctx.counts)
-return {C.OK, timed_out, lost, redelivered}
+return reaped(C.OK, timed_out, lost, redelivered)

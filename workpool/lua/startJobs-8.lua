@@ -21,15 +21,19 @@
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max promotions, starts and deliveries in this call (integer)
 -- ARGV[4] now            ms since epoch, or '' for Redis TIME
--- Returns {code, started, running, max_parallelism, next_due_ms, next_callback_ms, now,
--- next_admission_ms, promoted, ids...} with -1 for "nothing scheduled"; next_admission_ms is
--- when a rate limit lets a held job go; promoted counts the steps moving jobs towards `ready`
--- (a full batch: call again at once). code is NOT_LEADER (nothing written) or OK; a bad
--- argument is an error reply, nothing written.
+-- Returns R.start {code, started, running, max_parallelism, next_due_ms, next_callback_ms,
+-- now_ms, next_admission_ms, promoted, ids...} with -1 for "nothing scheduled";
+-- next_admission_ms is when a rate limit lets a held job go; promoted counts the steps moving
+-- jobs towards `ready` (a full batch: call again at once). code is NOT_LEADER (nothing
+-- written) or OK; a bad argument is an error reply, nothing written.
 -- @include common
 -- @include admission
 
-if not holds_lease(KEYS[1], ARGV[1]) then return {C.NOT_LEADER, 0, 0, 0, -1, -1, 0, -1, 0} end
+if not holds_lease(KEYS[1], ARGV[1]) then
+  return reply(R.start, {code = C.NOT_LEADER, started = 0, running = 0, max_parallelism = 0,
+                         next_due_ms = -1, next_callback_ms = -1, now_ms = 0,
+                         next_admission_ms = -1, promoted = 0})
+end
 local prefix = ARGV[2]
 local batch = arg_int(3, 1, 100000)
 local now = now_ms(4)
@@ -59,7 +63,7 @@ end
 for _, name in ipairs(rcall('ZRANGEBYSCORE', a.throttled, '-inf', now, 'LIMIT', 0, batch)) do
   if moved >= batch then break end
   rcall('ZREM', a.throttled, name)
-  local q = prefix .. 'nameq:' .. name
+  local q = prefix .. K.name_queue .. name
   local spec = setting(a, 'rate:' .. name)
   local tokens = batch  -- no rate in force (lifted since): all may go
   if spec then tokens = math.max(1, math.floor(bucket_tokens(a, 'name:' .. name, spec, now))) end
@@ -114,7 +118,7 @@ while #started < free and looked < 2 * batch do
   local id, rank = window[at], window[at + 1]
   at = at + 2
   looked = looked + 1
-  local jk = prefix .. 'job:' .. id
+  local jk = prefix .. K.job .. id
   local j = job_fields(a, id, {'state', 'attempts', 'name', 'args', 'kwargs', 'enc',
                                     'timeout_ms', 'ckey'}) or {}
   local pool_tokens = pool_rate and bucket_tokens(a, 'pool', pool_rate, now)
@@ -130,14 +134,14 @@ while #started < free and looked < 2 * batch do
     break
   elseif key_at_limit(a, j.ckey, name) then  -- its key reached its limit since: wait again
     rcall('ZREM', a.ready, id)
-    rcall('ZADD', prefix .. 'keyq:' .. j.ckey, rank, id)
+    rcall('ZADD', prefix .. K.key_queue .. j.ckey, rank, id)
     bump(counts, N.HELD_BY_KEY)
     if rcall('HGET', a.head, j.ckey) == id then rcall('HDEL', a.head, j.ckey) end
     advance_key(a, j.ckey)
     window = {}
   elseif name_tokens and name_tokens < 1 then
     rcall('ZREM', a.ready, id)
-    rcall('ZADD', prefix .. 'nameq:' .. name, rank, id)
+    rcall('ZADD', prefix .. K.name_queue .. name, rank, id)
     rcall('ZADD', a.throttled, 'LT', now + bucket_wait(name_rate, name_tokens), name)
     bump(counts, N.HELD_BY_RATE)
   else
@@ -173,7 +177,7 @@ if #next_throttled > 0 then wake_at(tonumber(next_throttled[2])) end
 -- 4. Due on_complete deliveries go out again.
 local deliveries = rcall('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, batch)
 for _, id in ipairs(deliveries) do
-  local jk = prefix .. 'job:' .. id
+  local jk = prefix .. K.job .. id
   local h = rcall('HMGET', jk, 'cb', 'cb_n')
   rcall('ZREM', KEYS[7], id)
   if h[1] == 'pending' then
@@ -189,7 +193,7 @@ local function first_score(key)
 end
 
 flush_counts(KEYS[8], counts)
-local out = {C.OK, #started, running + #started, maxp, first_score(KEYS[3]),
-             first_score(KEYS[7]), now, next_admission, moved + #due}
-for _, id in ipairs(started) do out[#out + 1] = id end
-return out
+return reply(R.start, {code = C.OK, started = #started, running = running + #started,
+                       max_parallelism = maxp, next_due_ms = first_score(KEYS[3]),
+                       next_callback_ms = first_score(KEYS[7]), now_ms = now,
+                       next_admission_ms = next_admission, promoted = moved + #due}, started)

@@ -11,22 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from workpool.core.schedule import Schedule
+from workpool.core.schedule import CronJob
 from workpool.wire.protocol import Fields, text
+from workpool.wire.replies import TickReply, parse_tick
 from workpool.wire.scripts import Call, script
 
 if TYPE_CHECKING:
     from workpool.wire.keys import Keys
-
-
-@dataclass(frozen=True)
-class CronJob:
-    """A registered periodic job: its job name, schedule and missed-tick policy."""
-
-    name: str
-    schedule: Schedule
-    catch_up: bool  #: run the latest missed tick once (True) or skip it (False)
-    grace: float  #: seconds after its time a tick still counts as on time
 
 
 MAX_TICKS = 100  #: ticks one loop pass handles per cron job; more go in the next pass
@@ -72,12 +63,13 @@ def decide(job: CronJob, last_ms: int | None, now_ms: int,
 
 
 def tick_call(keys: Keys, token: str, job: CronJob, decision: TickDecision,
-              fields: Fields) -> Call:
+              fields: Fields) -> Call[TickReply]:
     """The fenced script call that records (and maybe enqueues) one tick."""
     flat = [x for kv in fields.items() if kv[0] != "id" for x in kv]
     return Call(script("enqueueCronTick"), [keys.lease, keys.cron, keys.pending_start,
                                             keys.incoming],
-                [token, job.name, decision.tick_ms, "1" if decision.enqueue else "0", *flat])
+                [token, job.name, decision.tick_ms, "1" if decision.enqueue else "0", *flat],
+                parse_tick)
 
 
 def last_ticks(raw: Mapping[bytes | str, bytes | str]) -> dict[str, int]:

@@ -18,32 +18,21 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TypeVar
 
 import redis.asyncio
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from workpool.core.failures import describe, error_type
+from workpool.core.config import HasConfig, PoolConfig, config_of
 from workpool.core.logs import logger
 from workpool.mainloop.cron import decide, last_ticks, tick_call
 from workpool.mainloop.server_check import check_server
-from workpool.server.connection import Backoff, is_refusal
-from workpool.wire.calls import (
-    BatchReply,
-    Engine,
-    StartReply,
-    parse_batch,
-    parse_lease,
-    parse_reap,
-    parse_start,
-)
+from workpool.server.backoff import Backoff, expected, pause
+from workpool.server.connection import async_client
+from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
-from workpool.wire.scripts import Call, arun
-
-if TYPE_CHECKING:
-    from workpool.client.pool import Workpool
+from workpool.wire.replies import BatchReply, LeaseReply, ReapReply, StartReply
+from workpool.wire.scripts import Call, Replies, arun
 
 T = TypeVar("T")
 
@@ -59,9 +48,9 @@ class _Cursor:
 class MainLoop:
     """Runs the pool's transitions while it holds the lease; stands by otherwise."""
 
-    def __init__(self, pool: Workpool, *, owner: str | None = None, batch: int = 256,
-                 reap_interval: float | None = None) -> None:
-        self.pool = pool
+    def __init__(self, pool: PoolConfig | HasConfig, *, owner: str | None = None,
+                 batch: int = 256, reap_interval: float | None = None) -> None:
+        self.config = pool = config_of(pool)
         self.owner = owner or uuid.uuid4().hex
         self.engine = Engine(pool.keys, pool.engine_settings(batch))
         self.ttl_ms = round(pool.lease_ttl * 1000)
@@ -85,8 +74,7 @@ class MainLoop:
         """Act as main loop until `stop` is set. It outlives any error: Redis away or refusing
         (OOM, BUSY, READONLY, a script error) or a defect of its own; it logs, backs off and
         goes on (after a defect it gives the lease up first, so another candidate may lead)."""
-        client = redis.asyncio.Redis.from_url(self.pool.url, decode_responses=False,
-                                              socket_connect_timeout=5)
+        client = async_client(self.config.url)
         backoff = Backoff()
         try:
             while not stop.is_set():
@@ -96,29 +84,14 @@ class MainLoop:
                     else:
                         await self._tick(client, stop)
                     backoff.reset()
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                except Exception as exc:  # an outage, a refusal, a script error, a defect
                     self._writing_since = None
-                    await self._retry(stop, backoff, "warning", "redis unreachable, retrying", exc)
-                except ResponseError as exc:  # a refusal or a script error: outlive it
-                    self._writing_since = None
-                    refused = is_refusal(exc)  # passing (OOM, BUSY, READONLY): no defect
-                    await self._retry(stop, backoff, "warning" if refused else "error",
-                                      "redis refused a call, retrying" if refused else
-                                      "a call failed, retrying", exc)
-                except Exception as exc:  # a defect: logged whole, never the end
-                    self.log.exception("main loop step failed, retrying")
-                    await self._release(client)
-                    await self._retry(stop, backoff, "error", "main loop gave its lease up", exc)
+                    if not expected(exc) and not isinstance(exc, ResponseError):
+                        await self._release(client)  # a defect: let another candidate lead
+                    await backoff.after(exc, "main loop step failed, retrying", self.log, stop)
         finally:
             await self._release(client)
             await client.aclose()
-
-    async def _retry(self, stop: asyncio.Event, backoff: Backoff, level: str, what: str,
-                     exc: BaseException) -> None:
-        delay = backoff.next()
-        getattr(self.log, level)(what, error_type=error_type(exc),
-                                 error=describe(exc, with_traceback=False), backoff=delay)
-        await _wait(stop, delay)
 
     async def _timed(self, reply: Awaitable[T], expected_s: float = 0.0) -> T:
         """Await one round trip; one slower than expected by a stall's margin marks trouble
@@ -141,21 +114,27 @@ class MainLoop:
         return redis_ms + round((time.monotonic() - at) * 1000)
 
     async def _campaign(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
-        (reply,) = await self._timed(arun(client, [self.engine.acquire(
-            self.owner, self.ttl_ms, self.pool.max_parallelism, self.pool.declared_settings())]))
-        lease = parse_lease(reply)
+        calls = Replies()
+        acquired = calls.add(self._acquire())
+        await self._timed(calls.arun(client))
+        lease = acquired.value
         if lease.code == Code.OK:
             self._lead(lease.token)
             await self._check_server(client)
-            self._cron_last = last_ticks(await client.hgetall(self.pool.keys.cron))
+            self._cron_last = last_ticks(await client.hgetall(self.config.keys.cron))
             self._cron_next = {}
             return
-        await _wait(stop, min(max(lease.ttl_ms, 50) / 1000, self.pool.lease_ttl / 3))
+        await pause(stop, min(max(lease.ttl_ms, 50) / 1000, self.config.lease_ttl / 3))
+
+    def _acquire(self) -> Call[LeaseReply]:
+        """Take or renew the lease; a new holder writes the settings the code declares."""
+        return self.engine.acquire(self.owner, self.ttl_ms, self.config.max_parallelism,
+                                   self.config.declared_settings())
 
     def _lead(self, token: str) -> None:
         self.token = token
         self._writing_since = time.monotonic()  # the lease was just written
-        self._renew_at = time.monotonic() + self.pool.lease_ttl / 3
+        self._renew_at = time.monotonic() + self.config.lease_ttl / 3
         self._reap_at = 0.0
         self._cursor = _Cursor()
         self.log.info("main loop lease acquired", epoch=int(token.split(":", 1)[0]))
@@ -174,33 +153,30 @@ class MainLoop:
         assert self.token is not None
         token, now = self.token, time.monotonic()
         seed = secrets.token_hex(8)
-        renew = now >= self._renew_at
-        reap = now >= self._reap_at and self._clock is not None  # first, learn Redis's clock
-        calls: list[Call] = []
-        if renew:
-            calls.append(self.engine.acquire(self.owner, self.ttl_ms, self.pool.max_parallelism,
-                                             self.pool.declared_settings()))
-        calls += [self.engine.ingest(token), self.engine.apply(token, seed),
-                  self.engine.start(token)]
-        if reap:
-            calls.append(self.engine.reap(token, seed, sent_ms=self._reap_sent_ms()))
-        replies = await self._timed(arun(client, calls))
-        if renew:
-            lease = parse_lease(replies.pop(0))
+        reap_now = now >= self._reap_at and self._clock is not None  # first, learn Redis's clock
+        calls = Replies()
+        renewed = calls.add(self._acquire()) if now >= self._renew_at else None
+        ingested = calls.add(self.engine.ingest(token))
+        applied = calls.add(self.engine.apply(token, seed))
+        started = calls.add(self.engine.start(token))
+        reaped = calls.add(self.engine.reap(token, seed, sent_ms=self._reap_sent_ms())) \
+            if reap_now else None
+        await self._timed(calls.arun(client))
+        if renewed is not None:
+            lease = renewed.value
             if lease.code != Code.OK or lease.token != token:
                 self._lose("lease renewal refused")
                 return
-            self._renew_at = now + self.pool.lease_ttl / 3
+            self._renew_at = now + self.config.lease_ttl / 3
             if self._writing_since is None:  # writes land again (after an error or a stall)
                 self._writing_since = now
-        ingest, apply_, start = (parse_batch(replies[0]), parse_batch(replies[1]),
-                                 parse_start(replies[2]))
+        ingest, apply_, start = ingested.value, applied.value, started.value
         if Code.NOT_LEADER in (ingest.code, apply_.code, start.code):
             self._lose("fencing rejected a script")
             return
         self._clock = (start.now_ms, time.monotonic())
-        if reap:
-            self._reaped(parse_reap(replies[3]))
+        if reaped is not None:
+            self._reaped(reaped.value)
             self._reap_at = now + self.reap_interval
         self._log_batch(ingest, "request")
         self._log_batch(apply_, "outcome")
@@ -219,21 +195,22 @@ class MainLoop:
         """Enqueue (or record as missed) the due ticks of each periodic job, in one round trip:
         every tick within its grace runs, a leader handover included (periodic.decide)."""
         token = self.token
-        due = [job for job in self.pool.crons if self._cron_next.get(job.name, 0) <= now_ms]
+        due = [job for job in self.config.crons if self._cron_next.get(job.name, 0) <= now_ms]
         if not due or token is None:
             return
-        calls, decided = [], []
+        calls, decided = Replies(), []
         for job in due:
             decisions = decide(job, self._cron_last.get(job.name), now_ms)
             if not decisions:
                 self._cron_next[job.name] = job.schedule.next_after(now_ms)
                 continue
-            (fields,) = self.pool.build_entries(job.name, [()])  # the script names the job
+            (fields,) = self.config.entries(job.name, [()], {})  # the script names the job
             for decision in decisions:
-                calls.append(tick_call(self.pool.keys, token, job, decision, fields))
-                decided.append((job, decision))
-        for (job, decision), reply in zip(decided, await arun(client, calls), strict=True):
-            code = Code(reply[0])
+                decided.append((job, decision, calls.add(
+                    tick_call(self.config.keys, token, job, decision, fields))))
+        await calls.arun(client)
+        for job, decision, reply in decided:
+            code = reply.value.code
             if code == Code.NOT_LEADER:
                 self._lose("fencing rejected enqueueCronTick")
                 return
@@ -250,7 +227,7 @@ class MainLoop:
                                  "run it once)", job=job.name, tick_ms=decision.tick_ms,
                                  grace=job.grace, transition="skipped_missed")
 
-    def _reaped(self, reap: Any) -> None:
+    def _reaped(self, reap: ReapReply) -> None:
         if reap.code == Code.NOT_LEADER:
             self._lose("fencing rejected reapLost")
         elif reap.timed_out or reap.lost or reap.redelivered:
@@ -279,7 +256,7 @@ class MainLoop:
     async def _idle(self, client: redis.asyncio.Redis, stop: asyncio.Event, ms: int) -> None:
         if stop.is_set():
             return
-        keys = self.pool.keys
+        keys = self.config.keys
         await self._timed(client.xread({keys.pending_start: self._cursor.start,
                                         keys.pending_completion: self._cursor.completion},
                                        count=1, block=ms), ms / 1000)
@@ -291,9 +268,3 @@ class MainLoop:
             await arun(client, [self.engine.release(self.token)])
             self.log.info("main loop lease released")
         self.token = None
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    """Wait for `seconds` or until `stop` is set, whichever comes first."""
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

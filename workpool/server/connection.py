@@ -8,14 +8,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from workpool.core import validate
 from workpool.errors import RedisRefused, RedisUnavailable
 
 ENV_URL = "WORKPOOL_REDIS_URL"
-MAX_BACKOFF = 1.0  # s between reconnect attempts at most: retrying once a second is cheap
-
-
+#: what a call raises when Redis cannot be reached or answers too late
+TRANSPORT_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 SCHEMES = ("redis://", "rediss://", "unix://")
 #: error codes of a server that refuses for a while (redis-py strips the code of some of them)
 _REFUSALS = ("OOM", "BUSY", "READONLY", "MISCONF", "LOADING", "MASTERDOWN", "NOREPLICAS",
@@ -59,29 +59,21 @@ def resolve_url(url: str | None) -> str:
     return ensure_local_server()
 
 
+def _options(socket_timeout: float | None) -> dict[str, Any]:
+    """Every client alike: binary-safe (payloads stay bytes), keepalive health checks, a
+    bounded connect; a `socket_timeout` for one that must never wait on a frozen server."""
+    return {"decode_responses": False, "health_check_interval": 30,
+            "socket_connect_timeout": 5, "socket_timeout": socket_timeout}
+
+
 def sync_client(url: str, socket_timeout: float | None = None) -> redis.Redis:
-    """A binary-safe client (payloads stay bytes) with keepalive health checks; a
-    `socket_timeout` for one that must never wait on a frozen server for long."""
-    return redis.Redis.from_url(url, decode_responses=False, health_check_interval=30,
-                                socket_connect_timeout=5, socket_timeout=socket_timeout)
+    """A blocking client for `url` (see _options)."""
+    return redis.Redis.from_url(url, **_options(socket_timeout))
 
 
-class Backoff:
-    """Waits between the retries of a loop that met an error: `first` seconds, doubling up to
-    `cap`; back to `first` after a success (reset)."""
-
-    def __init__(self, first: float = 0.1, cap: float = MAX_BACKOFF) -> None:
-        self.first, self.cap = first, cap
-        self.delay = first
-
-    def next(self) -> float:
-        """The wait before the next try (and double it for the one after)."""
-        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        """A try succeeded: the next error waits `first` again."""
-        self.delay = self.first
+def async_client(url: str, socket_timeout: float | None = None) -> redis.asyncio.Redis:
+    """An asyncio client for `url` (see _options); made in the event loop that uses it."""
+    return redis.asyncio.Redis.from_url(url, **_options(socket_timeout))
 
 
 @contextmanager
@@ -92,7 +84,7 @@ def unavailable_as_typed(url: str) -> Generator[None, None, None]:
         yield
     except redis.RedisError as exc:
         if not is_refusal(exc):
-            if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            if isinstance(exc, TRANSPORT_ERRORS):
                 msg = f"cannot reach Redis at {url} ({exc}); the call may or may not have " \
                       "taken effect. Check the server and retry: an enqueue with key= is " \
                       "safe to repeat."

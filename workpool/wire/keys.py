@@ -11,6 +11,45 @@ from dataclasses import dataclass
 GROUP = "workers"  #: consumer group of the dispatch stream; one consumer per worker process
 
 
+#: The suffix of every key of a pool after its prefix, by Keys attribute, written once: the
+#: scripts get it as `K` (lua_prelude) and build the per-job and derived keys from it.
+KEY = {
+    "pending_start": "pendingStart",
+    "incoming": "incoming",
+    "pending_completion": "pendingCompletion",
+    "dispatch": "dispatch",
+    "due": "due",
+    "running": "running",
+    "deadlines": "deadlines",
+    "callbacks_due": "callbacksDue",
+    "lease": "lease",
+    "epoch": "epoch",
+    "config": "config",
+    "defaults": "defaults",
+    "ready": "ready",
+    "unstarted": "unstarted",
+    "retrying": "retrying",
+    "suspects": "suspects",
+    "reaped_at": "reapedAt",
+    "seq": "seq",
+    "priorities": "priorities",
+    "key_heads": "keyHead",
+    "key_running": "keyRunning",
+    "key_drain": "keyDrain",
+    "key_queue": "keyq:",
+    "name_queue": "nameq:",
+    "throttled": "throttled",
+    "bucket": "bucket:",
+    "cron": "cron",
+    "stats": "stats",
+    "rejected": "rejected",
+    "job": "job:",
+    "heartbeat": "hb:",
+    "done_channel": "done:",
+    "throughput": "tp:",
+}
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key names of one pool."""
@@ -28,157 +67,162 @@ class Keys:
     @property
     def pending_start(self) -> str:
         """STREAM: enqueue, cancel and config requests: the only thing clients write."""
-        return self._k("pendingStart")
+        return self._k(KEY["pending_start"])
 
     @property
     def incoming(self) -> str:
         """SET: ids appended to pendingStart and not ingested yet, so status() answers at once."""
-        return self._k("incoming")
+        return self._k(KEY["incoming"])
 
     @property
     def pending_completion(self) -> str:
         """STREAM: attempt and callback outcomes from workers (the only thing workers write)."""
-        return self._k("pendingCompletion")
+        return self._k(KEY["pending_completion"])
 
     @property
     def dispatch(self) -> str:
         """STREAM + group `workers`: attempts and callback deliveries for workers to take."""
-        return self._k("dispatch")
+        return self._k(KEY["dispatch"])
 
     @property
     def due(self) -> str:
         """ZSET id -> due time (ms): pending and retrying jobs."""
-        return self._k("due")
+        return self._k(KEY["due"])
 
     @property
     def running(self) -> str:
         """ZSET id -> start time (ms): the running set, owned by the main loop."""
-        return self._k("running")
+        return self._k(KEY["running"])
 
     @property
     def deadlines(self) -> str:
         """ZSET id -> earliest time (ms) its per-job timeout could have passed."""
-        return self._k("deadlines")
+        return self._k(KEY["deadlines"])
 
     @property
     def callbacks_due(self) -> str:
         """ZSET id -> time (ms) a failed on_complete delivery is tried again."""
-        return self._k("callbacksDue")
+        return self._k(KEY["callbacks_due"])
 
     @property
     def lease(self) -> str:
         """STRING `<epoch>:<owner>` with a TTL: the main-loop lease (fencing token)."""
-        return self._k("lease")
+        return self._k(KEY["lease"])
 
     @property
     def epoch(self) -> str:
         """STRING counter: the last fencing epoch handed out."""
-        return self._k("epoch")
+        return self._k(KEY["epoch"])
 
     @property
     def config(self) -> str:
         """HASH: live overrides (max_parallelism, paused, rate, rate:<name>, max_per_key...)."""
-        return self._k("config")
+        return self._k(KEY["config"])
 
     @property
     def defaults(self) -> str:
         """HASH: the settings the main loop holder's code declares; `config` overrides them."""
-        return self._k("defaults")
+        return self._k(KEY["defaults"])
 
     @property
     def ready(self) -> str:
         """ZSET id -> rank (-priority * 1e12 + seq): due jobs free to start, best first."""
-        return self._k("ready")
+        return self._k(KEY["ready"])
 
     @property
     def unstarted(self) -> str:
         """HASH id -> packed fields (UNSTARTED_FIELDS): every pending job; none has a hash yet."""
-        return self._k("unstarted")
+        return self._k(KEY["unstarted"])
 
     @property
     def retrying(self) -> str:
         """SET: every retrying job, wherever it waits (due, ready or held)."""
-        return self._k("retrying")
+        return self._k(KEY["retrying"])
 
     @property
     def suspects(self) -> str:
         """HASH worker -> ms first seen silent: lost once silent for the grace (reapLost)."""
-        return self._k("suspects")
+        return self._k(KEY["suspects"])
 
     @property
     def reaped_at(self) -> str:
         """STRING: ms of the previous reap; a longer gap than the grace suspects afresh."""
-        return self._k("reapedAt")
+        return self._k(KEY["reaped_at"])
 
     @property
     def seq(self) -> str:
         """STRING counter: FIFO order within a priority."""
-        return self._k("seq")
+        return self._k(KEY["seq"])
 
     @property
     def priorities(self) -> str:
         """SET: priorities ever enqueued (for per-priority counts in stats)."""
-        return self._k("priorities")
+        return self._k(KEY["priorities"])
 
     @property
     def key_heads(self) -> str:
         """HASH concurrency key -> the one job standing for it in `ready`."""
-        return self._k("keyHead")
+        return self._k(KEY["key_heads"])
 
     @property
     def key_running(self) -> str:
         """HASH concurrency key -> attempts of that key running now."""
-        return self._k("keyRunning")
+        return self._k(KEY["key_running"])
 
     @property
     def key_drain(self) -> str:
         """ZSET concurrency key -> 0: keys whose queue is still to be moved on (startJobs)."""
-        return self._k("keyDrain")
+        return self._k(KEY["key_drain"])
 
     def key_queue(self, concurrency_key: str) -> str:
         """ZSET id -> rank: due jobs of the key waiting for its limit."""
-        return self._k("keyq:" + concurrency_key)
+        return self._k(KEY["key_queue"] + concurrency_key)
 
     def name_queue(self, name: str) -> str:
         """ZSET id -> rank: due jobs of a job name held by its rate limit."""
-        return self._k("nameq:" + name)
+        return self._k(KEY["name_queue"] + name)
 
     @property
     def throttled(self) -> str:
         """ZSET job name -> time (ms) its next rate-limit token is expected."""
-        return self._k("throttled")
+        return self._k(KEY["throttled"])
 
     def bucket(self, scope: str) -> str:
         """HASH tokens, ts: the token bucket of `pool` or `name:<job name>`."""
-        return self._k("bucket:" + scope)
+        return self._k(KEY["bucket"] + scope)
 
     @property
     def cron(self) -> str:
         """HASH cron name -> last tick (ms) enqueued."""
-        return self._k("cron")
+        return self._k(KEY["cron"])
 
     @property
     def stats(self) -> str:
         """HASH: counters of transitions and anomalies."""
-        return self._k("stats")
+        return self._k(KEY["stats"])
 
     @property
     def rejected(self) -> str:
         """STREAM (capped): malformed entries set aside, with their raw fields and the reason."""
-        return self._k("rejected")
+        return self._k(KEY["rejected"])
 
     def job(self, job_id: str) -> str:
         """HASH: one job's state, options, attempt, outcome (expires after retention)."""
-        return self._k("job:" + job_id)
+        return self._k(KEY["job"] + job_id)
 
     def heartbeat(self, worker_id: str) -> str:
         """STRING with a TTL: a worker process is alive while this exists."""
-        return self._k("hb:" + worker_id)
+        return self._k(KEY["heartbeat"] + worker_id)
 
     def done_channel(self, job_id: str) -> str:
         """PUB/SUB channel: published once when the job reaches its terminal state."""
-        return self._k("done:" + job_id)
+        return self._k(KEY["done_channel"] + job_id)
 
     def throughput(self, minute: int) -> str:
         """STRING counter (expires after 2 h): terminal transitions in that epoch minute."""
-        return self._k(f"tp:{minute}")
+        return self._k(KEY["throughput"] + str(minute))
+
+
+def lua_prelude() -> str:
+    """Render the key suffixes as a Lua `local K = {...}` line for the script loader."""
+    return "local K = {" + ", ".join(f"{name}='{suffix}'" for name, suffix in KEY.items()) + "}\n"

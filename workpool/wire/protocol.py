@@ -90,46 +90,6 @@ def is_stream_id(job_id: str) -> bool:
     return bool(_STREAM_ID.match(job_id))
 
 
-def enqueue_options(
-    *,
-    job_id: str | None,
-    name: str,
-    enc: Encoding,
-    retry: Mapping[str, str],
-    timeout: Any,
-    run_at: Any,
-    run_after: Any,
-    on_complete: str | None,
-    context: Any,
-    priority: Any,
-    concurrency_key: Any,
-) -> Fields:
-    """The fields every entry of one enqueue call shares (all but args and kwargs), checked
-    against the engine's limits: raises ConfigurationError naming the option before anything is
-    written."""
-    fields: Fields = {"op": "enqueue", "name": name, "enc": enc}
-    if job_id is not None:  # none: the entry's id is the job's
-        fields["id"] = job_id
-    if on_complete is not None:
-        fields["on_complete"] = on_complete
-        fields["context"] = encode(context, enc)
-    fields.update(retry)
-    if timeout is not None:
-        fields["timeout_ms"] = str(validate.seconds_ms("timeout", timeout, limits.MAX_TIMEOUT_MS,
-                                                       positive=True))
-    if run_at is not None:
-        fields["run_at_ms"] = str(validate.seconds_ms("run_at", run_at, limits.MAX_RUN_AT_MS))
-    if run_after is not None:
-        fields["run_after_ms"] = str(validate.seconds_ms("run_after", run_after,
-                                                         limits.MAX_RUN_AFTER_MS))
-    if validate.integer("priority", priority, limits.MIN_PRIORITY, limits.MAX_PRIORITY):
-        fields["priority"] = str(priority)
-    if concurrency_key is not None:
-        fields["concurrency_key"] = validate.string("concurrency_key", concurrency_key,
-                                                    limits.MAX_CONCURRENCY_KEY_BYTES)
-    return fields
-
-
 def check_kwargs(kwargs: Any) -> dict[str, Any]:
     """Keyword arguments: a mapping with str keys (a worker calls fn(**kwargs))."""
     if kwargs is None:
@@ -141,7 +101,7 @@ def check_kwargs(kwargs: Any) -> dict[str, Any]:
 
 def enqueue_fields(options: Fields, args: Sequence[Any], kwargs: Mapping[str, Any],
                    max_payload: int) -> Fields:
-    """One enqueue entry: `options` (from enqueue_options) with these arguments encoded;
+    """One enqueue entry: `options` (options.entry_fields) with these arguments encoded;
     PayloadTooLarge before anything is written if they are too large."""
     enc: Encoding = "json" if options["enc"] == "json" else "msgpack"
     fields = dict(options)

@@ -2,33 +2,34 @@
 
 Each `lua/<verbNoun>-<numKeys>.lua` file is expanded once (`-- @include name` pulls in
 `lua/includes/name.lua`, each at most once) and prefixed with the shared tables of result codes
-(`C`), limits (`L`), counter names (`N`) and the packed field order of pending jobs
-(`UNSTARTED`), each written once in Python. Calls go by EVALSHA; a NOSCRIPT reply (after SCRIPT
-FLUSH, a restart or a failover) loads the script and repeats just the calls that missed, which
-is safe because each script checks everything before its first write and fails a whole call or
-none of it.
+(`C`), limits (`L`), counter names (`N`), key suffixes (`K`), the packed field order of pending
+jobs (`UNSTARTED`) and the reply layouts (`R`), each written once in Python. Calls go by
+EVALSHA; a NOSCRIPT reply (after SCRIPT FLUSH, a restart or a failover) loads the script and
+repeats just the calls that missed, which is safe because each script checks everything
+before its first write and fails a whole call or none of it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from workpool.wire import codes, counters, limits, protocol
+from workpool.wire import codes, counters, keys, limits, protocol, replies
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 _FILE = re.compile(r"^(\w+)-(\d+)\.lua$")
 
 Arg = str | int | float | bytes
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,14 @@ class Script:
 
 
 @dataclass(frozen=True)
-class Call:
-    """One script invocation: which script, its KEYS and its ARGV."""
+class Call(Generic[T]):
+    """One script invocation: which script, its KEYS and its ARGV, and how its reply is read
+    (`parse`: the reply's dataclass, wire/replies.py)."""
 
     script: Script
     keys: Sequence[str]
     args: Sequence[Arg]
+    parse: Callable[[Sequence[Any]], T]
 
     def command(self) -> tuple[Arg, ...]:
         """The EVALSHA command for this call."""
@@ -81,7 +84,8 @@ def scripts() -> dict[str, Script]:
         match = _FILE.match(entry.name)
         if match:
             source = (codes.lua_prelude() + limits.lua_prelude() + counters.lua_prelude()
-                      + protocol.lua_prelude() + _expand(entry.read_text(), lua_dir, set()))
+                      + keys.lua_prelude() + protocol.lua_prelude() + replies.lua_prelude()
+                      + _expand(entry.read_text(), lua_dir, set()))
             found[match.group(1)] = Script(match.group(1), int(match.group(2)), source)
     return found
 
@@ -102,7 +106,7 @@ def _raise_errors(results: Sequence[Any]) -> list[Any]:
     return list(results)
 
 
-def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+def run(client: redis.Redis, calls: Sequence[Call[Any]]) -> list[Any]:
     """Run `calls` in one pipeline (one round trip); reload scripts Redis lost, then retry those."""
     results = _pipeline(client, calls)
     missed = _missed(results)
@@ -115,14 +119,14 @@ def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     return _raise_errors(results)
 
 
-def _pipeline(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+def _pipeline(client: redis.Redis, calls: Sequence[Call[Any]]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for c in calls:
         pipe.execute_command(*c.command())
     return list(pipe.execute(raise_on_error=False))
 
 
-async def arun(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
+async def arun(client: redis.asyncio.Redis, calls: Sequence[Call[Any]]) -> list[Any]:
     """`run` for asyncio clients."""
     results = await _apipeline(client, calls)
     missed = _missed(results)
@@ -135,8 +139,41 @@ async def arun(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
     return _raise_errors(results)
 
 
-async def _apipeline(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
+async def _apipeline(client: redis.asyncio.Redis, calls: Sequence[Call[Any]]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for c in calls:
         pipe.execute_command(*c.command())
     return list(await pipe.execute(raise_on_error=False))
+
+
+class Replies:
+    """The calls of one round trip, each reply read by its own call's parser: `add` returns
+    a handle whose `value` is the typed reply once `arun` has run them all."""
+
+    def __init__(self) -> None:
+        self._calls: list[Call[Any]] = []
+        self.values: list[Any] = []  #: the typed replies, once run
+
+    def add(self, call: Call[T]) -> Reply[T]:
+        """Queue `call`; its typed reply is the handle's `value` after `arun`."""
+        self._calls.append(call)
+        return Reply(self, len(self._calls) - 1)
+
+    async def arun(self, client: redis.asyncio.Redis) -> None:
+        """Send every call in one round trip and read each reply."""
+        raw = await arun(client, self._calls)
+        self.values = [c.parse(r) for c, r in zip(self._calls, raw, strict=True)]
+
+
+@dataclass(frozen=True)
+class Reply(Generic[T]):
+    """The typed reply of one call of a `Replies` round trip."""
+
+    replies: Replies
+    index: int
+
+    @property
+    def value(self) -> T:
+        """The reply (the round trip must have run)."""
+        value: T = self.replies.values[self.index]
+        return value

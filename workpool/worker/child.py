@@ -1,4 +1,4 @@
-"""Child-process side of the process executor (see workpool.worker.children): a spawned interpreter
+"""Child-process side of the process executor (see worker/children.py): a spawned interpreter
 that imports the pool the operator named and runs its sync jobs by name, one at a time.
 
 Only bytes cross the pipe, never pickles: each request and reply is a msgpack list of plain
@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from workpool.core.failures import describe, error_type
-from workpool.core.locate import load_pool
+from workpool.core.locate import load_config
 from workpool.current import Running, enter
 from workpool.errors import FINAL_ERRORS
 from workpool.wire.protocol import decode_arguments, encode
 
 if TYPE_CHECKING:
-    from workpool.client.pool import Workpool
+    from workpool.core.config import PoolConfig
 
 
 def pack(message: list[Any]) -> bytes:
@@ -46,7 +46,7 @@ def main(conn: Connection, pool_spec: str) -> None:
     parent closes its end of the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the group; the parent decides
     try:
-        pool = load_pool(pool_spec)
+        pool = load_config(pool_spec)
     except BaseException as exc:  # an import may raise anything, SystemExit included
         conn.send_bytes(_failure(exc))
         return
@@ -58,7 +58,7 @@ def main(conn: Connection, pool_spec: str) -> None:
             return
 
 
-def serve(pool: Workpool, data: bytes) -> bytes:
+def serve(pool: PoolConfig, data: bytes) -> bytes:
     """Run one request; any exception the job raises becomes an "err" reply."""
     name, args, kwargs, enc, fields = unpack(data)
     enter(Running(*fields))

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from workpool.core.failures import describe, error_type
-from workpool.server.connection import Backoff, sync_client
+from workpool.server.backoff import Backoff
+from workpool.server.connection import sync_client
 
 
 class Heartbeat:

@@ -14,14 +14,15 @@ import msgpack
 import redis.asyncio
 
 from workpool.core.failures import describe, error_type
-from workpool.server.connection import Backoff
+from workpool.server.backoff import Backoff
 from workpool.wire.limits import MAX_OUTCOMES_PER_ENTRY
+from workpool.worker.outcome import Outcome
 
-Outcome = dict[str, str | bytes]
+Fields = dict[str, str | bytes]
 ENTRY_BYTES = 1 << 20  #: bytes of outcomes packed in one entry (one larger outcome: alone)
 
 
-def pack(outcomes: list[Outcome]) -> list[bytes]:
+def pack(outcomes: list[Fields]) -> list[bytes]:
     """The `o` fields of the entries carrying `outcomes`, in order."""
     entries: list[bytes] = []
     items: list[list[str | bytes]] = []
@@ -44,12 +45,13 @@ class Outbox:
 
     def __init__(self, stream: str, log: Any) -> None:
         self.stream, self.log = stream, log
-        self._queue: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._queue: asyncio.Queue[Fields] = asyncio.Queue()
         self._unwritten: list[bytes] = []  #: packed entries a failed round trip left
         self._closing = False
 
     def put(self, outcome: Outcome) -> None:
-        self._queue.put_nowait(outcome)
+        """Queue one outcome for the next flush."""
+        self._queue.put_nowait(outcome.fields())
 
     async def run(self, client: redis.asyncio.Redis) -> None:
         """Flush whenever something is ready, until close(); back off while Redis refuses."""
@@ -72,7 +74,7 @@ class Outbox:
     async def flush(self, client: redis.asyncio.Redis) -> bool:
         """Append every ready outcome in one round trip; True when all are written (else the
         ones not written are kept for the next flush, and the refusal is logged)."""
-        ready: list[Outcome] = []
+        ready: list[Fields] = []
         while not self._queue.empty():
             out = self._queue.get_nowait()
             if out:

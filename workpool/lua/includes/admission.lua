@@ -1,4 +1,5 @@
--- Admission control: which pending/retrying job may start next. Needs common.lua.
+-- Admission control: which pending/retrying job may start next.
+-- @include common
 -- @include unstarted
 -- Keys are derived from the pool's hash-tagged prefix (one cluster slot):
 --   ready       ZSET  id -> rank: due jobs free to start, best first
@@ -18,12 +19,12 @@
 -- (a retry keeps its place). Written with %.0f: Lua's own number format keeps 14 digits only.
 
 local function adm(prefix, counts)
-  local a = {prefix = prefix, counts = counts, ready = prefix .. 'ready',
-             head = prefix .. 'keyHead', krun = prefix .. 'keyRunning',
-             throttled = prefix .. 'throttled', seq = prefix .. 'seq',
-             unstarted = prefix .. 'unstarted', retrying = prefix .. 'retrying',
-             drain = prefix .. 'keyDrain', config = prefix .. 'config',
-             defaults = prefix .. 'defaults'}
+  local a = {prefix = prefix, counts = counts, ready = prefix .. K.ready,
+             head = prefix .. K.key_heads, krun = prefix .. K.key_running,
+             throttled = prefix .. K.throttled, seq = prefix .. K.seq,
+             unstarted = prefix .. K.unstarted, retrying = prefix .. K.retrying,
+             drain = prefix .. K.key_drain, config = prefix .. K.config,
+             defaults = prefix .. K.defaults}
   a.leave = {pending = {'HDEL', a.unstarted}, retrying = {'SREM', a.retrying}}
   return a
 end
@@ -64,7 +65,7 @@ end
 -- Token bucket of `scope`: capacity `limit`, refilled at limit/per_ms. Returns tokens now.
 local function bucket_tokens(a, scope, spec, now)
   local limit, per = rate_of(spec)
-  local h = rcall('HMGET', a.prefix .. 'bucket:' .. scope, 'tokens', 'ts')
+  local h = rcall('HMGET', a.prefix .. K.bucket .. scope, 'tokens', 'ts')
   local tokens, ts = tonumber(h[1]), tonumber(h[2])
   if not tokens or not ts then return limit end
   return math.min(limit, tokens + math.max(0, now - ts) * limit / per)
@@ -73,7 +74,7 @@ end
 -- Take one token (the caller checked there is one); an idle bucket expires full after per_ms.
 local function bucket_take(a, scope, spec, now, tokens)
   local _, per = rate_of(spec)
-  local k = a.prefix .. 'bucket:' .. scope
+  local k = a.prefix .. K.bucket .. scope
   rcall('HSET', k, 'tokens', tokens - 1, 'ts', now)
   rcall('PEXPIRE', k, per)
 end
@@ -114,14 +115,14 @@ local function make_ready(a, id, name, priority, seq, ckey)
         -- a better-ranked job of the key (enqueued earlier in the same ms, or of a higher
         -- priority) stands for it instead; the head it replaces waits in the key's queue
         rcall('ZREM', a.ready, head)
-        rcall('ZADD', a.prefix .. 'keyq:' .. ckey, head_rank, head)
+        rcall('ZADD', a.prefix .. K.key_queue .. ckey, head_rank, head)
         bump(a.counts, N.HELD_BY_KEY)
         rcall('HSET', a.head, ckey, id)
         rcall('ZADD', a.ready, rank, id)
         return
       end
       if head or running >= limit then
-        rcall('ZADD', a.prefix .. 'keyq:' .. ckey, rank, id)
+        rcall('ZADD', a.prefix .. K.key_queue .. ckey, rank, id)
         bump(a.counts, N.HELD_BY_KEY)
         return
       end
@@ -137,7 +138,7 @@ end
 -- startJobs goes on with it, a batch at a time. Returns how many jobs moved.
 local function advance_key(a, ckey)
   if rcall('HEXISTS', a.head, ckey) == 1 then return 0 end
-  local q = a.prefix .. 'keyq:' .. ckey
+  local q = a.prefix .. K.key_queue .. ckey
   for moved = 0, L.KEY_STEPS - 1 do
     local nxt = rcall('ZRANGE', q, 0, 0, 'WITHSCORES')
     if #nxt == 0 then return moved end
@@ -174,9 +175,13 @@ local function unqueue(a, id, state, name, ckey)
   local leave = a.leave[state]
   rcall(leave[1], leave[2], id)
   rcall('ZREM', a.ready, id)
-  if rcall('ZREM', a.prefix .. 'nameq:' .. name, id) == 1 then bump(a.counts, N.HELD_BY_RATE, -1) end
+  if rcall('ZREM', a.prefix .. K.name_queue .. name, id) == 1 then
+    bump(a.counts, N.HELD_BY_RATE, -1)
+  end
   if ckey and ckey ~= '' then
-    if rcall('ZREM', a.prefix .. 'keyq:' .. ckey, id) == 1 then bump(a.counts, N.HELD_BY_KEY, -1) end
+    if rcall('ZREM', a.prefix .. K.key_queue .. ckey, id) == 1 then
+      bump(a.counts, N.HELD_BY_KEY, -1)
+    end
     if rcall('HGET', a.head, ckey) == id then rcall('HDEL', a.head, ckey) end
     advance_key(a, ckey)  -- it may have stood for the key, or been first in line ahead of a job
   end                     -- that its key's limit lets go (another name, another limit)

@@ -1,6 +1,20 @@
 -- Shared helpers, inlined once into every script that includes them.
 local rcall = redis.call
 
+-- A reply in `layout` (R.<kind>: the field order of its Python dataclass, wire/replies.py),
+-- built by name; `tail` (ids, or id/code pairs) follows. A field left out is a defect of the
+-- script: an error naming it, never a short reply read out of place.
+local function reply(layout, values, tail)
+  local out = {}
+  for i, name in ipairs(layout) do
+    local v = values[name]
+    if v == nil then error('reply field ' .. name .. ' missing') end
+    out[i] = v
+  end
+  for _, v in ipairs(tail or {}) do out[#out + 1] = v end
+  return out
+end
+
 -- Fencing: true only when `token` is the live main-loop lease (`<epoch>:<owner>`).
 local function holds_lease(lease_key, token)
   return rcall('GET', lease_key) == token
@@ -133,14 +147,14 @@ end
 -- applied entries are dropped from the stream (it holds only what is not applied yet). A
 -- handler checks everything before its first write and returns a code, or (for an entry
 -- carrying many items) a list of {id, code} pairs.
--- Returns {OK, items applied, last_entry_id, id1, code1, ...}.
+-- Returns reply R.batch: {OK, items applied, last_entry_id, id1, code1, ...}.
 local function apply_entries(stream, batch, field, default, handlers, reject)
-  local result = {C.OK, 0, ''}
+  local applied, last, pairs = 0, '', {}
   local from, bytes = '-', 0
-  while result[2] < batch and bytes < L.CALL_BYTES do
+  while applied < batch and bytes < L.CALL_BYTES do
     local entries = rcall('XRANGE', stream, from, '+', 'COUNT', L.PAGE)
     for _, e in ipairs(entries) do
-      if result[2] >= batch or bytes >= L.CALL_BYTES then break end
+      if applied >= batch or bytes >= L.CALL_BYTES then break end
       local entry_id, flat = e[1], e[2]
       local f = fields_of(flat)
       local handler = handlers[f[field] or default]
@@ -153,21 +167,21 @@ local function apply_entries(stream, batch, field, default, handlers, reject)
       else code = reject(entry_id, flat, 'unknown ' .. field .. ' ' .. tostring(f[field])) end
       if type(code) == 'table' then
         for i = 1, #code, 2 do
-          result[#result + 1] = code[i]
-          result[#result + 1] = code[i + 1]
+          pairs[#pairs + 1] = code[i]
+          pairs[#pairs + 1] = code[i + 1]
         end
-        result[2] = result[2] + #code / 2
+        applied = applied + #code / 2
       else
-        result[#result + 1] = f.id or entry_id
-        result[#result + 1] = code
-        result[2] = result[2] + 1
+        pairs[#pairs + 1] = f.id or entry_id
+        pairs[#pairs + 1] = code
+        applied = applied + 1
       end
-      result[3] = entry_id
+      last = entry_id
       bytes = bytes + entry_bytes(flat)
     end
     if #entries < L.PAGE then break end
     from = '(' .. entries[#entries][1]
   end
-  if result[3] ~= '' then trim_through(stream, result[3]) end
-  return result
+  if last ~= '' then trim_through(stream, last) end
+  return reply(R.batch, {code = C.OK, applied = applied, last_entry_id = last}, pairs)
 end

@@ -1,4 +1,5 @@
--- Terminal transitions and the end of an attempt. Needs common.lua.
+-- Terminal transitions and the end of an attempt.
+-- @include common
 -- @include admission
 -- `ctx` carries: prefix, dispatch, group, running, deadlines, due, callbacks_due, now,
 -- retention (ms), seed (jitter), counts, finished (count of terminal transitions this call).
@@ -67,7 +68,7 @@ local function finish(ctx, id, jk, state, outcome, handler, extra)
   end
   bump(ctx.counts, outcome)
   ctx.finished = ctx.finished + 1
-  rcall('PUBLISH', ctx.prefix .. 'done:' .. id, state)
+  rcall('PUBLISH', ctx.prefix .. K.done_channel .. id, state)
 end
 
 -- The wait before the next attempt after failed attempt `attempts`: backoff_ms *
@@ -105,7 +106,7 @@ end
 -- Count terminal transitions in a per-minute bucket (kept 2 h) for throughput figures.
 local function count_throughput(ctx)
   if ctx.finished > 0 then
-    local k = ctx.prefix .. 'tp:' .. math.floor(ctx.now / 60000)
+    local k = ctx.prefix .. K.throughput .. math.floor(ctx.now / 60000)
     rcall('INCRBY', k, ctx.finished)
     rcall('PEXPIRE', k, 7200000)
   end

@@ -1,8 +1,9 @@
 -- Jobs never started: each is one field of the `unstarted` HASH (id -> msgpack array of its
 -- fields, in UNSTARTED order), not a hash of its own: half the memory of a pending job. Its
 -- `job:<id>` hash is written (hash_fields) when it first starts or is canceled, and the field
--- dropped. UNSTARTED is rendered into every script from workpool/protocol.py
--- (UNSTARTED_FIELDS), which reads the same order. Needs common.lua.
+-- dropped. UNSTARTED is rendered into every script from workpool/wire/protocol.py
+-- (UNSTARTED_FIELDS), which reads the same order.
+-- @include common
 
 -- The packed value of job fields `j` (a missing field packs as '').
 local function pack_job(j)
@@ -25,7 +26,7 @@ end
 local function job_fields(a, id, names)
   local raw = rcall('HGET', a.unstarted, id)
   if raw then return unpack_job(raw) end
-  local j = read_fields(a.prefix .. 'job:' .. id, names)
+  local j = read_fields(a.prefix .. K.job .. id, names)
   if not j[names[1]] then return nil end
   return j
 end

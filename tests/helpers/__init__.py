@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import redis
 
 from workpool import Retry, Workpool
+from workpool.process import worker
 from workpool.server.embedded import find_redis_server
 from workpool.wire import protocol
 from workpool.wire.keys import Keys
@@ -118,7 +119,7 @@ class _WorkerThread(threading.Thread):
 
     async def _main(self) -> None:
         self._event_loop, self._stop_event = asyncio.get_running_loop(), asyncio.Event()
-        self.worker = Worker(self.pool, **self.options)
+        self.worker = worker(self.pool, **self.options)
         self.started.set()
         await self.worker.run(self._stop_event)
 

@@ -1,0 +1,77 @@
+"""The two drivers of the sans-IO operations (client/ops.py): one sends each Step with a
+blocking client, the other with an asyncio one. They are all that differs between `Workpool`
+and `AsyncWorkpool`; every line of logic is in the operations."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+
+from workpool.client.ops import Ops, Step
+from workpool.server.connection import unavailable_as_typed
+
+T = TypeVar("T")
+
+
+def drive(client: redis.Redis, url: str, op: Ops[T]) -> T:
+    """Run `op` to its result with a blocking client (Redis errors typed, naming `url`)."""
+    pubsub: Any = None
+    with unavailable_as_typed(url):
+        try:
+            step = next(op)
+            while True:
+                if step.listen is not None and pubsub is None:
+                    pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(step.listen)
+                if step.pause and pubsub is not None:
+                    pubsub.get_message(timeout=step.pause)
+                elif step.pause:
+                    time.sleep(step.pause)
+                step = op.send(_send(client, step))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        finally:
+            if pubsub is not None:
+                pubsub.close()
+
+
+def _send(client: redis.Redis, step: Step) -> list[Any]:
+    pipe = client.pipeline(transaction=step.atomic)
+    for command in step.commands:
+        pipe.execute_command(*command)
+    return list(pipe.execute())
+
+
+async def adrive(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> T:
+    """Run `op` to its result with an asyncio client (Redis errors typed, naming `url`)."""
+    pubsub: Any = None
+    with unavailable_as_typed(url):
+        try:
+            step = next(op)
+            while True:
+                if step.listen is not None and pubsub is None:
+                    pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    await pubsub.subscribe(step.listen)
+                if step.pause and pubsub is not None:
+                    await pubsub.get_message(timeout=step.pause)
+                elif step.pause:
+                    await asyncio.sleep(step.pause)
+                step = op.send(await _asend(client, step))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        finally:
+            if pubsub is not None:
+                await pubsub.aclose()
+
+
+async def _asend(client: redis.asyncio.Redis, step: Step) -> list[Any]:
+    pipe = client.pipeline(transaction=step.atomic)
+    for command in step.commands:
+        pipe.execute_command(*command)
+    return list(await pipe.execute())
