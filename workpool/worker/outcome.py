@@ -1,5 +1,6 @@
 """The outcome of one attempt or delivery, typed, and how any exception maps to one. Its
-fields are what a worker appends to pendingCompletion (docs/protocol.md, "Outcomes")."""
+fields are what a worker appends to pendingCompletion (docs/protocol.md, "Internal: dispatch
+and pendingCompletion")."""
 
 from __future__ import annotations
 
