@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from workpool import Retry, Workpool
 from workpool.wire import protocol
 from workpool.wire.codes import lua_prelude as codes_prelude
 from workpool.wire.counters import NAMES, lua_prelude
@@ -122,3 +123,18 @@ def test_a_reply_missing_a_field_of_its_layout_is_an_error_not_a_short_reply(
     with pytest.raises(redis.ResponseError, match="reply field ttl_ms missing"):
         redis_client.eval(prelude + common + "return reply(R.lease, {code = C.OK, token = 'x'})",
                           0)
+
+
+def test_the_enqueue_fields_are_the_ones_the_client_writes_and_the_docs_list() -> None:
+    pool = Workpool("fields")
+    pool.job(name="work")(lambda *a, **k: None)
+    pool.on_complete(name="record")(lambda *a: None)
+    (entry,) = pool.build_entries(
+        "work", [(1,)], kwargs={"a": 1}, on_complete="record", context={"c": 1},
+        run_after=1.0, run_at=2.0, retry=Retry(max_attempts=2), key="k", timeout=3.0,
+        priority=4, concurrency_key="ck")
+    assert sorted(entry) == sorted(protocol.ENQUEUE_FIELDS)  # every option set: every field
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    section = doc.split("## Enqueue: `op=enqueue`", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `(\w+)` \|", section, re.MULTILINE)
+    assert listed == list(protocol.ENQUEUE_FIELDS), "docs/protocol.md's enqueue table"

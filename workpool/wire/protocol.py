@@ -134,6 +134,12 @@ def as_text_map(flat: Mapping[bytes, bytes]) -> dict[str, bytes]:
     return {text(k): v for k, v in flat.items()}
 
 
+#: Every field an enqueue entry may carry (docs/protocol.md's enqueue table lists exactly these,
+#: and an enqueue with every option set writes exactly these: tests/test_written_once.py).
+ENQUEUE_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "context",
+                  "max_attempts", "initial_backoff_ms", "base", "max_backoff_ms", "timeout_ms",
+                  "run_at_ms", "run_after_ms", "priority", "concurrency_key")
+
 #: Field order of a pending job's packed value in the `unstarted` hash, written once: the
 #: scripts get it as `UNSTARTED` (lua_prelude), lua/includes/unstarted.lua packs by it.
 UNSTARTED_FIELDS = ("name", "enc", "max_attempts", "backoff_ms", "base", "timeout_ms",
