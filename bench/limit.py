@@ -5,7 +5,10 @@ Ceiling, on a private redis-server: round trips per second for one client (INCR,
 time over a raw socket), commands per second for 50 clients (redis-benchmark when it is on
 PATH, else 50 raw-socket clients on asyncio) and with pipelining (batches of 100 INCRs over
 one raw socket). Cost: N no-op jobs end to end (enqueue_many, 2 worker processes, the same
-pool as bench/throughput.py), with INFO commandstats read before and after.
+pool as bench/throughput.py), with INFO commandstats read before and after. Then the main loop
+alone, script by script: N jobs ingested, started and their outcomes applied by direct calls
+(as the loop makes them), each script's Redis time per job split into the commands it runs
+(counted by Redis inside the script too) and the Lua around them.
 
     python bench/limit.py [--jobs 20000] [--seconds 2]
 """
@@ -22,12 +25,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 from throughput import redis_cpu_s
 
+from workpool import Workpool
 from workpool.server.embedded import RedisServer
+from workpool.wire.calls import Engine
+from workpool.wire.keys import GROUP
+from workpool.wire.protocol import text
+from workpool.wire.replies import parse_lease
+from workpool.wire.scripts import Call, run
+from workpool.worker.outbox import pack
 
 BENCH = Path(__file__).resolve().parent
 INCR = b"*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n"
@@ -114,6 +126,50 @@ def per_job_cost(url: str, jobs: int) -> tuple[dict[str, float], float]:
     return cost, cpu_us
 
 
+def _usec(client: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): int(v["usec"])
+            for k, v in client.info("commandstats").items()}
+
+
+def per_script_cost(url: str, jobs: int) -> list[tuple[str, float, dict[str, float]]]:
+    """The main loop's three scripts run alone over `jobs` no-op jobs: per script, its
+    EVALSHA time per job (us) and the time per job of each command it ran."""
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    pool = Workpool("limit", url, max_parallelism=jobs)
+    pool.job(name="noop")(lambda: None)
+    engine = Engine(pool.keys, pool.config.engine_settings())
+    token = parse_lease(run(client, [engine.acquire("limit", 600_000, jobs, {})])[0]).token
+    for first in range(0, jobs, 5000):
+        pool.enqueue_many("noop", [()] * min(5000, jobs - first))
+
+    def alone(call: Callable[[], Call[Any]],
+              done: Callable[[Any], int]) -> tuple[float, dict[str, float]]:
+        before = _usec(client)
+        while True:
+            made = call()
+            if not done(made.parse(run(client, [made])[0])):
+                break
+        spent = {k: (v - before.get(k, 0)) / jobs for k, v in _usec(client).items()
+                 if v > before.get(k, 0) and k not in ("info", "script")}
+        return spent.pop("evalsha", 0.0), spent
+
+    costs = [("ingestRequests", *alone(lambda: engine.ingest(token),
+                                       lambda r: r.applied))]
+    costs.append(("startJobs", *alone(lambda: engine.start(token), lambda r: r.started)))
+    reply = cast("list[Any]", client.xreadgroup(GROUP, "limit", {pool.keys.dispatch: ">"},
+                                                 count=jobs))
+    taken: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
+    for packed in pack([{"kind": "run", "id": text(f[b"id"]), "attempt": text(f[b"attempt"]),
+                         "ok": "1", "result": b"\xc0"} for _, f in taken]):
+        client.xadd(pool.keys.pending_completion, {"kind": "batch", "o": packed})
+    costs.append(("applyOutcomes", *alone(lambda: engine.apply(token, "seed"),
+                                          lambda r: r.applied)))
+    pool.close()
+    client.close()
+    return costs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=20000)
@@ -126,6 +182,7 @@ def main() -> None:
         many, how = many_clients(server.port, 50, o.seconds)
         piped = pipelined(server.port, o.seconds)
         cost, cpu_us = per_job_cost(server.url, o.jobs)
+        scripts = per_script_cost(server.url, o.jobs)
     print(f"limit: redis {version} (no persistence), python {platform.python_version()}, "
           f"{os.cpu_count()} cpus {platform.machine()}, {o.seconds} s per ceiling figure")
     print(f"redis ceiling: one client {single:,.0f} round trips/s; 50 clients {many:,.0f} "
@@ -136,6 +193,16 @@ def main() -> None:
           f"{cpu_us:.1f} us per job (-> at most {1e6 / cpu_us:,.0f} jobs/s on one core)")
     for name, calls in sorted(cost.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<14}{calls:8.3f} per job")
+    total_us = sum(us for _, us, _ in scripts)
+    print(f"main loop alone ({o.jobs} jobs, direct script calls): {total_us:.1f} us of Redis "
+          f"time per job -> at most {1e6 / total_us:,.0f} jobs/s of ingest+start+apply on one "
+          "Redis core")
+    for name, us, commands in scripts:
+        inner = sum(commands.values())
+        top = ", ".join(f"{k} {v:.2f}" for k, v in
+                        sorted(commands.items(), key=lambda kv: -kv[1])[:6])
+        print(f"  {name:<15}{us:6.1f} us/job = commands {inner:5.1f} ({top}) + Lua "
+              f"{us - inner:5.1f}")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,17 @@
 Each queue gets the same N no-op jobs that record their completion with one pipelined round
 trip (bench/peers/_common.py), bulk-enqueued first, then run by the same number of worker
 processes; the rate is N over the span from the first job's start to the last one's (so
-process start-up is not counted). Then, with the workers idle, jobs one at a time for the
-enqueue-to-start latency. Peers are installed into their own virtualenv (never into
-workpool's dependencies), pinned below; the order of queues changes every round, so the
-machine's noise spreads over all of them, and the median of the rounds is reported.
+process start-up is not counted), with the Redis CPU it took per job (INFO cpu around the run:
+the engine's work plus the job's own 3-command record). Then, with the workers idle, jobs one
+at a time for the enqueue-to-start latency. `workpool-sync` is workpool with a plain (thread)
+job, as most Python job code is; `--quick` runs workpool (async and sync) and the three fastest
+peers once each, a check for every change that takes a few minutes. Peers are installed into
+their own virtualenv (never into workpool's dependencies), pinned below; the order of queues
+changes every round, so the machine's noise spreads over all of them, and the median of the
+rounds is reported.
 
     python bench/peers.py [--n 20000] [--workers 2] [--rounds 3] [--peers workpool,huey,...]
+    python bench/peers.py --quick
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ PINNED = {  # the peers' packages, in their own virtualenv: name -> pip requirem
     "taskiq": "taskiq==0.12.6 taskiq-redis==1.0.9", "huey": "huey==3.5.4",  # 0.13 breaks 1.0.9
     "bullmq": "bullmq==2.15.0",
 }
-QUEUES = ("workpool", *PINNED)
+#: variants of an adapter: queue -> (adapter, environment it runs with)
+VARIANTS = {"workpool-sync": ("workpool", {"BENCH_JOB_KIND": "sync"})}
+QUEUES = ("workpool", *VARIANTS, *PINNED)
+QUICK = ("workpool", "workpool-sync", "huey", "taskiq", "dramatiq")  #: the fastest peers
 DEFAULT_VENV = Path(tempfile.gettempdir()) / "workpool-bench-peers"
 
 
@@ -49,6 +57,7 @@ class Figures:
 
     enqueue: list[float] = field(default_factory=list)  #: bulk enqueue, jobs/s
     run: list[float] = field(default_factory=list)  #: end-to-end, jobs/s
+    cpu_us: list[float] = field(default_factory=list)  #: Redis CPU per job during the run, us
     start_p50: list[float] = field(default_factory=list)  #: idle enqueue-to-start, ms
     start_p99: list[float] = field(default_factory=list)
     api: str = ""
@@ -72,7 +81,14 @@ def make_venv(path: Path, queues: list[str]) -> Path:
 
 
 def adapter(python: Path, queue: str, *args: str, url: str) -> list[str]:
-    return [str(python), str(ADAPTERS / f"{queue}_peer.py"), *args, "--url", url]
+    name = VARIANTS[queue][0] if queue in VARIANTS else queue
+    return [str(python), str(ADAPTERS / f"{name}_peer.py"), *args, "--url", url]
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    """Seconds of CPU the server has used (user + system)."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def run_json(cmd: list[str], env: dict[str, str], timeout: float = 900) -> dict[str, object]:
@@ -132,16 +148,19 @@ def one_round(queue: str, python: Path, server: RedisServer, o: argparse.Namespa
     """Bulk enqueue, run with W workers, then idle latency; adds to `figures`."""
     client = redis.Redis.from_url(server.url)
     client.flushall()
-    env = {**os.environ, "BENCH_URL": server.url, "PYTHONPATH": str(ADAPTERS)}
+    env = {**os.environ, "BENCH_URL": server.url, "PYTHONPATH": str(ADAPTERS),
+           **(VARIANTS[queue][1] if queue in VARIANTS else {})}
     enq = run_json(adapter(python, queue, "enqueue", "--n", str(o.n), url=server.url), env)
     figures.enqueue.append(o.n / float(enq["seconds"]))  # type: ignore[arg-type]
     figures.api = str(enq["api"])
     qlogs = logs / queue
     qlogs.mkdir(parents=True, exist_ok=True)
+    cpu = redis_cpu(client)
     workers = Workers(adapter(python, queue, "worker", "--concurrency", str(o.concurrency),
                              url=server.url), env, o.workers, qlogs)
     try:
         wait_for(client, o.n, o.timeout)
+        figures.cpu_us.append((redis_cpu(client) - cpu) / o.n * 1e6)
         first = min(s for _, s in starts(client))
         last = max(s for _, s in starts(client))
         figures.run.append(o.n / max(1e-3, (last - first) / 1000))
@@ -166,7 +185,11 @@ def main() -> int:
     p.add_argument("--peers", default=",".join(QUEUES))
     p.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--quick", action="store_true",
+                   help=f"{','.join(QUICK)}, one round, 50 latency samples")
     o = p.parse_args()
+    if o.quick:
+        o.peers, o.rounds, o.latency_n = ",".join(QUICK), 1, 50
     queues = [q for q in o.peers.split(",") if q]
     unknown = set(queues) - set(QUEUES)
     if unknown:
@@ -187,16 +210,24 @@ def main() -> int:
           f"processes, concurrency {o.concurrency}, median of {o.rounds} rounds, redis "
           f"{version} (no persistence), python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cpus")
-    print(f"{'queue':<10}{'bulk enqueue/s':>15}{'run jobs/s':>12}{'start p50 ms':>14}"
-          f"{'p99 ms':>9}  {'workpool x':>11}  enqueue api")
+    print(f"{'queue':<14}{'bulk enqueue/s':>15}{'run jobs/s':>12}{'redis us/job':>13}"
+          f"{'start p50 ms':>14}{'p99 ms':>9}  {'workpool x':>11}  enqueue api")
     med = {q: {k: statistics.median(getattr(f, k)) for k in
-               ("enqueue", "run", "start_p50", "start_p99")} for q, f in results.items()}
+               ("enqueue", "run", "cpu_us", "start_p50", "start_p99")}
+           for q, f in results.items()}
     base = med.get("workpool")
     for q in queues:
         m = med[q]
         ratio = f"{base['run'] / m['run']:.2f}" if base else "-"
-        print(f"{q:<10}{m['enqueue']:>15,.0f}{m['run']:>12,.0f}{m['start_p50']:>14.2f}"
-              f"{m['start_p99']:>9.2f}  {ratio:>11}  {results[q].api}")
+        print(f"{q:<14}{m['enqueue']:>15,.0f}{m['run']:>12,.0f}{m['cpu_us']:>13.1f}"
+              f"{m['start_p50']:>14.2f}{m['start_p99']:>9.2f}  {ratio:>11}  {results[q].api}")
+    peers = [q for q in queues if not q.startswith("workpool")]
+    if peers:
+        fastest = max(peers, key=lambda q: med[q]["run"])
+        for q in (q for q in queues if q.startswith("workpool")):
+            print(f"{q} against the fastest peer ({fastest}): run "
+                  f"{med[q]['run'] / med[fastest]['run']:.2f}x, Redis CPU per job "
+                  f"{med[q]['cpu_us'] / med[fastest]['cpu_us']:.2f}x")
     return 0
 
 

@@ -51,12 +51,15 @@ def test_the_admission_benchmark_times_each_script_as_the_backlog_grows() -> Non
 def test_the_limit_benchmark_measures_the_redis_ceiling_and_commands_per_job() -> None:
     out = bench("limit.py", "--jobs", "200", "--seconds", "0.2")
     assert "redis ceiling: one client" in out and "Redis commands" in out, out
+    assert all(f"  {script} " in out for script in ("ingestRequests", "startJobs",
+                                                    "applyOutcomes")), out
 
 
-@pytest.mark.parametrize("queues", ["workpool,huey"])
+@pytest.mark.parametrize("queues", ["workpool,workpool-sync,huey"])
 def test_the_peers_benchmark_runs_workpool_and_a_peer_side_by_side(queues: str,
                                                                    tmp_path: Path) -> None:
     out = bench("peers.py", "--peers", queues, "--n", "200", "--rounds", "1", "--latency-n",
                 "10", "--venv", str(tmp_path / "venv"), timeout=600)
-    names = [line.split()[0] for line in out.splitlines()[2:]]
+    names = [line.split()[0] for line in out.splitlines()[2:5]]
     assert names == queues.split(","), out
+    assert "workpool-sync against the fastest peer (huey)" in out, out

@@ -2,6 +2,8 @@
 
 Best settings: async job on the worker's event loop, max_parallelism 256 (no admission limit
 in the way), enqueue_many in chunks of 5,000, logs as `workpool worker` writes them (INFO).
+With BENCH_JOB_KIND=sync (bench/peers.py's `workpool-sync`) the job is a plain function, run on
+the worker's threads, as most Python job code is.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import signal
 from typing import Any
 
-from _common import POOL_NAME, arecord, options, paced, timed
+from _common import POOL_NAME, arecord, options, paced, record, timed
 
 from workpool import Workpool
 from workpool.core.logs import configure_logging
@@ -21,9 +23,14 @@ pool = Workpool(POOL_NAME, os.environ.get("BENCH_URL"), max_parallelism=256, ret
 CHUNK = 5000
 
 
-@pool.job()
-async def noop(sent_ms: float) -> None:
-    await arecord(pool.url, sent_ms)
+if os.environ.get("BENCH_JOB_KIND") == "sync":
+    @pool.job(name="noop")
+    def noop(sent_ms: float) -> None:
+        record(pool.url, sent_ms)
+else:
+    @pool.job(name="noop")
+    async def noop(sent_ms: float) -> None:  # type: ignore[misc]
+        await arecord(pool.url, sent_ms)
 
 
 async def _work(concurrency: int) -> None:

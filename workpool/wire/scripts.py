@@ -15,7 +15,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Generic, TypeVar
 
@@ -40,9 +40,10 @@ class Script:
     num_keys: int
     source: str
 
-    @property
+    @cached_property
     def sha(self) -> str:
-        """SHA1 of the expanded source, as Redis names it in EVALSHA."""
+        """SHA1 of the expanded source, as Redis names it in EVALSHA (hashed once: every call
+        names it, and hashing 10-40 KB of source each time cost the main loop ~15 us a call)."""
         return hashlib.sha1(self.source.encode()).hexdigest()
 
 
