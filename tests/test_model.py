@@ -67,6 +67,12 @@ HASH_OF = {PENDING: ("pending", None), RUNNING: ("running", None),
            FAILED: ("done", "failed"), CANCELED: ("canceled", "canceled")}
 
 
+def _stream_id(eid: str) -> tuple[int, int]:
+    """A stream id as a pair that sorts as Redis orders ids."""
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def zset_order(scores: dict[str, float]) -> list[tuple[str, float]]:
     """Members as Redis orders a ZSET: by score, then by member bytes."""
     return sorted(scores.items(), key=lambda kv: (kv[1], kv[0].encode()))
@@ -585,9 +591,25 @@ class WorkpoolModel(RuleBasedStateMachine):
         self.seq += 1
         return f"{self.now}-{self.seq}"
 
-    def _sync_dispatch(self) -> None:
-        """Match the dispatch stream to the model's entries, learning ids of new ones."""
+    def _live_dispatch(self) -> list[Any]:
+        """The dispatch entries not acknowledged (pending, or not delivered yet). The stream
+        also keeps acknowledged ones until the bulk trim passes them, never one behind no
+        pending entry: each must be newer than the oldest still pending."""
         real = self.r.execute_command("XRANGE", POOL.dispatch, "-", "+")
+        pending = {text(cast("bytes", p["message_id"])) for p in self.r.xpending_range(
+            POOL.dispatch, GROUP, "-", "+", 10_000)} if real else set()
+        groups = self.r.xinfo_groups(POOL.dispatch) if real else []
+        delivered = next((_stream_id(text(g["last-delivered-id"])) for g in groups), (0, 0))
+        live = [(e, raw) for e, raw in real
+                if text(e) in pending or _stream_id(text(e)) > delivered]
+        acked = [_stream_id(text(e)) for e, _ in real if (e, _) not in live]
+        oldest = min((_stream_id(e) for e in pending), default=None)
+        assert not acked or (oldest is not None and min(acked) > oldest), (acked, oldest)
+        return live
+
+    def _sync_dispatch(self) -> None:
+        """Match the live dispatch entries to the model's, learning ids of new ones."""
+        real = self._live_dispatch()
         assert len(real) == len(self.dispatch), (real, self.dispatch)
         for (eid_b, raw), e in zip(real, self.dispatch, strict=True):
             eid = text(eid_b)

@@ -466,6 +466,55 @@ def test_each_start_increments_the_attempt_and_dispatches_that_attempt(p: Pool) 
     assert_table("start", RETRYING, Code.STARTED, RUNNING, "due_and_slot_free")
 
 
+def test_ended_attempts_entries_wait_behind_an_older_pending_one_then_go_in_one_trim(
+        p: Pool) -> None:
+    # acknowledged entries are trimmed in bulk up to the oldest one still pending, not deleted
+    # one XDEL each: two later attempts end first and stay until the first one ends
+    ids = [p.client.enqueue("work", i) for i in range(3)]
+    t = p.clock()
+    p.ingest(t)
+    assert p.start(t).ids == ids
+    p.beat("w1")
+    assert len(p.deliver("w1")) == 3
+    for job_id in ids[1:]:
+        p.finish_run(job_id, 1, ok=True)
+    assert p.apply(t + 1).codes == [Code.SUCCEEDED] * 2
+    assert (len(p.dispatched()), p.held()) == (3, 1)  # all kept: the oldest is still pending
+    p.finish_run(ids[0], 1, ok=True)
+    assert p.apply(t + 2).codes == [Code.SUCCEEDED]
+    assert (p.r.xlen(p.keys.dispatch), p.held()) == (0, 0)
+
+
+def test_behind_an_attempt_pending_for_long_the_dispatch_stream_stays_bounded(
+        p: Pool) -> None:
+    # an attempt that never ends pins the trim point; past DISPATCH_SLACK entries behind it,
+    # the ended ones are deleted one by one again
+    slack = limits.DISPATCH_SLACK
+    p.client.configure(wait=0, max_parallelism=2 * slack)
+    assert p.ingest(p.clock()).codes == [Code.CONFIGURED]
+    pinned, t = p.running_job()
+    chunk = 1000
+    for first in range(0, slack + chunk, chunk):
+        ids = p.client.enqueue_many("work", [(i,) for i in range(first, first + chunk)])
+        t = p.clock()
+        while p.ingest(t).applied:
+            pass
+        while p.start(t).started:
+            pass
+        taken = p.deliver("w1", count=chunk)
+        assert len(taken) == chunk
+        for job_id in ids:
+            p.finish_run(job_id, 1, ok=True)
+        while p.apply(t).applied:
+            pass
+    assert p.held() == 1  # only the pinned attempt
+    batch = p.engine.settings.batch  # kept behind it until past the slack, then no more
+    assert slack - batch <= p.r.xlen(p.keys.dispatch) <= slack + batch
+    p.finish_run(pinned, 1, ok=True)
+    assert p.apply(t).codes == [Code.SUCCEEDED]
+    assert p.r.xlen(p.keys.dispatch) == 0
+
+
 # -- attempt outcomes ---------------------------------------------------------------------------
 
 

@@ -157,6 +157,7 @@ end
 local handlers = {run = run_outcome, cb = callback_outcome, batch = batch_outcome}
 local result = apply_entries(KEYS[2], batch, 'kind', '', handlers, reject)
 flush_deferred(ctx.defer)
+trim_dispatch(ctx)
 count_throughput(ctx)
 flush_counts(KEYS[8], ctx.counts)
 return result

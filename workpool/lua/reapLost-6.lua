@@ -169,6 +169,7 @@ for _, c in ipairs(consumers) do
   left = left + 1
 end
 
+trim_dispatch(ctx)
 bump(ctx.counts, N.TIMEOUTS, timed_out)
 bump(ctx.counts, N.WORKERS_LOST_ATTEMPTS, lost)
 bump(ctx.counts, N.CALLBACKS_REDELIVERED, redelivered)

@@ -33,6 +33,9 @@ REJECTED_KEPT = 1000  #: rejected entries kept (the newest; about)
 REJECTED_ENTRY_BYTES = 4096  #: bytes of raw fields kept of one rejected entry
 PAGE = 64  #: stream entries a script reads at a time
 KEY_STEPS = 16  #: jobs of one concurrency key's queue one step moves to `ready` at most
+#: acknowledged dispatch entries the stream may keep behind an attempt pending for long before
+#: the main loop deletes them one by one again (it trims in bulk up to the oldest pending one)
+DISPATCH_SLACK = 10_000
 CALL_BYTES = 8 * 1024 * 1024  #: bytes of entries one script call reads at most (and one entry)
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  #: the most max_payload_bytes / max_result_bytes may be
 MAX_RETENTION_MS = 3650 * DAY_MS  #: how long finished jobs may be kept
