@@ -485,6 +485,21 @@ def test_ended_attempts_entries_wait_behind_an_older_pending_one_then_go_in_one_
     assert (p.r.xlen(p.keys.dispatch), p.held()) == (0, 0)
 
 
+@pytest.mark.parametrize("damage", ["deleted", "group_destroyed"])
+def test_an_outcome_lands_whole_when_the_dispatch_stream_was_damaged_behind_the_engine(
+        p: Pool, damage: str) -> None:
+    # the bulk trim runs after the outcome's writes: a dispatch stream deleted (or its group
+    # destroyed) by someone else must not fail the script half-way; the outcome is applied
+    job_id, t = p.running_job()
+    if damage == "deleted":
+        p.r.delete(p.keys.dispatch)
+    else:
+        p.r.xgroup_destroy(p.keys.dispatch, GROUP)
+    p.finish_run(job_id, 1, ok=True, result="ok")
+    assert p.apply(t + 1).codes == [Code.SUCCEEDED]
+    assert p.job(job_id)["state"] == b"done"
+
+
 def test_behind_an_attempt_pending_for_long_the_dispatch_stream_stays_bounded(
         p: Pool) -> None:
     # an attempt that never ends pins the trim point; past DISPATCH_SLACK entries behind it,

@@ -42,15 +42,22 @@ end
 local function trim_dispatch(ctx)
   local acked = ctx.acked or {}
   if ctx.acked and #acked == 0 then return end
-  local delivered = '0-0'
-  for _, g in ipairs(rcall('XINFO', 'GROUPS', ctx.dispatch)) do
-    local f = fields_of(g)
-    if f.name == ctx.group then delivered = f['last-delivered-id'] end
+  -- Read with pcall: this runs after the script's writes, and a stream or group removed
+  -- behind the engine's back must not fail it half-way (its entries are deleted one by one).
+  local groups = redis.pcall('XINFO', 'GROUPS', ctx.dispatch)
+  local pending = redis.pcall('XPENDING', ctx.dispatch, ctx.group)
+  local delivered, pinned = nil, true
+  if not groups.err and not pending.err then
+    for _, g in ipairs(groups) do
+      local f = fields_of(g)
+      if f.name == ctx.group then delivered = f['last-delivered-id'] end
+    end
   end
-  local dms, dseq = id_parts(delivered)
-  local pending = rcall('XPENDING', ctx.dispatch, ctx.group)
-  rcall('XTRIM', ctx.dispatch, 'MINID', pending[2] or (dms .. '-' .. (dseq + 1)))
-  local pinned = rcall('XLEN', ctx.dispatch) - pending[1] > L.DISPATCH_SLACK
+  local dms, dseq = id_parts(delivered or '0-0')
+  if delivered then
+    rcall('XTRIM', ctx.dispatch, 'MINID', pending[2] or (dms .. '-' .. (dseq + 1)))
+    pinned = rcall('XLEN', ctx.dispatch) - pending[1] > L.DISPATCH_SLACK
+  end
   local gone = {}
   for _, id in ipairs(acked) do
     local ms, seq = id_parts(id)
