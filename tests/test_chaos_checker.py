@@ -361,6 +361,18 @@ def test_code_that_ignores_its_timeout_executes_on_after_its_slot_was_freed() ->
     assert report.parallelism.stale == {"timeout": 1}
 
 
+def test_code_past_its_timeout_frees_its_slot_though_no_later_attempt_recorded_a_start() -> None:
+    # found by a 10-minute run: a hung attempt past its 0.3 s timeout ran on until its process
+    # was killed, and its next attempt went to that process, which died before recording it;
+    # the slot was counted until the kill, a false breach against the job admitted after it
+    events = [*enqueued("a", kind="stuck"), *enqueued("b"),
+              started("a", 1, W1, 1.0, d=1.0, to=0.3), *ran("b", 1, W2, 2.0, 2.5, d=2.0),
+              *fault("kill_leader", 5.0, W1), delivered("b", 2.6, W2)]
+    final = {"a": failed(2, "Timeout"), "b": done()}
+    par = checked(events, final).parallelism
+    assert (par.admitted_breaches, par.max_admitted, par.max_executing) == (0, 1, 2)
+
+
 def test_a_killed_or_restarted_process_s_attempts_end_there() -> None:
     events = [*enqueued("a"), *enqueued("b"), started("a", 1, W1, 1.0),
               *fault("kill_worker", 1.2, W1), *ran("a", 2, W2, 1.5, 1.6),

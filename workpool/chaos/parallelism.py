@@ -97,6 +97,11 @@ def _interval(par: Parallelism, s: Start, hist: JobHistory, fin: FinalJob | None
             cut, why = max(pause[0], s.admitted), "pause"
         if s.to is not None and s.admitted + s.to < cut:
             cut, why = s.admitted + s.to, "timeout"
+    if s.to is not None and s.admitted + s.to < cut:
+        # code past its timeout never holds its slot longer: the engine ends the attempt at
+        # the timeout (the worker's timer, else the reaper), though no later start may record
+        # it (its next attempt went to a worker killed before it began)
+        cut = s.admitted + s.to
     replaced = hist.superseded_at(s)
     if why and replaced is not None and ended > replaced:
         par.stale[why] = par.stale.get(why, 0) + 1
