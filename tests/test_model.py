@@ -559,6 +559,7 @@ class WorkpoolModel(RuleBasedStateMachine):
         self.jobs: dict[str, Job] = {}
         self.adm = Admission(self.jobs)
         self.ghosts: set[str] = set()  #: ids used but never enqueued: no hash may exist
+        self.specs: dict[str, bytes] = {}  #: each job's packed spec as first seen: never rewritten
         self.due: dict[str, float] = {}  #: pending/retrying jobs not promoted yet
         self.running: dict[str, float] = {}
         self.cb_due: dict[str, float] = {}
@@ -1191,7 +1192,8 @@ class WorkpoolModel(RuleBasedStateMachine):
     @invariant()
     def job_hashes_agree(self) -> None:
         """State, outcome, attempt, cancel mark, delivery and admission fields of every job; a
-        pending job is packed in `unstarted` and has no hash, any other has no packed value."""
+        pending job is packed in `unstarted` and has no hash, any other has no packed value; a
+        job's packed spec, wherever it is, is the one it was first seen with."""
         if not self.token:
             return
         ids = sorted(set(self.jobs) | self.ghosts)
@@ -1206,6 +1208,10 @@ class WorkpoolModel(RuleBasedStateMachine):
             job = self.jobs.get(i)
             assert not (h and packed), i
             assert (packed is not None) == (job is not None and job.state == PENDING), i
+            spec = h.get(b"spec") if h else packed
+            assert (spec is not None) == (job is not None), i
+            if spec is not None:
+                assert spec == self.specs.setdefault(i, spec), i
             fields = job_fields(h, packed)
             got = tuple(text(fields[n]) if n in fields else None for n in names)
             want: tuple[str | None, ...] = (None,) * 10

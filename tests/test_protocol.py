@@ -16,6 +16,7 @@ from helpers import Pools, eventually, job_fields, redis_cli, running_worker, xa
 
 from workpool import JobNotFound, JobStatus, Retry, State, Workpool
 from workpool.wire.keys import Keys
+from workpool.wire.protocol import SPEC_FIELDS
 
 KEYS = Keys("proto")
 STREAM = KEYS.pending_start
@@ -63,7 +64,8 @@ def test_a_json_entry_with_an_id_and_the_incoming_sadd_is_pending_at_once(
         st = pool.wait("order-42", timeout=15)
     assert (st.state, st.outcome, st.result) == (State.DONE, "succeeded", 5)
     assert redis_client.hget(KEYS.job("order-42"), "result") == b"5"
-    assert redis_client.hget(KEYS.job("order-42"), "enc") == b"json"
+    spec = msgpack.unpackb(redis_client.hget(KEYS.job("order-42"), "spec"), raw=True)
+    assert spec[SPEC_FIELDS.index("enc")] == b"json"  # the packed spec docs/protocol.md gives
 
 
 def test_a_custom_id_without_the_sadd_is_unknown_until_its_entry_is_applied(
@@ -87,7 +89,8 @@ def test_a_msgpack_entry_without_id_made_with_printf_escapes_runs(
         st = pool.wait(entry_id, timeout=15)
     assert (st.state, st.outcome, st.result) == (State.DONE, "succeeded", 5)
     assert redis_client.hget(KEYS.job(entry_id), "result") == msgpack.packb(5)
-    assert redis_client.hget(KEYS.job(entry_id), "enc") == b"msgpack"
+    spec = msgpack.unpackb(redis_client.hget(KEYS.job(entry_id), "spec"), raw=True)
+    assert spec[SPEC_FIELDS.index("enc")] == b"msgpack"
 
 
 def test_a_msgpack_entry_with_an_id_and_nul_bytes_sent_through_stdin_runs(

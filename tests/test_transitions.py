@@ -444,7 +444,7 @@ def test_each_start_increments_the_attempt_and_dispatches_that_attempt(p: Pool) 
     assert p.start(t).ids == [job_id]
     h = p.job(job_id)
     assert (h["state"], h["attempts"], h["started_at"]) == (b"running", b"1", str(t).encode())
-    assert not p.r.hexists(p.keys.unstarted, job_id)  # its first start wrote its whole hash
+    assert not p.r.hexists(p.keys.unstarted, job_id)  # its first start moved its spec to its hash
     assert (h["name"], decode(h["args"], "msgpack"), h["max_attempts"]) == (b"work", [7], b"3")
     ((entry, f),) = p.dispatched()
     assert h["dispatch"] == entry.encode()

@@ -1,8 +1,8 @@
 """Names the scripts and Python share are written once, in Python, and rendered into every
 script: counter names (wire/counters.py, `N`: no script bumps a counter by a bare string, and
 every name it uses exists), key suffixes (wire/keys.py, `K`: no script spells one, and
-docs/protocol.md lists exactly them), the packed field order of pending jobs
-(protocol.UNSTARTED_FIELDS, `UNSTARTED`: no Lua file lists it again) and the reply layouts
+docs/protocol.md lists exactly them), the field order of a job's packed spec
+(protocol.SPEC_FIELDS, `SPEC` and `S`: no Lua file lists it again) and the reply layouts
 (wire/replies.py, `R`: each script's documented reply is the layout Python reads)."""
 
 from __future__ import annotations
@@ -46,18 +46,20 @@ def test_every_counter_a_script_names_is_in_the_table_and_every_script_has_the_t
 def test_the_packed_field_order_is_rendered_from_python_and_listed_in_no_lua_file() -> None:
     lua = resources.files("workpool") / "lua"
     files = [*lua.iterdir(), *(lua / "includes").iterdir()]
-    order = re.compile(r",\s*".join(f"'{n}'" for n in protocol.UNSTARTED_FIELDS[:4]))
+    order = re.compile(r",\s*".join(f"'{n}'" for n in protocol.SPEC_FIELDS[:4]))
     listed = [f.name for f in files if f.name.endswith(".lua") and order.search(f.read_text())]
-    assert not listed, f"{listed} list the packed field order again: use UNSTARTED"
+    assert not listed, f"{listed} list the packed field order again: use SPEC and S"
     assert all(protocol.lua_prelude() in s.source for s in scripts().values())
-    assert protocol.lua_prelude().count("'") == 2 * len(protocol.UNSTARTED_FIELDS)
+    assert protocol.lua_prelude().count("'") == 2 * len(protocol.SPEC_FIELDS)
+    positions = dict(re.findall(r"(\w+) = (\d+)", protocol.lua_prelude()))
+    assert positions == {name: str(i) for i, name in enumerate(protocol.SPEC_FIELDS, 1)}
 
 
 def test_docs_protocol_gives_the_packed_field_order_the_code_uses() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
     listed = re.search(r"in this order:\s*`([^`]+)`", doc)
     assert listed is not None, "docs/protocol.md no longer states the packed field order"
-    assert tuple(re.split(r",\s*", listed.group(1).strip())) == protocol.UNSTARTED_FIELDS
+    assert tuple(re.split(r",\s*", listed.group(1).strip())) == protocol.SPEC_FIELDS
 
 
 KEY_LITERAL = re.compile(r"\.\.\s*'(" + "|".join(re.escape(v) for v in KEY.values()) + r")'")

@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -14,7 +14,7 @@ from workpool import Workpool
 from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.keys import GROUP, Keys
-from workpool.wire.protocol import as_text_map, encode, text
+from workpool.wire.protocol import as_text_map, encode, text, with_spec
 from workpool.wire.replies import (
     BatchReply,
     LeaseReply,
@@ -163,8 +163,10 @@ class Pool:
         return [e for _, stream in reply or [] for e in entries(stream)]
 
     def dispatched(self, kind: str | None = None) -> list[tuple[str, dict[str, bytes]]]:
-        """Entries in the dispatch stream (optionally of one kind)."""
-        found = entries(self.r.xrange(self.keys.dispatch))
+        """Entries in the dispatch stream (optionally of one kind), read as a worker reads them
+        (with_spec: a run entry's packed spec as fields)."""
+        raw = cast("list[tuple[bytes, dict[bytes, bytes]]]", self.r.xrange(self.keys.dispatch))
+        found = [(text(eid), with_spec(f)) for eid, f in raw]
         return [e for e in found if kind is None or e[1]["kind"] == kind.encode()]
 
     def held(self) -> int:

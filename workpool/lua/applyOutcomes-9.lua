@@ -74,7 +74,7 @@ local function run_outcome(entry_id, f, flat)
                         false)
   elseif f.ok == '1' then
     end_attempt(ctx, f.id, j)
-    finish(ctx, f.id, jk, 'done', 'succeeded', j.on_complete, {'result', result})
+    finish(ctx, f.id, jk, 'done', 'succeeded', j.spec[S.on_complete], {'result', result})
     return C.SUCCEEDED
   end
   return fail_attempt(ctx, f.id, jk, j, f.error or 'no error message', f.error_type or 'Error',
@@ -114,16 +114,19 @@ end
 
 local single = {run = run_outcome, cb = callback_outcome}
 
--- A batched outcome as a flat array of strings (numbers written as text), or nil if it is not.
-local function as_strings(item)
+-- A batched outcome's fields, or nil if it is not a flat array of strings (numbers are read as
+-- their text): checked and read in one pass, the cost of a batch being mostly per item.
+local function outcome_fields(item)
   if type(item) ~= 'table' or #item % 2 ~= 0 then return nil end
-  local out = {}
-  for i, v in ipairs(item) do
+  local g = {}
+  for i = 1, #item, 2 do
+    local k, v = item[i], item[i + 1]
+    if type(k) == 'number' then k = tostring(k) end
     if type(v) == 'number' then v = tostring(v) end
-    if type(v) ~= 'string' then return nil end
-    out[i] = v
+    if type(k) ~= 'string' or type(v) ~= 'string' then return nil end
+    g[k] = v
   end
-  return out
+  return g
 end
 
 local function batch_outcome(entry_id, f, flat)
@@ -137,14 +140,13 @@ local function batch_outcome(entry_id, f, flat)
   end
   local codes = {}
   for _, item in ipairs(outcomes) do
-    local flat_item = as_strings(item)
+    local g = outcome_fields(item)
     local code, id = C.REJECTED, entry_id
-    if flat_item then
-      local g = fields_of(flat_item)
+    if g then
       local handler = single[g.kind]
       id = g.id or entry_id
-      if handler then code = handler(entry_id, g, flat_item)
-      else code = reject(entry_id, flat_item, 'unknown kind ' .. tostring(g.kind)) end
+      if handler then code = handler(entry_id, g, item)
+      else code = reject(entry_id, item, 'unknown kind ' .. tostring(g.kind)) end
     else
       reject(entry_id, {'o', tostring(item)}, 'an outcome must be a flat array of strings')
     end

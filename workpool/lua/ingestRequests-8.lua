@@ -1,5 +1,5 @@
 -- ingestRequests: apply one batch of client requests from pendingStart, oldest first.
---   enqueue -> pending (new job, packed into `unstarted`: see includes/unstarted.lua), or
+--   enqueue -> pending (new job, its spec packed into `unstarted`: see includes/spec.lua), or
 --              DUPLICATE_ENQUEUE when a job with that id exists; a job due already joins
 --              admission (ready, or its key's queue) at once, a later one waits in `due` until
 --              startJobs promotes it
@@ -68,11 +68,15 @@ local OPTIONS = {
   run_after_ms = {0, L.MAX_RUN_AFTER_MS, false, 0},
   priority = {L.MIN_PRIORITY, L.MAX_PRIORITY, true, 0}}
 
--- A number field: its value (the default when absent or ''), or nil and the reason.
+-- A number field: its value (the default when absent or ''), or nil and the reason. A valid
+-- value is checked once per call (`valid`: name -> raw -> value): a batch mostly repeats a few.
+local valid = {}
 local function option(f, name)
   local o = OPTIONS[name]
   local raw = f[name]
   if raw == nil or raw == '' then return o[4] end
+  local seen = valid[name]
+  if seen and seen[raw] then return seen[raw] end
   local n = tonumber(raw)
   if n == nil or n ~= n or n < o[1] or n > o[2] then
     return nil, 'field ' .. name .. ' is not a number from ' .. o[1] .. ' to ' .. o[2]
@@ -81,6 +85,8 @@ local function option(f, name)
     if o[3] then return nil, 'field ' .. name .. ' must be a whole number' end
     if name ~= 'base' then n = math.floor(n) end
   end
+  valid[name] = seen or {}
+  valid[name][raw] = n
   return n
 end
 
@@ -246,7 +252,7 @@ local function enqueue(entry_id, f, flat)
   local ckey, priority = f.concurrency_key or '', o.priority
   seq = (seq or tonumber(rcall('GET', ctx.adm.seq) or '0') or 0) + 1
   fresh[id] = true
-  defer(ctx.defer, add_unstarted, id, pack_job({
+  defer(ctx.defer, add_unstarted, id, pack_spec({
     name = f.name, enc = o.enc, max_attempts = o.max_attempts, backoff_ms = o.initial_backoff_ms,
     base = o.base, timeout_ms = o.timeout_ms, enqueued_at = enqueued_at, due_at = due,
     priority = priority, seq = seq, args = f.args, kwargs = f.kwargs, context = f.context,
@@ -271,15 +277,15 @@ local function cancel(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then return reject(entry_id, flat, 'cancel needs field id') end
   local jk = prefix .. K.job .. id
-  local j = job_fields(ctx.adm, id, {'state', 'cancel', 'name', 'ckey', 'attempts', 'on_complete'})
+  local j = job_fields(ctx.adm, id)
   local state = j and j.state
   if state == 'pending' or state == 'retrying' then
     rcall('ZREM', KEYS[4], id)
-    unqueue(ctx.adm, id, state, j.name, j.ckey)
+    unqueue(ctx.adm, id, state, j.spec[S.name], j.spec[S.ckey])
     local extra = {'cancel', '1', 'cancel_attempt', j.attempts or 0}
     if state == 'retrying' then bump(ctx.counts, N.RETRYING, -1)
-    else extra = hash_fields(j, {'attempts', 0, unpack(extra)}) end  -- never started: whole hash
-    finish(ctx, id, jk, 'canceled', 'canceled', j.on_complete, extra)
+    else append_all(extra, {'attempts', 0, 'spec', j.packed}) end  -- never started: its spec moves in
+    finish(ctx, id, jk, 'canceled', 'canceled', j.spec[S.on_complete], extra)
     return C.CANCELED
   elseif state == 'running' and j.cancel ~= '1' then
     rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', j.attempts or 0)

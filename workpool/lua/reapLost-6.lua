@@ -75,7 +75,7 @@ if not afresh then ids = rcall('ZRANGEBYSCORE', KEYS[4], '-inf', ctx.now, 'LIMIT
 for _, id in ipairs(ids) do
   local jk = prefix .. K.job .. id
   local j = attempt_fields(jk)
-  local timeout = tonumber(j.timeout_ms or '0') or 0
+  local timeout = j.spec and tonumber(j.spec[S.timeout_ms]) or 0
   if j.state ~= 'running' or timeout <= 0 or not j.dispatch then
     rcall('ZREM', KEYS[4], id)
   else

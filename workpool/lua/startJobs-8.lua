@@ -2,7 +2,8 @@
 -- starts the best ready jobs while running < max_parallelism (and the pool is not paused),
 -- subject to the pool's and each job name's rate limit (token buckets on Redis time) and each
 -- concurrency key's limit. Each start increments the attempt (the fencing token of that run)
--- and appends one entry to the dispatch stream. Also hands out due on_complete deliveries.
+-- and appends one entry to the dispatch stream (the attempt and the job's packed spec). Also
+-- hands out due on_complete deliveries.
 -- A job held by a name's rate limit is parked in nameq:<name> until the name's next token; a
 -- job whose key is at its limit waits in keyq:<key>: neither is looked at again until then.
 -- Every step is bounded by the batch: keys whose queue an earlier call left to move on
@@ -85,11 +86,12 @@ end
 -- 2. Due jobs become ready (or wait in their key's queue).
 local due = rcall('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, math.max(0, batch - moved))
 for _, id in ipairs(due) do
-  local j = job_fields(a, id, {'state', 'name', 'priority', 'seq', 'ckey'})
+  local j = job_fields(a, id)
   rcall('ZREM', KEYS[3], id)
   if j and (j.state == 'pending' or j.state == 'retrying') then
-    make_ready(a, id, j.name or '', tonumber(j.priority or '0') or 0, tonumber(j.seq or '0') or 0,
-               j.ckey)
+    local s = j.spec
+    make_ready(a, id, s[S.name] or '', tonumber(s[S.priority]) or 0, tonumber(s[S.seq]) or 0,
+               s[S.ckey])
   else
     bump(counts, N.ORPHAN_DUE_ENTRIES)
   end
@@ -119,10 +121,10 @@ while #started < free and looked < 2 * batch do
   at = at + 2
   looked = looked + 1
   local jk = prefix .. K.job .. id
-  local j = job_fields(a, id, {'state', 'attempts', 'name', 'args', 'kwargs', 'enc',
-                                    'timeout_ms', 'ckey'}) or {}
+  local j = job_fields(a, id) or {spec = {}}
+  local s = j.spec
   local pool_tokens = pool_rate and bucket_tokens(a, 'pool', pool_rate, now)
-  local name = j.name or ''
+  local name = s[S.name] or ''
   if name_rates[name] == nil then name_rates[name] = setting(a, 'rate:' .. name) or false end
   local name_rate = name_rates[name] or nil
   local name_tokens = name_rate and bucket_tokens(a, 'name:' .. name, name_rate, now)
@@ -132,12 +134,12 @@ while #started < free and looked < 2 * batch do
   elseif pool_tokens and pool_tokens < 1 then
     wake_at(now + bucket_wait(pool_rate, pool_tokens))
     break
-  elseif key_at_limit(a, j.ckey, name) then  -- its key reached its limit since: wait again
+  elseif key_at_limit(a, s[S.ckey], name) then  -- its key reached its limit since: wait again
     rcall('ZREM', a.ready, id)
-    rcall('ZADD', prefix .. K.key_queue .. j.ckey, rank, id)
+    rcall('ZADD', prefix .. K.key_queue .. s[S.ckey], rank, id)
     bump(counts, N.HELD_BY_KEY)
-    if rcall('HGET', a.head, j.ckey) == id then rcall('HDEL', a.head, j.ckey) end
-    advance_key(a, j.ckey)
+    if rcall('HGET', a.head, s[S.ckey]) == id then rcall('HDEL', a.head, s[S.ckey]) end
+    advance_key(a, s[S.ckey])
     window = {}
   elseif name_tokens and name_tokens < 1 then
     rcall('ZREM', a.ready, id)
@@ -149,19 +151,19 @@ while #started < free and looked < 2 * batch do
     if name_tokens then bucket_take(a, 'name:' .. name, name_rate, now, name_tokens) end
     defer(d, unready, id)
     defer(d, a.leave[j.state], id)
-    if j.ckey and j.ckey ~= '' then
-      if rcall('HGET', a.head, j.ckey) == id then rcall('HDEL', a.head, j.ckey) end
-      key_running(a, j.ckey, 1)
-      advance_key(a, j.ckey)
+    local ckey = s[S.ckey]
+    if ckey and ckey ~= '' then
+      if rcall('HGET', a.head, ckey) == id then rcall('HDEL', a.head, ckey) end
+      key_running(a, ckey, 1)
+      advance_key(a, ckey)
       window = {}
     end
     local attempt = (tonumber(j.attempts) or 0) + 1
-    local timeout = tonumber(j.timeout_ms) or 0
+    local timeout = tonumber(s[S.timeout_ms]) or 0
     local eid = rcall('XADD', KEYS[5], '*', 'kind', 'run', 'id', id, 'attempt', attempt,
-                      'name', name, 'args', j.args or '', 'kwargs', j.kwargs or '',
-                      'enc', j.enc or 'msgpack', 'timeout_ms', timeout)
+                      'spec', j.packed)
     local fields = {'state', 'running', 'attempts', attempt, 'started_at', now, 'dispatch', eid}
-    if j.state == 'pending' then fields = hash_fields(j, fields) end  -- first start: whole hash
+    if j.state == 'pending' then append_all(fields, {'spec', j.packed}) end  -- its spec moves in
     rcall('HSET', jk, unpack(fields))
     defer(d, run, now, id)
     if timeout > 0 then rcall('ZADD', KEYS[6], now + timeout, id) end

@@ -131,7 +131,7 @@ class Keys:
 
     @property
     def unstarted(self) -> str:
-        """HASH id -> packed fields (UNSTARTED_FIELDS): every pending job; none has a hash yet."""
+        """HASH id -> packed spec (SPEC_FIELDS): every pending job; none has a hash yet."""
         return self._k(KEY["unstarted"])
 
     @property
@@ -207,7 +207,8 @@ class Keys:
         return self._k(KEY["rejected"])
 
     def job(self, job_id: str) -> str:
-        """HASH: one job's state, options, attempt, outcome (expires after retention)."""
+        """HASH: one job from its first start (or cancel): its packed spec (`spec`), state, attempt
+        and outcome (expires after retention)."""
         return self._k(KEY["job"] + job_id)
 
     def heartbeat(self, worker_id: str) -> str:

@@ -140,16 +140,20 @@ ENQUEUE_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "c
                   "max_attempts", "initial_backoff_ms", "base", "max_backoff_ms", "timeout_ms",
                   "run_at_ms", "run_after_ms", "priority", "concurrency_key")
 
-#: Field order of a pending job's packed value in the `unstarted` hash, written once: the
-#: scripts get it as `UNSTARTED` (lua_prelude), lua/includes/unstarted.lua packs by it.
-UNSTARTED_FIELDS = ("name", "enc", "max_attempts", "backoff_ms", "base", "timeout_ms",
-                    "enqueued_at", "due_at", "priority", "seq", "args", "kwargs", "context",
-                    "on_complete", "ckey", "max_backoff_ms")
+#: Field order of a job's spec: what was asked for at enqueue, packed once as one msgpack array and
+#: never rewritten (the `unstarted` hash holds it while the job is pending, its hash's `spec`
+#: field after). The scripts get it as `SPEC` (lua_prelude), lua/includes/spec.lua packs by it.
+SPEC_FIELDS = ("name", "enc", "max_attempts", "backoff_ms", "base", "timeout_ms",
+               "enqueued_at", "due_at", "priority", "seq", "args", "kwargs", "context",
+               "on_complete", "ckey", "max_backoff_ms")
 
 
 def lua_prelude() -> str:
-    """Render the packed field order as a Lua `local UNSTARTED = {...}` line for the loader."""
-    return "local UNSTARTED = {" + ", ".join(f"'{name}'" for name in UNSTARTED_FIELDS) + "}\n"
+    """Render the spec's field order for the loader: `SPEC` (the names in order) and `S` (each
+    name's position, so a script reads an unpacked spec as `spec[S.name]`)."""
+    return ("local SPEC = {" + ", ".join(f"'{name}'" for name in SPEC_FIELDS) + "}\n"
+            + "local S = {" + ", ".join(f"{name} = {i}" for i, name in enumerate(SPEC_FIELDS, 1))
+            + "}\n")
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -161,17 +165,24 @@ def _as_bytes(value: Any) -> bytes:
     return str(value).encode()
 
 
-def unstarted_hash(packed: bytes) -> dict[str, bytes]:
-    """A pending job's packed value as the hash its first start will write (empty fields left
-    out), so it reads like any other job hash."""
+def spec_fields(packed: bytes) -> dict[str, bytes]:
+    """A job's packed spec as hash fields (empty ones left out), so a job reads as one hash."""
     values = msgpack.unpackb(packed, raw=True)
-    h = {"state": b"pending", "attempts": b"0"}
-    h.update((name, _as_bytes(v)) for name, v in zip(UNSTARTED_FIELDS, values, strict=False)
-             if v != b"")  # a value packed by an older version has fewer fields
-    return h
+    return {name: _as_bytes(v) for name, v in zip(SPEC_FIELDS, values, strict=False)
+            if v != b""}  # a value packed by an older version has fewer fields
+
+
+def with_spec(flat: Mapping[bytes, bytes]) -> dict[str, bytes]:
+    """A job hash or dispatch entry by text field names, a packed `spec` among them read as
+    fields beneath their own (one written before specs were packed holds them flat)."""
+    h = as_text_map(flat)
+    spec = h.pop("spec", None)
+    return {**spec_fields(spec), **h} if spec else h
 
 
 def job_fields(hash_reply: Mapping[bytes, bytes], packed: bytes | None) -> dict[str, bytes]:
-    """A job's fields from the replies of HGETALL job:<id> and HGET unstarted <id>: its hash,
-    else (never started) its packed value read as one; {} when neither exists."""
-    return as_text_map(hash_reply) or (unstarted_hash(packed) if packed else {})
+    """A job's fields from the replies of HGETALL job:<id> and HGET unstarted <id>: its hash
+    (with_spec), or, never started, its packed spec as a pending job; {} when neither exists."""
+    if hash_reply:
+        return with_spec(hash_reply)
+    return {"state": b"pending", "attempts": b"0", **spec_fields(packed)} if packed else {}

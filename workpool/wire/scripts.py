@@ -2,8 +2,8 @@
 
 Each `lua/<verbNoun>-<numKeys>.lua` file is expanded once (`-- @include name` pulls in
 `lua/includes/name.lua`, each at most once) and prefixed with the shared tables of result codes
-(`C`), limits (`L`), counter names (`N`), key suffixes (`K`), the packed field order of pending
-jobs (`UNSTARTED`) and the reply layouts (`R`), each written once in Python. Calls go by
+(`C`), limits (`L`), counter names (`N`), key suffixes (`K`), the field order of a job's packed
+spec (`SPEC`) and the reply layouts (`R`), each written once in Python. Calls go by
 EVALSHA; a NOSCRIPT reply (after SCRIPT FLUSH, a restart or a failover) loads the script and
 repeats just the calls that missed, which is safe because each script checks everything
 before its first write and fails a whole call or none of it.

@@ -17,7 +17,7 @@ from workpool.core.config import PoolConfig
 from workpool.current import Running, enter
 from workpool.server.backoff import asked
 from workpool.types import status_from_hash
-from workpool.wire.protocol import as_text_map, decode, decode_arguments, encode, text
+from workpool.wire.protocol import decode, decode_arguments, encode, job_fields, text
 from workpool.worker.children import ChildFailed, ChildLost, Children
 from workpool.worker.liveness import Liveness
 from workpool.worker.outbox import Outbox
@@ -198,10 +198,11 @@ class Executor:
         return Outcome("cb", job_id, n, ok=True)
 
     async def _job_hash(self, job_id: str) -> dict[str, bytes] | None:
-        """The job's hash, read until Redis answers (dropping the delivery would strand it);
-        None if the worker stops meanwhile (the reaper hands the delivery out again)."""
+        """The job's fields (its hash, its spec read as fields), read until Redis answers
+        (dropping the delivery would strand it); None if the worker stops meanwhile (the
+        reaper hands the delivery out again)."""
         client: redis.asyncio.Redis = self.liveness.client
         raw = await asked("read the job",
                           lambda: client.hgetall(self.config.keys.job(job_id)),
                           self.log, self.liveness.halt, job=job_id)
-        return None if raw is None else as_text_map(cast("dict[bytes, bytes]", raw))
+        return None if raw is None else job_fields(cast("dict[bytes, bytes]", raw), None)

@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 
 from workpool.server.backoff import Backoff, pause
 from workpool.wire.keys import GROUP, Keys
-from workpool.wire.protocol import as_text_map, text
+from workpool.wire.protocol import text, with_spec
 
 StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 #: runs one entry: (entry id, fields, when the read that returned it was issued, when it came)
@@ -77,7 +77,7 @@ class Reader:
                 continue
             for _stream, entries in reply or []:
                 for entry_id, raw in entries:
-                    self._spawn(entry_id, as_text_map(raw), read_at)
+                    self._spawn(entry_id, with_spec(raw), read_at)
 
     async def take_unseen(self, client: redis.asyncio.Redis) -> None:
         """Run the entries Redis delivered to us but we never saw. Our whole pending list is
@@ -110,7 +110,7 @@ class Reader:
             if found and found[0][1]:
                 self.log.warning("running an entry delivered to us but never seen",
                                  entry=text(entry_id))
-                self._spawn(entry_id, as_text_map(found[0][1]), -math.inf)
+                self._spawn(entry_id, with_spec(found[0][1]), -math.inf)
 
     async def _free_slots(self) -> int:
         """Wait until a slot is free (or the worker halts); return how many are free."""

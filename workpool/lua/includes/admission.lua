@@ -1,6 +1,6 @@
 -- Admission control: which pending/retrying job may start next.
 -- @include common
--- @include unstarted
+-- @include spec
 -- Keys are derived from the pool's hash-tagged prefix (one cluster slot):
 --   ready       ZSET  id -> rank: due jobs free to start, best first
 --   keyq:<K>    ZSET  id -> rank: due jobs of concurrency key K waiting for K's limit
@@ -10,7 +10,7 @@
 --   throttled   ZSET  N -> time (ms) N's next token is expected
 --   bucket:<S>  HASH  tokens, ts: token bucket of scope S (`pool` or `name:<N>`)
 --   seq         STRING counter: each job's place in line, taken when it is enqueued
---   unstarted   HASH  id -> packed fields: every pending job (never started), wherever it waits
+--   unstarted   HASH  id -> packed spec: every pending job (never started), wherever it waits
 --   retrying    SET   every retrying job, wherever it waits (cancel_all)
 --   keyDrain    ZSET  K -> 0: keys whose queue advance_key left unfinished (startJobs goes on)
 -- a.leave[state] is the write that takes a pending or retrying job out of the one it is in.
@@ -142,8 +142,8 @@ local function advance_key(a, ckey)
   for moved = 0, L.KEY_STEPS - 1 do
     local nxt = rcall('ZRANGE', q, 0, 0, 'WITHSCORES')
     if #nxt == 0 then return moved end
-    local j = job_fields(a, nxt[1], {'state', 'name'})
-    local limit = key_limit(a, j and j.name or '')
+    local j = job_fields(a, nxt[1])
+    local limit = key_limit(a, j and j.spec[S.name] or '')
     if limit > 0 and tonumber(rcall('HGET', a.krun, ckey) or '0') >= limit then return moved end
     rcall('ZREM', q, nxt[1])
     bump(a.counts, N.HELD_BY_KEY, -1)

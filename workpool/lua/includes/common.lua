@@ -45,14 +45,6 @@ local function fields_of(flat)
   return f
 end
 
--- Fields `names` of hash `key` as a table, read with one HMGET (missing ones are false).
-local function read_fields(key, names)
-  local h = rcall('HMGET', key, unpack(names))
-  local t = {}
-  for i, name in ipairs(names) do t[name] = h[i] end
-  return t
-end
-
 -- Append every item of `items` to array `out`; returns `out`.
 local function append_all(out, items)
   for _, v in ipairs(items) do out[#out + 1] = v end

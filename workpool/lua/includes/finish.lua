@@ -81,20 +81,20 @@ local function deferring(ctx)
   ctx.unrun = {'ZREM', ctx.running}
 end
 
--- Job fields the end of an attempt needs, read with one HMGET (missing ones are false).
-local ATTEMPT_FIELDS = {'state', 'attempts', 'dispatch', 'ckey', 'on_complete', 'timeout_ms',
-                        'max_attempts', 'backoff_ms', 'base', 'max_backoff_ms', 'cancel'}
+-- What the end of an attempt needs of the job whose hash is `jk` (started_fields; {} for a job
+-- with no hash).
 local function attempt_fields(jk)
-  return read_fields(jk, ATTEMPT_FIELDS)
+  return started_fields(jk) or {}
 end
 
 -- The job's attempt ends: it leaves the running set and its dispatch entry is closed.
 -- `j` holds the job's fields (attempt_fields).
 local function end_attempt(ctx, id, j)
   if ctx.defer then defer(ctx.defer, ctx.unrun, id) else rcall('ZREM', ctx.running, id) end
-  if j.timeout_ms and j.timeout_ms ~= '0' then rcall('ZREM', ctx.deadlines, id) end
+  local s = j.spec
+  if (tonumber(s[S.timeout_ms]) or 0) > 0 then rcall('ZREM', ctx.deadlines, id) end
   drop_entry(ctx, j.dispatch)
-  if j.ckey and j.ckey ~= '' then key_running(adm_of(ctx), j.ckey, -1) end
+  if s[S.ckey] and s[S.ckey] ~= '' then key_running(adm_of(ctx), s[S.ckey], -1) end
 end
 
 -- The one place a job becomes terminal (done or canceled). It records the on_complete delivery
@@ -119,8 +119,10 @@ end
 -- base^(attempts - 1) * jitter, never more than the job's max_backoff_ms (L.MAX_RETRY_DELAY_MS
 -- for a job without one). A product that overflows is the cap, never inf or NaN.
 local function retry_delay(ctx, id, j, attempts)
-  local backoff, base = tonumber(j.backoff_ms) or 0, tonumber(j.base) or 1
-  local cap = math.min(tonumber(j.max_backoff_ms) or L.MAX_RETRY_DELAY_MS, L.MAX_RETRY_DELAY_MS)
+  local s = j.spec
+  local backoff, base = tonumber(s[S.backoff_ms]) or 0, tonumber(s[S.base]) or 1
+  local cap = math.min(tonumber(s[S.max_backoff_ms]) or L.MAX_RETRY_DELAY_MS,
+                       L.MAX_RETRY_DELAY_MS)
   local d = 0
   if backoff > 0 then d = backoff * base ^ (attempts - 1) * jitter(ctx.seed, id, attempts) end
   if not (d <= cap) then d = cap end
@@ -131,7 +133,8 @@ end
 -- `j` holds the job's fields (attempt_fields). Everything is decided before the first write.
 local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
   local attempts = tonumber(j.attempts) or 0
-  local retry = retryable and j.cancel ~= '1' and attempts < (tonumber(j.max_attempts) or 1)
+  local retry = retryable and j.cancel ~= '1' and
+    attempts < (tonumber(j.spec[S.max_attempts]) or 1)
   local due = retry and ctx.now + retry_delay(ctx, id, j, attempts)
   err, etype = string.sub(err, 1, L.MAX_ERROR_BYTES), string.sub(etype, 1, 200)
   end_attempt(ctx, id, j)
@@ -143,7 +146,7 @@ local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
     bump(ctx.counts, N.RETRYING)
     return C.RETRY_SCHEDULED
   end
-  finish(ctx, id, jk, 'done', 'failed', j.on_complete, {'error', err, 'error_type', etype})
+  finish(ctx, id, jk, 'done', 'failed', j.spec[S.on_complete], {'error', err, 'error_type', etype})
   return C.FAILED
 end
 
