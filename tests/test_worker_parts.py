@@ -30,7 +30,7 @@ from workpool.worker.liveness import Liveness, still_current
 from workpool.worker.outbox import Outbox
 from workpool.worker.outcome import Outcome
 from workpool.worker.reader import Reader
-from workpool.worker.threads import THREAD_PREFIX, JobThreads
+from workpool.worker.threads import THREAD_PREFIX, AttemptTimedOut, JobThreads
 
 LOG = logger(test="worker-parts")
 Entry = dict[str, bytes]
@@ -613,6 +613,49 @@ def test_a_job_past_its_timeout_ends_as_timeout_and_a_stuck_thread_is_counted(
                 release.set()
             await until(lambda: p.threads.stuck == 0, what="the thread came back")
             assert p.changes == 2
+
+    run(main())
+
+
+def test_sync_calls_ending_together_each_get_their_own_result_or_error() -> None:
+    """Calls that end while the loop is busy come back in one wake-up: each still gets its own
+    result or exception, and a call given up on before its thread took it never runs."""
+    ran: list[int] = []
+    gate = threading.Barrier(8)
+
+    def work(i: int) -> int:
+        gate.wait(5)  # eight end at once: their returns pile up for one drain
+        ran.append(i)
+        if i % 3 == 0:
+            raise ValueError(i)
+        return i * 10
+
+    async def one(threads: JobThreads, i: int) -> object:
+        try:
+            return await threads.run(work, (i,), {}, None)
+        except ValueError as exc:
+            return exc.args
+
+    async def main() -> None:
+        threads = JobThreads(8, lambda: None)
+        try:
+            got = await asyncio.gather(*(one(threads, i) for i in range(64)))
+            assert got == [(i,) if i % 3 == 0 else i * 10 for i in range(64)]
+            release = threading.Event()
+            hold = [asyncio.ensure_future(threads.run(release.wait, (10,), {}, None))
+                    for _ in range(8)]
+            with pytest.raises(AttemptTimedOut):  # every thread is busy: it never starts
+                await threads.run(ran.append, (-1,), {}, 0.05)
+            release.set()
+            assert await asyncio.gather(*hold) == [True] * 8
+            # Eight more meet at the barrier, so each thread has finished whatever it took
+            # before them, the call given up on included, had it been run.
+            more = range(100, 108)
+            assert await asyncio.gather(*(one(threads, i) for i in more)) == \
+                [(i,) if i % 3 == 0 else i * 10 for i in more]
+            assert -1 not in ran
+        finally:
+            threads.shutdown()
 
     run(main())
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -87,12 +89,17 @@ async def bounded(work: Awaitable[T], timeout: float | None) -> T:
 
 class JobThreads:
     """`size` threads for sync jobs and handlers; `stuck` counts those still busy with an
-    attempt that ended. `on_change` is called (on the event loop) whenever that count changes."""
+    attempt that ended. `on_change` is called (on the event loop) whenever that count changes.
+    Calls that end while the loop is busy come back in one wake-up of the loop, not one each:
+    a wake-up is a write to the loop's self-pipe, a system call per job otherwise."""
 
     def __init__(self, size: int, on_change: Callable[[], None]) -> None:
         self._pool = ThreadPoolExecutor(size, thread_name_prefix=THREAD_PREFIX)
         self._stuck: set[Future[Any]] = set()
         self._on_change = on_change
+        self._ended: deque[tuple[asyncio.Future[Any], Future[Any]]] = deque()
+        self._lock = threading.Lock()
+        self._woken = False  #: a drain of `_ended` is scheduled on the loop
 
     @property
     def stuck(self) -> int:
@@ -105,14 +112,41 @@ class JobThreads:
         loop = asyncio.get_running_loop()
         call = partial(contextvars.copy_context().run, fn, *args, **kwargs)
         future = self._pool.submit(call)
+        waiter: asyncio.Future[T] = loop.create_future()
+        waiter.add_done_callback(lambda w: future.cancel() if w.cancelled() else None)
+        future.add_done_callback(partial(self._ended_on_thread, loop, waiter))
         try:
-            return await bounded(asyncio.wrap_future(future), timeout)
+            return await bounded(waiter, timeout)
         finally:
             if not future.done():  # the attempt ended, the thread goes on: count it
                 self._stuck.add(future)
                 future.add_done_callback(
                     lambda f: loop.call_soon_threadsafe(self._came_back, f))
                 self._on_change()
+
+    def _ended_on_thread(self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any],
+                         future: Future[Any]) -> None:
+        """A call ended (on its thread): queued for the loop, which is woken once per drain."""
+        self._ended.append((waiter, future))
+        with self._lock:
+            wake, self._woken = not self._woken, True
+        if wake:
+            loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """On the loop: every call ended since the wake-up passes its outcome to its waiter."""
+        with self._lock:
+            self._woken = False
+        while self._ended:
+            waiter, future = self._ended.popleft()
+            if waiter.done():  # given up on (a timeout, a cancel)
+                continue
+            if future.cancelled():
+                waiter.cancel()
+            elif (exc := future.exception()) is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(future.result())
 
     def _came_back(self, future: Future[Any]) -> None:
         self._stuck.discard(future)
