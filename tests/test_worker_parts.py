@@ -641,13 +641,18 @@ def test_sync_calls_ending_together_each_get_their_own_result_or_error() -> None
         try:
             got = await asyncio.gather(*(one(threads, i) for i in range(64)))
             assert got == [(i,) if i % 3 == 0 else i * 10 for i in range(64)]
-            release = threading.Event()
-            hold = [asyncio.ensure_future(threads.run(release.wait, (10,), {}, None))
-                    for _ in range(8)]
+            release, holding = threading.Event(), []
+
+            def hold() -> bool:
+                holding.append(1)
+                return release.wait(10)
+
+            held = [asyncio.ensure_future(threads.run(hold, (), {}, None)) for _ in range(8)]
+            await until(lambda: len(holding) == 8, what="every thread held")
             with pytest.raises(AttemptTimedOut):  # every thread is busy: it never starts
                 await threads.run(ran.append, (-1,), {}, 0.05)
             release.set()
-            assert await asyncio.gather(*hold) == [True] * 8
+            assert await asyncio.gather(*held) == [True] * 8
             # Eight more meet at the barrier, so each thread has finished whatever it took
             # before them, the call given up on included, had it been run.
             more = range(100, 108)

@@ -87,6 +87,16 @@ async def bounded(work: Awaitable[T], timeout: float | None) -> T:
     return task.result()
 
 
+def _to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """From a job thread: `fn(*args)` on the loop, unless the loop is closed (the worker is
+    gone: nothing waits for the call any more)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
+
+
 class JobThreads:
     """`size` threads for sync jobs and handlers; `stuck` counts those still busy with an
     attempt that ended. `on_change` is called (on the event loop) whenever that count changes.
@@ -120,8 +130,7 @@ class JobThreads:
         finally:
             if not future.done():  # the attempt ended, the thread goes on: count it
                 self._stuck.add(future)
-                future.add_done_callback(
-                    lambda f: loop.call_soon_threadsafe(self._came_back, f))
+                future.add_done_callback(lambda f: _to_loop(loop, self._came_back, f))
                 self._on_change()
 
     def _ended_on_thread(self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any],
@@ -131,7 +140,7 @@ class JobThreads:
         with self._lock:
             wake, self._woken = not self._woken, True
         if wake:
-            loop.call_soon_threadsafe(self._drain)
+            _to_loop(loop, self._drain)
 
     def _drain(self) -> None:
         """On the loop: every call ended since the wake-up passes its outcome to its waiter."""
