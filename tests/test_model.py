@@ -829,7 +829,8 @@ class WorkpoolModel(RuleBasedStateMachine):
         first_cb = int(zset_order(self.cb_due)[0][1]) if self.cb_due else None
         assert reply == StartReply(Code.OK, len(plan.started), len(self.running), plan.maxp,
                                    first_due, first_cb, self.now, plan.next_admission,
-                                   plan.promoted, plan.started)
+                                   plan.promoted, len(self.requests), len(self.outcomes),
+                                   plan.started)
         assert reply.running <= max(plan.maxp, running)
         if len(plan.started) < plan.free and not plan.pool_dry:  # no lost wake-up
             assert not [i for i in self.adm.ready

@@ -17,23 +17,28 @@
 -- KEYS[6] deadlines      ZSET    id -> earliest time (ms) its timeout could pass
 -- KEYS[7] callbacksDue   ZSET    id -> time (ms) a failed delivery is tried again
 -- KEYS[8] stats          HASH    counters
--- Derived from ARGV[2] (same hash tag): the admission keys listed in includes/admission.lua.
+-- Derived from ARGV[2] (same hash tag): the admission keys listed in includes/admission.lua,
+-- and pendingStart and pendingCompletion (only their lengths are read).
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max promotions, starts and deliveries in this call (integer)
 -- ARGV[4] now            ms since epoch, or '' for Redis TIME
 -- Returns R.start {code, started, running, max_parallelism, next_due_ms, next_callback_ms,
--- now_ms, next_admission_ms, promoted, ids...} with -1 for "nothing scheduled";
--- next_admission_ms is when a rate limit lets a held job go; promoted counts the steps moving
--- jobs towards `ready` (a full batch: call again at once). code is NOT_LEADER (nothing
--- written) or OK; a bad argument is an error reply, nothing written.
+-- now_ms, next_admission_ms, promoted, requests_waiting, outcomes_waiting, ids...} with -1 for
+-- "nothing scheduled"; next_admission_ms is when a rate limit lets a held job go; promoted
+-- counts the steps moving jobs towards `ready` (a full batch: call again at once);
+-- requests_waiting and outcomes_waiting are the entries of pendingStart and pendingCompletion
+-- not applied yet (the main loop calls ingestRequests and applyOutcomes only while there are).
+-- code is NOT_LEADER (nothing written) or OK; a bad argument is an error reply, nothing
+-- written.
 -- @include common
 -- @include admission
 
 if not holds_lease(KEYS[1], ARGV[1]) then
   return reply(R.start, {code = C.NOT_LEADER, started = 0, running = 0, max_parallelism = 0,
                          next_due_ms = -1, next_callback_ms = -1, now_ms = 0,
-                         next_admission_ms = -1, promoted = 0})
+                         next_admission_ms = -1, promoted = 0, requests_waiting = 0,
+                         outcomes_waiting = 0})
 end
 local prefix = ARGV[2]
 local batch = arg_int(3, 1, 100000)
@@ -198,4 +203,6 @@ flush_counts(KEYS[8], counts)
 return reply(R.start, {code = C.OK, started = #started, running = running + #started,
                        max_parallelism = maxp, next_due_ms = first_score(KEYS[3]),
                        next_callback_ms = first_score(KEYS[7]), now_ms = now,
-                       next_admission_ms = next_admission, promoted = moved + #due}, started)
+                       next_admission_ms = next_admission, promoted = moved + #due,
+                       requests_waiting = rcall('XLEN', prefix .. K.pending_start),
+                       outcomes_waiting = rcall('XLEN', prefix .. K.pending_completion)}, started)

@@ -4,7 +4,9 @@
    runs checks the lease token, so a paused or partitioned old holder is rejected by Redis.
 2. Each tick sends one pipeline (one round trip): renew the lease when due, apply client
    requests, apply worker outcomes, start due jobs into free slots, and reap lost attempts
-   when due. Each script bounds its work to one batch.
+   when due. Each script bounds its work to one batch. Requests and outcomes are applied
+   only while their stream holds entries (startJobs reports both lengths; the XREAD that
+   ends an idle wait says which woke it): an idle call costs Redis as much as ~40 jobs' work.
 3. When a tick leaves nothing to do, it blocks on XREAD over both request streams until a new
    entry arrives or the next timer (due job, callback retry, reap, lease renewal) fires.
 """
@@ -18,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import redis.asyncio
 from redis.exceptions import ResponseError
@@ -31,18 +33,23 @@ from workpool.server.backoff import Backoff, expected, pause
 from workpool.server.connection import async_client
 from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
+from workpool.wire.protocol import text
 from workpool.wire.replies import BatchReply, LeaseReply, ReapReply, StartReply
 from workpool.wire.scripts import Call, Replies, arun
 
 T = TypeVar("T")
+_NOTHING = BatchReply(Code.OK, 0, "", [])  #: a stream with no entries: its script not called
 
 
 @dataclass
 class _Cursor:
-    """Last applied entry id per stream: XREAD wakes only for entries after them."""
+    """Last applied entry id per stream: XREAD wakes only for entries after them; and whether
+    each stream may hold entries not applied yet (its script is called only then)."""
 
     start: str = "0-0"
     completion: str = "0-0"
+    requests: bool = True
+    outcomes: bool = True
 
 
 class MainLoop:
@@ -156,8 +163,9 @@ class MainLoop:
         reap_now = now >= self._reap_at and self._clock is not None  # first, learn Redis's clock
         calls = Replies()
         renewed = calls.add(self._acquire()) if now >= self._renew_at else None
-        ingested = calls.add(self.engine.ingest(token))
-        applied = calls.add(self.engine.apply(token, seed))
+        cursor = self._cursor
+        ingested = calls.add(self.engine.ingest(token)) if cursor.requests else None
+        applied = calls.add(self.engine.apply(token, seed)) if cursor.outcomes else None
         started = calls.add(self.engine.start(token))
         reaped = calls.add(self.engine.reap(token, seed, sent_ms=self._reap_sent_ms())) \
             if reap_now else None
@@ -170,7 +178,9 @@ class MainLoop:
             self._renew_at = now + self.config.lease_ttl / 3
             if self._writing_since is None:  # writes land again (after an error or a stall)
                 self._writing_since = now
-        ingest, apply_, start = ingested.value, applied.value, started.value
+        ingest = ingested.value if ingested is not None else _NOTHING
+        apply_ = applied.value if applied is not None else _NOTHING
+        start = started.value
         if Code.NOT_LEADER in (ingest.code, apply_.code, start.code):
             self._lose("fencing rejected a script")
             return
@@ -183,8 +193,9 @@ class MainLoop:
         for job_id in start.ids:
             self.log.debug("transition", job=job_id, transition="start")
         await self._cron(client, start.now_ms)
-        self._cursor.start = ingest.last_entry_id or self._cursor.start
-        self._cursor.completion = apply_.last_entry_id or self._cursor.completion
+        cursor.start = ingest.last_entry_id or cursor.start
+        cursor.completion = apply_.last_entry_id or cursor.completion
+        cursor.requests, cursor.outcomes = start.requests_waiting > 0, start.outcomes_waiting > 0
         batch = self.engine.settings.batch
         if (ingest.applied >= batch or apply_.applied >= batch or start.started >= batch
                 or start.promoted >= batch):
@@ -256,10 +267,13 @@ class MainLoop:
     async def _idle(self, client: redis.asyncio.Redis, stop: asyncio.Event, ms: int) -> None:
         if stop.is_set():
             return
-        keys = self.config.keys
-        await self._timed(client.xread({keys.pending_start: self._cursor.start,
-                                        keys.pending_completion: self._cursor.completion},
-                                       count=1, block=ms), ms / 1000)
+        keys, cursor = self.config.keys, self._cursor
+        woken = await self._timed(client.xread({keys.pending_start: cursor.start,
+                                                keys.pending_completion: cursor.completion},
+                                               count=1, block=ms), ms / 1000)
+        streams = {text(name) for name, _ in cast("list[tuple[bytes, object]]", woken or [])}
+        cursor.requests = cursor.requests or keys.pending_start in streams
+        cursor.outcomes = cursor.outcomes or keys.pending_completion in streams
 
     async def _release(self, client: redis.asyncio.Redis) -> None:
         if self.token is None:

@@ -78,6 +78,8 @@ class StartReply:
     now_ms: int
     next_admission_ms: int | None  #: when a rate limit lets a held job go
     promoted: int  #: due jobs moved towards the ready set by this call
+    requests_waiting: int  #: entries in pendingStart not applied yet, as the call ends
+    outcomes_waiting: int  #: entries in pendingCompletion not applied yet, as the call ends
     ids: list[str] = field(metadata=_TAIL)
 
 
