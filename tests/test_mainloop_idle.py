@@ -8,6 +8,7 @@ from helpers import Pools, eventually
 from helpers.loop import main_loop
 
 from workpool import State
+from workpool.server.embedded import RedisServer
 
 
 def _calls(r: redis.Redis, command: str) -> int:
@@ -16,9 +17,11 @@ def _calls(r: redis.Redis, command: str) -> int:
 
 
 def test_an_idle_main_loop_reads_neither_stream_yet_applies_a_new_entry_at_once(
-        pools: Pools, redis_client: redis.Redis) -> None:
-    pool = pools("idle-loop")
+        pools: Pools, own_server: RedisServer) -> None:
+    # a server of its own: the commands counted are this loop's alone
+    pool = pools("idle-loop", redis_url=own_server.url)
     pool.job(name="work")(lambda: None)
+    redis_client = pool.redis
     with main_loop(pool, reap_interval=0.1):  # a tick every 0.1 s at least: the reaper's
         eventually(lambda: _calls(redis_client, "xrange") >= 2,
                    what="the first tick, which reads both streams (nothing is known yet)")
