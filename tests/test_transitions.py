@@ -215,6 +215,18 @@ def test_an_entry_that_raises_is_set_aside_and_the_jobs_around_it_are_fully_admi
     assert {text(m) for m in p.r.hkeys(p.keys.unstarted)} == {before, after}
 
 
+def test_start_reports_a_clobbered_request_stream_as_waiting_and_writes_all_it_meant_to(
+    p: Pool,
+) -> None:
+    job_id = p.client.enqueue("work", 1)
+    p.ingest(p.clock())
+    p.r.delete(p.keys.pending_completion)
+    p.r.set(p.keys.pending_completion, "not a stream")  # XLEN on it raises WRONGTYPE
+    reply = p.start(p.clock())  # its stream lengths are read after its writes: never raising
+    assert (reply.ids, reply.requests_waiting, reply.outcomes_waiting) == ([job_id], 0, 1)
+    assert p.state(job_id) == "running"
+
+
 def test_an_entry_of_thousands_of_fields_is_set_aside_bounded_and_the_stream_goes_on(
     p: Pool,
 ) -> None:

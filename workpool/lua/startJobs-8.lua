@@ -193,6 +193,14 @@ for _, id in ipairs(deliveries) do
   end
 end
 
+-- Entries of a request stream not applied yet, read after this call's writes, so never
+-- raising: a key clobbered by someone else counts as waiting (the script that reads it then
+-- sets the problem out, as before).
+local function waiting(stream)
+  local n = redis.pcall('XLEN', stream)
+  return type(n) == 'number' and n or 1
+end
+
 local function first_score(key)
   local r = rcall('ZRANGE', key, 0, 0, 'WITHSCORES')
   if #r == 0 then return -1 end
@@ -204,5 +212,5 @@ return reply(R.start, {code = C.OK, started = #started, running = running + #sta
                        max_parallelism = maxp, next_due_ms = first_score(KEYS[3]),
                        next_callback_ms = first_score(KEYS[7]), now_ms = now,
                        next_admission_ms = next_admission, promoted = moved + #due,
-                       requests_waiting = rcall('XLEN', prefix .. K.pending_start),
-                       outcomes_waiting = rcall('XLEN', prefix .. K.pending_completion)}, started)
+                       requests_waiting = waiting(prefix .. K.pending_start),
+                       outcomes_waiting = waiting(prefix .. K.pending_completion)}, started)
