@@ -802,6 +802,24 @@ def test_a_batch_entry_applies_each_outcome_it_carries_and_sets_aside_what_is_ma
     assert p.r.xlen(p.keys.pending_completion) == 0
 
 
+def test_a_batched_outcome_that_raises_is_set_aside_alone_and_the_rest_are_applied(
+        p: Pool) -> None:
+    first, _ = p.running_job(1)
+    p.r.set(p.keys.job("clobbered"), "not a hash")  # HMGET on it raises WRONGTYPE
+    last, _ = p.running_job(3)
+    items = [["kind", "run", "id", job_id, "attempt", "1", "ok", "1", "result", b"\xc0"]
+             for job_id in (first, "clobbered", last)]
+    p.r.xadd(p.keys.pending_completion,
+             {"kind": "batch", "o": msgpack.packb(items, use_bin_type=False)})
+    reply = p.apply(p.clock())
+    assert reply.outcomes == [(first, Code.SUCCEEDED), ("clobbered", Code.REJECTED),
+                              (last, Code.SUCCEEDED)]
+    assert (p.state(first), p.state(last)) == (SUCCEEDED, SUCCEEDED)
+    ((_, record),) = entries(p.r.xrange(p.keys.rejected))
+    assert "WRONGTYPE" in text(record["reason"])
+    assert p.r.xlen(p.keys.pending_completion) == 0
+
+
 def test_a_batch_entry_of_up_to_the_protocol_maximum_applies_whole_whatever_the_batch(
     p: Pool,
 ) -> None:

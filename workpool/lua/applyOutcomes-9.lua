@@ -145,7 +145,7 @@ local function batch_outcome(entry_id, f, flat)
     if g then
       local handler = single[g.kind]
       id = g.id or entry_id
-      if handler then code = handler(entry_id, g, item)
+      if handler then code = apply_one(handler, reject, entry_id, g, item)
       else code = reject(entry_id, item, 'unknown kind ' .. tostring(g.kind)) end
     else
       reject(entry_id, {'o', tostring(item)}, 'an outcome must be a flat array of strings')

@@ -127,6 +127,15 @@ local function trim_through(stream, last_id)
   rcall('XDEL', stream, last_id)
 end
 
+-- What `handler` returns for an entry (or a batched item), or, if applying it raises (a key of
+-- the wrong type written by someone else, say), the code of setting it aside: the rest of the
+-- batch goes on. Handlers check everything before their first write.
+local function apply_one(handler, reject, entry_id, f, flat)
+  local ok, got = pcall(handler, entry_id, f, flat)
+  if ok then return got end
+  return reject(entry_id, flat, 'could not be applied: ' .. tostring(got))
+end
+
 local function entry_bytes(flat)
   local n = 0
   for i = 1, #flat do n = n + #flat[i] end
@@ -151,11 +160,7 @@ local function apply_entries(stream, batch, field, default, handlers, reject)
       local f = fields_of(flat)
       local handler = handlers[f[field] or default]
       local code
-      if handler then
-        -- Last resort: an entry whose application raises (a key of the wrong type written by
-        -- someone else, say) is set aside and the batch goes on.
-        local ok, got = pcall(handler, entry_id, f, flat)
-        code = ok and got or reject(entry_id, flat, 'could not be applied: ' .. tostring(got))
+      if handler then code = apply_one(handler, reject, entry_id, f, flat)
       else code = reject(entry_id, flat, 'unknown ' .. field .. ' ' .. tostring(f[field])) end
       if type(code) == 'table' then
         for i = 1, #code, 2 do
