@@ -958,6 +958,25 @@ def test_a_malformed_worker_outcome_is_set_aside_and_the_batch_goes_on(p: Pool) 
 # -- lost attempts ------------------------------------------------------------------------------
 
 
+def test_a_lost_attempt_whose_job_key_was_clobbered_is_set_aside_and_the_reap_goes_on(
+    p: Pool,
+) -> None:
+    first, second = p.client.enqueue("work", 1), p.client.enqueue("work", 2)
+    t = p.clock()
+    p.ingest(t)
+    assert sorted(p.start(t).ids) == sorted([first, second])
+    taken = [text(f["id"]) for _, f in p.deliver("w1")]  # w1 never beats: it is dead
+    broken, other = taken
+    p.r.delete(p.keys.job(broken))
+    p.r.set(p.keys.job(broken), "not a hash")  # HMGET on it raises WRONGTYPE
+    assert p.reap(t + 100) == ReapReply(Code.OK, 0, 1, 0)
+    assert p.state(other) == RETRYING
+    ((_, record),) = entries(p.r.xrange(p.keys.rejected))
+    assert "WRONGTYPE" in text(record["reason"])
+    assert p.held() == 0  # its entry dropped: the next reap does not trip on it again
+    assert p.reap(t + 200) == ReapReply(Code.OK, 0, 0, 0)
+
+
 @covers("lose", Code.RETRY_SCHEDULED)
 def test_an_attempt_held_by_a_worker_without_heartbeat_fails_as_worker_lost_and_is_retried(
     p: Pool,

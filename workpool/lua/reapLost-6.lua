@@ -38,7 +38,9 @@
 --                        then taken as "no leader reaped" (heartbeats went on), unless this
 --                        call itself waited (now - sent >= grace / 2: Redis was frozen)
 -- Derived from ARGV[2] (same hash tag): suspects (HASH consumer -> ms first seen silent) and
--- reapedAt (STRING, ms of the previous reap), written only when grace > 0.
+-- reapedAt (STRING, ms of the previous reap), written only when grace > 0; rejected (STREAM),
+-- where a job or entry the reaper cannot read (a key of the wrong type) is set aside, its
+-- deadline or entry dropped, so one broken key cannot fail every reap.
 -- Returns R.reap {code, timed_out, lost, redelivered}; code is NOT_LEADER (nothing written) or OK.
 -- @include common
 -- @include finish
@@ -69,10 +71,19 @@ if grace > 0 then
   rcall('SET', prefix .. K.reaped_at, ctx.now)
 end
 
+-- A job or entry the reaper cannot read (its key holds the wrong type, written by someone
+-- else) is set aside in the rejected record once, its pointer dropped: one broken key must not
+-- fail every later reap, and with it the recovery of every lost attempt.
+local function set_aside_unreadable(what, err, drop)
+  drop()
+  set_aside(prefix .. K.rejected, what, {}, 'the reaper could not read it: ' .. tostring(err),
+            ctx.counts)
+end
+
 -- Per-job timeouts, measured from delivery to a worker (not from dispatch).
 local ids = {}
 if not afresh then ids = rcall('ZRANGEBYSCORE', KEYS[4], '-inf', ctx.now, 'LIMIT', 0, batch) end
-for _, id in ipairs(ids) do
+local function check_deadline(id)
   local jk = prefix .. K.job .. id
   local j = attempt_fields(jk)
   local timeout = j.spec and tonumber(j.spec[S.timeout_ms]) or 0
@@ -89,6 +100,12 @@ for _, id in ipairs(ids) do
     else
       rcall('ZADD', KEYS[4], ctx.now + timeout + 2 * grace - tonumber(p[1][3]), id)
     end
+  end
+end
+for _, id in ipairs(ids) do
+  local ok, err = pcall(check_deadline, id)
+  if not ok then
+    set_aside_unreadable('deadline of ' .. id, err, function() rcall('ZREM', KEYS[4], id) end)
   end
 end
 
@@ -146,7 +163,12 @@ for _, c in ipairs(summary[4] or {}) do
   local consumer = c[1]
   if lost_now(consumer) then
     local entries = rcall('XPENDING', KEYS[2], group, '-', '+', budget, consumer)
-    for _, p in ipairs(entries) do recover(consumer, p[1]) end
+    for _, p in ipairs(entries) do
+      local ok, err = pcall(recover, consumer, p[1])
+      if not ok then
+        set_aside_unreadable(p[1], err, function() drop_entry(ctx, p[1]) end)
+      end
+    end
     budget = budget - #entries
     if #entries == tonumber(c[2]) then
       rcall('XGROUP', 'DELCONSUMER', KEYS[2], group, consumer)
