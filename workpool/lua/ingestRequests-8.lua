@@ -284,7 +284,7 @@ local function cancel(entry_id, f, flat)
     unqueue(ctx.adm, id, state, j.spec[S.name], j.spec[S.ckey])
     local extra = {'cancel', '1', 'cancel_attempt', j.attempts or 0}
     if state == 'retrying' then bump(ctx.counts, N.RETRYING, -1)
-    else append_all(extra, {'attempts', 0, 'spec', j.packed}) end  -- never started: its spec moves in
+    else append_all(extra, {'attempts', 0, 'spec', j.packed}) end  -- its spec moves in
     finish(ctx, id, jk, 'canceled', 'canceled', j.spec[S.on_complete], extra)
     return C.CANCELED
   elseif state == 'running' and j.cancel ~= '1' then

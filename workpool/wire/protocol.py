@@ -140,9 +140,10 @@ ENQUEUE_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "c
                   "max_attempts", "initial_backoff_ms", "base", "max_backoff_ms", "timeout_ms",
                   "run_at_ms", "run_after_ms", "priority", "concurrency_key")
 
-#: Field order of a job's spec: what was asked for at enqueue, packed once as one msgpack array and
-#: never rewritten (the `unstarted` hash holds it while the job is pending, its hash's `spec`
-#: field after). The scripts get it as `SPEC` (lua_prelude), lua/includes/spec.lua packs by it.
+#: Field order of a job's spec: what was asked for at enqueue, packed once as one msgpack array
+#: and never rewritten (the `unstarted` hash holds it while the job is pending, its hash's
+#: `spec` field after). The scripts get it as `SPEC` (lua_prelude); lua/includes/spec.lua packs
+#: by it.
 SPEC_FIELDS = ("name", "enc", "max_attempts", "backoff_ms", "base", "timeout_ms",
                "enqueued_at", "due_at", "priority", "seq", "args", "kwargs", "context",
                "on_complete", "ckey", "max_backoff_ms")

@@ -37,8 +37,9 @@ end
 -- cost ~6 us a job. Acknowledged entries the trim cannot reach are deleted one by one: one no
 -- worker has read yet (its attempt ended without it: no worker may run it now), and, once an
 -- attempt pending for long pins the trim point with more than L.DISPATCH_SLACK entries not
--- pending behind it, all of this call's, so the stream stays bounded whatever runs for long. A script that
--- drops entries at once (the reaper) calls it too: the entry it dropped may have pinned others.
+-- pending behind it, all of this call's, so the stream stays bounded whatever runs for long.
+-- A script that drops entries at once (the reaper) calls it too: the entry it dropped may have
+-- pinned others.
 local function trim_dispatch(ctx)
   local acked = ctx.acked or {}
   if ctx.acked and #acked == 0 then return end
