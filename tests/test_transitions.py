@@ -38,7 +38,7 @@ from helpers.scripts import (
 from workpool import Retry, State, Workpool
 from workpool.core.schedule import CronJob, parse_schedule
 from workpool.mainloop.cron import TickDecision, tick_call
-from workpool.wire import limits
+from workpool.wire import limits, protocol
 from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.keys import GROUP, Keys
@@ -213,6 +213,29 @@ def test_an_entry_that_raises_is_set_aside_and_the_jobs_around_it_are_fully_admi
     assert p.score(p.keys.ready, before) is not None
     assert p.score(p.keys.ready, after) is not None
     assert {text(m) for m in p.r.hkeys(p.keys.unstarted)} == {before, after}
+
+
+def test_a_job_hash_written_before_specs_were_packed_is_still_read_to_its_end(p: Pool) -> None:
+    """An upgrade keeps jobs in flight: a hash of the earlier form (the spec's fields flat, no
+    `spec`) is retried, started again with its arguments, and finished."""
+    job_id, t = p.running_job(7)
+    jk = p.keys.job(job_id)
+    packed = p.r.hget(jk, "spec")
+    assert isinstance(packed, bytes)
+    p.r.hdel(jk, "spec")
+    for name, value in protocol.spec_fields(packed).items():  # as the earlier engine wrote it
+        p.r.hset(jk, name, value)
+    p.finish_run(job_id, 1, ok=False)
+    assert p.apply(t).codes == [Code.RETRY_SCHEDULED]  # its retry policy read flat
+    due = retry_due(t, job_id, 1)
+    assert p.score(p.keys.due, job_id) == due
+    assert p.start(due).ids == [job_id]
+    ((_, f),) = p.dispatched("run")[-1:]
+    assert (f["name"], decode(f["args"], "msgpack"), f["attempt"]) == (b"work", [7], b"2")
+    p.finish_run(job_id, 2, ok=True, result=70)
+    assert p.apply(due).codes == [Code.SUCCEEDED]
+    h = p.job(job_id)
+    assert (h["state"], h["name"], decode(h["result"], "msgpack")) == (b"done", b"work", 70)
 
 
 def test_start_reports_a_clobbered_request_stream_as_waiting_and_writes_all_it_meant_to(
