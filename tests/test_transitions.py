@@ -984,10 +984,7 @@ def test_a_malformed_worker_outcome_is_set_aside_and_the_batch_goes_on(p: Pool) 
 def test_a_lost_attempt_whose_job_key_was_clobbered_is_set_aside_and_the_reap_goes_on(
     p: Pool,
 ) -> None:
-    first, second = p.client.enqueue("work", 1), p.client.enqueue("work", 2)
-    t = p.clock()
-    p.ingest(t)
-    assert sorted(p.start(t).ids) == sorted([first, second])
+    t = p.two_started()
     taken = [text(f["id"]) for _, f in p.deliver("w1")]  # w1 never beats: it is dead
     broken, other = taken
     p.r.delete(p.keys.job(broken))
@@ -1004,10 +1001,7 @@ def test_a_lost_attempt_whose_job_key_was_clobbered_is_set_aside_and_the_reap_go
 def test_an_attempt_held_by_a_worker_without_heartbeat_fails_as_worker_lost_and_is_retried(
     p: Pool,
 ) -> None:
-    first, second = p.client.enqueue("work", 1), p.client.enqueue("work", 2)
-    t = p.clock()
-    p.ingest(t)
-    assert sorted(p.start(t).ids) == sorted([first, second])
+    t = p.two_started()
     ((_, gone),) = p.deliver("w1", count=1)  # w1 never set its heartbeat: it is dead
     p.beat("w2")
     ((_, alive),) = p.deliver("w2", count=1)

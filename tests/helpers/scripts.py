@@ -184,6 +184,15 @@ class Pool:
             assert [f["id"] for _, f in self.deliver(worker)] == [job_id.encode()]
         return job_id, t
 
+    def two_started(self) -> int:
+        """Enqueue, ingest and start two jobs at Redis's clock (no worker has them yet); returns
+        that time."""
+        first, second = self.client.enqueue("work", 1), self.client.enqueue("work", 2)
+        t = self.clock()
+        self.ingest(t)
+        assert sorted(self.start(t).ids) == sorted([first, second])
+        return t
+
     def delivering(self, handler: str) -> tuple[str, int]:
         """A job that succeeded at time `t` (returned with it), its on_complete delivery 1
         taken by worker w1."""
