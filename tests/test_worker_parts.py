@@ -617,6 +617,23 @@ def test_a_job_past_its_timeout_ends_as_timeout_and_a_stuck_thread_is_counted(
     run(main())
 
 
+def test_a_sync_call_raising_stop_iteration_ends_with_an_error_instead_of_hanging() -> None:
+    def exhausted() -> int:
+        return next(iter([]))  # raises StopIteration, which no asyncio future can carry
+
+    async def main() -> None:
+        threads = JobThreads(1, lambda: None)
+        try:
+            with pytest.raises(RuntimeError, match="StopIteration") as raised:
+                await asyncio.wait_for(threads.run(exhausted, (), {}, None), 5.0)
+            assert isinstance(raised.value.__cause__, StopIteration)
+            assert await threads.run(int, ("7",), {}, None) == 7  # and the next call comes back
+        finally:
+            threads.shutdown()
+
+    run(main())
+
+
 def test_sync_calls_ending_together_each_get_their_own_result_or_error() -> None:
     """Calls that end while the loop is busy come back in one wake-up: each still gets its own
     result or exception, and a call given up on before its thread took it never runs."""

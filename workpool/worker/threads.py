@@ -87,6 +87,18 @@ async def bounded(work: Awaitable[T], timeout: float | None) -> T:
     return task.result()
 
 
+def _awaitable(exc: BaseException) -> BaseException:
+    """`exc` as an asyncio future can carry it: a StopIteration (next() on an exhausted
+    iterator, say) cannot be set on one, so it comes out as a RuntimeError caused by it, as
+    Python does for a coroutine (PEP 479); setting it as it is failed the hand-off and left the
+    attempt waiting forever."""
+    if isinstance(exc, StopIteration):
+        wrapped = RuntimeError(f"the job raised StopIteration: {exc!r}")
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
+
+
 def _to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
     """From a job thread: `fn(*args)` on the loop, unless the loop is closed (the worker is
     gone: nothing waits for the call any more)."""
@@ -140,7 +152,12 @@ class JobThreads:
         with self._lock:
             wake, self._woken = not self._woken, True
         if wake:
-            _to_loop(loop, self._drain)
+            try:
+                _to_loop(loop, self._drain)
+            except BaseException:
+                with self._lock:  # not scheduled after all: the next call ending tries again
+                    self._woken = False
+                raise
 
     def _drain(self) -> None:
         """On the loop: every call ended since the wake-up passes its outcome to its waiter."""
@@ -153,7 +170,7 @@ class JobThreads:
             if future.cancelled():
                 waiter.cancel()
             elif (exc := future.exception()) is not None:
-                waiter.set_exception(exc)
+                waiter.set_exception(_awaitable(exc))
             else:
                 waiter.set_result(future.result())
 
