@@ -135,12 +135,14 @@ class JobThreads:
         call = partial(contextvars.copy_context().run, fn, *args, **kwargs)
         future = self._pool.submit(call)
         waiter: asyncio.Future[T] = loop.create_future()
-        waiter.add_done_callback(lambda w: future.cancel() if w.cancelled() else None)
         future.add_done_callback(partial(self._ended_on_thread, loop, waiter))
         try:
             return await bounded(waiter, timeout)
         finally:
-            if not future.done():  # the attempt ended, the thread goes on: count it
+            # Given up on (a timeout, a cancel): not taken by a thread yet, it never runs (now,
+            # not at the loop's next turn, when a thread may have taken it); else the attempt
+            # ended and its thread goes on: count it.
+            if not future.done() and not future.cancel():
                 self._stuck.add(future)
                 future.add_done_callback(lambda f: _to_loop(loop, self._came_back, f))
                 self._on_change()
