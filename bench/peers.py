@@ -4,7 +4,10 @@ Each queue gets the same N no-op jobs that record their completion with one pipe
 trip (bench/peers/_common.py), bulk-enqueued first, then run by the same number of worker
 processes; the rate is N over the span from the first job's start to the last one's (so
 process start-up is not counted), with the Redis CPU it took per job (INFO cpu around the run:
-the engine's work plus the job's own 3-command record). Then, with the workers idle, jobs one
+the engine's work plus the job's own 3-command record), and the CPU per job of every process
+(Redis and the worker processes with their children) while the middle 80% of the jobs ran: on
+a machine whose cores are all busy, that total is what sets the rate. Then, with the workers
+idle, jobs one
 at a time for the enqueue-to-start latency. `workpool-sync` is workpool with a plain (thread)
 job, as most Python job code is; `--quick` runs workpool (async and sync) and the three fastest
 peers once each, a check for every change that takes a few minutes. Peers are installed into
@@ -58,6 +61,8 @@ class Figures:
     enqueue: list[float] = field(default_factory=list)  #: bulk enqueue, jobs/s
     run: list[float] = field(default_factory=list)  #: end-to-end, jobs/s
     cpu_us: list[float] = field(default_factory=list)  #: Redis CPU per job during the run, us
+    worker_us: list[float] = field(default_factory=list)  #: workers' CPU per job, middle 80%
+    all_us: list[float] = field(default_factory=list)  #: workers' and Redis CPU, middle 80%
     start_p50: list[float] = field(default_factory=list)  #: idle enqueue-to-start, ms
     start_p99: list[float] = field(default_factory=list)
     api: str = ""
@@ -101,13 +106,28 @@ def run_json(cmd: list[str], env: dict[str, str], timeout: float = 900) -> dict[
     return result
 
 
-def wait_for(client: redis.Redis, n: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while int(client.get("bench:done") or 0) < n:
+def wait_for(client: redis.Redis, n: int, deadline: float) -> int:
+    """Polls the completion counter until n jobs ran (by time.monotonic() `deadline`); how many."""
+    while (done := int(client.get("bench:done") or 0)) < n:
         if time.monotonic() > deadline:
-            msg = f"only {client.get('bench:done')} of {n} jobs ran within {timeout} s"
+            msg = f"only {done} of {n} jobs ran in time"
             raise TimeoutError(msg)
         time.sleep(0.01)  # polling the completion counter
+    return done
+
+
+def group_cpu(pgids: set[int]) -> float:
+    """Seconds of CPU used so far by every live process in these process groups (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) in pgids:  # pgrp; utime and stime follow at 11 and 12
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def starts(client: redis.Redis) -> list[tuple[float, float]]:
@@ -158,9 +178,19 @@ def one_round(queue: str, python: Path, server: RedisServer, o: argparse.Namespa
     cpu = redis_cpu(client)
     workers = Workers(adapter(python, queue, "worker", "--concurrency", str(o.concurrency),
                              url=server.url), env, o.workers, qlogs)
+    pgids = {p.pid for p in workers.procs}  # each worker leads a session of its own
     try:
-        wait_for(client, o.n, o.timeout)
+        deadline = time.monotonic() + o.timeout
+        window = []  # (jobs done, workers' CPU, Redis CPU) at 10% and 90% of the jobs
+        for share in (0.1, 0.9):
+            done = wait_for(client, max(1, int(o.n * share)), deadline)
+            window.append((done, group_cpu(pgids), redis_cpu(client)))
+        wait_for(client, o.n, deadline)
         figures.cpu_us.append((redis_cpu(client) - cpu) / o.n * 1e6)
+        (d0, w0, r0), (d1, w1, r1) = window
+        jobs = max(1, d1 - d0)
+        figures.worker_us.append((w1 - w0) / jobs * 1e6)
+        figures.all_us.append((w1 - w0 + r1 - r0) / jobs * 1e6)
         first = min(s for _, s in starts(client))
         last = max(s for _, s in starts(client))
         figures.run.append(o.n / max(1e-3, (last - first) / 1000))
@@ -211,15 +241,17 @@ def main() -> int:
           f"{version} (no persistence), python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cpus")
     print(f"{'queue':<14}{'bulk enqueue/s':>15}{'run jobs/s':>12}{'redis us/job':>13}"
-          f"{'start p50 ms':>14}{'p99 ms':>9}  {'workpool x':>11}  enqueue api")
+          f"{'workers us/job':>15}{'all us/job':>11}{'start p50 ms':>14}{'p99 ms':>9}"
+          f"  {'workpool x':>11}  enqueue api")
     med = {q: {k: statistics.median(getattr(f, k)) for k in
-               ("enqueue", "run", "cpu_us", "start_p50", "start_p99")}
+               ("enqueue", "run", "cpu_us", "worker_us", "all_us", "start_p50", "start_p99")}
            for q, f in results.items()}
     base = med.get("workpool")
     for q in queues:
         m = med[q]
         ratio = f"{base['run'] / m['run']:.2f}" if base else "-"
         print(f"{q:<14}{m['enqueue']:>15,.0f}{m['run']:>12,.0f}{m['cpu_us']:>13.1f}"
+              f"{m['worker_us']:>15.1f}{m['all_us']:>11.1f}"
               f"{m['start_p50']:>14.2f}{m['start_p99']:>9.2f}  {ratio:>11}  {results[q].api}")
     peers = [q for q in queues if not q.startswith("workpool")]
     if peers:
@@ -227,7 +259,8 @@ def main() -> int:
         for q in (q for q in queues if q.startswith("workpool")):
             print(f"{q} against the fastest peer ({fastest}): run "
                   f"{med[q]['run'] / med[fastest]['run']:.2f}x, Redis CPU per job "
-                  f"{med[q]['cpu_us'] / med[fastest]['cpu_us']:.2f}x")
+                  f"{med[q]['cpu_us'] / med[fastest]['cpu_us']:.2f}x, CPU per job of all "
+                  f"processes {med[q]['all_us'] / med[fastest]['all_us']:.2f}x")
     return 0
 
 

@@ -60,6 +60,8 @@ def test_the_peers_benchmark_runs_workpool_and_a_peer_side_by_side(queues: str,
                                                                    tmp_path: Path) -> None:
     out = bench("peers.py", "--peers", queues, "--n", "200", "--rounds", "1", "--latency-n",
                 "10", "--venv", str(tmp_path / "venv"), timeout=600)
-    names = [line.split()[0] for line in out.splitlines()[2:5]]
-    assert names == queues.split(","), out
+    rows = [line.split() for line in out.splitlines()[2:5]]
+    assert [row[0] for row in rows] == queues.split(","), out
+    assert "workers us/job all us/job" in out.splitlines()[1], out
+    assert all(0 < float(row[4]) < float(row[5]) for row in rows), out  # Redis adds to workers
     assert "workpool-sync against the fastest peer (huey)" in out, out
