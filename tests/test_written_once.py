@@ -43,16 +43,22 @@ def test_every_counter_a_script_names_is_in_the_table_and_every_script_has_the_t
                for s in scripts().values())
 
 
-def test_the_packed_field_order_is_rendered_from_python_and_listed_in_no_lua_file() -> None:
+@pytest.mark.parametrize(("names", "at", "order"), [("SPEC", "S", protocol.SPEC_FIELDS),
+                                                     ("JOURNAL", "J", protocol.JOURNAL_FIELDS)])
+def test_the_packed_field_order_is_rendered_from_python_and_listed_in_no_lua_file(
+        names: str, at: str, order: tuple[str, ...]) -> None:
     lua = resources.files("workpool") / "lua"
     files = [*lua.iterdir(), *(lua / "includes").iterdir()]
-    order = re.compile(r",\s*".join(f"'{n}'" for n in protocol.SPEC_FIELDS[:4]))
-    listed = [f.name for f in files if f.name.endswith(".lua") and order.search(f.read_text())]
-    assert not listed, f"{listed} list the packed field order again: use SPEC and S"
+    again = re.compile(r",\s*".join(f"'{n}'" for n in order[:4]))
+    listed = [f.name for f in files if f.name.endswith(".lua") and again.search(f.read_text())]
+    assert not listed, f"{listed} list the packed field order again: use {names} and {at}"
     assert all(protocol.lua_prelude() in s.source for s in scripts().values())
-    assert protocol.lua_prelude().count("'") == 2 * len(protocol.SPEC_FIELDS)
-    positions = dict(re.findall(r"(\w+) = (\d+)", protocol.lua_prelude()))
-    assert positions == {name: str(i) for i, name in enumerate(protocol.SPEC_FIELDS, 1)}
+    rendered = re.search(rf"^local {names} = \{{(.*)\}}$", protocol.lua_prelude(), re.MULTILINE)
+    assert rendered is not None and rendered.group(1) == ", ".join(f"'{n}'" for n in order)
+    positions = re.search(rf"^local {at} = \{{(.*)\}}$", protocol.lua_prelude(), re.MULTILINE)
+    assert positions is not None
+    assert dict(re.findall(r"(\w+) = (\d+)", positions.group(1))) == \
+        {name: str(i) for i, name in enumerate(order, 1)}
 
 
 def test_docs_protocol_gives_the_packed_field_order_the_code_uses() -> None:

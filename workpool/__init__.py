@@ -8,19 +8,23 @@ from workpool.errors import (
     ConfigurationError,
     JobFailed,
     JobNotFound,
+    NonDeterministicWorkflow,
     NonRetryableError,
     PayloadTooLarge,
     RedisRefused,
     RedisServerNotFound,
     RedisUnavailable,
     SerializationError,
+    StepFailed,
     UnknownJobName,
     WaitTimeout,
     WorkpoolError,
 )
 from workpool.types import JobStatus, RateLimit, Result, Retry, State
-from workpool.wire.options import EnqueueOptions, ManyOptions
+from workpool.wire.options import EnqueueOptions, ManyOptions, StepOptions
 from workpool.wire.settings import LiveSettings
+from workpool.workflow.context import WorkflowContext
+from workpool.workflow.status import StepStatus, WorkflowStatus
 
 __all__ = [
     "AsyncWorkpool",
@@ -31,6 +35,7 @@ __all__ = [
     "JobStatus",
     "LiveSettings",
     "ManyOptions",
+    "NonDeterministicWorkflow",
     "NonRetryableError",
     "PayloadTooLarge",
     "PoolStats",
@@ -43,8 +48,13 @@ __all__ = [
     "Running",
     "SerializationError",
     "State",
+    "StepFailed",
+    "StepOptions",
+    "StepStatus",
     "UnknownJobName",
     "WaitTimeout",
+    "WorkflowContext",
+    "WorkflowStatus",
     "Workpool",
     "WorkpoolError",
     "current",

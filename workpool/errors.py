@@ -64,5 +64,23 @@ class JobFailed(WorkpoolError):
     """`Result.unwrap()` on a failed or canceled job."""
 
 
+class StepFailed(WorkpoolError):
+    """Raised where a workflow awaits a step that ended failed (after its retries) or canceled:
+    catch it to compensate; left uncaught, it fails the workflow."""
+
+    def __init__(self, step: int, name: str, outcome: str, error_type: str | None,
+                 error: str | None) -> None:
+        super().__init__(f"step {step} ({name}) ended {outcome}"
+                         + (f": {error_type}: {error}" if error else ""))
+        self.step, self.name, self.outcome = step, name, outcome
+        self.error_type, self.error = error_type, error
+
+
+class NonDeterministicWorkflow(WorkpoolError):
+    """A replay's code asked for something other than what the workflow's journal recorded
+    (a step of another job at the same place, say): the workflow waits, unchanged, and its
+    replay is tried again, so deploying code that matches resumes it."""
+
+
 #: Errors no other attempt could change: the job ends failed at once, without a retry.
 FINAL_ERRORS = (UnknownJobName, NonRetryableError, SerializationError)

@@ -16,6 +16,9 @@ from workpool.errors import ConfigurationError, JobNotFound, WaitTimeout
 from workpool.types import Canceled, Configured, JobStatus, State, status_from_hash
 from workpool.wire.keys import Keys
 from workpool.wire.protocol import Fields, check_job_id, is_stream_id, job_fields, text
+from workpool.workflow import journal
+from workpool.workflow.status import WorkflowStatus
+from workpool.workflow.status import workflow_status as status_of_workflow
 
 Command = tuple[Any, ...]
 
@@ -81,6 +84,29 @@ def status(keys: Keys, job_id: str, *, pause: float = 0.0,
     msg = f"no job {job_id!r} in this pool: it was never enqueued here, its entry was rejected " \
           "as malformed (see `workpool stats`), or it finished longer ago than the retention"
     raise JobNotFound(msg)
+
+
+def workflow_status(keys: Keys, workflow_id: str) -> Ops[WorkflowStatus]:
+    """The workflow's status with its steps (its hash, then its steps' jobs, each one round
+    trip): pending while its start entry waits to be applied; JobNotFound for an id that is
+    no workflow of this pool."""
+    commands: list[Command] = [("HGETALL", keys.job(workflow_id)),
+                               ("SISMEMBER", keys.incoming, workflow_id)]
+    if is_stream_id(workflow_id):
+        commands.append(("XRANGE", keys.pending_start, workflow_id, workflow_id))
+    raw, *waiting = yield Step(commands)
+    h = job_fields(raw, None)
+    if not h and any(waiting):
+        return WorkflowStatus(id=workflow_id, state=State.PENDING)
+    if h.get("kind") != b"workflow":
+        msg = f"no workflow {workflow_id!r} in this pool: " + (
+            "that id is a job's" if h else "it was never started here, is not applied yet, "
+            "or finished longer ago than the retention")
+        raise JobNotFound(msg)
+    numbers = sorted(journal.entries(h))
+    jobs = yield Step([("HGETALL", keys.job(f"{workflow_id}:{n}")) for n in numbers])
+    return status_of_workflow(workflow_id, h, {n: job_fields(j, None)
+                                               for n, j in zip(numbers, jobs, strict=True)})
 
 
 def wait(keys: Keys, job_id: str, timeout: float | None) -> Ops[JobStatus]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,12 +13,12 @@ from redis.client import Pipeline
 from workpool.client import ops
 from workpool.client.aio import AsyncWorkpool
 from workpool.client.drive import drive
-from workpool.client.requests import enqueue_entries
+from workpool.client.requests import enqueue_entries, workflow_entry
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
 from workpool.core import validate
 from workpool.core.config import PoolConfig
-from workpool.core.registry import HandlerSpec, JobSpec, check_name
+from workpool.core.registry import HandlerSpec, JobSpec, WorkflowSpec, check_name
 from workpool.core.schedule import CronJob, parse_schedule
 from workpool.server.connection import check_url, sync_client
 from workpool.types import Canceled, Configured, JobStatus, RateLimit, Retry, rate_limit_of
@@ -25,6 +26,7 @@ from workpool.wire import limits
 from workpool.wire.options import ENQUEUE_OPTIONS, MANY_OPTIONS, JobRef
 from workpool.wire.protocol import Encoding, Fields, check_job_id, new_job_id
 from workpool.wire.settings import check_max_per_key, config_fields
+from workpool.workflow.status import WorkflowStatus
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -168,7 +170,50 @@ class Workpool:
 
         return register
 
+    def workflow(self, name: str | None = None, *,
+                 max_steps: int = 10_000) -> Callable[[F], F]:
+        """Register `async def fn(ctx: WorkflowContext, *args, **kwargs)` as a durable workflow
+        (by default under its `__name__`): each `await ctx.step(job, ...)` runs a job of this
+        pool, and the function is replayed against its journal, so its code must decide the
+        same way every time (see README, "Workflows"). `max_steps`: the most steps one run
+        may ask for; one more fails it."""
+        if name is not None:
+            check_name(name)
+        validate.integer("max_steps", max_steps, 1, limits.MAX_WORKFLOW_STEPS)
+
+        def register(fn: F) -> F:
+            if not inspect.iscoroutinefunction(_callable(fn)):
+                validate.fail("the decorated workflow", "an async def function", fn)
+            self.registry.add_workflow(WorkflowSpec(check_name(name or fn.__name__), fn,
+                                                    max_steps))
+            return fn
+
+        return register
+
     # -- the sync API (each call one sans-IO operation, client/ops.py) ------------------
+
+    def start_workflow(self, workflow: Callable[..., Any] | str, *args: Any,
+                       key: str | None = None, kwargs: Mapping[str, Any] | None = None,
+                       on_complete: JobRef | None = None, context: Any = None,
+                       transaction: Pipeline | None = None) -> str:
+        """Start a workflow; returns its id (status, wait and cancel take it as a job's).
+
+        `key` makes the start idempotent (same key, same workflow, within the retention);
+        `on_complete(workflow_id, result, context)` is called once it ended; `transaction`: a
+        caller's MULTI pipeline to join (the workflow exists iff it commits)."""
+        entry = workflow_entry(self.config, workflow, args, kwargs=kwargs, key=key,
+                               on_complete=on_complete, context=context)
+        if transaction is not None:
+            entry.setdefault("id", new_job_id())
+            for command in ops.enqueue_commands(self.keys, [entry]):
+                transaction.execute_command(*command)
+            return str(entry["id"])
+        return self._drive(ops.enqueue(self.keys, [entry]))[0]
+
+    def workflow_status(self, workflow_id: str) -> WorkflowStatus:
+        """The workflow's state, outcome and each step; JobNotFound if it has none."""
+        return self._drive(ops.workflow_status(self.keys, check_job_id(workflow_id)))
+
 
     def build_entries(self, job: JobRef, args_list: Iterable[Sequence[Any]],
                       **options: Unpack[EnqueueOptions]) -> list[Fields]:

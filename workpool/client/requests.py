@@ -1,5 +1,6 @@
 """What both client faces send, built once: an enqueue's entries (its job and handler named
-by function or by name, its options checked) and a configure request's fields."""
+by function or by name, its options checked), a workflow's start entry and a configure
+request's fields."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 from workpool.core import validate
 from workpool.core.config import PoolConfig
 from workpool.core.registry import check_name
-from workpool.errors import UnknownJobName
+from workpool.errors import PayloadTooLarge, UnknownJobName
 from workpool.wire.options import EnqueueOptions, JobRef, check_names
-from workpool.wire.protocol import Fields
+from workpool.wire.protocol import Fields, check_kwargs, encode, key_job_id
 
 
 def name_of(config: PoolConfig, ref: Any, argument: str) -> str:
@@ -40,3 +41,42 @@ def enqueue_entries(config: PoolConfig, job: JobRef, args_list: Iterable[Sequenc
     handler = opts.get("on_complete")
     return config.entries(name_of(config, job, "job"), args_list, opts,
                           None if handler is None else name_of(config, handler, "on_complete"))
+
+
+def workflow_name(config: PoolConfig, ref: Any) -> str:
+    """The registered name a workflow reference stands for (a name is taken as it is: another
+    process may have registered it)."""
+    if isinstance(ref, str):
+        return check_name(ref, "workflow")
+    for name, spec in config.registry.workflows.items():
+        if spec.fn is ref:
+            return name
+    msg = f"workflow {getattr(ref, '__name__', ref)!r} is not registered on pool " \
+          f"{config.name!r}: decorate it with @pool.workflow()"
+    raise UnknownJobName(msg)
+
+
+def workflow_entry(config: PoolConfig, workflow: Any, args: Sequence[Any], *,
+                   kwargs: Mapping[str, Any] | None, key: str | None, on_complete: Any,
+                   context: Any) -> Fields:
+    """The start entry of a workflow (op=workflow); raises before anything is written."""
+    name = workflow_name(config, workflow)
+    spec = config.registry.workflows.get(name)
+    fields: Fields = {"op": "workflow", "name": name, "enc": config.encoding,
+                      "max_steps": str(spec.max_steps if spec else 10_000)}
+    workflow_id = key_job_id(key)
+    if workflow_id is not None:
+        fields["id"] = workflow_id
+    if on_complete is not None:
+        fields["on_complete"] = name_of(config, on_complete, "on_complete")
+        fields["context"] = encode(context, config.encoding)
+    fields["args"] = encode(list(args), config.encoding)
+    named = check_kwargs(kwargs)
+    if named:
+        fields["kwargs"] = encode(named, config.encoding)
+    size = sum(len(fields.get(f, b"")) for f in ("args", "kwargs", "context"))
+    if size > config.max_payload_bytes:
+        msg = f"workflow {name!r}: {size} bytes of arguments and context exceed the pool's " \
+              f"max_payload_bytes={config.max_payload_bytes}"
+        raise PayloadTooLarge(msg)
+    return fields

@@ -45,6 +45,16 @@ class HandlerSpec:
         return inspect.iscoroutinefunction(self.fn)
 
 
+@dataclass(frozen=True)
+class WorkflowSpec:
+    """A registered workflow: its name, its `async def fn(ctx, *args, **kwargs)`, and the most
+    journal entries (steps) one run of it may record."""
+
+    name: str
+    fn: Callable[..., Any]
+    max_steps: int = 10_000
+
+
 def check_name(name: Any, what: str = "name") -> str:
     """Pool, job and handler names travel on the wire: short, printable ASCII, unambiguous."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -60,6 +70,7 @@ class Registry:
     def __init__(self) -> None:
         self.jobs: dict[str, JobSpec] = {}
         self.handlers: dict[str, HandlerSpec] = {}
+        self.workflows: dict[str, WorkflowSpec] = {}
 
     def add_job(self, spec: JobSpec) -> None:
         """Register a job; a second function under the same name is a mistake worth stopping."""
@@ -68,6 +79,14 @@ class Registry:
     def add_handler(self, spec: HandlerSpec) -> None:
         """Register an on_complete handler."""
         _add(self.handlers, spec, "on_complete handler")
+
+    def add_workflow(self, spec: WorkflowSpec) -> None:
+        """Register a workflow."""
+        _add(self.workflows, spec, "workflow")
+
+    def workflow(self, name: str) -> WorkflowSpec:
+        """The workflow registered as `name`, or UnknownJobName listing what is registered."""
+        return _get(self.workflows, name, "workflow")
 
     def job(self, name: str) -> JobSpec:
         """The job registered as `name`, or UnknownJobName listing what is registered."""
@@ -86,7 +105,7 @@ class Registry:
         return None
 
 
-S = TypeVar("S", JobSpec, HandlerSpec)
+S = TypeVar("S", JobSpec, HandlerSpec, WorkflowSpec)
 
 
 def _add(table: dict[str, S], spec: S, kind: str) -> None:

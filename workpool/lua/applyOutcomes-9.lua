@@ -9,6 +9,17 @@
 --     handler), or one more than the retention after the job finished, closes it undelivered
 --     (CALLBACK_ABANDONED, cb=failed), so no job is kept forever. Superseded ones are
 --     STALE_CALLBACK.
+--   kind=wf: the decision of replay `gen` of workflow `id` (includes/workflow.lua). ok=1 with
+--     `cmds`, a msgpack array of commands, each checked before the first write:
+--     {'step', n, {field, value, ...}} asks for step n (numbered on from wf_steps + 1), an
+--     enqueue entry's fields, appended to pendingStart as job `<id>:<n>` of the workflow with
+--     its journal entry (pending); {'return', result} ends the workflow succeeded (a result
+--     over ARGV[8] bytes fails it with PayloadTooLarge); {'fail', error, error_type} ends it
+--     failed. More than the workflow's max_steps steps fail it. Then, when the journal changed
+--     while the replay ran (wf_dirty), the next replay goes out. ok=0 (the replay could not
+--     decide: a journal the code no longer matches, a workflow this worker does not know): it
+--     is tried again after 1 s doubling, capped at 60 s (replaysDue), and shown in wf_blocked.
+--     A decision of any replay but the one out now is STALE_REPLAY.
 --   kind=batch: field `o` is a msgpack array of at most L.MAX_OUTCOMES_PER_ENTRY outcomes,
 --     each a flat [field, value, ...] array of a run or cb outcome; each is applied as if it
 --     were its own entry (a worker sends everything it has ready as one entry).
@@ -33,10 +44,14 @@
 -- ARGV[6] retention   ms a finished job is kept
 -- ARGV[7] group       consumer group of the dispatch stream
 -- ARGV[8] max_result  bytes of a result kept at most (the pool's max_result_bytes)
+-- Derived from ARGV[2] (same hash tag): pendingStart and incoming (a replay's steps are
+-- enqueued there), replaysDue (ZSET workflow id -> time a replay is tried again) and the
+-- admission keys listed in includes/admission.lua.
 -- Returns R.batch {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
 -- written) or OK, with the job id and a code per outcome
 -- (SUCCEEDED, RETRY_SCHEDULED, FAILED, STALE_COMPLETION, CALLBACK_DELIVERED,
--- CALLBACK_RETRY, CALLBACK_ABANDONED, STALE_CALLBACK, REJECTED). A bad argument is an error
+-- CALLBACK_RETRY, CALLBACK_ABANDONED, STALE_CALLBACK, REPLAY_APPLIED, REPLAY_RETRY,
+-- STALE_REPLAY, REJECTED). A bad argument is an error
 -- reply, nothing written.
 -- @include common
 -- @include finish
@@ -74,7 +89,7 @@ local function run_outcome(entry_id, f, flat)
                         false)
   elseif f.ok == '1' then
     end_attempt(ctx, f.id, j)
-    finish(ctx, f.id, jk, 'done', 'succeeded', j.spec[S.on_complete], {'result', result})
+    finish(ctx, f.id, jk, 'done', 'succeeded', j, {'result', result})
     return C.SUCCEEDED
   end
   return fail_attempt(ctx, f.id, jk, j, f.error or 'no error message', f.error_type or 'Error',
@@ -112,10 +127,9 @@ local function callback_outcome(entry_id, f, flat)
   return C.CALLBACK_RETRY
 end
 
-local single = {run = run_outcome, cb = callback_outcome}
-
--- A batched outcome's fields, or nil if it is not a flat array of strings (numbers are read as
--- their text): checked and read in one pass, the cost of a batch being mostly per item.
+-- A batched outcome's (or a step command's) fields, or nil if it is not a flat array of
+-- strings (numbers are read as their text): checked and read in one pass, the cost of a batch
+-- being mostly per item.
 local function outcome_fields(item)
   if type(item) ~= 'table' or #item % 2 ~= 0 then return nil end
   local g = {}
@@ -128,6 +142,101 @@ local function outcome_fields(item)
   end
   return g
 end
+
+-- A replay's commands checked in full: the steps ({n, fields, flat}), the ending command (or nil),
+-- or nil and why they cannot be applied.
+local function decision(w, cmds)
+  local steps, ending = {}, nil
+  for _, c in ipairs(cmds) do
+    if type(c) ~= 'table' then return nil, nil, 'a command must be an array' end
+    if c[1] == 'step' then
+      local g = outcome_fields(c[3])
+      if tonumber(c[2]) ~= w.steps + #steps + 1 or not g or not g.name then
+        return nil, nil, 'step commands number the steps on from ' .. (w.steps + 1) ..
+                         ' and carry an enqueue entry\'s fields'
+      end
+      steps[#steps + 1] = {w.steps + #steps + 1, g, c[3]}
+    elseif (c[1] == 'return' and type(c[2]) == 'string') or
+           (c[1] == 'fail' and type(c[2]) == 'string' and type(c[3]) == 'string') then
+      if ending then return nil, nil, 'a decision ends the workflow once at most' end
+      ending = c
+    else return nil, nil, 'unknown command ' .. tostring(c[1]) end
+  end
+  return steps, ending
+end
+
+-- The next replay of a workflow that could not decide goes out after 1 s doubling (60 s cap).
+local function replay_later(w, id, err)
+  rcall('HSET', w.wk, 'wf_entry', '', 'wf_fails', w.fails + 1, 'wf_blocked', err)
+  rcall('ZADD', prefix .. K.replays_due, ctx.now + math.min(60000, 1000 * 2 ^ w.fails), id)
+  bump(ctx.counts, N.REPLAY_FAILURES)
+  return C.REPLAY_RETRY
+end
+
+local function replay_outcome(entry_id, f, flat)
+  local gen = tonumber(f.gen or '')
+  if not f.id or not gen or (f.ok ~= '1' and f.ok ~= '0') then
+    return reject(entry_id, flat, 'a replay outcome needs id, gen and ok (1 or 0)')
+  end
+  local w = workflow_fields(ctx, f.id)
+  if not w or w.state ~= 'running' or w.gen ~= gen or w.entry == '' then
+    bump(ctx.counts, N.STALE_REPLAYS)
+    return C.STALE_REPLAY
+  end
+  local steps, ending, why = nil, nil, nil
+  if f.ok == '1' then
+    local ok, cmds = pcall(cmsgpack.unpack, f.cmds or '')
+    if not ok or type(cmds) ~= 'table' then
+      return reject(entry_id, flat, 'field cmds must be a msgpack array of commands')
+    end
+    steps, ending, why = decision(w, cmds)
+    if why then return reject(entry_id, flat, why) end
+  end
+  drop_entry(ctx, w.entry)
+  w.entry = ''
+  if f.ok ~= '1' then
+    return replay_later(w, f.id, string.sub(f.error or 'no error message', 1, L.MAX_ERROR_BYTES))
+  end
+  local total = w.steps + #steps
+  if total > w.max then
+    ending = {'fail', 'the workflow asked for step ' .. total .. ', more than its max_steps (' ..
+              w.max .. ')', 'TooManySteps'}
+    steps, total = {}, w.steps
+  elseif ending and ending[1] == 'return' and #ending[2] > ctx.max_result then
+    ending = {'fail', 'the result of ' .. #ending[2] .. " bytes is over the pool's " ..
+              'max_result_bytes (' .. ctx.max_result .. ')', 'PayloadTooLarge'}
+  end
+  local requests, incoming = prefix .. K.pending_start, prefix .. K.incoming
+  for _, s in ipairs(steps) do
+    local n, g, flat_fields = s[1], s[2], s[3]
+    local sid = f.id .. ':' .. n
+    local entry = {'op', 'enqueue', 'id', sid, 'wf', f.id, 'wf_n', n}
+    for i = 1, #flat_fields, 2 do
+      local k = tostring(flat_fields[i])
+      if k ~= 'op' and k ~= 'id' and k ~= 'wf' and k ~= 'wf_n' then
+        append_all(entry, {k, tostring(flat_fields[i + 1])})
+      end
+    end
+    rcall('HSET', w.wk, 'j:' .. n, pack_journal({kind = 'step', name = g.name, state = 'pending',
+                                                 scheduled_at = ctx.now}))
+    rcall('XADD', requests, '*', unpack(entry))
+    rcall('SADD', incoming, sid)
+  end
+  rcall('HSET', w.wk, 'wf_steps', total, 'wf_entry', '', 'wf_fails', 0, 'wf_blocked', '')
+  if ending and ending[1] == 'return' then
+    end_workflow(ctx, f.id, w.wk, w, 'done', 'succeeded', {'result', ending[2]})
+    return C.SUCCEEDED
+  elseif ending then
+    local err = string.sub(ending[2], 1, L.MAX_ERROR_BYTES)
+    end_workflow(ctx, f.id, w.wk, w, 'done', 'failed',
+                 {'error', err, 'error_type', string.sub(ending[3], 1, 200)})
+    return C.FAILED
+  end
+  if w.dirty then dispatch_replay(ctx, f.id, w.wk, w.gen + 1) end
+  return C.REPLAY_APPLIED
+end
+
+local single = {run = run_outcome, cb = callback_outcome, wf = replay_outcome}
 
 local function batch_outcome(entry_id, f, flat)
   local ok, outcomes = pcall(cmsgpack.unpack, f.o or '')
@@ -156,7 +265,8 @@ local function batch_outcome(entry_id, f, flat)
   return codes
 end
 
-local handlers = {run = run_outcome, cb = callback_outcome, batch = batch_outcome}
+local handlers = {run = run_outcome, cb = callback_outcome, wf = replay_outcome,
+                  batch = batch_outcome}
 local result = apply_entries(KEYS[2], batch, 'kind', '', handlers, reject)
 flush_deferred(ctx.defer)
 trim_dispatch(ctx)

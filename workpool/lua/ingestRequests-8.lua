@@ -6,6 +6,11 @@
 --   cancel  -> pending/retrying become canceled; running is marked (never retried)
 --   config  -> live overrides of the pool's settings (max_parallelism, paused, rate limits,
 --              key limits), validated in full before any is written
+--   workflow -> a new running workflow (includes/workflow.lua), its first replay handed out;
+--              DUPLICATE_ENQUEUE when a job or workflow with that id exists. A cancel of a
+--              workflow ends it canceled and cancels its steps not yet ended. An enqueue of a
+--              workflow's step (fields wf, wf_n: the main loop writes them) whose workflow no
+--              longer runs creates nothing: the step's journal entry says canceled.
 -- Each entry is checked in full before its first write. Malformed entries (and any whose
 -- application raises) are set aside in the rejected record with their raw fields (cut to a
 -- bounded size). Applied entries are trimmed from the stream (one XTRIM per call), so it holds
@@ -34,7 +39,7 @@
 -- Returns R.batch {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
 -- written) or OK, with the job id and a code per entry
 -- (ENQUEUED, DUPLICATE_ENQUEUE, CANCELED, CANCEL_MARKED, CANCEL_NOOP,
--- CONFIGURED, REJECTED). A bad argument is an error reply, nothing written.
+-- CONFIGURED, WORKFLOW_STARTED, REJECTED). A bad argument is an error reply, nothing written.
 -- @include common
 -- @include finish
 
@@ -192,10 +197,17 @@ local function is_name(v)
 end
 
 -- A rejected enqueue leaves `incoming` too: status() then reports the id as unknown.
+-- A rejected step of a workflow fails in the workflow's journal (so the workflow goes on).
 local function reject(entry_id, flat, reason)
   local f = fields_of(flat)
+  local owner = f.wf and step_owner(ctx, {[S.wf] = f.wf, [S.wf_n] = f.wf_n or '0'})
   if f.id then rcall('SREM', KEYS[3], f.id) end
-  return set_aside(KEYS[6], entry_id, flat, reason, ctx.counts)
+  local code = set_aside(KEYS[6], entry_id, flat, reason, ctx.counts)
+  if owner then
+    step_ended(ctx, owner, {[S.name] = f.name or ''}, 'failed', 0,
+               {'error', 'the step could not be enqueued: ' .. reason, 'error_type', 'Rejected'})
+  end
+  return code
 end
 
 -- Why an enqueue entry is malformed (nil: it is not), and its checked options.
@@ -224,6 +236,9 @@ local function check_enqueue(id, f)
   if size > max_payload then
     return 'payload of ' .. size .. ' bytes is over the limit of ' .. max_payload
   end
+  if f.wf ~= nil and (#f.wf > L.MAX_ID_BYTES or not string.match(f.wf_n or '', '^[1-9]%d*$')) then
+    return 'fields wf and wf_n must name a workflow and a step number from 1'
+  end
   if #(f.concurrency_key or '') > L.MAX_CONCURRENCY_KEY_BYTES then
     return 'field concurrency_key is longer than ' .. L.MAX_CONCURRENCY_KEY_BYTES .. ' bytes'
   end
@@ -247,6 +262,14 @@ local function enqueue(entry_id, f, flat)
     bump(ctx.counts, N.DUPLICATE_ENQUEUES)
     return C.DUPLICATE_ENQUEUE
   end
+  if f.wf then  -- a step: only while its workflow runs (a cancel may have come between)
+    local owner = step_owner(ctx, {[S.wf] = f.wf, [S.wf_n] = f.wf_n})
+    if not owner or owner.state ~= 'running' then
+      if owner then step_ended(ctx, owner, {[S.name] = f.name}, 'canceled', 0, {}) end
+      bump(ctx.counts, N.CANCELED)
+      return C.CANCELED
+    end
+  end
   local enqueued_at = tonumber(string.match(entry_id, '^(%d+)'))
   local due = math.max(o.run_at_ms, enqueued_at + o.run_after_ms)
   local ckey, priority = f.concurrency_key or '', o.priority
@@ -256,7 +279,8 @@ local function enqueue(entry_id, f, flat)
     name = f.name, enc = o.enc, max_attempts = o.max_attempts, backoff_ms = o.initial_backoff_ms,
     base = o.base, timeout_ms = o.timeout_ms, enqueued_at = enqueued_at, due_at = due,
     priority = priority, seq = seq, args = f.args, kwargs = f.kwargs, context = f.context,
-    on_complete = f.on_complete, ckey = ckey, max_backoff_ms = o.max_backoff_ms}))
+    on_complete = f.on_complete, ckey = ckey, max_backoff_ms = o.max_backoff_ms, wf = f.wf,
+    wf_n = f.wf_n}))
   if not ctx.priorities[priority] then
     rcall('SADD', prefix .. K.priorities, priority)
     ctx.priorities[priority] = true
@@ -272,10 +296,7 @@ local function enqueue(entry_id, f, flat)
   return C.ENQUEUED
 end
 
-local function cancel(entry_id, f, flat)
-  flush_deferred(ctx.defer)
-  local id = f.id
-  if id == nil or id == '' then return reject(entry_id, flat, 'cancel needs field id') end
+local function cancel_job(id)
   local jk = prefix .. K.job .. id
   local j = job_fields(ctx.adm, id)
   local state = j and j.state
@@ -285,7 +306,7 @@ local function cancel(entry_id, f, flat)
     local extra = {'cancel', '1', 'cancel_attempt', j.attempts or 0}
     if state == 'retrying' then bump(ctx.counts, N.RETRYING, -1)
     else append_all(extra, {'attempts', 0, 'spec', j.packed}) end  -- its spec moves in
-    finish(ctx, id, jk, 'canceled', 'canceled', j.spec[S.on_complete], extra)
+    finish(ctx, id, jk, 'canceled', 'canceled', j, extra)
     return C.CANCELED
   elseif state == 'running' and j.cancel ~= '1' then
     rcall('HSET', jk, 'cancel', '1', 'cancel_attempt', j.attempts or 0)
@@ -294,6 +315,67 @@ local function cancel(entry_id, f, flat)
   end
   bump(ctx.counts, N.CANCEL_NOOP)
   return C.CANCEL_NOOP
+end
+
+-- A running workflow ends canceled, then each of its steps not ended yet is canceled as a job
+-- is (a running one finishes; its end is recorded, never acted on).
+local function cancel_workflow(id, w)
+  if w.state ~= 'running' then
+    bump(ctx.counts, N.CANCEL_NOOP)
+    return C.CANCEL_NOOP
+  end
+  local open = {}
+  for first = 1, w.steps, 1000 do
+    local names = {}
+    for n = first, math.min(first + 999, w.steps) do names[#names + 1] = 'j:' .. n end
+    for i, raw in ipairs(rcall('HMGET', w.wk, unpack(names))) do
+      local ok, rec = pcall(cmsgpack.unpack, raw or '')
+      if ok and type(rec) == 'table' and rec[J.state] == 'pending' then
+        open[#open + 1] = id .. ':' .. (first + i - 1)
+      end
+    end
+  end
+  end_workflow(ctx, id, w.wk, w, 'canceled', 'canceled', {'cancel', '1'})
+  for _, step in ipairs(open) do cancel_job(step) end
+  return C.CANCELED
+end
+
+local function cancel(entry_id, f, flat)
+  flush_deferred(ctx.defer)
+  local id = f.id
+  if id == nil or id == '' then return reject(entry_id, flat, 'cancel needs field id') end
+  local w = workflow_fields(ctx, id)
+  if w then return cancel_workflow(id, w) end
+  return cancel_job(id)
+end
+
+-- A new workflow: its hash (kind=workflow, running) and its first replay.
+local function start_workflow(entry_id, f, flat)
+  local id = f.id
+  if id == nil or id == '' then id = entry_id end
+  local why, o = check_enqueue(id, f)
+  local max_steps = tonumber(f.max_steps or '')
+  if not why and (max_steps == nil or max_steps ~= math.floor(max_steps) or max_steps < 1 or
+                  max_steps > L.MAX_WORKFLOW_STEPS) then
+    why = 'field max_steps is not a whole number from 1 to ' .. L.MAX_WORKFLOW_STEPS
+  end
+  if not why and f.wf then why = 'a workflow is not a step' end
+  if why then return reject(entry_id, flat, why) end
+  flush_deferred(ctx.defer)
+  if f.id and f.id ~= '' then rcall('SREM', KEYS[3], id) end
+  local wk = prefix .. K.job .. id
+  if fresh[id] or rcall('EXISTS', wk) == 1 or rcall('HEXISTS', ctx.adm.unstarted, id) == 1 then
+    bump(ctx.counts, N.DUPLICATE_ENQUEUES)
+    return C.DUPLICATE_ENQUEUE
+  end
+  fresh[id] = true
+  rcall('HSET', wk, 'kind', 'workflow', 'state', 'running', 'attempts', 0, 'started_at', ctx.now,
+        'wf_steps', 0, 'wf_max', max_steps, 'wf_fails', 0, 'spec', pack_spec({
+          name = f.name, enc = o.enc, enqueued_at = tonumber(string.match(entry_id, '^(%d+)')),
+          args = f.args, kwargs = f.kwargs, context = f.context, on_complete = f.on_complete}))
+  dispatch_replay(ctx, id, wk, 1)
+  bump(ctx.counts, N.WORKFLOWS_STARTED)
+  return C.WORKFLOW_STARTED
 end
 
 -- A config value: '' clears the override (the code's default applies again), 'none' lifts a
@@ -338,7 +420,8 @@ local function configure(entry_id, f, flat)
   return C.CONFIGURED
 end
 
-local handlers = {enqueue = enqueue, cancel = cancel, config = configure}
+local handlers = {enqueue = enqueue, cancel = cancel, config = configure,
+                  workflow = start_workflow}
 local result = apply_entries(KEYS[2], batch, 'op', 'enqueue', handlers, reject)
 flush_deferred(ctx.defer)
 if seq then rcall('SET', ctx.adm.seq, seq) end

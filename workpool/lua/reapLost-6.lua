@@ -1,5 +1,5 @@
 -- reapLost: end attempts whose worker is gone or whose per-job timeout passed, and hand out
--- again the on_complete deliveries a dead worker held.
+-- again the on_complete deliveries and workflow replays a dead worker held.
 --   timeout: a running job whose dispatch entry was delivered at least timeout_ms ago
 --     (delivery time from the stream's pending-entries list, i.e. Redis's clock) fails its
 --     attempt with error_type Timeout; the usual retry rules follow. With a grace, the worker
@@ -124,6 +124,13 @@ local function recover(consumer, entry_id)
       fail_attempt(ctx, f.id, jk, j, 'worker ' .. consumer ..
                    ' stopped heart-beating during attempt ' .. f.attempt, 'WorkerLost', true)
       lost = lost + 1
+      return
+    end
+  elseif f.kind == 'wf' then
+    local w = workflow_fields(ctx, f.id or '')
+    if w and w.state == 'running' and w.entry == entry_id then
+      drop_entry(ctx, entry_id)
+      dispatch_replay(ctx, f.id, w.wk, w.gen + 1)
       return
     end
   elseif f.kind == 'cb' then

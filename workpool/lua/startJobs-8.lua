@@ -3,7 +3,8 @@
 -- subject to the pool's and each job name's rate limit (token buckets on Redis time) and each
 -- concurrency key's limit. Each start increments the attempt (the fencing token of that run)
 -- and appends one entry to the dispatch stream (the attempt and the job's packed spec). Also
--- hands out due on_complete deliveries.
+-- hands out due on_complete deliveries, and the replays of workflows that could not decide
+-- when they are due again (replaysDue).
 -- A job held by a name's rate limit is parked in nameq:<name> until the name's next token; a
 -- job whose key is at its limit waits in keyq:<key>: neither is looked at again until then.
 -- Every step is bounded by the batch: keys whose queue an earlier call left to move on
@@ -18,6 +19,7 @@
 -- KEYS[7] callbacksDue   ZSET    id -> time (ms) a failed delivery is tried again
 -- KEYS[8] stats          HASH    counters
 -- Derived from ARGV[2] (same hash tag): the admission keys listed in includes/admission.lua,
+-- replaysDue (ZSET workflow id -> time its replay is tried again) and the workflows' hashes,
 -- and pendingStart and pendingCompletion (only their lengths are read).
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
@@ -25,7 +27,8 @@
 -- ARGV[4] now            ms since epoch, or '' for Redis TIME
 -- Returns R.start {code, started, running, max_parallelism, next_due_ms, next_callback_ms,
 -- now_ms, next_admission_ms, promoted, requests_waiting, outcomes_waiting, ids...} with -1 for
--- "nothing scheduled"; next_admission_ms is when a rate limit lets a held job go; promoted
+-- "nothing scheduled"; next_callback_ms is the next delivery or replay due again;
+-- next_admission_ms is when a rate limit lets a held job go; promoted
 -- counts the steps moving jobs towards `ready` (a full batch: call again at once);
 -- requests_waiting and outcomes_waiting are the entries of pendingStart and pendingCompletion
 -- not applied yet (the main loop calls ingestRequests and applyOutcomes only while there are).
@@ -33,6 +36,7 @@
 -- written.
 -- @include common
 -- @include admission
+-- @include workflow
 
 if not holds_lease(KEYS[1], ARGV[1]) then
   return reply(R.start, {code = C.NOT_LEADER, started = 0, running = 0, max_parallelism = 0,
@@ -193,6 +197,17 @@ for _, id in ipairs(deliveries) do
   end
 end
 
+-- 5. Replays of workflows that could not decide go out again (unless one is out already).
+local replays_due = prefix .. K.replays_due
+local wctx = {prefix = prefix, dispatch = KEYS[5], counts = counts}
+for _, id in ipairs(rcall('ZRANGEBYSCORE', replays_due, '-inf', now, 'LIMIT', 0, batch)) do
+  rcall('ZREM', replays_due, id)
+  local w = workflow_fields(wctx, id)
+  if w and w.state == 'running' and w.entry == '' then
+    dispatch_replay(wctx, id, w.wk, w.gen + 1)
+  end
+end
+
 -- Entries of a request stream not applied yet, read after this call's writes, so never
 -- raising: a key clobbered by someone else counts as waiting (the script that reads it then
 -- sets the problem out, as before).
@@ -207,10 +222,16 @@ local function first_score(key)
   return tonumber(r[2])
 end
 
+local next_callback = first_score(KEYS[7])
+local next_replay = first_score(replays_due)
+if next_callback < 0 or (next_replay >= 0 and next_replay < next_callback) then
+  next_callback = next_replay
+end
+
 flush_counts(KEYS[8], counts)
 return reply(R.start, {code = C.OK, started = #started, running = running + #started,
                        max_parallelism = maxp, next_due_ms = first_score(KEYS[3]),
-                       next_callback_ms = first_score(KEYS[7]), now_ms = now,
+                       next_callback_ms = next_callback, now_ms = now,
                        next_admission_ms = next_admission, promoted = moved + #due,
                        requests_waiting = waiting(prefix .. K.pending_start),
                        outcomes_waiting = waiting(prefix .. K.pending_completion)}, started)

@@ -33,6 +33,10 @@ class Code(IntEnum):
     HELD_BY_RATE = 18  #: due job held: its job name's rate limit has no token (stays pending)
     HELD_BY_KEY = 19  #: due job held: its concurrency key is at its limit (stays pending)
     CALLBACK_ABANDONED = 20  #: on_complete failed for good (no such handler, or past retention)
+    WORKFLOW_STARTED = 21  #: a new workflow is running; its first replay is handed out
+    REPLAY_APPLIED = 22  #: a replay's decision recorded (its steps asked for): the workflow runs on
+    STALE_REPLAY = 23  #: decision of a replay no longer current (or of a workflow ended): dropped
+    REPLAY_RETRY = 24  #: a replay could not decide (code or journal mismatch): tried again later
 
 
 def lua_prelude() -> str:

@@ -31,6 +31,10 @@ class Counter:
     CALLBACKS_ABANDONED: Final = "callbacks_abandoned"  #: deliveries given up
     #: deliveries a dead worker held, handed out again
     CALLBACKS_REDELIVERED: Final = "callbacks_redelivered"
+    WORKFLOWS_STARTED: Final = "workflows_started"  #: workflows begun
+    REPLAYS: Final = "replays"  #: workflow replays handed to workers
+    STALE_REPLAYS: Final = "stale_replays"  #: replay decisions no longer current, dropped
+    REPLAY_FAILURES: Final = "replay_failures"  #: replays that could not decide (tried again)
     TIMEOUTS: Final = "timeouts"  #: attempts failed by the reaper as Timeout
     WORKERS_LOST_ATTEMPTS: Final = "workers_lost_attempts"  #: attempts failed as WorkerLost
     WORKERS_REMOVED: Final = "workers_removed"  #: dead consumers removed from the dispatch group

@@ -22,6 +22,7 @@ KEY = {
     "running": "running",
     "deadlines": "deadlines",
     "callbacks_due": "callbacksDue",
+    "replays_due": "replaysDue",
     "lease": "lease",
     "epoch": "epoch",
     "config": "config",
@@ -103,6 +104,11 @@ class Keys:
     def callbacks_due(self) -> str:
         """ZSET id -> time (ms) a failed on_complete delivery is tried again."""
         return self._k(KEY["callbacks_due"])
+
+    @property
+    def replays_due(self) -> str:
+        """ZSET workflow id -> time (ms) a replay that could not decide is tried again."""
+        return self._k(KEY["replays_due"])
 
     @property
     def lease(self) -> str:

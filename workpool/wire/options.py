@@ -39,7 +39,18 @@ class EnqueueOptions(ManyOptions, total=False):
     key: str | None  #: idempotency key: the same key gives the same job within the retention
 
 
+class StepOptions(TypedDict, total=False):
+    """Options of one workflow step (`ctx.step`): how its job runs."""
+
+    kwargs: Mapping[str, Any] | None  #: the job's keyword arguments
+    retry: Retry | None  #: overrides the job's and the pool's policy
+    timeout: float | None  #: seconds one attempt may run
+    priority: int  #: higher starts first among due jobs
+    concurrency_key: str | None  #: the key that max_per_key limits count by
+
+
 MANY_OPTIONS = frozenset(ManyOptions.__optional_keys__)
+STEP_OPTIONS = frozenset(StepOptions.__optional_keys__)
 ENQUEUE_OPTIONS = frozenset(EnqueueOptions.__optional_keys__)
 
 

@@ -140,21 +140,33 @@ ENQUEUE_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "c
                   "max_attempts", "initial_backoff_ms", "base", "max_backoff_ms", "timeout_ms",
                   "run_at_ms", "run_after_ms", "priority", "concurrency_key")
 
+#: Every field a workflow start entry (`op=workflow`) may carry.
+WORKFLOW_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "context",
+                   "max_steps")
+
 #: Field order of a job's spec: what was asked for at enqueue, packed once as one msgpack array
 #: and never rewritten (the `unstarted` hash holds it while the job is pending, its hash's
 #: `spec` field after). The scripts get it as `SPEC` (lua_prelude); lua/includes/spec.lua packs
 #: by it.
 SPEC_FIELDS = ("name", "enc", "max_attempts", "backoff_ms", "base", "timeout_ms",
                "enqueued_at", "due_at", "priority", "seq", "args", "kwargs", "context",
-               "on_complete", "ckey", "max_backoff_ms")
+               "on_complete", "ckey", "max_backoff_ms", "wf", "wf_n")
+
+#: Field order of a workflow's journal entry (hash field `j:<n>` of the workflow's hash), one
+#: msgpack array: what step n is, how it ended, and when. Scripts get it as `JOURNAL` and `J`.
+JOURNAL_FIELDS = ("kind", "name", "state", "outcome", "result", "error", "error_type",
+                  "attempts", "scheduled_at", "finished_at")
 
 
 def lua_prelude() -> str:
-    """Render the spec's field order for the loader: `SPEC` (the names in order) and `S` (each
-    name's position, so a script reads an unpacked spec as `spec[S.name]`)."""
-    return ("local SPEC = {" + ", ".join(f"'{name}'" for name in SPEC_FIELDS) + "}\n"
-            + "local S = {" + ", ".join(f"{name} = {i}" for i, name in enumerate(SPEC_FIELDS, 1))
-            + "}\n")
+    """Render the spec's and the journal entry's field orders for the loader: `SPEC` and
+    `JOURNAL` (the names in order), `S` and `J` (each name's position, so a script reads an
+    unpacked spec as `spec[S.name]`)."""
+    return "".join(
+        f"local {names} = {{" + ", ".join(f"'{name}'" for name in table) + "}\n"
+        + f"local {at} = {{" + ", ".join(f"{name} = {i}" for i, name in enumerate(table, 1))
+        + "}\n" for names, at, table in (("SPEC", "S", SPEC_FIELDS),
+                                          ("JOURNAL", "J", JOURNAL_FIELDS)))
 
 
 def _as_bytes(value: Any) -> bytes:

@@ -27,6 +27,7 @@ from workpool.worker.outcome import (
     delivery_failed,
     failed,
     failure_of,
+    replay_failed,
 )
 from workpool.worker.reader import entry_time
 from workpool.worker.threads import (
@@ -38,8 +39,10 @@ from workpool.worker.threads import (
     guarded_await,
     guarded_call,
 )
+from workpool.workflow.replay import decide
 
 Entry = dict[str, bytes]
+REPLAY_TIMEOUT = 60.0  #: seconds one replay of a workflow's code may take
 
 
 def _timeout(raw: bytes | None) -> float | None:
@@ -67,6 +70,8 @@ class Executor:
         dispatched_at = entry_time(entry_id)
         if f.get("kind") == b"cb":
             out = await self.deliver(f, read_at, received, dispatched_at)
+        elif f.get("kind") == b"wf":
+            out = await self.replay(f)
         else:
             out = await self.attempt(f, read_at, received, dispatched_at)
         if out is not None:
@@ -196,6 +201,26 @@ class Executor:
             return out
         log.debug("transition", transition="callback_delivered")
         return Outcome("cb", job_id, n, ok=True)
+
+    async def replay(self, f: Entry) -> Outcome | None:
+        """One replay of a workflow: its decision, or why it could not decide; None when it is
+        superseded (another replay is out, or the workflow ended) or the worker stops. A
+        replay is fenced by its generation, so running a stale one changes nothing."""
+        workflow_id, gen = text(f.get("id")), text(f.get("gen"))
+        try:
+            h = await self._job_hash(workflow_id)
+            if h is None or text(h.get("state")) != "running" or text(h.get("wf_gen")) != gen:
+                return None
+            spec = self.config.registry.workflow(text(h.get("name")))
+            cmds = await self.threads.run(decide, (spec, self.config, workflow_id, h), {},
+                                          REPLAY_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a mismatch, an unknown workflow, or a defect: tried again
+            self.log.warning("transition", transition="replay_failed", workflow=workflow_id,
+                             error=failures.cut(f"{type(exc).__name__}: {exc}", 300))
+            return replay_failed(workflow_id, gen, exc)
+        return Outcome("wf", workflow_id, gen, ok=True, result=cmds)
 
     async def _job_hash(self, job_id: str) -> dict[str, bytes] | None:
         """The job's fields (its hash, its spec read as fields), read until Redis answers

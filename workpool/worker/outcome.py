@@ -11,13 +11,16 @@ from workpool.core import failures
 from workpool.errors import FINAL_ERRORS, UnknownJobName
 from workpool.worker.threads import AttemptTimedOut, Escaped
 
+_NUMBERED = {"run": "attempt", "cb": "n", "wf": "gen"}  #: the field that numbers an outcome
+
 
 @dataclass(slots=True)  # not frozen: one is made per attempt, and frozen ones build slower
 class Outcome:
-    """How an attempt (`kind` run, numbered `attempt`) or an on_complete delivery (`kind` cb,
-    numbered `n`) ended: ok with a result, or an error that a retry may or may not change."""
+    """How an attempt (`kind` run, numbered `attempt`), an on_complete delivery (`kind` cb,
+    numbered `n`) or a workflow's replay (`kind` wf, numbered `gen`, its decision in `cmds`)
+    ended: ok with a result, or an error that a retry may or may not change."""
 
-    kind: Literal["run", "cb"]
+    kind: Literal["run", "cb", "wf"]
     job_id: str
     number: str  #: the attempt (run) or the delivery (cb) it reports on
     ok: bool
@@ -29,10 +32,10 @@ class Outcome:
     def fields(self) -> dict[str, str | bytes]:
         """The outcome's wire fields."""
         out: dict[str, str | bytes] = {"kind": self.kind, "id": self.job_id,
-                                       "attempt" if self.kind == "run" else "n": self.number,
+                                       _NUMBERED[self.kind]: self.number,
                                        "ok": "1" if self.ok else "0"}
         if self.result is not None:
-            out["result"] = self.result
+            out["cmds" if self.kind == "wf" else "result"] = self.result
         if self.retryable is not None:
             out["retryable"] = "1" if self.retryable else "0"
         if self.error_type is not None:
@@ -80,3 +83,10 @@ def delivery_failed(job_id: str, n: str, exc: Exception) -> Outcome:
     return Outcome("cb", job_id, n, ok=False,
                    retryable=False if isinstance(exc, UnknownJobName) else None,
                    error=f"{kind}: {failures.describe(original)}")
+
+
+def replay_failed(workflow_id: str, gen: str, exc: BaseException) -> Outcome:
+    """The outcome of a replay that could not decide (its code does not match the journal, or
+    this worker does not know the workflow): the main loop replays it again later."""
+    return Outcome("wf", workflow_id, gen, ok=False,
+                   error=f"{failures.error_type(exc)}: {failures.describe(exc)}")

@@ -1,6 +1,7 @@
 -- Terminal transitions and the end of an attempt.
 -- @include common
 -- @include admission
+-- @include workflow
 -- `ctx` carries: prefix, dispatch, group, running, deadlines, due, callbacks_due, now,
 -- retention (ms), seed (jitter), counts, finished (count of terminal transitions this call).
 
@@ -11,11 +12,11 @@ local function jitter(seed, id, attempt)
 end
 
 -- Drop a dispatch entry: acknowledged for the group and deleted from the stream. A script
--- that defers (ctx.defer) acknowledges its entries in one call per batch and leaves their
+-- that defers (deferring: ctx.xack) acknowledges its entries in one call per batch and leaves their
 -- deletion to trim_dispatch, in bulk.
 local function drop_entry(ctx, entry_id)
   if entry_id and entry_id ~= '' then
-    if ctx.defer then
+    if ctx.xack then
       defer(ctx.defer, ctx.xack, entry_id)
       ctx.acked[#ctx.acked + 1] = entry_id
     else
@@ -98,10 +99,13 @@ local function end_attempt(ctx, id, j)
   if s[S.ckey] and s[S.ckey] ~= '' then key_running(adm_of(ctx), s[S.ckey], -1) end
 end
 
--- The one place a job becomes terminal (done or canceled). It records the on_complete delivery
--- in the same atomic step, so each terminal transition yields exactly one delivery record.
--- `handler` is the job's on_complete field (false when it has none); `extra` more fields to set.
-local function finish(ctx, id, jk, state, outcome, handler, extra)
+-- The one place a job (or a workflow) becomes terminal (done or canceled). It records the
+-- on_complete delivery in the same atomic step, so each terminal transition yields exactly one
+-- delivery record, and a workflow's step writes its end into the workflow's journal.
+-- `j` holds the job's spec (unpacked) and attempts; `extra` more fields to set.
+local function finish(ctx, id, jk, state, outcome, j, extra)
+  local owner = step_owner(ctx, j.spec)  -- read before the first write
+  local handler = j.spec[S.on_complete]
   local fields = append_all({'state', state, 'outcome', outcome, 'finished_at', ctx.now},
                             extra or {})
   if handler and handler ~= '' then
@@ -114,6 +118,15 @@ local function finish(ctx, id, jk, state, outcome, handler, extra)
   bump(ctx.counts, outcome)
   ctx.finished = ctx.finished + 1
   rcall('PUBLISH', ctx.prefix .. K.done_channel .. id, state)
+  if owner then step_ended(ctx, owner, j.spec, outcome, j.attempts, extra) end
+end
+
+-- Workflow `wid` (hash `wk`, its fields `w` as workflow_fields reads them) ends: the replay out
+-- now is withdrawn (its decision would be stale), then it finishes like a job.
+local function end_workflow(ctx, wid, wk, w, state, outcome, extra)
+  drop_entry(ctx, w.entry)
+  rcall('HSET', wk, 'wf_entry', '')
+  finish(ctx, wid, wk, state, outcome, w, extra)
 end
 
 -- The wait before the next attempt after failed attempt `attempts`: backoff_ms *
@@ -147,7 +160,7 @@ local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
     bump(ctx.counts, N.RETRYING)
     return C.RETRY_SCHEDULED
   end
-  finish(ctx, id, jk, 'done', 'failed', j.spec[S.on_complete], {'error', err, 'error_type', etype})
+  finish(ctx, id, jk, 'done', 'failed', j, {'error', err, 'error_type', etype})
   return C.FAILED
 end
 

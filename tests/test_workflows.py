@@ -1,0 +1,242 @@
+"""Durable workflows against a real redis-server and a real worker: steps run as jobs, the
+workflow function is replayed against its journal, and every end is recorded once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import redis
+from helpers import Pools, eventually, running_worker
+
+from workpool import (
+    ConfigurationError,
+    NonRetryableError,
+    State,
+    StepFailed,
+    WorkflowContext,
+    Workpool,
+)
+from workpool.wire.protocol import text
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def pool(pools: Pools, redis_client: redis.Redis) -> Iterator[Workpool]:
+    """A pool with a job that records each run (`wf:runs:<x>`), one that fails, one that waits
+    for a gate key, and an on_complete handler that records each call."""
+    p = pools("wf", max_parallelism=8)
+
+    @p.job(name="double")
+    def double(x: int) -> int:
+        redis_client.incr(f"wf:runs:{x}")
+        return 2 * x
+
+    @p.job(name="broken")
+    def broken(x: int) -> int:
+        redis_client.incr(f"wf:broken:{x}")
+        raise NonRetryableError(f"no luck with {x}")
+
+    @p.job(name="gated")
+    async def gated(gate: str) -> str:
+        redis_client.incr(f"wf:gated:{gate}")
+        while not redis_client.exists(f"wf:gate:{gate}"):
+            await asyncio.sleep(0.01)  # the test opens the gate
+        return gate
+
+    @p.on_complete(name="record")
+    def record(workflow_id: str, result: object, context: object) -> None:
+        redis_client.rpush("wf:completed", f"{workflow_id}:{context}")
+
+    yield p
+
+
+def test_a_workflow_runs_its_steps_in_order_each_once_and_returns(
+        pool: Workpool, redis_client: redis.Redis) -> None:
+    seen: list[int] = []
+
+    @pool.workflow()
+    async def chain(ctx: WorkflowContext, x: int) -> int:
+        a = await ctx.step("double", x)
+        b = await ctx.step("double", a)
+        seen.append(b)
+        return await ctx.step("double", b) + 1
+
+    with running_worker(pool):
+        wf = pool.start_workflow(chain, 3, on_complete="record", context="c")
+        st = pool.wait(wf, timeout=WAIT)
+    assert st.state == State.DONE and st.outcome == "succeeded" and st.result == 25
+    status = pool.workflow_status(wf)
+    assert [(s.number, s.name, s.state, s.outcome, s.result) for s in status.steps] == [
+        (1, "double", "done", "succeeded", 6), (2, "double", "done", "succeeded", 12),
+        (3, "double", "done", "succeeded", 24)]
+    assert [int(redis_client.get(f"wf:runs:{x}") or 0) for x in (3, 6, 12)] == [1, 1, 1]
+    assert set(seen) == {12}  # every replay past step 2 saw the same result
+    eventually(lambda: redis_client.llen("wf:completed") == 1, WAIT, "on_complete once")
+    assert [text(x) for x in redis_client.lrange("wf:completed", 0, -1)] == [f"{wf}:c"]
+
+
+def test_parallel_steps_run_at_once_and_gather_their_results(pool: Workpool,
+                                                            redis_client: redis.Redis) -> None:
+    @pool.workflow()
+    async def fan_out(ctx: WorkflowContext, n: int) -> list[int]:
+        return list(await asyncio.gather(*(ctx.step("double", i) for i in range(n))))
+
+    with running_worker(pool):
+        wf = pool.start_workflow(fan_out, 6)
+        st = pool.wait(wf, timeout=WAIT)
+    assert st.result == [0, 2, 4, 6, 8, 10]
+    steps = pool.workflow_status(wf).steps
+    assert sorted(s.number for s in steps) == [1, 2, 3, 4, 5, 6]
+    assert all(int(redis_client.get(f"wf:runs:{i}") or 0) == 1 for i in range(6))
+
+
+def test_a_failed_step_raises_step_failed_which_the_workflow_can_catch_to_compensate(
+        pool: Workpool, redis_client: redis.Redis) -> None:
+    @pool.workflow()
+    async def careful(ctx: WorkflowContext) -> str:
+        try:
+            await ctx.step("broken", 1)
+        except StepFailed as exc:
+            await ctx.step("double", 100)  # the compensation
+            return f"compensated {exc.step} {exc.error_type}"
+        return "unreachable"
+
+    @pool.workflow()
+    async def careless(ctx: WorkflowContext) -> str:
+        await ctx.step("broken", 2)
+        return "unreachable"
+
+    with running_worker(pool):
+        good = pool.start_workflow(careful)
+        bad = pool.start_workflow(careless)
+        assert pool.wait(good, timeout=WAIT).result == "compensated 1 NonRetryableError"
+        failed = pool.wait(bad, timeout=WAIT)
+    assert failed.outcome == "failed" and failed.error_type == "StepFailed"
+    assert "no luck with 2" in (failed.error or "")
+    assert redis_client.get("wf:broken:1") == b"1" and redis_client.get("wf:runs:100") == b"1"
+
+
+def test_an_uncaught_exception_fails_the_workflow_with_its_error(pool: Workpool) -> None:
+    @pool.workflow()
+    async def oops(ctx: WorkflowContext) -> None:
+        await ctx.step("double", 1)
+        raise ValueError("bad input")
+
+    with running_worker(pool):
+        st = pool.wait(pool.start_workflow(oops), timeout=WAIT)
+    assert (st.outcome, st.error_type) == ("failed", "ValueError")
+    assert "bad input" in (st.error or "")
+
+
+def test_canceling_a_workflow_cancels_its_waiting_steps_and_starts_none_after(
+        pool: Workpool, redis_client: redis.Redis) -> None:
+    @pool.workflow()
+    async def held(ctx: WorkflowContext) -> str:
+        await ctx.step("gated", "g1")
+        await ctx.step("double", 7)  # never asked for: the workflow is canceled before
+        return "done"
+
+    with running_worker(pool):
+        wf = pool.start_workflow(held, on_complete="record", context="x")
+        eventually(lambda: redis_client.get("wf:gated:g1") == b"1", WAIT, "step 1 running")
+        pool.cancel(wf)
+        st = pool.wait(wf, timeout=WAIT)
+        assert st.state == State.CANCELED
+        redis_client.set("wf:gate:g1", 1)  # step 1 ends now: recorded, not acted on
+        step = pool.wait(f"{wf}:1", timeout=WAIT)
+        assert step.outcome == "succeeded"
+        eventually(lambda: pool.workflow_status(wf).steps[0].state == "done", WAIT,
+                   "the step's end recorded in the journal")
+        eventually(lambda: redis_client.llen("wf:completed") == 1, WAIT, "on_complete once")
+    status = pool.workflow_status(wf)
+    assert status.state == State.CANCELED and len(status.steps) == 1
+    assert redis_client.get("wf:runs:7") is None
+
+
+def test_starting_with_the_same_key_gives_one_workflow(pool: Workpool,
+                                                       redis_client: redis.Redis) -> None:
+    @pool.workflow()
+    async def once(ctx: WorkflowContext, x: int) -> int:
+        return int(await ctx.step("double", x))
+
+    with running_worker(pool):
+        first = pool.start_workflow(once, 5, key="only")
+        second = pool.start_workflow(once, 5, key="only")
+        assert first == second
+        assert pool.wait(first, timeout=WAIT).result == 10
+    assert redis_client.get("wf:runs:5") == b"1"
+    assert pool.stats().counters.get("workflows_started") == 1
+
+
+def test_now_and_random_are_the_same_in_every_replay(pool: Workpool) -> None:
+    seen: dict[str, set[tuple[float, float]]] = {"start": set(), "after 1": set()}
+
+    @pool.workflow()
+    async def steady(ctx: WorkflowContext) -> None:
+        seen["start"].add((ctx.now(), ctx.random()))
+        await ctx.step("double", 1)
+        seen["after 1"].add((ctx.now(), ctx.random()))
+        await ctx.step("double", 2)
+
+    with running_worker(pool):
+        wf = pool.start_workflow(steady)
+        pool.wait(wf, timeout=WAIT)
+    (start,), (after,) = seen["start"], seen["after 1"]  # one value each, in 3 replays
+    status = pool.workflow_status(wf)
+    assert start[0] == status.started_at and after[0] == status.steps[0].finished_at
+    assert start[1] != after[1]  # the sequence goes on; each place gets the same draw
+
+
+def test_more_steps_than_max_steps_fail_the_workflow(pool: Workpool) -> None:
+    @pool.workflow(max_steps=2)
+    async def greedy(ctx: WorkflowContext) -> None:
+        for i in range(5):
+            await ctx.step("double", i)
+
+    with running_worker(pool):
+        st = pool.wait(pool.start_workflow(greedy), timeout=WAIT)
+    assert (st.outcome, st.error_type) == ("failed", "TooManySteps")
+    assert len(pool.workflow_status(st.id).steps) == 2
+
+
+def test_code_that_no_longer_matches_the_journal_waits_and_resumes_once_it_does(
+        pool: Workpool, redis_client: redis.Redis) -> None:
+    @pool.workflow()
+    async def drifting(ctx: WorkflowContext) -> int:
+        if redis_client.exists("wf:drift"):  # what a deploy changing the code looks like
+            await ctx.step("gated", "d")
+        else:
+            await ctx.step("double", 1)
+        return int(await ctx.step("double", 2))
+
+    with running_worker(pool):
+        redis_client.set("wf:drift", 1)
+        wf = pool.start_workflow(drifting)
+        eventually(lambda: redis_client.get("wf:gated:d"), WAIT, "step 1 running")
+        redis_client.delete("wf:drift")  # the code now asks for another step 1...
+        redis_client.set("wf:gate:d", 1)  # ...which its replay finds once step 1 ended
+        blocked = eventually(lambda: pool.workflow_status(wf).blocked, WAIT, "mismatch shown")
+        assert "NonDeterministicWorkflow" in blocked and "step 1" in blocked, blocked
+        assert pool.workflow_status(wf).state == State.RUNNING
+        redis_client.set("wf:drift", 1)  # a fix deployed: the code matches its journal again
+        done = pool.wait(wf, timeout=WAIT)
+    assert done.result == 4 and redis_client.get("wf:runs:1") is None
+    assert pool.workflow_status(wf).blocked is None
+
+
+def test_bad_workflow_calls_are_refused_before_anything_is_written(
+        pool: Workpool, redis_client: redis.Redis) -> None:
+    async def unregistered(ctx: WorkflowContext) -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match="max_steps"):
+        pool.workflow(max_steps=0)
+    with pytest.raises(ConfigurationError, match="async def"):
+        pool.workflow()(lambda ctx: None)
+    before = redis_client.xlen(pool.keys.pending_start)
+    with pytest.raises(Exception, match="not registered"):
+        pool.start_workflow(unregistered)
+    assert redis_client.xlen(pool.keys.pending_start) == before

@@ -1,0 +1,83 @@
+-- Workflows. A workflow is a hash `job:<id>` like a job's (so status, wait, cancel, on_complete
+-- and retention treat it as one), marked kind=workflow, that never holds a slot: it is
+-- `running` from its start until it ends. Its code runs as replays: a worker runs the workflow
+-- function against its journal and sends back a decision (new steps to ask for, or the end).
+-- Its fields beside the job's (state, outcome, result, error, spec, ...):
+--   wf_gen    generation of the replay handed out last: only that replay's decision counts
+--   wf_entry  its dispatch entry ('' when none is out)
+--   wf_dirty  1 when the journal changed after that replay was handed out: replay again
+--   wf_steps  journal entries so far; wf_max its max_steps
+--   wf_fails  replays in a row that could not decide; wf_blocked the last one's reason
+--   j:<n>     journal entry n (JOURNAL order, msgpack): step n's name, state and outcome
+-- Step n is a job `<id>:<n>` whose spec names its workflow (wf, wf_n); the script that ends it
+-- writes its outcome into the journal and asks for a replay.
+-- @include common
+-- @include spec
+
+local function pack_journal(rec)
+  local a = {}
+  for i, name in ipairs(JOURNAL) do a[i] = rec[name] or '' end
+  return cmsgpack.pack(a)
+end
+
+-- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker.
+local function dispatch_replay(ctx, wid, wk, gen)
+  local eid = rcall('XADD', ctx.dispatch, '*', 'kind', 'wf', 'id', wid, 'gen', gen)
+  rcall('HSET', wk, 'wf_gen', gen, 'wf_entry', eid, 'wf_dirty', 0)
+  bump(ctx.counts, N.REPLAYS)
+end
+
+-- The workflow a job belongs to, read before the job's end is written: {wk, wid, n, state,
+-- entry, gen, scheduled_at}; nil for a job of no workflow, or of one that is gone (past its
+-- retention).
+local function step_owner(ctx, spec)
+  local wid = spec[S.wf]
+  if not wid or wid == '' then return nil end
+  local wk = ctx.prefix .. K.job .. wid
+  local w = redis.pcall('HMGET', wk, 'kind', 'state', 'wf_entry', 'wf_gen',
+                        'j:' .. spec[S.wf_n])
+  if w.err or w[1] ~= 'workflow' then return nil end  -- never fails the job's own end
+  local ok, old = pcall(cmsgpack.unpack, w[5] or '')
+  return {wk = wk, wid = wid, n = spec[S.wf_n], state = w[2], entry = w[3] or '',
+          gen = tonumber(w[4]) or 0,
+          scheduled_at = ok and type(old) == 'table' and old[J.scheduled_at] or ''}
+end
+
+-- Something the workflow waits for happened: replay it now, or after the replay out now.
+local function wake(ctx, owner)
+  if owner.state ~= 'running' then return end
+  if owner.entry ~= '' then rcall('HSET', owner.wk, 'wf_dirty', 1)
+  else
+    dispatch_replay(ctx, owner.wid, owner.wk, owner.gen + 1)
+    owner.entry = 'out'  -- a later step of this call ending finds a replay out
+  end
+end
+
+-- Step `spec` of workflow `owner` ended (`outcome` succeeded, failed or canceled; `extra` the
+-- job's terminal fields: result, or error and error_type): its journal entry says so, and a
+-- running workflow is replayed. A workflow that ended keeps the record and is not replayed.
+local function step_ended(ctx, owner, spec, outcome, attempts, extra)
+  local rec = {kind = 'step', name = spec[S.name], outcome = outcome, attempts = attempts or 0,
+               finished_at = ctx.now, state = outcome == 'canceled' and 'canceled' or 'done'}
+  for i = 1, #(extra or {}), 2 do
+    local k = extra[i]
+    if k == 'result' or k == 'error' or k == 'error_type' then rec[k] = extra[i + 1] end
+  end
+  rec.scheduled_at = owner.scheduled_at
+  rcall('HSET', owner.wk, 'j:' .. owner.n, pack_journal(rec))
+  wake(ctx, owner)
+end
+
+-- Workflow `wid`'s fields: {wk, state, gen, entry, dirty, steps, max, fails, spec (unpacked),
+-- packed, attempts = 0}; nil when there is no workflow of that id.
+local function workflow_fields(ctx, wid)
+  local wk = ctx.prefix .. K.job .. wid
+  local w = rcall('HMGET', wk, 'kind', 'state', 'wf_gen', 'wf_entry', 'wf_dirty', 'wf_steps',
+                  'wf_max', 'wf_fails', 'spec')
+  if w[1] ~= 'workflow' then return nil end
+  local ok, spec = pcall(cmsgpack.unpack, w[9] or '')
+  return {wk = wk, state = w[2], gen = tonumber(w[3]) or 0, entry = w[4] or '',
+          dirty = w[5] == '1', steps = tonumber(w[6]) or 0, max = tonumber(w[7]) or 0,
+          fails = tonumber(w[8]) or 0, spec = ok and type(spec) == 'table' and spec or {},
+          packed = w[9], attempts = 0}
+end

@@ -1,0 +1,81 @@
+"""What `workflow_status` reports: the workflow as its hash has it, and each step from its
+journal entry and, while the step's job is kept, from that job."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workpool.types import JobStatus, State, status_from_hash
+from workpool.wire.protocol import decode, text
+from workpool.workflow import journal
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    """One step of a workflow: its number, job name and how it stands."""
+
+    number: int
+    name: str
+    job_id: str
+    state: str  #: pending (asked for, or running), done or canceled
+    outcome: str | None = None  #: succeeded, failed or canceled once it ended
+    attempts: int = 0
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    started_at: float | None = None  #: its latest attempt's start, seconds since the epoch
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowStatus:
+    """A snapshot of one workflow."""
+
+    id: str
+    state: State  #: running, done or canceled
+    name: str = ""
+    outcome: str | None = None  #: succeeded or failed once done
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    steps: tuple[StepStatus, ...] = ()
+    #: why its latest replay could not decide (the code no longer matches its journal, say);
+    #: it is replayed again until one does
+    blocked: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the workflow is done or canceled."""
+        return self.state.terminal
+
+
+def _ms(raw: bytes | None) -> float | None:
+    return int(raw) / 1000 if raw else None
+
+
+def workflow_status(workflow_id: str, h: Mapping[str, bytes],
+                    step_jobs: Mapping[int, Mapping[str, bytes]]) -> WorkflowStatus:
+    """The status of the workflow whose hash is `h` (text field names, spec read as fields);
+    `step_jobs`: the hashes of its steps' jobs still kept, by step number."""
+    job: JobStatus = status_from_hash(workflow_id, dict(h))
+    steps = []
+    for n, e in sorted(journal.entries(h).items()):
+        live = step_jobs.get(n) or {}
+        ended = e.state != "pending"
+        steps.append(StepStatus(
+            number=n, name=e.name, job_id=f"{workflow_id}:{n}", state=e.state,
+            outcome=e.outcome or None,
+            attempts=e.attempts if ended else int(live.get("attempts") or 0),
+            result=decode(e.result, text(h.get("enc")) or "msgpack") if ended else None,
+            error=e.error or None, error_type=e.error_type or None,
+            started_at=_ms(live.get("started_at")),
+            finished_at=e.finished_at / 1000 if e.finished_at else None))
+    return WorkflowStatus(
+        id=workflow_id, state=job.state, name=job.name, outcome=job.outcome, result=job.result,
+        error=job.error, error_type=job.error_type, steps=tuple(steps),
+        blocked=text(h.get("wf_blocked")) or None, started_at=_ms(h.get("started_at")),
+        finished_at=job.finished_at)
