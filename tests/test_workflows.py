@@ -62,7 +62,7 @@ def test_a_workflow_runs_its_steps_in_order_each_once_and_returns(
         a = await ctx.step("double", x)
         b = await ctx.step("double", a)
         seen.append(b)
-        return await ctx.step("double", b) + 1
+        return int(await ctx.step("double", b)) + 1
 
     with running_worker(pool):
         wf = pool.start_workflow(chain, 3, on_complete="record", context="c")
