@@ -15,6 +15,7 @@ from workpool import (
     NonRetryableError,
     State,
     StepFailed,
+    WaitTimeout,
     WorkflowContext,
     Workpool,
 )
@@ -219,7 +220,7 @@ def test_code_that_no_longer_matches_the_journal_waits_and_resumes_once_it_does(
         redis_client.delete("wf:drift")  # the code now asks for another step 1...
         redis_client.set("wf:gate:d", 1)  # ...which its replay finds once step 1 ended
         blocked = eventually(lambda: pool.workflow_status(wf).blocked, WAIT, "mismatch shown")
-        assert "NonDeterministicWorkflow" in blocked and "step 1" in blocked, blocked
+        assert "NonDeterministicWorkflow" in blocked and "entry 1" in blocked, blocked
         assert pool.workflow_status(wf).state == State.RUNNING
         redis_client.set("wf:drift", 1)  # a fix deployed: the code matches its journal again
         done = pool.wait(wf, timeout=WAIT)
@@ -240,3 +241,96 @@ def test_bad_workflow_calls_are_refused_before_anything_is_written(
     with pytest.raises(Exception, match="not registered"):
         pool.start_workflow(unregistered)
     assert redis_client.xlen(pool.keys.pending_start) == before
+
+
+def test_a_sleep_holds_no_worker_and_ends_no_earlier_than_asked(pool: Workpool) -> None:
+    @pool.workflow()
+    async def napping(ctx: WorkflowContext) -> float:
+        before = ctx.now()
+        await ctx.sleep(0.3)
+        return ctx.now() - before
+
+    with running_worker(pool, concurrency=1):
+        wf = pool.start_workflow(napping)
+        other = pool.enqueue("double", 50)  # the one slot is free while the workflow sleeps
+        assert pool.wait(other, timeout=WAIT).result == 100
+        assert pool.workflow_status(wf).state == State.RUNNING
+        slept = pool.wait(wf, timeout=WAIT).result
+    assert slept >= 0.3
+    (nap,) = pool.workflow_status(wf).steps
+    assert nap.name == "" and nap.state == "done"
+
+
+def test_an_event_ends_its_wait_once_and_one_sent_early_is_kept_for_the_next_wait(
+        pool: Workpool) -> None:
+    @pool.workflow()
+    async def approval(ctx: WorkflowContext) -> list[object]:
+        first = await ctx.wait_for_event("approved")
+        second = await ctx.wait_for_event("approved")
+        try:
+            await ctx.wait_for_event("never", timeout=0.2)
+        except WaitTimeout:
+            return [first, second, "timed out"]
+        return [first, second]
+
+    with running_worker(pool):
+        wf = pool.start_workflow(approval)
+        eventually(lambda: pool.workflow_status(wf).steps, WAIT, "the first wait recorded")
+        pool.send_event(wf, "approved", {"by": "ops"})
+        pool.send_event(wf, "approved", "again")  # kept until the second wait
+        done = pool.wait(wf, timeout=WAIT)
+        pool.send_event(wf, "approved", "late")  # the workflow ended: dropped
+        eventually(lambda: pool.stats().counters.get("events_dropped") == 1, WAIT, "dropped")
+    assert done.result == [{"by": "ops"}, "again", "timed out"]
+    counters = pool.stats().counters
+    assert counters.get("waits_timed_out") == 1
+    assert counters.get("events_delivered", 0) + counters.get("events_kept", 0) == 2
+
+
+def test_a_child_workflow_runs_to_its_end_and_is_canceled_with_its_parent(
+        pool: Workpool, redis_client: redis.Redis) -> None:
+    @pool.workflow()
+    async def child(ctx: WorkflowContext, x: int) -> int:
+        return int(await ctx.step("double", x))
+
+    @pool.workflow()
+    async def parent(ctx: WorkflowContext) -> int:
+        return int(await ctx.workflow(child, 21)) + 1
+
+    @pool.workflow()
+    async def stuck_child(ctx: WorkflowContext) -> None:
+        await ctx.wait_for_event("never")
+
+    @pool.workflow()
+    async def stuck_parent(ctx: WorkflowContext) -> None:
+        await ctx.workflow(stuck_child)
+
+    with running_worker(pool):
+        assert pool.wait(pool.start_workflow(parent), timeout=WAIT).result == 43
+        wf = pool.start_workflow(stuck_parent)
+        eventually(lambda: redis_client.exists(pool.keys.job(f"{wf}:1")), WAIT, "child began")
+        pool.cancel(wf)
+        assert pool.wait(wf, timeout=WAIT).state == State.CANCELED
+        assert pool.wait(f"{wf}:1", timeout=WAIT).state == State.CANCELED
+
+
+def test_patched_keeps_running_workflows_on_the_path_they_began(
+        pool: Workpool, redis_client: redis.Redis) -> None:
+    @pool.workflow()
+    async def evolving(ctx: WorkflowContext) -> str:
+        await ctx.wait_for_event("go")
+        new = redis_client.exists("wf:deployed") and ctx.patched("v2")
+        await ctx.step("double", 2 if new else 1)
+        return "v2" if new else "v1"
+
+    with running_worker(pool):
+        old = pool.start_workflow(evolving)
+        eventually(lambda: pool.workflow_status(old).steps, WAIT, "waiting")
+        pool.send_event(old, "go")
+        assert pool.wait(old, timeout=WAIT).result == "v1"
+        redis_client.set("wf:deployed", 1)  # the new code: replays of `old` would take v1
+        fresh = pool.start_workflow(evolving)
+        eventually(lambda: pool.workflow_status(fresh).steps, WAIT, "waiting")
+        pool.send_event(fresh, "go")
+        assert pool.wait(fresh, timeout=WAIT).result == "v2"
+    assert [s.name for s in pool.workflow_status(fresh).steps] == ["go", "v2", "double"]

@@ -67,6 +67,13 @@ def enqueue(keys: Keys, entries: Sequence[Fields]) -> Ops[list[str]]:
     return [text(f.get("id") or reply) for f, reply in zip(entries, replies, strict=False)]
 
 
+def send_event(keys: Keys, fields: Fields) -> Ops[str]:
+    """Append an event for a workflow (requests.event_entry); returns its entry id."""
+    (entry_id,) = yield Step([("XADD", keys.pending_start, "*",
+                               *[x for kv in fields.items() for x in kv])])
+    return text(entry_id)
+
+
 def status(keys: Keys, job_id: str, *, pause: float = 0.0,
            listen: str | None = None) -> Ops[JobStatus]:
     """The job's status; pending while its enqueue entry waits to be applied. `pause` and

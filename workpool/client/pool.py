@@ -13,7 +13,7 @@ from redis.client import Pipeline
 from workpool.client import ops
 from workpool.client.aio import AsyncWorkpool
 from workpool.client.drive import drive
-from workpool.client.requests import enqueue_entries, workflow_entry
+from workpool.client.requests import enqueue_entries, event_entry, workflow_entry
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
 from workpool.core import validate
@@ -209,6 +209,13 @@ class Workpool:
                 transaction.execute_command(*command)
             return str(entry["id"])
         return self._drive(ops.enqueue(self.keys, [entry]))[0]
+
+    def send_event(self, workflow_id: str, name: str, payload: Any = None) -> None:
+        """Send event `name` with `payload` to a workflow: it ends the workflow's oldest
+        `wait_for_event(name)`, or is kept for the next one; dropped if the workflow is not
+        running when the main loop applies it."""
+        self._drive(ops.send_event(self.keys, event_entry(self.config, workflow_id, name,
+                                                          payload)))
 
     def workflow_status(self, workflow_id: str) -> WorkflowStatus:
         """The workflow's state, outcome and each step; JobNotFound if it has none."""

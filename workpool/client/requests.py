@@ -12,7 +12,7 @@ from workpool.core.config import PoolConfig
 from workpool.core.registry import check_name
 from workpool.errors import PayloadTooLarge, UnknownJobName
 from workpool.wire.options import EnqueueOptions, JobRef, check_names
-from workpool.wire.protocol import Fields, check_kwargs, encode, key_job_id
+from workpool.wire.protocol import Fields, check_job_id, check_kwargs, encode, key_job_id
 
 
 def name_of(config: PoolConfig, ref: Any, argument: str) -> str:
@@ -80,3 +80,14 @@ def workflow_entry(config: PoolConfig, workflow: Any, args: Sequence[Any], *,
               f"max_payload_bytes={config.max_payload_bytes}"
         raise PayloadTooLarge(msg)
     return fields
+
+
+def event_entry(config: PoolConfig, workflow_id: str, name: str, payload: Any) -> Fields:
+    """The entry of an event for a workflow (op=event); raises before anything is written."""
+    data = encode(payload, config.encoding)
+    if len(data) > config.max_payload_bytes:
+        msg = f"event {name!r}: a payload of {len(data)} bytes exceeds the pool's " \
+              f"max_payload_bytes={config.max_payload_bytes}"
+        raise PayloadTooLarge(msg)
+    return {"op": "event", "id": check_job_id(workflow_id), "name": check_name(name, "name"),
+            "enc": config.encoding, "payload": data}

@@ -143,26 +143,39 @@ local function outcome_fields(item)
   return g
 end
 
--- A replay's commands checked in full: the steps ({n, fields, flat}), the ending command (or nil),
--- or nil and why they cannot be applied.
+-- A replay's commands checked in full: the numbered ones ({n, command}) in order, the ending
+-- command (or nil), or nil and why they cannot be applied. Numbered: {'step', n, fields} and
+-- {'child', n, fields} (an enqueue's or a workflow start's entry fields), {'sleep', n,
+-- until_ms}, {'event', n, name, until_ms (0: no timeout)}, {'patch', n, name}.
+local NUMBERED = {step = 'fields', child = 'fields', sleep = 'time', event = 'wait',
+                  patch = 'name'}
+
 local function decision(w, cmds)
-  local steps, ending = {}, nil
+  local numbered, ending = {}, nil
   for _, c in ipairs(cmds) do
     if type(c) ~= 'table' then return nil, nil, 'a command must be an array' end
-    if c[1] == 'step' then
-      local g = outcome_fields(c[3])
-      if tonumber(c[2]) ~= w.steps + #steps + 1 or not g or not g.name then
-        return nil, nil, 'step commands number the steps on from ' .. (w.steps + 1) ..
-                         ' and carry an enqueue entry\'s fields'
+    local form, n = NUMBERED[c[1]], w.steps + #numbered + 1
+    if form then
+      local ok = tonumber(c[2]) == n
+      if form == 'fields' then
+        c.fields = outcome_fields(c[3])
+        ok = ok and c.fields ~= nil and c.fields.name ~= nil
+      elseif form == 'time' then ok = ok and tonumber(c[3]) ~= nil
+      elseif form == 'wait' then
+        ok = ok and type(c[3]) == 'string' and #c[3] <= L.MAX_NAME_BYTES and tonumber(c[4]) ~= nil
+      else ok = ok and type(c[3]) == 'string' and #c[3] <= L.MAX_NAME_BYTES end
+      if not ok then
+        return nil, nil, 'command ' .. c[1] .. ' must be numbered ' .. n .. ' (entries are ' ..
+                         'numbered in order) and carry its ' .. form
       end
-      steps[#steps + 1] = {w.steps + #steps + 1, g, c[3]}
+      numbered[#numbered + 1] = {n, c}
     elseif (c[1] == 'return' and type(c[2]) == 'string') or
            (c[1] == 'fail' and type(c[2]) == 'string' and type(c[3]) == 'string') then
       if ending then return nil, nil, 'a decision ends the workflow once at most' end
       ending = c
     else return nil, nil, 'unknown command ' .. tostring(c[1]) end
   end
-  return steps, ending
+  return numbered, ending
 end
 
 -- The next replay of a workflow that could not decide goes out after 1 s doubling (60 s cap).
@@ -171,6 +184,53 @@ local function replay_later(w, id, err)
   rcall('ZADD', prefix .. K.replays_due, ctx.now + math.min(60000, 1000 * 2 ^ w.fails), id)
   bump(ctx.counts, N.REPLAY_FAILURES)
   return C.REPLAY_RETRY
+end
+
+-- Ask for step or child workflow n: its entry joins pendingStart (ingestRequests applies it
+-- next, creating it only while this workflow still runs), named `<id>:<n>`, of this workflow.
+local function ask(wid, n, op, flat_fields)
+  local sid = wid .. ':' .. n
+  local entry = {'op', op, 'id', sid, 'wf', wid, 'wf_n', n}
+  for i = 1, #flat_fields, 2 do
+    local k = tostring(flat_fields[i])
+    if k ~= 'op' and k ~= 'id' and k ~= 'wf' and k ~= 'wf_n' then
+      append_all(entry, {k, tostring(flat_fields[i + 1])})
+    end
+  end
+  rcall('XADD', prefix .. K.pending_start, '*', unpack(entry))
+  rcall('SADD', prefix .. K.incoming, sid)
+end
+
+-- Record numbered command {n, c} of workflow `w` in its journal and set it going; true when
+-- it ended at once (an event kept before the workflow waited for it, a patch marker).
+local function record(wid, w, n, c)
+  local kind, name = c[1], c.fields and c.fields.name or c[3]
+  if kind == 'sleep' then name = '' end
+  local rec = {kind = kind == 'child' and 'workflow' or kind, name = name, state = 'pending',
+               scheduled_at = ctx.now}
+  if kind == 'step' or kind == 'child' then
+    ask(wid, n, kind == 'step' and 'enqueue' or 'workflow', c[3])
+  elseif kind == 'sleep' then
+    rcall('ZADD', prefix .. K.wf_timers, tonumber(c[3]), timer_member(wid, n))
+  elseif kind == 'event' then
+    local kept = list_field(w.wk, 'e:' .. name)
+    if #kept > 0 then
+      rec.state, rec.outcome, rec.result, rec.finished_at = 'done', 'succeeded', kept[1], ctx.now
+      table.remove(kept, 1)
+      set_list(w.wk, 'e:' .. name, kept)
+    else
+      local waiting = list_field(w.wk, 'w:' .. name)
+      waiting[#waiting + 1] = n
+      set_list(w.wk, 'w:' .. name, waiting)
+      if tonumber(c[4]) > 0 then
+        rcall('ZADD', prefix .. K.wf_timers, tonumber(c[4]), timer_member(wid, n))
+      end
+    end
+  else  -- a patch marker: recorded, nothing to wait for
+    rec.state, rec.outcome, rec.finished_at = 'done', 'succeeded', ctx.now
+  end
+  rcall('HSET', w.wk, 'j:' .. n, pack_journal(rec))
+  return rec.state == 'done' and kind ~= 'patch'
 end
 
 local function replay_outcome(entry_id, f, flat)
@@ -183,13 +243,13 @@ local function replay_outcome(entry_id, f, flat)
     bump(ctx.counts, N.STALE_REPLAYS)
     return C.STALE_REPLAY
   end
-  local steps, ending, why = nil, nil, nil
+  local numbered, ending, why = nil, nil, nil
   if f.ok == '1' then
     local ok, cmds = pcall(cmsgpack.unpack, f.cmds or '')
     if not ok or type(cmds) ~= 'table' then
       return reject(entry_id, flat, 'field cmds must be a msgpack array of commands')
     end
-    steps, ending, why = decision(w, cmds)
+    numbered, ending, why = decision(w, cmds)
     if why then return reject(entry_id, flat, why) end
   end
   drop_entry(ctx, w.entry)
@@ -197,30 +257,18 @@ local function replay_outcome(entry_id, f, flat)
   if f.ok ~= '1' then
     return replay_later(w, f.id, string.sub(f.error or 'no error message', 1, L.MAX_ERROR_BYTES))
   end
-  local total = w.steps + #steps
+  local total = w.steps + #numbered
   if total > w.max then
     ending = {'fail', 'the workflow asked for step ' .. total .. ', more than its max_steps (' ..
               w.max .. ')', 'TooManySteps'}
-    steps, total = {}, w.steps
+    numbered, total = {}, w.steps
   elseif ending and ending[1] == 'return' and #ending[2] > ctx.max_result then
     ending = {'fail', 'the result of ' .. #ending[2] .. " bytes is over the pool's " ..
               'max_result_bytes (' .. ctx.max_result .. ')', 'PayloadTooLarge'}
   end
-  local requests, incoming = prefix .. K.pending_start, prefix .. K.incoming
-  for _, s in ipairs(steps) do
-    local n, g, flat_fields = s[1], s[2], s[3]
-    local sid = f.id .. ':' .. n
-    local entry = {'op', 'enqueue', 'id', sid, 'wf', f.id, 'wf_n', n}
-    for i = 1, #flat_fields, 2 do
-      local k = tostring(flat_fields[i])
-      if k ~= 'op' and k ~= 'id' and k ~= 'wf' and k ~= 'wf_n' then
-        append_all(entry, {k, tostring(flat_fields[i + 1])})
-      end
-    end
-    rcall('HSET', w.wk, 'j:' .. n, pack_journal({kind = 'step', name = g.name, state = 'pending',
-                                                 scheduled_at = ctx.now}))
-    rcall('XADD', requests, '*', unpack(entry))
-    rcall('SADD', incoming, sid)
+  local again = w.dirty
+  for _, item in ipairs(numbered) do
+    if record(f.id, w, item[1], item[2]) then again = true end
   end
   rcall('HSET', w.wk, 'wf_steps', total, 'wf_entry', '', 'wf_fails', 0, 'wf_blocked', '')
   if ending and ending[1] == 'return' then
@@ -232,7 +280,7 @@ local function replay_outcome(entry_id, f, flat)
                  {'error', err, 'error_type', string.sub(ending[3], 1, 200)})
     return C.FAILED
   end
-  if w.dirty then dispatch_replay(ctx, f.id, w.wk, w.gen + 1) end
+  if again then dispatch_replay(ctx, f.id, w.wk, w.gen + 1) end
   return C.REPLAY_APPLIED
 end
 

@@ -6,6 +6,8 @@
 --   cancel  -> pending/retrying become canceled; running is marked (never retried)
 --   config  -> live overrides of the pool's settings (max_parallelism, paused, rate limits,
 --              key limits), validated in full before any is written
+--   event   -> ends a running workflow's oldest wait for that event name (its payload the
+--              result), else is kept for its next wait; dropped for a workflow not running
 --   workflow -> a new running workflow (includes/workflow.lua), its first replay handed out;
 --              DUPLICATE_ENQUEUE when a job or workflow with that id exists. A cancel of a
 --              workflow ends it canceled and cancels its steps not yet ended. An enqueue of a
@@ -39,7 +41,8 @@
 -- Returns R.batch {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
 -- written) or OK, with the job id and a code per entry
 -- (ENQUEUED, DUPLICATE_ENQUEUE, CANCELED, CANCEL_MARKED, CANCEL_NOOP,
--- CONFIGURED, WORKFLOW_STARTED, REJECTED). A bad argument is an error reply, nothing written.
+-- CONFIGURED, WORKFLOW_STARTED, EVENT_DELIVERED, EVENT_KEPT, EVENT_DROPPED, REJECTED). A bad
+-- argument is an error reply, nothing written.
 -- @include common
 -- @include finish
 
@@ -318,7 +321,8 @@ local function cancel_job(id)
 end
 
 -- A running workflow ends canceled, then each of its steps not ended yet is canceled as a job
--- is (a running one finishes; its end is recorded, never acted on).
+-- is (a running one finishes; its end is recorded, never acted on), and each child workflow
+-- as a workflow is.
 local function cancel_workflow(id, w)
   if w.state ~= 'running' then
     bump(ctx.counts, N.CANCEL_NOOP)
@@ -336,7 +340,10 @@ local function cancel_workflow(id, w)
     end
   end
   end_workflow(ctx, id, w.wk, w, 'canceled', 'canceled', {'cancel', '1'})
-  for _, step in ipairs(open) do cancel_job(step) end
+  for _, step in ipairs(open) do
+    local child = workflow_fields(ctx, step)
+    if child then cancel_workflow(step, child) else cancel_job(step) end
+  end
   return C.CANCELED
 end
 
@@ -349,6 +356,47 @@ local function cancel(entry_id, f, flat)
   return cancel_job(id)
 end
 
+-- An event for a running workflow: it ends the oldest wait for its name, else it is kept
+-- (at most L.MAX_KEPT_EVENTS per name) for the next wait; for any other workflow, dropped.
+local function send_event(entry_id, f, flat)
+  if not f.id or f.id == '' then return reject(entry_id, flat, 'an event needs field id') end
+  if not is_name(f.name) then
+    return reject(entry_id, flat, 'field name must be a name: ASCII letters, digits and ' ..
+                  '_ . : - (at most ' .. L.MAX_NAME_BYTES .. ' bytes), starting with a ' ..
+                  'letter or _')
+  end
+  local payload = f.payload or ''
+  if #payload > max_payload then
+    return reject(entry_id, flat, 'payload of ' .. #payload .. ' bytes is over the limit of ' ..
+                  max_payload)
+  end
+  local w = workflow_fields(ctx, f.id)
+  if not w or w.state ~= 'running' then
+    bump(ctx.counts, N.EVENTS_DROPPED)
+    return C.EVENT_DROPPED
+  end
+  local waiting = list_field(w.wk, 'w:' .. f.name)
+  if #waiting == 0 then
+    local kept = list_field(w.wk, 'e:' .. f.name)
+    if #kept >= L.MAX_KEPT_EVENTS then
+      return reject(entry_id, flat, 'the workflow keeps ' .. L.MAX_KEPT_EVENTS .. ' events ' ..
+                    'named ' .. f.name .. ' already, none waited for')
+    end
+    kept[#kept + 1] = payload
+    set_list(w.wk, 'e:' .. f.name, kept)
+    bump(ctx.counts, N.EVENTS_KEPT)
+    return C.EVENT_KEPT
+  end
+  local n = table.remove(waiting, 1)
+  local rec = journal_entry(w.wk, n) or {}
+  set_list(w.wk, 'w:' .. f.name, waiting)
+  rcall('ZREM', prefix .. K.wf_timers, timer_member(f.id, n))
+  rec[J.kind], rec[J.name] = 'event', f.name
+  wait_ended(ctx, f.id, w, n, rec, 'succeeded', payload)
+  bump(ctx.counts, N.EVENTS_DELIVERED)
+  return C.EVENT_DELIVERED
+end
+
 -- A new workflow: its hash (kind=workflow, running) and its first replay.
 local function start_workflow(entry_id, f, flat)
   local id = f.id
@@ -359,7 +407,6 @@ local function start_workflow(entry_id, f, flat)
                   max_steps > L.MAX_WORKFLOW_STEPS) then
     why = 'field max_steps is not a whole number from 1 to ' .. L.MAX_WORKFLOW_STEPS
   end
-  if not why and f.wf then why = 'a workflow is not a step' end
   if why then return reject(entry_id, flat, why) end
   flush_deferred(ctx.defer)
   if f.id and f.id ~= '' then rcall('SREM', KEYS[3], id) end
@@ -368,11 +415,20 @@ local function start_workflow(entry_id, f, flat)
     bump(ctx.counts, N.DUPLICATE_ENQUEUES)
     return C.DUPLICATE_ENQUEUE
   end
+  if f.wf then  -- a child workflow: only while its parent runs
+    local parent = step_owner(ctx, {[S.wf] = f.wf, [S.wf_n] = f.wf_n})
+    if not parent or parent.state ~= 'running' then
+      if parent then step_ended(ctx, parent, {[S.name] = f.name}, 'canceled', 0, {}) end
+      bump(ctx.counts, N.CANCELED)
+      return C.CANCELED
+    end
+  end
   fresh[id] = true
   rcall('HSET', wk, 'kind', 'workflow', 'state', 'running', 'attempts', 0, 'started_at', ctx.now,
         'wf_steps', 0, 'wf_max', max_steps, 'wf_fails', 0, 'spec', pack_spec({
           name = f.name, enc = o.enc, enqueued_at = tonumber(string.match(entry_id, '^(%d+)')),
-          args = f.args, kwargs = f.kwargs, context = f.context, on_complete = f.on_complete}))
+          args = f.args, kwargs = f.kwargs, context = f.context, on_complete = f.on_complete,
+          wf = f.wf, wf_n = f.wf_n}))
   dispatch_replay(ctx, id, wk, 1)
   bump(ctx.counts, N.WORKFLOWS_STARTED)
   return C.WORKFLOW_STARTED
@@ -421,7 +477,7 @@ local function configure(entry_id, f, flat)
 end
 
 local handlers = {enqueue = enqueue, cancel = cancel, config = configure,
-                  workflow = start_workflow}
+                  workflow = start_workflow, event = send_event}
 local result = apply_entries(KEYS[2], batch, 'op', 'enqueue', handlers, reject)
 flush_deferred(ctx.defer)
 if seq then rcall('SET', ctx.adm.seq, seq) end

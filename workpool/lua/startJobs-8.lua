@@ -3,8 +3,8 @@
 -- subject to the pool's and each job name's rate limit (token buckets on Redis time) and each
 -- concurrency key's limit. Each start increments the attempt (the fencing token of that run)
 -- and appends one entry to the dispatch stream (the attempt and the job's packed spec). Also
--- hands out due on_complete deliveries, and the replays of workflows that could not decide
--- when they are due again (replaysDue).
+-- hands out due on_complete deliveries, the replays of workflows that could not decide when
+-- they are due again (replaysDue), and ends the workflow waits that are due (wfTimers).
 -- A job held by a name's rate limit is parked in nameq:<name> until the name's next token; a
 -- job whose key is at its limit waits in keyq:<key>: neither is looked at again until then.
 -- Every step is bounded by the batch: keys whose queue an earlier call left to move on
@@ -19,7 +19,8 @@
 -- KEYS[7] callbacksDue   ZSET    id -> time (ms) a failed delivery is tried again
 -- KEYS[8] stats          HASH    counters
 -- Derived from ARGV[2] (same hash tag): the admission keys listed in includes/admission.lua,
--- replaysDue (ZSET workflow id -> time its replay is tried again) and the workflows' hashes,
+-- replaysDue (ZSET workflow id -> time its replay is tried again), wfTimers (ZSET workflow
+-- wait -> time it ends: a sleep, an event's timeout) and the workflows' hashes,
 -- and pendingStart and pendingCompletion (only their lengths are read).
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
@@ -27,7 +28,8 @@
 -- ARGV[4] now            ms since epoch, or '' for Redis TIME
 -- Returns R.start {code, started, running, max_parallelism, next_due_ms, next_callback_ms,
 -- now_ms, next_admission_ms, promoted, requests_waiting, outcomes_waiting, ids...} with -1 for
--- "nothing scheduled"; next_callback_ms is the next delivery or replay due again;
+-- "nothing scheduled"; next_callback_ms is the next delivery or replay due again, or the next
+-- workflow wait to end;
 -- next_admission_ms is when a rate limit lets a held job go; promoted
 -- counts the steps moving jobs towards `ready` (a full batch: call again at once);
 -- requests_waiting and outcomes_waiting are the entries of pendingStart and pendingCompletion
@@ -208,6 +210,31 @@ for _, id in ipairs(rcall('ZRANGEBYSCORE', replays_due, '-inf', now, 'LIMIT', 0,
   end
 end
 
+-- 6. Workflow waits that end now: a sleep is over, an event's wait timed out.
+local timers = prefix .. K.wf_timers
+for _, member in ipairs(rcall('ZRANGEBYSCORE', timers, '-inf', now, 'LIMIT', 0, batch)) do
+  rcall('ZREM', timers, member)
+  local wid, n = string.match(member, '^(.*):(%d+)$')
+  local w = wid and workflow_fields(wctx, wid)
+  local rec = w and w.state == 'running' and journal_entry(w.wk, n)
+  if rec and rec[J.state] == 'pending' then
+    wctx.now = now
+    if rec[J.kind] == 'event' then
+      local field = 'w:' .. rec[J.name]
+      local waiting = list_field(w.wk, field)
+      for i, m in ipairs(waiting) do
+        if tostring(m) == n then table.remove(waiting, i) break end
+      end
+      set_list(w.wk, field, waiting)
+      wait_ended(wctx, wid, w, n, rec, 'failed', '', 'no event ' .. rec[J.name] .. ' came ' ..
+                 'before the wait timed out', 'WaitTimeout')
+      bump(counts, N.WAITS_TIMED_OUT)
+    else
+      wait_ended(wctx, wid, w, n, rec, 'succeeded', '')
+    end
+  end
+end
+
 -- Entries of a request stream not applied yet, read after this call's writes, so never
 -- raising: a key clobbered by someone else counts as waiting (the script that reads it then
 -- sets the problem out, as before).
@@ -223,9 +250,9 @@ local function first_score(key)
 end
 
 local next_callback = first_score(KEYS[7])
-local next_replay = first_score(replays_due)
-if next_callback < 0 or (next_replay >= 0 and next_replay < next_callback) then
-  next_callback = next_replay
+for _, key in ipairs({replays_due, timers}) do
+  local t = first_score(key)
+  if next_callback < 0 or (t >= 0 and t < next_callback) then next_callback = t end
 end
 
 flush_counts(KEYS[8], counts)

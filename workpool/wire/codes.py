@@ -37,6 +37,9 @@ class Code(IntEnum):
     REPLAY_APPLIED = 22  #: a replay's decision recorded (its steps asked for): the workflow runs on
     STALE_REPLAY = 23  #: decision of a replay no longer current (or of a workflow ended): dropped
     REPLAY_RETRY = 24  #: a replay could not decide (code or journal mismatch): tried again later
+    EVENT_DELIVERED = 25  #: an event ended the workflow's wait for it
+    EVENT_KEPT = 26  #: an event no wait took yet: kept until the workflow waits for it
+    EVENT_DROPPED = 27  #: an event for a workflow that is not running (ended, or unknown)
 
 
 def lua_prelude() -> str:

@@ -35,6 +35,10 @@ class Counter:
     REPLAYS: Final = "replays"  #: workflow replays handed to workers
     STALE_REPLAYS: Final = "stale_replays"  #: replay decisions no longer current, dropped
     REPLAY_FAILURES: Final = "replay_failures"  #: replays that could not decide (tried again)
+    EVENTS_DELIVERED: Final = "events_delivered"  #: events that ended a workflow's wait
+    EVENTS_KEPT: Final = "events_kept"  #: events kept for a workflow not waiting for them yet
+    EVENTS_DROPPED: Final = "events_dropped"  #: events for workflows not running
+    WAITS_TIMED_OUT: Final = "waits_timed_out"  #: event waits ended by their timeout
     TIMEOUTS: Final = "timeouts"  #: attempts failed by the reaper as Timeout
     WORKERS_LOST_ATTEMPTS: Final = "workers_lost_attempts"  #: attempts failed as WorkerLost
     WORKERS_REMOVED: Final = "workers_removed"  #: dead consumers removed from the dispatch group

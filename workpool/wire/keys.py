@@ -23,6 +23,7 @@ KEY = {
     "deadlines": "deadlines",
     "callbacks_due": "callbacksDue",
     "replays_due": "replaysDue",
+    "wf_timers": "wfTimers",
     "lease": "lease",
     "epoch": "epoch",
     "config": "config",
@@ -109,6 +110,12 @@ class Keys:
     def replays_due(self) -> str:
         """ZSET workflow id -> time (ms) a replay that could not decide is tried again."""
         return self._k(KEY["replays_due"])
+
+    @property
+    def wf_timers(self) -> str:
+        """ZSET `<workflow id>:<n>` -> time (ms) workflow wait n ends (a sleep, an event's
+        timeout)."""
+        return self._k(KEY["wf_timers"])
 
     @property
     def lease(self) -> str:

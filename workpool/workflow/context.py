@@ -1,20 +1,22 @@
 """`WorkflowContext`: what a workflow function calls. In a replay each call is matched, in the
-order the code makes it, to its journal entry: a step that ended gives its result (or raises
-StepFailed) at once, one still running never resolves in this replay, and one the journal does
-not have yet is asked for in the replay's decision."""
+order the code makes it, to its journal entry: one that ended gives its result (or raises) at
+once, one still waiting never resolves in this replay, and one the journal does not have yet is
+asked for in the replay's decision."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from workpool.client.requests import enqueue_entries
+from workpool.client.requests import enqueue_entries, workflow_entry
+from workpool.core import validate
 from workpool.core.config import PoolConfig
-from workpool.errors import StepFailed
+from workpool.errors import StepFailed, WaitTimeout
+from workpool.wire import limits
 from workpool.wire.options import STEP_OPTIONS, JobRef
-from workpool.wire.protocol import Fields, decode
+from workpool.wire.protocol import decode
 from workpool.workflow.journal import Entry
 
 if TYPE_CHECKING:
@@ -31,10 +33,10 @@ class WorkflowContext:
                  *, started_at_ms: int, loop: asyncio.AbstractEventLoop) -> None:
         self._config, self._journal, self._loop = config, journal, loop
         self._workflow_id = workflow_id
-        self._next = 1  # the number of the next step the code asks for
+        self._next = 1  # the number of the next journal entry the code asks for
         self._now_ms = started_at_ms
         self._rng = random.Random(workflow_id)
-        self.new_steps: list[tuple[int, Fields]] = []  #: steps asked for in this replay
+        self.commands: list[list[Any]] = []  #: what this replay asks for, in order
         self.mismatch: str | None = None  #: why the code no longer matches the journal
         self.closed = False  #: the replay is over: nothing more may be asked
 
@@ -44,8 +46,8 @@ class WorkflowContext:
         return self._workflow_id
 
     def now(self) -> float:
-        """Seconds since the epoch: when the workflow started, then the end of the latest step
-        the code has seen end (the same in every replay)."""
+        """Seconds since the epoch: when the workflow started, then the end of the latest
+        journal entry the code has seen end (the same in every replay)."""
         return self._now_ms / 1000
 
     def random(self) -> float:
@@ -54,32 +56,85 @@ class WorkflowContext:
 
     def step(self, job: JobRef, *args: Any, **options: Unpack[StepOptions]) -> Awaitable[Any]:
         """Run `job(*args)` as a job of the pool (retries, timeout, limits as for any job) and
-        give its result, once; StepFailed if it ends failed or canceled. The step's number is
-        the order of this call among the workflow's calls; its arguments are not compared on
-        replay (a changed argument does not change a step already asked for)."""
+        give its result, once; StepFailed if it ends failed or canceled. A step is matched to
+        its journal entry by its number (the order of the calls) and its job's name; its
+        arguments are not compared (a changed argument does not change a step asked for)."""
+        (fields,) = enqueue_entries(self._config, job, [args], options, allowed=STEP_OPTIONS,
+                                    call="ctx.step")
+        name, enc = str(fields["name"]), str(fields["enc"])
+        return self._ask("step", name, lambda n: ["step", n, _flat(fields)],
+                         lambda e: decode(e.result, enc))
+
+    def workflow(self, workflow: Callable[..., Any] | str, *args: Any,
+                 kwargs: Mapping[str, Any] | None = None) -> Awaitable[Any]:
+        """Run a child workflow and give its result; StepFailed if it fails or is canceled.
+        It is canceled with this one."""
+        fields = workflow_entry(self._config, workflow, args, kwargs=kwargs, key=None,
+                                on_complete=None, context=None)
+        name, enc = str(fields["name"]), str(fields["enc"])
+        return self._ask("workflow", name, lambda n: ["child", n, _flat(fields)],
+                         lambda e: decode(e.result, enc))
+
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Wait `seconds` (from now(), the workflow's time) without holding a worker: the main
+        loop ends the wait, and the workflow is replayed then."""
+        ms = validate.seconds_ms("seconds", seconds, limits.MAX_RUN_AFTER_MS)
+        return self._ask("sleep", "", lambda n: ["sleep", n, self._now_ms + ms], lambda e: None)
+
+    def wait_for_event(self, name: str, timeout: float | None = None) -> Awaitable[Any]:
+        """The payload of the next event `name` sent to this workflow (`pool.send_event`),
+        each event delivered to one wait once; one sent before the workflow waits is kept for
+        it. WaitTimeout if none comes within `timeout` seconds (None: no limit)."""
+        validate.string("name", name, limits.MAX_NAME_BYTES)
+        until = 0 if timeout is None else \
+            self._now_ms + validate.seconds_ms("timeout", timeout, limits.MAX_RUN_AFTER_MS)
+        enc = self._config.encoding
+        return self._ask("event", name, lambda n: ["event", n, name, until],
+                         lambda e: decode(e.result, enc))
+
+    def patched(self, patch: str) -> bool:
+        """True where the code takes a new path introduced by a change named `patch`: always
+        in a workflow that reaches this point under the new code (a marker is recorded), and
+        False in one that passed it under the old code (its journal has no marker here), so a
+        running workflow keeps the path it began."""
+        validate.string("patch", patch, limits.MAX_NAME_BYTES)
+        entry = self._journal.get(self._next)
+        if entry is None:
+            self.commands.append(["patch", self._next, patch])
+        elif entry.kind != "patch" or entry.name != patch:
+            return False
+        self._next += 1
+        return True
+
+    def _ask(self, kind: str, name: str, command: Callable[[int], list[Any]],
+             result: Callable[[Entry], Any]) -> Awaitable[Any]:
+        """Journal entry n (the next number) of `kind` and `name`: a future that holds its
+        result if it ended, that never resolves in this replay if it waits, and, if the
+        journal has no entry n yet, `command(n)` is asked for."""
         if self.closed:
-            msg = "the workflow's replay is over: await its steps inside the workflow function"
+            msg = "the workflow's replay is over: await its calls inside the workflow function"
             raise RuntimeError(msg)
         n = self._next
         self._next += 1
-        (fields,) = enqueue_entries(self._config, job, [args], options, allowed=STEP_OPTIONS,
-                                    call="ctx.step")
-        name = str(fields["name"])
+        future = self._loop.create_future()
         entry = self._journal.get(n)
         if entry is None:
-            self.new_steps.append((n, fields))
-            return self._loop.create_future()  # its end comes in a later replay
-        if entry.kind != "step" or entry.name != name:
-            self.mismatch = f"step {n}: the journal has {entry.kind} {entry.name!r} there, the " \
-                            f"code now asks for step {name!r}"
-            return self._loop.create_future()
-        future = self._loop.create_future()
-        if entry.state == "pending":
-            return future
-        self._now_ms = max(self._now_ms, entry.finished_at)
-        if entry.outcome == "succeeded":
-            future.set_result(decode(entry.result, str(fields["enc"])))
-        else:
-            future.set_exception(StepFailed(n, name, entry.outcome, entry.error_type or None,
-                                            entry.error or None))
+            self.commands.append(command(n))
+        elif entry.kind != kind or entry.name != name:
+            self.mismatch = self.mismatch or (
+                f"entry {n}: the journal has {entry.kind} {entry.name!r} there, the code now "
+                f"asks for {kind} {name!r}")
+        elif entry.state != "pending":
+            self._now_ms = max(self._now_ms, entry.finished_at)
+            if entry.outcome == "succeeded":
+                future.set_result(result(entry))
+            elif entry.error_type == "WaitTimeout":
+                future.set_exception(WaitTimeout(entry.error))
+            else:
+                future.set_exception(StepFailed(n, name, entry.outcome,
+                                                entry.error_type or None, entry.error or None))
         return future
+
+
+def _flat(fields: Mapping[str, Any]) -> list[Any]:
+    return [x for kv in fields.items() for x in kv]

@@ -39,8 +39,7 @@ def decide(spec: WorkflowSpec, config: PoolConfig, workflow_id: str,
         ctx.closed = True
         if ctx.mismatch is not None:
             raise NonDeterministicWorkflow(ctx.mismatch)
-        commands: list[list[Any]] = [["step", n, [x for kv in f.items() for x in kv]]
-                                     for n, f in ctx.new_steps]
+        commands = list(ctx.commands)
         if task.done():
             commands.append(_ending(task, enc))
         # as str, not bin: Redis's cmsgpack knows no bin type (the bytes pass through as is)

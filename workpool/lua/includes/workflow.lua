@@ -28,8 +28,8 @@ local function dispatch_replay(ctx, wid, wk, gen)
 end
 
 -- The workflow a job belongs to, read before the job's end is written: {wk, wid, n, state,
--- entry, gen, scheduled_at}; nil for a job of no workflow, or of one that is gone (past its
--- retention).
+-- entry, gen, and its journal entry's kind and scheduled_at}; nil for a job of no workflow,
+-- or of one that is gone (past its retention). A child workflow belongs to its parent so.
 local function step_owner(ctx, spec)
   local wid = spec[S.wf]
   if not wid or wid == '' then return nil end
@@ -38,9 +38,10 @@ local function step_owner(ctx, spec)
                         'j:' .. spec[S.wf_n])
   if w.err or w[1] ~= 'workflow' then return nil end  -- never fails the job's own end
   local ok, old = pcall(cmsgpack.unpack, w[5] or '')
+  old = ok and type(old) == 'table' and old or {}
   return {wk = wk, wid = wid, n = spec[S.wf_n], state = w[2], entry = w[3] or '',
-          gen = tonumber(w[4]) or 0,
-          scheduled_at = ok and type(old) == 'table' and old[J.scheduled_at] or ''}
+          gen = tonumber(w[4]) or 0, kind = old[J.kind] or 'step',
+          scheduled_at = old[J.scheduled_at] or ''}
 end
 
 -- Something the workflow waits for happened: replay it now, or after the replay out now.
@@ -57,8 +58,9 @@ end
 -- job's terminal fields: result, or error and error_type): its journal entry says so, and a
 -- running workflow is replayed. A workflow that ended keeps the record and is not replayed.
 local function step_ended(ctx, owner, spec, outcome, attempts, extra)
-  local rec = {kind = 'step', name = spec[S.name], outcome = outcome, attempts = attempts or 0,
-               finished_at = ctx.now, state = outcome == 'canceled' and 'canceled' or 'done'}
+  local rec = {kind = owner.kind, name = spec[S.name], outcome = outcome,
+               attempts = attempts or 0, finished_at = ctx.now,
+               state = outcome == 'canceled' and 'canceled' or 'done'}
   for i = 1, #(extra or {}), 2 do
     local k = extra[i]
     if k == 'result' or k == 'error' or k == 'error_type' then rec[k] = extra[i + 1] end
@@ -80,4 +82,41 @@ local function workflow_fields(ctx, wid)
           dirty = w[5] == '1', steps = tonumber(w[6]) or 0, max = tonumber(w[7]) or 0,
           fails = tonumber(w[8]) or 0, spec = ok and type(spec) == 'table' and spec or {},
           packed = w[9], attempts = 0}
+end
+
+-- A workflow's waits (a sleep, an event's timeout) are members `<id>:<n>` of the wfTimers
+-- ZSET, scored by when they end; startJobs ends the due ones.
+local function timer_member(wid, n)
+  return wid .. ':' .. n
+end
+
+-- A msgpack array kept in field `field` of hash `wk` ({} when absent or unreadable), and its
+-- write back (the field is dropped when the array is empty). Fields `w:<event>` hold the
+-- journal numbers waiting for that event, oldest first; `e:<event>` the payloads of events
+-- sent while none waited, oldest first.
+local function list_field(wk, field)
+  local raw = rcall('HGET', wk, field)
+  local ok, a = pcall(cmsgpack.unpack, raw or '')
+  return ok and type(a) == 'table' and a or {}
+end
+
+local function set_list(wk, field, a)
+  if #a == 0 then rcall('HDEL', wk, field) else rcall('HSET', wk, field, cmsgpack.pack(a)) end
+end
+
+-- Journal entry n of workflow hash `wk` as stored (unpacked), or nil.
+local function journal_entry(wk, n)
+  local raw = rcall('HGET', wk, 'j:' .. n)
+  local ok, rec = pcall(cmsgpack.unpack, raw or '')
+  if not ok or type(rec) ~= 'table' then return nil end
+  return rec
+end
+
+-- A pending wait (sleep or event) of workflow `w` (workflow_fields), journal entry n `rec`,
+-- ends with `outcome` (and `payload`, or an error): written, then the workflow is woken.
+local function wait_ended(ctx, wid, w, n, rec, outcome, payload, err, etype)
+  rcall('HSET', w.wk, 'j:' .. n, pack_journal({
+    kind = rec[J.kind], name = rec[J.name], state = 'done', outcome = outcome, result = payload,
+    error = err, error_type = etype, scheduled_at = rec[J.scheduled_at], finished_at = ctx.now}))
+  wake(ctx, {wk = w.wk, wid = wid, state = w.state, entry = w.entry, gen = w.gen})
 end
