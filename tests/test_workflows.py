@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from click.testing import CliRunner
 from helpers import Pools, eventually, running_worker
 
 from workpool import (
@@ -19,6 +20,7 @@ from workpool import (
     WorkflowContext,
     Workpool,
 )
+from workpool.cli.main import cli
 from workpool.wire.protocol import text
 
 WAIT = 30.0
@@ -334,3 +336,55 @@ def test_patched_keeps_running_workflows_on_the_path_they_began(
         pool.send_event(fresh, "go")
         assert pool.wait(fresh, timeout=WAIT).result == "v2"
     assert [s.name for s in pool.workflow_status(fresh).steps] == ["go", "v2", "double"]
+
+
+def test_the_asyncio_face_starts_signals_and_reads_workflows(pool: Workpool) -> None:
+    @pool.workflow()
+    async def greeter(ctx: WorkflowContext, who: str) -> str:
+        return f"{await ctx.wait_for_event('name')} greets {who}"
+
+    async def start() -> str:
+        try:
+            return await pool.aio.start_workflow(greeter, "you", key="greet")
+        finally:
+            await pool.aio.aclose()
+
+    async def finish(wf: str) -> tuple[str, str]:
+        try:
+            await pool.aio.send_event(wf, "name", "workpool")
+            st = await pool.aio.wait(wf, timeout=WAIT)
+            return (await pool.aio.workflow_status(wf)).steps[0].kind, str(st.result)
+        finally:
+            await pool.aio.aclose()
+
+    with running_worker(pool):
+        wf = asyncio.run(start())
+        eventually(lambda: [w.id for w in pool.running_workflows()] == [wf], WAIT, "listed")
+        assert asyncio.run(finish(wf)) == ("event", "workpool greets you")
+    assert wf == "key:greet"
+    assert pool.running_workflows() == []
+
+
+def test_the_cli_starts_shows_signals_lists_and_cancels_a_workflow(
+        pool: Workpool, redis_url: str) -> None:
+    @pool.workflow(name="waiter")
+    async def waiter(ctx: WorkflowContext, n: int) -> int:
+        return int(await ctx.wait_for_event("go")) + n
+
+    def run(*args: str) -> str:
+        out = CliRunner().invoke(cli, ["--redis-url", redis_url, "workflow", *args])
+        assert out.exit_code == 0, out.output
+        return out.output.strip()
+
+    with running_worker(pool):
+        wf = run("start", "wf", "waiter", "1")
+        eventually(lambda: "event go pending" in run("status", wf, "--pool", "wf"), WAIT,
+                   "the wait shown")
+        assert wf in run("list", "--pool", "wf")
+        run("event", wf, "go", "41", "--pool", "wf")
+        assert pool.wait(wf, timeout=WAIT).result == 42
+        assert '"result": 42' in run("status", wf, "--pool", "wf", "--json")
+        other = run("start", "wf", "waiter", "2")
+        eventually(lambda: pool.workflow_status(other).steps, WAIT, "waiting")
+        assert "canceled" in run("cancel", other, "--pool", "wf")
+    assert pool.workflow_status(other).state == State.CANCELED

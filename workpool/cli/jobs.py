@@ -20,7 +20,8 @@ from workpool.types import Canceled, JobStatus
 from workpool.wire.limits import MAX_PRIORITY, MIN_PRIORITY
 
 
-def _parse_args(raw: Sequence[str], strict: bool) -> list[Any]:
+def parse_args(raw: Sequence[str], strict: bool) -> list[Any]:
+    """Command-line arguments as values: JSON, else (unless `strict`) the plain string."""
     values = []
     for arg in raw:
         try:
@@ -59,7 +60,7 @@ def enqueue(ctx: click.Context, *, spec: str, name: str, args: tuple[str, ...], 
     pool = pool_for(ctx, spec)
     if pool.registry.jobs:
         pool.registry.job(name)  # the pool's code is at hand: catch a misspelt name now
-    click.echo(pool.enqueue(name, *_parse_args(args, json_args), key=key, run_after=run_after,
+    click.echo(pool.enqueue(name, *parse_args(args, json_args), key=key, run_after=run_after,
                             priority=priority, concurrency_key=concurrency_key,
                             timeout=timeout))
 

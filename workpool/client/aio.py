@@ -3,22 +3,23 @@ the same sans-IO operation (client/ops.py) driven by an asyncio client."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio
 
 from workpool.client import ops
 from workpool.client.drive import adrive
-from workpool.client.requests import enqueue_entries
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
 from workpool.core.config import HasConfig, PoolConfig, config_of
+from workpool.core.requests import enqueue_entries, event_entry, workflow_entry
 from workpool.server.connection import async_client
 from workpool.types import Canceled, Configured, JobStatus
 from workpool.wire.options import ENQUEUE_OPTIONS, MANY_OPTIONS, JobRef
 from workpool.wire.protocol import check_job_id
 from workpool.wire.settings import config_fields
+from workpool.workflow.status import WorkflowStatus
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -58,6 +59,28 @@ class AsyncWorkpool:
         entries = enqueue_entries(self.config, job, args_list, options,
                                   allowed=MANY_OPTIONS, call="enqueue_many")
         return await self._drive(ops.enqueue(self.config.keys, entries)) if entries else []
+
+    async def start_workflow(self, workflow: Callable[..., Any] | str, *args: Any,
+                             key: str | None = None, kwargs: Mapping[str, Any] | None = None,
+                             on_complete: JobRef | None = None, context: Any = None) -> str:
+        """`Workpool.start_workflow`, awaitable."""
+        entry = workflow_entry(self.config, workflow, args, kwargs=kwargs, key=key,
+                               on_complete=on_complete, context=context)
+        return (await self._drive(ops.enqueue(self.config.keys, [entry])))[0]
+
+    async def send_event(self, workflow_id: str, name: str, payload: Any = None) -> None:
+        """`Workpool.send_event`, awaitable."""
+        await self._drive(ops.send_event(self.config.keys, event_entry(
+            self.config, workflow_id, name, payload)))
+
+    async def running_workflows(self, limit: int = 1000) -> list[WorkflowStatus]:
+        """`Workpool.running_workflows`, awaitable."""
+        return await self._drive(ops.running_workflows(self.config.keys, limit))
+
+    async def workflow_status(self, workflow_id: str) -> WorkflowStatus:
+        """`Workpool.workflow_status`, awaitable."""
+        return await self._drive(ops.workflow_status(self.config.keys,
+                                                     check_job_id(workflow_id)))
 
     async def status(self, job_id: str) -> JobStatus:
         """`Workpool.status`, awaitable."""

@@ -116,6 +116,22 @@ def workflow_status(keys: Keys, workflow_id: str) -> Ops[WorkflowStatus]:
                                                for n, j in zip(numbers, jobs, strict=True)})
 
 
+def running_workflows(keys: Keys, limit: int) -> Ops[list[WorkflowStatus]]:
+    """Up to `limit` of the workflows running now (their steps from their journals)."""
+    validate.integer("limit", limit, 1, 100_000)
+    ids: list[str] = []
+    cursor: Any = 0
+    while len(ids) < limit:
+        ((cursor, members),) = yield Step([("SSCAN", keys.workflows, cursor, "COUNT", _PAGE)])
+        ids += sorted(text(m) for m in members)
+        if int(cursor) == 0:
+            break
+    ids = ids[:limit]
+    hashes = yield Step([("HGETALL", keys.job(i)) for i in ids])
+    found = [(i, job_fields(h, None)) for i, h in zip(ids, hashes, strict=True)]
+    return [status_of_workflow(i, h, {}) for i, h in found if h.get("kind") == b"workflow"]
+
+
 def wait(keys: Keys, job_id: str, timeout: float | None) -> Ops[JobStatus]:
     """The job's status once it is terminal: read again whenever its notification comes (the
     driver listens on its channel from before the first read, so none is missed), and every

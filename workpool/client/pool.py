@@ -13,12 +13,12 @@ from redis.client import Pipeline
 from workpool.client import ops
 from workpool.client.aio import AsyncWorkpool
 from workpool.client.drive import drive
-from workpool.client.requests import enqueue_entries, event_entry, workflow_entry
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
 from workpool.core import validate
 from workpool.core.config import PoolConfig
 from workpool.core.registry import HandlerSpec, JobSpec, WorkflowSpec, check_name
+from workpool.core.requests import enqueue_entries, event_entry, workflow_entry
 from workpool.core.schedule import CronJob, parse_schedule
 from workpool.server.connection import check_url, sync_client
 from workpool.types import Canceled, Configured, JobStatus, RateLimit, Retry, rate_limit_of
@@ -216,6 +216,10 @@ class Workpool:
         running when the main loop applies it."""
         self._drive(ops.send_event(self.keys, event_entry(self.config, workflow_id, name,
                                                           payload)))
+
+    def running_workflows(self, limit: int = 1000) -> list[WorkflowStatus]:
+        """Up to `limit` of the workflows running now."""
+        return self._drive(ops.running_workflows(self.keys, limit))
 
     def workflow_status(self, workflow_id: str) -> WorkflowStatus:
         """The workflow's state, outcome and each step; JobNotFound if it has none."""

@@ -429,6 +429,7 @@ local function start_workflow(entry_id, f, flat)
           name = f.name, enc = o.enc, enqueued_at = tonumber(string.match(entry_id, '^(%d+)')),
           args = f.args, kwargs = f.kwargs, context = f.context, on_complete = f.on_complete,
           wf = f.wf, wf_n = f.wf_n}))
+  rcall('SADD', prefix .. K.workflows, id)
   dispatch_replay(ctx, id, wk, 1)
   bump(ctx.counts, N.WORKFLOWS_STARTED)
   return C.WORKFLOW_STARTED

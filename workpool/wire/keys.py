@@ -24,6 +24,7 @@ KEY = {
     "callbacks_due": "callbacksDue",
     "replays_due": "replaysDue",
     "wf_timers": "wfTimers",
+    "workflows": "workflows",
     "lease": "lease",
     "epoch": "epoch",
     "config": "config",
@@ -110,6 +111,11 @@ class Keys:
     def replays_due(self) -> str:
         """ZSET workflow id -> time (ms) a replay that could not decide is tried again."""
         return self._k(KEY["replays_due"])
+
+    @property
+    def workflows(self) -> str:
+        """SET: the ids of the workflows running now (workflow list)."""
+        return self._k(KEY["workflows"])
 
     @property
     def wf_timers(self) -> str:

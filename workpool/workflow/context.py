@@ -10,9 +10,9 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from workpool.client.requests import enqueue_entries, workflow_entry
 from workpool.core import validate
 from workpool.core.config import PoolConfig
+from workpool.core.requests import enqueue_entries, workflow_entry
 from workpool.errors import StepFailed, WaitTimeout
 from workpool.wire import limits
 from workpool.wire.options import STEP_OPTIONS, JobRef

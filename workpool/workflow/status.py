@@ -17,8 +17,9 @@ class StepStatus:
     """One step of a workflow: its number, job name and how it stands."""
 
     number: int
-    name: str
-    job_id: str
+    kind: str  #: step, workflow (a child), sleep, event or patch
+    name: str  #: the job's, the child workflow's, the event's or the patch's name
+    job_id: str  #: the step's job (or child workflow) id
     state: str  #: pending (asked for, or running), done or canceled
     outcome: str | None = None  #: succeeded, failed or canceled once it ended
     attempts: int = 0
@@ -67,7 +68,7 @@ def workflow_status(workflow_id: str, h: Mapping[str, bytes],
         live = step_jobs.get(n) or {}
         ended = e.state != "pending"
         steps.append(StepStatus(
-            number=n, name=e.name, job_id=f"{workflow_id}:{n}", state=e.state,
+            number=n, kind=e.kind, name=e.name, job_id=f"{workflow_id}:{n}", state=e.state,
             outcome=e.outcome or None,
             attempts=e.attempts if ended else int(live.get("attempts") or 0),
             result=decode(e.result, text(h.get("enc")) or "msgpack") if ended else None,

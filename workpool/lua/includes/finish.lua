@@ -126,6 +126,7 @@ end
 local function end_workflow(ctx, wid, wk, w, state, outcome, extra)
   drop_entry(ctx, w.entry)
   rcall('HSET', wk, 'wf_entry', '')
+  rcall('SREM', ctx.prefix .. K.workflows, wid)
   finish(ctx, wid, wk, state, outcome, w, extra)
 end
 

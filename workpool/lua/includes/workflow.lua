@@ -10,7 +10,8 @@
 --   wf_fails  replays in a row that could not decide; wf_blocked the last one's reason
 --   j:<n>     journal entry n (JOURNAL order, msgpack): step n's name, state and outcome
 -- Step n is a job `<id>:<n>` whose spec names its workflow (wf, wf_n); the script that ends it
--- writes its outcome into the journal and asks for a replay.
+-- writes its outcome into the journal and asks for a replay. The `workflows` SET holds the ids
+-- of the running ones.
 -- @include common
 -- @include spec
 
