@@ -11,6 +11,8 @@
 --     STALE_CALLBACK.
 --   kind=wf: the decision of replay `gen` of workflow `id` (includes/workflow.lua). ok=1 with
 --     `cmds`, a msgpack array of commands, each checked before the first write:
+--     {'deliver', k, {n, ...}} records activation k (the ended entries the replay delivered
+--     to the code, in order: a replay from the start delivers them so again);
 --     {'step', n, {field, value, ...}} asks for step n (numbered on from wf_steps + 1), an
 --     enqueue entry's fields, appended to pendingStart as job `<id>:<n>` of the workflow with
 --     its journal entry (pending); {'return', result} ends the workflow succeeded (a result
@@ -150,12 +152,34 @@ end
 local NUMBERED = {step = 'fields', child = 'fields', sleep = 'time', event = 'wait',
                   patch = 'name'}
 
+-- An activation {'deliver', k, {n, ...}}: the ended entries a replay delivered to the code,
+-- in order, numbered on from wf_acts + 1 (checked: each one exists and has ended).
+local function activation(w, c)
+  if tonumber(c[2]) ~= w.acts + 1 or type(c[3]) ~= 'table' or #c[3] == 0 then return false end
+  local names = {}
+  for i, n in ipairs(c[3]) do
+    if type(n) ~= 'number' or n < 1 or n > w.steps or n ~= math.floor(n) then return false end
+    names[i] = 'j:' .. n
+  end
+  for _, raw in ipairs(rcall('HMGET', w.wk, unpack(names))) do
+    local ok, rec = pcall(cmsgpack.unpack, raw or '')
+    if not ok or type(rec) ~= 'table' or rec[J.state] == 'pending' then return false end
+  end
+  return true
+end
+
 local function decision(w, cmds)
-  local numbered, ending = {}, nil
+  local numbered, ending, delivered = {}, nil, nil
   for _, c in ipairs(cmds) do
-    if type(c) ~= 'table' then return nil, nil, 'a command must be an array' end
+    if type(c) ~= 'table' then return nil, nil, nil, 'a command must be an array' end
     local form, n = NUMBERED[c[1]], w.steps + #numbered + 1
-    if form then
+    if c[1] == 'deliver' then
+      if delivered or not activation(w, c) then
+        return nil, nil, nil, 'a decision delivers one activation at most, numbered ' ..
+                              (w.acts + 1) .. ', of entries that ended'
+      end
+      delivered = c
+    elseif form then
       local ok = tonumber(c[2]) == n
       if form == 'fields' then
         c.fields = outcome_fields(c[3])
@@ -165,17 +189,17 @@ local function decision(w, cmds)
         ok = ok and type(c[3]) == 'string' and #c[3] <= L.MAX_NAME_BYTES and tonumber(c[4]) ~= nil
       else ok = ok and type(c[3]) == 'string' and #c[3] <= L.MAX_NAME_BYTES end
       if not ok then
-        return nil, nil, 'command ' .. c[1] .. ' must be numbered ' .. n .. ' (entries are ' ..
-                         'numbered in order) and carry its ' .. form
+        return nil, nil, nil, 'command ' .. c[1] .. ' must be numbered ' .. n .. ' (entries ' ..
+                              'are numbered in order) and carry its ' .. form
       end
       numbered[#numbered + 1] = {n, c}
     elseif (c[1] == 'return' and type(c[2]) == 'string') or
            (c[1] == 'fail' and type(c[2]) == 'string' and type(c[3]) == 'string') then
-      if ending then return nil, nil, 'a decision ends the workflow once at most' end
+      if ending then return nil, nil, nil, 'a decision ends the workflow once at most' end
       ending = c
-    else return nil, nil, 'unknown command ' .. tostring(c[1]) end
+    else return nil, nil, nil, 'unknown command ' .. tostring(c[1]) end
   end
-  return numbered, ending
+  return numbered, ending, delivered
 end
 
 -- The next replay of a workflow that could not decide goes out after 1 s doubling (60 s cap).
@@ -243,13 +267,13 @@ local function replay_outcome(entry_id, f, flat)
     bump(ctx.counts, N.STALE_REPLAYS)
     return C.STALE_REPLAY
   end
-  local numbered, ending, why = nil, nil, nil
+  local numbered, ending, delivered, why = nil, nil, nil, nil
   if f.ok == '1' then
     local ok, cmds = pcall(cmsgpack.unpack, f.cmds or '')
     if not ok or type(cmds) ~= 'table' then
       return reject(entry_id, flat, 'field cmds must be a msgpack array of commands')
     end
-    numbered, ending, why = decision(w, cmds)
+    numbered, ending, delivered, why = decision(w, cmds)
     if why then return reject(entry_id, flat, why) end
   end
   drop_entry(ctx, w.entry)
@@ -267,6 +291,9 @@ local function replay_outcome(entry_id, f, flat)
               'max_result_bytes (' .. ctx.max_result .. ')', 'PayloadTooLarge'}
   end
   local again = w.dirty
+  if delivered then
+    rcall('HSET', w.wk, 'a:' .. delivered[2], cmsgpack.pack(delivered[3]), 'wf_acts', delivered[2])
+  end
   for _, item in ipairs(numbered) do
     if record(f.id, w, item[1], item[2]) then again = true end
   end

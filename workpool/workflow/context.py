@@ -1,7 +1,8 @@
-"""`WorkflowContext`: what a workflow function calls. In a replay each call is matched, in the
-order the code makes it, to its journal entry: one that ended gives its result (or raises) at
-once, one still waiting never resolves in this replay, and one the journal does not have yet is
-asked for in the replay's decision."""
+"""`WorkflowContext`: what a workflow function calls. Each call is matched, in the order the code
+makes it, to its journal entry (one the journal does not have yet is asked for in the replay's
+decision) and gives a future; results reach the futures only as the journal's activations
+deliver them, in the order the workflow first saw them, so a replay sees what the first run
+saw, in the same order (workflow/replay.py)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class WorkflowContext:
         self._now_ms = started_at_ms
         self._rng = random.Random(workflow_id)
         self.commands: list[list[Any]] = []  #: what this replay asks for, in order
+        #: the entries the code awaits, not delivered yet: n -> (future, name, its result)
+        self.waiting: dict[int, tuple[asyncio.Future[Any], str, Callable[[Entry], Any]]] = {}
         self.mismatch: str | None = None  #: why the code no longer matches the journal
         self.closed = False  #: the replay is over: nothing more may be asked
 
@@ -46,8 +49,8 @@ class WorkflowContext:
         return self._workflow_id
 
     def now(self) -> float:
-        """Seconds since the epoch: when the workflow started, then the end of the latest
-        journal entry the code has seen end (the same in every replay)."""
+        """Seconds since the epoch: when the workflow started, then the latest end among the
+        journal entries delivered to the code so far (the same in every replay)."""
         return self._now_ms / 1000
 
     def random(self) -> float:
@@ -108,9 +111,8 @@ class WorkflowContext:
 
     def _ask(self, kind: str, name: str, command: Callable[[int], list[Any]],
              result: Callable[[Entry], Any]) -> Awaitable[Any]:
-        """Journal entry n (the next number) of `kind` and `name`: a future that holds its
-        result if it ended, that never resolves in this replay if it waits, and, if the
-        journal has no entry n yet, `command(n)` is asked for."""
+        """Journal entry n (the next number) of `kind` and `name`: a future its activation
+        resolves; if the journal has no entry n yet, `command(n)` is asked for."""
         if self.closed:
             msg = "the workflow's replay is over: await its calls inside the workflow function"
             raise RuntimeError(msg)
@@ -124,16 +126,42 @@ class WorkflowContext:
             self.mismatch = self.mismatch or (
                 f"entry {n}: the journal has {entry.kind} {entry.name!r} there, the code now "
                 f"asks for {kind} {name!r}")
-        elif entry.state != "pending":
-            self._now_ms = max(self._now_ms, entry.finished_at)
-            if entry.outcome == "succeeded":
-                future.set_result(result(entry))
-            elif entry.error_type == "WaitTimeout":
-                future.set_exception(WaitTimeout(entry.error))
-            else:
-                future.set_exception(StepFailed(n, name, entry.outcome,
-                                                entry.error_type or None, entry.error or None))
+        self.waiting[n] = (future, name, result)
         return future
+
+    def ended(self) -> list[int]:
+        """The entries the code waits for whose end the journal has (an activation's worth)."""
+        return sorted(n for n in self.waiting
+                      if (e := self._journal.get(n)) is not None and e.state != "pending")
+
+    def deliver(self, n: int) -> None:
+        """Entry n's end reaches the code: its result, or its error raised where it awaits."""
+        if n not in self.waiting or n not in self._journal:
+            self.mismatch = self.mismatch or (
+                f"activation of entry {n}: the code does not wait for it (it asked for "
+                f"{self._next - 1} entries)")
+            return
+        future, name, result = self.waiting.pop(n)
+        entry = self._journal[n]
+        self._now_ms = max(self._now_ms, entry.finished_at)
+        if future.cancelled():
+            return
+        if entry.outcome == "succeeded":
+            future.set_result(result(entry))
+        elif entry.error_type == "WaitTimeout":
+            future.set_exception(WaitTimeout(entry.error))
+        else:
+            future.set_exception(StepFailed(n, name, entry.outcome, entry.error_type or None,
+                                            entry.error or None))
+
+    def learn(self, entries: Mapping[int, Entry]) -> None:
+        """Newer versions of journal entries (read since the last replay)."""
+        self._journal.update(entries)
+
+    @property
+    def asked(self) -> int:
+        """How many journal entries the code has asked for (patch markers included)."""
+        return self._next - 1
 
 
 def _flat(fields: Mapping[str, Any]) -> list[Any]:

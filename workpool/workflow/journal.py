@@ -12,6 +12,7 @@ import msgpack
 from workpool.wire.protocol import JOURNAL_FIELDS
 
 PREFIX = "j:"  #: a journal entry's hash field: j:<n>
+ACTIVATION = "a:"  #: activation k's hash field: a:<k>, the entries it delivered (msgpack array)
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,10 @@ def entries(h: Mapping[str, bytes]) -> dict[int, Entry]:
     """Every journal entry of a workflow hash (text field names), by step number."""
     return {int(k[len(PREFIX):]): Entry.unpack(v) for k, v in h.items()
             if k.startswith(PREFIX) and k[len(PREFIX):].isdigit()}
+
+
+def activations(h: Mapping[str, bytes]) -> list[list[int]]:
+    """The workflow's activations in order: the journal entries each one delivered."""
+    count = int(h.get("wf_acts") or 0)
+    return [[int(n) for n in msgpack.unpackb(h[f"{ACTIVATION}{k}"])] if f"{ACTIVATION}{k}" in h
+            else [] for k in range(1, count + 1)]

@@ -1,12 +1,20 @@
-"""One replay: the workflow function run from its start against the journal, on an event loop
-of its own (in a worker's job thread), until it returns, raises, or waits only for steps that
-have not ended. Its decision is what the main loop's applyOutcomes applies: the steps asked
-for, then the end, if it came."""
+"""Replays. A workflow function runs on an event loop of its own (no file descriptors, driven
+one turn at a time in a worker's job thread) until it returns, raises, or waits only for
+journal entries that have not ended. Results reach it only through activations: activation k
+delivers, in order, the entries whose end one replay first saw (the journal records each), so
+a replay from the start sees every result in the same order and at the same point as the run
+that first saw it. A worker keeps a workflow's live coroutine between replays (`Replayer`), so
+a replay usually only delivers what ended since and runs on from there: its cost does not
+grow with the journal. Each decision is what applyOutcomes applies: the activation it made,
+the entries asked for, then the end, if it came."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -20,32 +28,160 @@ from workpool.workflow import journal
 from workpool.workflow.context import WorkflowContext
 
 MAX_TURNS = 100_000  #: event-loop turns one replay may take before it is called stuck
+KEPT = 512  #: live workflows a worker keeps between replays (the least recent go first)
 
 
-def decide(spec: WorkflowSpec, config: PoolConfig, workflow_id: str,
-           h: Mapping[str, bytes]) -> bytes:
-    """The decision of one replay of the workflow whose hash is `h` (text field names, its spec
-    read as fields): a msgpack array of commands (docs/protocol.md, "Workflows").
-    NonDeterministicWorkflow when the code no longer matches the journal, or awaits something
-    that is not one of the context's calls."""
-    enc: Encoding = "json" if text(h.get("enc")) == "json" else "msgpack"
-    args, kwargs = decode_arguments(h.get("args") or b"", h.get("kwargs") or b"", enc)
-    loop = asyncio.new_event_loop()
-    ctx = WorkflowContext(config, workflow_id, journal.entries(h),
-                          started_at_ms=int(h.get("started_at") or 0), loop=loop)
-    task = loop.create_task(spec.fn(ctx, *args, **kwargs))
-    try:
-        _run_until_blocked(loop, task)
-        ctx.closed = True
-        if ctx.mismatch is not None:
-            raise NonDeterministicWorkflow(ctx.mismatch)
-        commands = list(ctx.commands)
-        if task.done():
-            commands.append(_ending(task, enc))
+class _NoSelector:
+    def select(self, timeout: float | None = None) -> list[Any]:
+        return []
+
+
+class ReplayLoop(asyncio.BaseEventLoop):
+    """An event loop with no I/O at all (so no file descriptor per live workflow): only
+    callbacks and futures, which is all a workflow may await."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._selector = _NoSelector()
+
+    def _process_events(self, event_list: list[Any]) -> None:
+        """Nothing to process: there is no I/O."""
+
+    def _write_to_self(self) -> None:
+        """Nothing to wake: the loop is driven a turn at a time by its replay."""
+
+
+@dataclass
+class Live:
+    """A workflow's coroutine between replays, and the journal it has acted on: its
+    activations and entries as of its last decision (a decision that was not applied makes
+    the two disagree, and the next replay starts over)."""
+
+    loop: ReplayLoop
+    task: asyncio.Task[Any]
+    ctx: WorkflowContext
+    enc: Encoding
+    activations: int = 0
+    entries: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close(self) -> None:
+        """End its coroutines (a `finally:` in the workflow runs here) and its loop."""
+        self.ctx.closed = True
+        tasks = asyncio.all_tasks(self.loop)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.close()
+
+
+class Replayer:
+    """One worker's replays, with its live workflows kept between them (at most KEPT)."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self._live: OrderedDict[str, Live] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def waiting_for(self, workflow_id: str) -> list[int] | None:
+        """The journal entries a kept workflow waits for (None: none is kept)."""
+        with self._guard:
+            live = self._live.get(workflow_id)
+        return None if live is None else sorted(live.ctx.waiting)
+
+    def resume(self, workflow_id: str, h: Mapping[str, bytes]) -> bytes | None:
+        """The decision of a replay that goes on from the kept coroutine, `h` holding the
+        workflow's wf_steps and wf_acts and the entries it waits for; None when none is kept
+        or the journal is not the one it acted on (then replay from the start)."""
+        with self._guard:
+            live = self._live.get(workflow_id)
+        if live is None or not live.lock.acquire(blocking=False):
+            return None
+        try:
+            if int(h.get("wf_steps") or 0) != live.entries or \
+                    int(h.get("wf_acts") or 0) != live.activations or live.task.done():
+                self._drop(workflow_id)
+                return None
+            live.ctx.learn(journal.entries(h))
+            return self._decide(workflow_id, live)
+        finally:
+            live.lock.release()
+
+    def replay(self, spec: WorkflowSpec, workflow_id: str, h: Mapping[str, bytes]) -> bytes:
+        """The decision of a replay from the start against the whole journal `h` (the
+        workflow's hash, text field names, its spec read as fields); the coroutine is kept.
+        NonDeterministicWorkflow when the code no longer matches the journal, or awaits
+        something that is not one of its context's calls."""
+        self._drop(workflow_id)
+        enc: Encoding = "json" if text(h.get("enc")) == "json" else "msgpack"
+        args, kwargs = decode_arguments(h.get("args") or b"", h.get("kwargs") or b"", enc)
+        loop = ReplayLoop()
+        ctx = WorkflowContext(self.config, workflow_id, journal.entries(h),
+                              started_at_ms=int(h.get("started_at") or 0), loop=loop)
+        live = Live(loop, loop.create_task(spec.fn(ctx, *args, **kwargs)), ctx, enc)
+        try:
+            _run_until_blocked(live)
+            for k, delivered in enumerate(journal.activations(h), 1):
+                for n in delivered:
+                    ctx.deliver(n)
+                _run_until_blocked(live)
+                live.activations = k
+            if ctx.mismatch is not None:
+                raise NonDeterministicWorkflow(ctx.mismatch)
+            live.entries = int(h.get("wf_steps") or 0)
+            decision = self._decide(workflow_id, live, keep=False)
+        except BaseException:
+            live.close()
+            raise
+        if live.task.done():
+            live.close()
+            return decision
+        with self._guard:
+            self._live[workflow_id] = live
+            while len(self._live) > KEPT:
+                self._live.popitem(last=False)[1].close()
+        return decision
+
+    def _decide(self, workflow_id: str, live: Live, *, keep: bool = True) -> bytes:
+        """Deliver what ended since (one activation), run on, and say what was decided."""
+        ctx = live.ctx
+        commands: list[list[Any]] = list(ctx.commands)
+        ended = ctx.ended()
+        if ended:
+            for n in ended:
+                ctx.deliver(n)
+            live.activations += 1
+            commands.insert(0, ["deliver", live.activations, ended])
+            _run_until_blocked(live)
+            if ctx.mismatch is not None:
+                raise NonDeterministicWorkflow(ctx.mismatch)
+            commands += ctx.commands
+        ctx.commands = []
+        live.entries += sum(1 for c in commands if c[0] not in ("deliver", "return", "fail"))
+        if live.task.done():
+            commands.append(_ending(live.task, live.enc))
+            if keep:
+                self._drop(workflow_id)
+        elif keep:
+            with self._guard:
+                self._live.move_to_end(workflow_id)
         # as str, not bin: Redis's cmsgpack knows no bin type (the bytes pass through as is)
         return msgpack.packb(commands, use_bin_type=False)  # type: ignore[no-any-return]
-    finally:
-        _close(loop)
+
+    def close(self) -> None:
+        """End every kept workflow's coroutine (the worker stops)."""
+        with self._guard:
+            kept, self._live = list(self._live.values()), OrderedDict()
+        for live in kept:
+            with live.lock:
+                live.close()
+
+    def _drop(self, workflow_id: str) -> None:
+        with self._guard:
+            live = self._live.pop(workflow_id, None)
+        if live is not None:
+            live.close()
 
 
 def _ending(task: asyncio.Task[Any], enc: Encoding) -> list[Any]:
@@ -60,13 +196,14 @@ def _ending(task: asyncio.Task[Any], enc: Encoding) -> list[Any]:
     return ["fail", failures.describe(exc), failures.error_type(exc)]
 
 
-def _run_until_blocked(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+def _run_until_blocked(live: Live) -> None:
+    loop = live.loop
     for _ in range(MAX_TURNS):
         loop.call_soon(loop.stop)
         loop.run_forever()  # one turn: every callback ready now
-        if task.done():
+        if live.task.done():
             return
-        if not getattr(loop, "_ready", None):  # nothing can run until a step ends
+        if not getattr(loop, "_ready", None):  # nothing can run until an entry ends
             if getattr(loop, "_scheduled", None):
                 msg = "the workflow awaits a timer (asyncio.sleep, say): a workflow may await " \
                       "only its context's calls, which replay the same way every time"
@@ -74,13 +211,3 @@ def _run_until_blocked(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any])
             return
     msg = f"the workflow did not settle within {MAX_TURNS} event-loop turns"
     raise NonDeterministicWorkflow(msg)
-
-
-def _close(loop: asyncio.AbstractEventLoop) -> None:
-    """End the replay's coroutines (a `finally:` in the workflow runs here) and the loop."""
-    tasks = asyncio.all_tasks(loop)
-    for t in tasks:
-        t.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-    loop.close()

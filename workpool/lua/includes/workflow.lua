@@ -9,6 +9,8 @@
 --   wf_steps  journal entries so far; wf_max its max_steps
 --   wf_fails  replays in a row that could not decide; wf_blocked the last one's reason
 --   j:<n>     journal entry n (JOURNAL order, msgpack): step n's name, state and outcome
+--   a:<k>     activation k: the ended entries one replay delivered to the code, in order (a
+--             replay from the start delivers them so again); wf_acts how many
 -- Step n is a job `<id>:<n>` whose spec names its workflow (wf, wf_n); the script that ends it
 -- writes its outcome into the journal and asks for a replay. The `workflows` SET holds the ids
 -- of the running ones.
@@ -72,17 +74,17 @@ local function step_ended(ctx, owner, spec, outcome, attempts, extra)
 end
 
 -- Workflow `wid`'s fields: {wk, state, gen, entry, dirty, steps, max, fails, spec (unpacked),
--- packed, attempts = 0}; nil when there is no workflow of that id.
+-- packed, attempts = 0, acts}; nil when there is no workflow of that id.
 local function workflow_fields(ctx, wid)
   local wk = ctx.prefix .. K.job .. wid
   local w = rcall('HMGET', wk, 'kind', 'state', 'wf_gen', 'wf_entry', 'wf_dirty', 'wf_steps',
-                  'wf_max', 'wf_fails', 'spec')
+                  'wf_max', 'wf_fails', 'spec', 'wf_acts')
   if w[1] ~= 'workflow' then return nil end
   local ok, spec = pcall(cmsgpack.unpack, w[9] or '')
   return {wk = wk, state = w[2], gen = tonumber(w[3]) or 0, entry = w[4] or '',
           dirty = w[5] == '1', steps = tonumber(w[6]) or 0, max = tonumber(w[7]) or 0,
           fails = tonumber(w[8]) or 0, spec = ok and type(spec) == 'table' and spec or {},
-          packed = w[9], attempts = 0}
+          packed = w[9], attempts = 0, acts = tonumber(w[10]) or 0}
 end
 
 -- A workflow's waits (a sleep, an event's timeout) are members `<id>:<n>` of the wfTimers
