@@ -242,6 +242,7 @@ local function record(wid, w, n, c)
       rec.state, rec.outcome, rec.result, rec.finished_at = 'done', 'succeeded', kept[1], ctx.now
       table.remove(kept, 1)
       set_list(w.wk, 'e:' .. name, kept)
+      newly_ended(w.wk, n)
     else
       local waiting = list_field(w.wk, 'w:' .. name)
       waiting[#waiting + 1] = n
@@ -293,6 +294,12 @@ local function replay_outcome(entry_id, f, flat)
   local again = w.dirty
   if delivered then
     rcall('HSET', w.wk, 'a:' .. delivered[2], cmsgpack.pack(delivered[3]), 'wf_acts', delivered[2])
+    local gone, left = {}, {}
+    for _, n in ipairs(delivered[3]) do gone[n] = true end
+    for _, n in ipairs(list_field(w.wk, 'wf_new')) do
+      if not gone[n] then left[#left + 1] = n end
+    end
+    set_list(w.wk, 'wf_new', left)
   end
   for _, item in ipairs(numbered) do
     if record(f.id, w, item[1], item[2]) then again = true end

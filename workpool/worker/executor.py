@@ -39,15 +39,10 @@ from workpool.worker.threads import (
     guarded_await,
     guarded_call,
 )
-from workpool.workflow.replay import Replayer
+from workpool.workflow.replay import Replayer, carried
 
 Entry = dict[str, bytes]
 REPLAY_TIMEOUT = 60.0  #: seconds one replay of a workflow's code may take
-
-
-def _current(h: dict[str, bytes], gen: str) -> bool:
-    """Is replay `gen` the one a running workflow's hash `h` has out?"""
-    return text(h.get("state")) == "running" and text(h.get("wf_gen")) == gen
 
 
 def _timeout(raw: bytes | None) -> float | None:
@@ -212,22 +207,18 @@ class Executor:
         """One replay of a workflow: its decision, or why it could not decide; None when it is
         superseded (another replay is out, or the workflow ended) or the worker stops. A
         replay is fenced by its generation, so running a stale one changes nothing. A workflow
-        this worker keeps live goes on from where it waits (reading only those entries);
+        this worker keeps live goes on from where it waits, from what its entry carries;
         another is replayed from the start against its whole journal."""
         workflow_id, gen = text(f.get("id")), text(f.get("gen"))
         try:
             cmds = None
-            waiting = self.replayer.waiting_for(workflow_id)
-            if waiting is not None:
-                h = await self._fields(workflow_id, ["state", "wf_gen", "wf_steps", "wf_acts",
-                                                     *(f"j:{n}" for n in waiting)])
-                if h is None or not _current(h, gen):
-                    return None
-                cmds = await self.threads.run(self.replayer.resume, (workflow_id, h), {},
-                                              REPLAY_TIMEOUT)
+            if self.replayer.keeps(workflow_id):
+                cmds = await self.threads.run(self.replayer.resume, (workflow_id, carried(f)),
+                                              {}, REPLAY_TIMEOUT)
             if cmds is None:
                 h = await self._job_hash(workflow_id)
-                if h is None or not _current(h, gen):
+                if h is None or text(h.get("state")) != "running" or \
+                        text(h.get("wf_gen")) != gen:
                     return None
                 spec = self.config.registry.workflow(text(h.get("name")))
                 cmds = await self.threads.run(self.replayer.replay, (spec, workflow_id, h), {},
@@ -239,18 +230,6 @@ class Executor:
                              error=failures.cut(f"{type(exc).__name__}: {exc}", 300))
             return replay_failed(workflow_id, gen, exc)
         return Outcome("wf", workflow_id, gen, ok=True, result=cmds)
-
-    async def _fields(self, key_id: str, names: list[str]) -> dict[str, bytes] | None:
-        """Some fields of a job's (or workflow's) hash, read until Redis answers; None if the
-        worker stops meanwhile."""
-        client: redis.asyncio.Redis = self.liveness.client
-        raw = await asked("read the workflow",
-                          lambda: client.hmget(self.config.keys.job(key_id), names),
-                          self.log, self.liveness.halt, job=key_id)
-        if raw is None:
-            return None
-        return {n: v for n, v in zip(names, cast("list[bytes | None]", raw), strict=True)
-                if v is not None}
 
     async def _job_hash(self, job_id: str) -> dict[str, bytes] | None:
         """The job's fields (its hash, its spec read as fields), read until Redis answers

@@ -28,7 +28,17 @@ from workpool.workflow import journal
 from workpool.workflow.context import WorkflowContext
 
 MAX_TURNS = 100_000  #: event-loop turns one replay may take before it is called stuck
-KEPT = 512  #: live workflows a worker keeps between replays (the least recent go first)
+KEPT = 4096  #: live workflows a worker keeps between replays (the least recent go first)
+
+
+def carried(f: Mapping[str, bytes]) -> dict[str, bytes]:
+    """What a replay's dispatch entry carries, as the workflow's hash fields: wf_steps,
+    wf_acts and `j:<n>` for each entry that ended and is not delivered yet."""
+    h = {"wf_steps": f.get("steps") or b"0", "wf_acts": f.get("acts") or b"0"}
+    flat = msgpack.unpackb(f.get("ended") or b"\x90", raw=True)
+    for i in range(0, len(flat) - 1, 2):
+        h[f"{journal.PREFIX}{int(flat[i])}"] = flat[i + 1]
+    return h
 
 
 class _NoSelector:
@@ -43,6 +53,16 @@ class ReplayLoop(asyncio.BaseEventLoop):
     def __init__(self) -> None:
         super().__init__()
         self._selector = _NoSelector()
+        self.tasks: list[asyncio.Task[Any]] = []  #: every task made here (asyncio.all_tasks
+        # walks every task of every loop in the process: thousands, with workflows kept live)
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        """A task of the workflow (its function, or one gather() wraps), remembered."""
+        task = super().create_task(coro, **kwargs)
+        self.tasks = [t for t in self.tasks if not t.done()] if len(self.tasks) > 64 else \
+            self.tasks
+        self.tasks.append(task)
+        return task
 
     def _process_events(self, event_list: list[Any]) -> None:
         """Nothing to process: there is no I/O."""
@@ -68,7 +88,7 @@ class Live:
     def close(self) -> None:
         """End its coroutines (a `finally:` in the workflow runs here) and its loop."""
         self.ctx.closed = True
-        tasks = asyncio.all_tasks(self.loop)
+        tasks = [t for t in self.loop.tasks if not t.done()]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -84,16 +104,15 @@ class Replayer:
         self._live: OrderedDict[str, Live] = OrderedDict()
         self._guard = threading.Lock()
 
-    def waiting_for(self, workflow_id: str) -> list[int] | None:
-        """The journal entries a kept workflow waits for (None: none is kept)."""
+    def keeps(self, workflow_id: str) -> bool:
+        """Is the workflow's coroutine kept live here?"""
         with self._guard:
-            live = self._live.get(workflow_id)
-        return None if live is None else sorted(live.ctx.waiting)
+            return workflow_id in self._live
 
     def resume(self, workflow_id: str, h: Mapping[str, bytes]) -> bytes | None:
         """The decision of a replay that goes on from the kept coroutine, `h` holding the
-        workflow's wf_steps and wf_acts and the entries it waits for; None when none is kept
-        or the journal is not the one it acted on (then replay from the start)."""
+        workflow's wf_steps and wf_acts and the entries that ended since (`carried`); None
+        when none is kept or the journal is not the one it acted on (replay from the start)."""
         with self._guard:
             live = self._live.get(workflow_id)
         if live is None or not live.lock.acquire(blocking=False):

@@ -11,6 +11,7 @@
 --   j:<n>     journal entry n (JOURNAL order, msgpack): step n's name, state and outcome
 --   a:<k>     activation k: the ended entries one replay delivered to the code, in order (a
 --             replay from the start delivers them so again); wf_acts how many
+--   wf_new    the entries that ended and are not delivered yet (msgpack array)
 -- Step n is a job `<id>:<n>` whose spec names its workflow (wf, wf_n); the script that ends it
 -- writes its outcome into the journal and asks for a replay. The `workflows` SET holds the ids
 -- of the running ones.
@@ -23,9 +24,56 @@ local function pack_journal(rec)
   return cmsgpack.pack(a)
 end
 
--- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker.
+-- A workflow's waits (a sleep, an event's timeout) are members `<id>:<n>` of the wfTimers
+-- ZSET, scored by when they end; startJobs ends the due ones.
+local function timer_member(wid, n)
+  return wid .. ':' .. n
+end
+
+-- A msgpack array kept in field `field` of hash `wk` ({} when absent or unreadable), and its
+-- write back (the field is dropped when the array is empty). Fields `w:<event>` hold the
+-- journal numbers waiting for that event, oldest first; `e:<event>` the payloads of events
+-- sent while none waited, oldest first.
+local function list_field(wk, field)
+  local raw = rcall('HGET', wk, field)
+  local ok, a = pcall(cmsgpack.unpack, raw or '')
+  return ok and type(a) == 'table' and a or {}
+end
+
+local function set_list(wk, field, a)
+  if #a == 0 then rcall('HDEL', wk, field) else rcall('HSET', wk, field, cmsgpack.pack(a)) end
+end
+
+-- Journal entry n of workflow hash `wk` as stored (unpacked), or nil.
+local function journal_entry(wk, n)
+  local raw = rcall('HGET', wk, 'j:' .. n)
+  local ok, rec = pcall(cmsgpack.unpack, raw or '')
+  if not ok or type(rec) ~= 'table' then return nil end
+  return rec
+end
+
+-- Journal entry n ended and is not delivered to the code yet (the `wf_new` list).
+local function newly_ended(wk, n)
+  local new = list_field(wk, 'wf_new')
+  new[#new + 1] = tonumber(n)
+  set_list(wk, 'wf_new', new)
+end
+
+-- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker. The entry carries the journal's
+-- length and activations and every entry that ended and is not delivered yet ([n, record,
+-- ...], msgpack), so a worker that keeps the workflow live goes on without reading it.
 local function dispatch_replay(ctx, wid, wk, gen)
-  local eid = rcall('XADD', ctx.dispatch, '*', 'kind', 'wf', 'id', wid, 'gen', gen)
+  local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts')
+  local new, ended = list_field(wk, 'wf_new'), {}
+  if #new > 0 then
+    local names = {}
+    for i, n in ipairs(new) do names[i] = 'j:' .. n end
+    for i, rec in ipairs(rcall('HMGET', wk, unpack(names))) do
+      append_all(ended, {new[i], rec or ''})
+    end
+  end
+  local eid = rcall('XADD', ctx.dispatch, '*', 'kind', 'wf', 'id', wid, 'gen', gen, 'steps',
+                    h[1] or 0, 'acts', h[2] or 0, 'ended', cmsgpack.pack(ended))
   rcall('HSET', wk, 'wf_gen', gen, 'wf_entry', eid, 'wf_dirty', 0)
   bump(ctx.counts, N.REPLAYS)
 end
@@ -70,6 +118,7 @@ local function step_ended(ctx, owner, spec, outcome, attempts, extra)
   end
   rec.scheduled_at = owner.scheduled_at
   rcall('HSET', owner.wk, 'j:' .. owner.n, pack_journal(rec))
+  if owner.state == 'running' then newly_ended(owner.wk, owner.n) end
   wake(ctx, owner)
 end
 
@@ -87,39 +136,12 @@ local function workflow_fields(ctx, wid)
           packed = w[9], attempts = 0, acts = tonumber(w[10]) or 0}
 end
 
--- A workflow's waits (a sleep, an event's timeout) are members `<id>:<n>` of the wfTimers
--- ZSET, scored by when they end; startJobs ends the due ones.
-local function timer_member(wid, n)
-  return wid .. ':' .. n
-end
-
--- A msgpack array kept in field `field` of hash `wk` ({} when absent or unreadable), and its
--- write back (the field is dropped when the array is empty). Fields `w:<event>` hold the
--- journal numbers waiting for that event, oldest first; `e:<event>` the payloads of events
--- sent while none waited, oldest first.
-local function list_field(wk, field)
-  local raw = rcall('HGET', wk, field)
-  local ok, a = pcall(cmsgpack.unpack, raw or '')
-  return ok and type(a) == 'table' and a or {}
-end
-
-local function set_list(wk, field, a)
-  if #a == 0 then rcall('HDEL', wk, field) else rcall('HSET', wk, field, cmsgpack.pack(a)) end
-end
-
--- Journal entry n of workflow hash `wk` as stored (unpacked), or nil.
-local function journal_entry(wk, n)
-  local raw = rcall('HGET', wk, 'j:' .. n)
-  local ok, rec = pcall(cmsgpack.unpack, raw or '')
-  if not ok or type(rec) ~= 'table' then return nil end
-  return rec
-end
-
 -- A pending wait (sleep or event) of workflow `w` (workflow_fields), journal entry n `rec`,
 -- ends with `outcome` (and `payload`, or an error): written, then the workflow is woken.
 local function wait_ended(ctx, wid, w, n, rec, outcome, payload, err, etype)
   rcall('HSET', w.wk, 'j:' .. n, pack_journal({
     kind = rec[J.kind], name = rec[J.name], state = 'done', outcome = outcome, result = payload,
     error = err, error_type = etype, scheduled_at = rec[J.scheduled_at], finished_at = ctx.now}))
+  newly_ended(w.wk, n)
   wake(ctx, {wk = w.wk, wid = wid, state = w.state, entry = w.entry, gen = w.gen})
 end
