@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from workpool.wire.codes import Code
-from workpool.wire.statemachine import TABLE, markdown_table
+from workpool.wire.statemachine import TABLE, WORKFLOW_TABLE, markdown_table
 
 DOC = Path(__file__).resolve().parent.parent / "statemachine.md"
 START, END = "<!-- table:start -->", "<!-- table:end -->"
@@ -29,6 +29,17 @@ def test_the_table_in_statemachine_md_is_exactly_the_transition_table() -> None:
     assert _table_in_doc() == markdown_table()
 
 
+def test_the_workflow_table_in_statemachine_md_is_exactly_the_workflow_table() -> None:
+    lines = _doc().splitlines()
+    start, end = "<!-- workflow-table:start -->", "<!-- workflow-table:end -->"
+    assert lines.count(start) == 1 and lines.count(end) == 1
+    assert "\n".join(lines[lines.index(start) + 1:lines.index(end)]) == \
+        markdown_table(WORKFLOW_TABLE)
+    out = subprocess.run([sys.executable, "-m", "workpool.wire.statemachine", "workflows"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.rstrip("\n") == markdown_table(WORKFLOW_TABLE)
+
+
 def test_the_table_is_what_python_m_workpool_statemachine_prints() -> None:
     out = subprocess.run([sys.executable, "-m", "workpool.wire.statemachine"], capture_output=True,
                          text=True, check=True)
@@ -37,7 +48,8 @@ def test_the_table_is_what_python_m_workpool_statemachine_prints() -> None:
 
 def test_every_code_of_the_transition_table_appears_in_the_doc() -> None:
     doc = _doc()
-    missing = {row.code.name for row in TABLE if not re.search(rf"\b{row.code.name}\b", doc)}
+    missing = {row.code.name for row in (*TABLE, *WORKFLOW_TABLE)
+               if not re.search(rf"\b{row.code.name}\b", doc)}
     assert not missing
 
 

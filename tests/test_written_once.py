@@ -66,6 +66,9 @@ def test_docs_protocol_gives_the_packed_field_order_the_code_uses() -> None:
     listed = re.search(r"in this order:\s*`([^`]+)`", doc)
     assert listed is not None, "docs/protocol.md no longer states the packed field order"
     assert tuple(re.split(r",\s*", listed.group(1).strip())) == protocol.SPEC_FIELDS
+    journal = re.search(r"array of the journal fields:\s*`([^`]+)`", doc)
+    assert journal is not None, "docs/protocol.md no longer states the journal's field order"
+    assert tuple(re.split(r",\s*", journal.group(1).strip())) == protocol.JOURNAL_FIELDS
 
 
 KEY_LITERAL = re.compile(r"\.\.\s*'(" + "|".join(re.escape(v) for v in KEY.values()) + r")'")

@@ -40,6 +40,7 @@ class Code(IntEnum):
     EVENT_DELIVERED = 25  #: an event ended the workflow's wait for it
     EVENT_KEPT = 26  #: an event no wait took yet: kept until the workflow waits for it
     EVENT_DROPPED = 27  #: an event for a workflow that is not running (ended, or unknown)
+    WAIT_ENDED = 28  #: a workflow's sleep is over, or its wait for an event timed out
 
 
 def lua_prelude() -> str:

@@ -1,5 +1,6 @@
 """The job state machine as data: the one table that the Lua scripts implement, the model-based
-tests interpret, and `statemachine.md` prints (`python -m workpool.wire.statemachine`).
+tests interpret, and `statemachine.md` prints (`python -m workpool.wire.statemachine`); and the
+workflow's (`WORKFLOW_TABLE`, `python -m workpool.wire.statemachine workflows`).
 
 States are `absent` (no such job), `pending`, `running`, `retrying`, `done/succeeded`,
 `done/failed` and `canceled`. A row applies when the event matches, the job is in one of its
@@ -82,6 +83,51 @@ TABLE: tuple[Row, ...] = (
 )
 
 
+WF_ANY = (ABSENT, RUNNING, *TERMINAL)  #: a workflow is never pending or retrying
+
+WORKFLOW_TABLE: tuple[Row, ...] = (
+    Row("start", ANY, "malformed", None, Code.REJECTED, "ingestRequests",
+        "set aside in the rejected record"),
+    Row("start", (ABSENT,), "child_of_ended", None, Code.CANCELED, "ingestRequests",
+        "a child whose parent no longer runs is not created: the parent's entry says canceled"),
+    Row("start", (ABSENT,), "", RUNNING, Code.WORKFLOW_STARTED, "ingestRequests",
+        "replay 1 handed out; in the `workflows` set while it runs"),
+    Row("start", ANY[1:], "", None, Code.DUPLICATE_ENQUEUE, "ingestRequests",
+        "same id (key): one workflow (or job)"),
+    Row("decide", (RUNNING,), "current_replay_returned", SUCCEEDED, Code.SUCCEEDED,
+        "applyOutcomes", "its activation and asks recorded first; on_complete recorded"),
+    Row("decide", (RUNNING,), "current_replay_failed", FAILED, Code.FAILED, "applyOutcomes",
+        "the function raised, asked for more than max_steps (TooManySteps) or returned more "
+        "than max_result_bytes (PayloadTooLarge); on_complete recorded"),
+    Row("decide", (RUNNING,), "current_replay_undecided", None, Code.REPLAY_RETRY,
+        "applyOutcomes", "the code no longer matches the journal, or the worker lacks the "
+        "workflow: journal unchanged, wf_blocked says why, replayed after 1 s doubling (60 s)"),
+    Row("decide", (RUNNING,), "current_replay", None, Code.REPLAY_APPLIED, "applyOutcomes",
+        "activation and asks recorded (steps and children enqueued, timers and waits set); "
+        "replayed again at once if an entry ended meanwhile (wf_dirty)"),
+    Row("decide", WF_ANY, "", None, Code.STALE_REPLAY, "applyOutcomes",
+        "a replay no longer out (superseded, withdrawn, or the workflow ended): dropped"),
+    Row("entry_ends", (RUNNING,), "", None, Code.WAIT_ENDED, "any that ends a step or wait",
+        "a step's job or child ends (the script that ends it), a sleep or a wait's timeout "
+        "(startJobs): journal entry written, replayed now or after the replay out"),
+    Row("entry_ends", TERMINAL, "", None, Code.WAIT_ENDED, "any that ends a step or wait",
+        "journal entry written, never acted on"),
+    Row("event", (RUNNING,), "a_wait_for_it", None, Code.EVENT_DELIVERED, "ingestRequests",
+        "ends the oldest wait for that name; its payload is the result"),
+    Row("event", (RUNNING,), "", None, Code.EVENT_KEPT, "ingestRequests",
+        "kept (at most 1,000 per name) for the next wait, delivered once"),
+    Row("event", WF_ANY, "", None, Code.EVENT_DROPPED, "ingestRequests",
+        "the workflow is not running"),
+    Row("lose", (RUNNING,), "current_replay", None, Code.REDELIVERED, "reapLost",
+        "the replay a lost worker held is handed out again (a new generation)"),
+    Row("cancel", (RUNNING,), "", CANCELED, Code.CANCELED, "ingestRequests",
+        "its replay withdrawn; steps not ended canceled as jobs (a running one finishes, its "
+        "end recorded, not acted on), children canceled; on_complete recorded"),
+    Row("cancel", WF_ANY, "", None, Code.CANCEL_NOOP, "ingestRequests",
+        "finished or unknown: harmless"),
+)
+
+
 def step(event: str, state: str, facts: Mapping[str, bool]) -> Row:
     """The row that applies to `event` in `state` given the guard `facts`."""
     for row in TABLE:
@@ -91,16 +137,18 @@ def step(event: str, state: str, facts: Mapping[str, bool]) -> Row:
     raise LookupError(msg)
 
 
-def markdown_table() -> str:
-    """The transition table as Markdown, as statemachine.md shows it."""
+def markdown_table(table: tuple[Row, ...] = TABLE) -> str:
+    """A transition table as Markdown, as statemachine.md shows it."""
     lines = ["| event | from | guard | to | code | script | note |",
              "|---|---|---|---|---|---|---|"]
-    for r in TABLE:
-        sources = "any" if r.sources == ANY else ", ".join(r.sources)
+    for r in table:
+        sources = "any" if r.sources in (ANY, WF_ANY) else ", ".join(r.sources)
         lines.append(f"| {r.event} | {sources} | {r.guard or '-'} | {r.target or '(unchanged)'} "
                      f"| {r.code.name} | {r.script} | {r.note} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    print(markdown_table(WORKFLOW_TABLE if sys.argv[1:] == ["workflows"] else TABLE))
