@@ -4,6 +4,7 @@ workflow function is replayed against its journal, and every end is recorded onc
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from workpool import (
     State,
     StepFailed,
     WaitTimeout,
+    WorkflowChange,
     WorkflowContext,
     Workpool,
 )
@@ -387,3 +389,36 @@ def test_the_cli_starts_shows_signals_lists_and_cancels_a_workflow(
         eventually(lambda: pool.workflow_status(other).steps, WAIT, "waiting")
         assert "canceled" in run("cancel", other, "--pool", "wf")
     assert pool.workflow_status(other).state == State.CANCELED
+
+
+def test_watch_reports_every_change_in_order_live_and_again_from_the_journal(
+        pool: Workpool) -> None:
+    @pool.workflow()
+    async def watched(ctx: WorkflowContext) -> int:
+        a = await ctx.step("double", 1)
+        go = await ctx.wait_for_event("go")
+        return int(await ctx.step("double", a + go))
+
+    def described(changes: list[WorkflowChange]) -> list[tuple[object, ...]]:
+        return [(c.kind, c.number, c.entry_kind, c.name, c.state, c.outcome) for c in changes]
+
+    with running_worker(pool):
+        wf = pool.start_workflow(watched)
+        live = []
+        for change in pool.watch(wf, timeout=WAIT):
+            live.append(change)
+            if change.kind == "asked" and change.name == "go":
+                pool.send_event(wf, "go", 10)
+        again = list(pool.watch(wf, timeout=WAIT))
+    assert described(live) == [
+        ("state", 0, "", "", "running", None),
+        ("asked", 1, "step", "double", "pending", None),
+        ("ended", 1, "step", "double", "done", "succeeded"),
+        ("asked", 2, "event", "go", "pending", None),
+        ("ended", 2, "event", "go", "done", "succeeded"),
+        ("asked", 3, "step", "double", "pending", None),
+        ("ended", 3, "step", "double", "done", "succeeded"),
+        ("state", 0, "", "", "done", "succeeded")]
+    assert described(again) == described(live)
+    assert all(a.at is not None and b.at is not None and a.at <= b.at
+               for a, b in itertools.pairwise(live))

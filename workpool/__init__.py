@@ -24,7 +24,7 @@ from workpool.types import JobStatus, RateLimit, Result, Retry, State
 from workpool.wire.options import EnqueueOptions, ManyOptions, StepOptions
 from workpool.wire.settings import LiveSettings
 from workpool.workflow.context import WorkflowContext
-from workpool.workflow.status import StepStatus, WorkflowStatus
+from workpool.workflow.status import StepStatus, WorkflowChange, WorkflowStatus
 
 __all__ = [
     "AsyncWorkpool",
@@ -53,6 +53,7 @@ __all__ = [
     "StepStatus",
     "UnknownJobName",
     "WaitTimeout",
+    "WorkflowChange",
     "WorkflowContext",
     "WorkflowStatus",
     "Workpool",

@@ -3,13 +3,13 @@ the same sans-IO operation (client/ops.py) driven by an asyncio client."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio
 
 from workpool.client import ops
-from workpool.client.drive import adrive
+from workpool.client.drive import Done, adrive, astream
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
 from workpool.core.config import HasConfig, PoolConfig, config_of
@@ -19,7 +19,7 @@ from workpool.types import Canceled, Configured, JobStatus
 from workpool.wire.options import ENQUEUE_OPTIONS, MANY_OPTIONS, JobRef
 from workpool.wire.protocol import check_job_id
 from workpool.wire.settings import config_fields
-from workpool.workflow.status import WorkflowStatus
+from workpool.workflow.status import WorkflowChange, WorkflowStatus
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -72,6 +72,14 @@ class AsyncWorkpool:
         """`Workpool.send_event`, awaitable."""
         await self._drive(ops.send_event(self.config.keys, event_entry(
             self.config, workflow_id, name, payload)))
+
+    async def watch(self, workflow_id: str,
+                    timeout: float | None = None) -> AsyncIterator[WorkflowChange]:
+        """`Workpool.watch`, as an async iterator."""
+        async for item in astream(self.redis, self.config.url,
+                                  ops.watch(self.config.keys, workflow_id, timeout)):
+            if not isinstance(item, Done):
+                yield item
 
     async def running_workflows(self, limit: int = 1000) -> list[WorkflowStatus]:
         """`Workpool.running_workflows`, awaitable."""

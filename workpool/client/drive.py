@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -19,6 +21,18 @@ T = TypeVar("T")
 
 def drive(client: redis.Redis, url: str, op: Ops[T]) -> T:
     """Run `op` to its result with a blocking client (Redis errors typed, naming `url`)."""
+    steps = stream(client, url, op)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+
+def stream(client: redis.Redis, url: str, op: Ops[T]) -> Generator[Any, None, T]:
+    """Run `op` with a blocking client, yielding the values its steps emit; returns its
+    result."""
     pubsub: Any = None
     with unavailable_as_typed(url):
         try:
@@ -27,6 +41,7 @@ def drive(client: redis.Redis, url: str, op: Ops[T]) -> T:
                 if step.listen is not None and pubsub is None:
                     pubsub = client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(step.listen)
+                yield from step.emit
                 if step.pause and pubsub is not None:
                     pubsub.get_message(timeout=step.pause)
                 elif step.pause:
@@ -49,6 +64,22 @@ def _send(client: redis.Redis, step: Step) -> list[Any]:
 
 async def adrive(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> T:
     """Run `op` to its result with an asyncio client (Redis errors typed, naming `url`)."""
+    async for item in astream(client, url, op):
+        if isinstance(item, Done):
+            return cast("T", item.result)
+    msg = "the operation ended without a result"
+    raise AssertionError(msg)
+
+
+@dataclass
+class Done:
+    """The last item `astream` yields: the operation's result (async generators return none)."""
+
+    result: Any
+
+
+async def astream(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> AsyncIterator[Any]:
+    """Run `op` with an asyncio client, yielding the values its steps emit, then Done(result)."""
     pubsub: Any = None
     with unavailable_as_typed(url):
         try:
@@ -57,14 +88,15 @@ async def adrive(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> T:
                 if step.listen is not None and pubsub is None:
                     pubsub = client.pubsub(ignore_subscribe_messages=True)
                     await pubsub.subscribe(step.listen)
+                for value in step.emit:
+                    yield value
                 if step.pause and pubsub is not None:
                     await pubsub.get_message(timeout=step.pause)
                 elif step.pause:
                     await asyncio.sleep(step.pause)
                 step = op.send(await _asend(client, step))
         except StopIteration as stop:
-            result: T = stop.value
-            return result
+            yield Done(stop.value)
         finally:
             if pubsub is not None:
                 await pubsub.aclose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,7 +12,7 @@ from redis.client import Pipeline
 
 from workpool.client import ops
 from workpool.client.aio import AsyncWorkpool
-from workpool.client.drive import drive
+from workpool.client.drive import drive, stream
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
 from workpool.core import validate
@@ -26,7 +26,7 @@ from workpool.wire import limits
 from workpool.wire.options import ENQUEUE_OPTIONS, MANY_OPTIONS, JobRef
 from workpool.wire.protocol import Encoding, Fields, check_job_id, new_job_id
 from workpool.wire.settings import check_max_per_key, config_fields
-from workpool.workflow.status import WorkflowStatus
+from workpool.workflow.status import WorkflowChange, WorkflowStatus
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -216,6 +216,13 @@ class Workpool:
         running when the main loop applies it."""
         self._drive(ops.send_event(self.keys, event_entry(self.config, workflow_id, name,
                                                           payload)))
+
+    def watch(self, workflow_id: str, timeout: float | None = None) -> Iterator[WorkflowChange]:
+        """Every change of a workflow as it happens, in order, none missed: its state (running,
+        then done or canceled) and each journal entry asked for and ended; caught up from the
+        journal first, then following its notifications; ends once the workflow ended
+        (WaitTimeout after `timeout` s)."""
+        return stream(self.redis, self.url, ops.watch(self.keys, workflow_id, timeout))
 
     def running_workflows(self, limit: int = 1000) -> list[WorkflowStatus]:
         """Up to `limit` of the workflows running now."""

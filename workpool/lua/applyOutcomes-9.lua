@@ -292,6 +292,7 @@ local function replay_outcome(entry_id, f, flat)
               'max_result_bytes (' .. ctx.max_result .. ')', 'PayloadTooLarge'}
   end
   local again = w.dirty
+  if #numbered > 0 then changed(ctx, f.id) end
   if delivered then
     rcall('HSET', w.wk, 'a:' .. delivered[2], cmsgpack.pack(delivered[3]), 'wf_acts', delivered[2])
     local gone, left = {}, {}

@@ -49,6 +49,7 @@ KEY = {
     "job": "job:",
     "heartbeat": "hb:",
     "done_channel": "done:",
+    "wf_channel": "wfc:",
     "throughput": "tp:",
 }
 
@@ -237,6 +238,10 @@ class Keys:
     def done_channel(self, job_id: str) -> str:
         """PUB/SUB channel: published once when the job reaches its terminal state."""
         return self._k(KEY["done_channel"] + job_id)
+
+    def wf_channel(self, workflow_id: str) -> str:
+        """PUB/SUB channel: published when a workflow's journal or state changes (watch)."""
+        return self._k(KEY["wf_channel"] + workflow_id)
 
     def throughput(self, minute: int) -> str:
         """STRING counter (expires after 2 h): terminal transitions in that epoch minute."""

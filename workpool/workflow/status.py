@@ -80,3 +80,46 @@ def workflow_status(workflow_id: str, h: Mapping[str, bytes],
         error=job.error, error_type=job.error_type, steps=tuple(steps),
         blocked=text(h.get("wf_blocked")) or None, started_at=_ms(h.get("started_at")),
         finished_at=job.finished_at)
+
+
+@dataclass(frozen=True)
+class WorkflowChange:
+    """One change of a workflow, as `watch` reports it: the workflow's state changed
+    (`kind` state), a journal entry was asked for (asked), or one ended (ended)."""
+
+    kind: str  #: state, asked or ended
+    at: float | None  #: when, seconds since the epoch (Redis clock)
+    state: str  #: the workflow's new state (state), or the entry's (asked, ended)
+    outcome: str | None = None  #: succeeded, failed or canceled, once ended
+    number: int = 0  #: the journal entry's number (0 for a state change)
+    entry_kind: str = ""  #: step, workflow, sleep, event or patch
+    name: str = ""
+
+
+def changes_since(before: Mapping[str, bytes], now: Mapping[str, bytes]) -> list[WorkflowChange]:
+    """What changed from snapshot `before` to `now` (two reads of the workflow's hash; {} for
+    none yet), in the order it happened."""
+    out: list[tuple[float, int, WorkflowChange]] = []
+    if text(before.get("state")) != text(now.get("state")):
+        if not before:
+            out.append((_at(now.get("started_at")), 0, WorkflowChange(
+                "state", _ms(now.get("started_at")), "running")))
+        if text(now.get("state")) != "running":
+            out.append((_at(now.get("finished_at")), 2, WorkflowChange(
+                "state", _ms(now.get("finished_at")), text(now.get("state")),
+                text(now.get("outcome")) or None)))
+    old = journal.entries(before)
+    for n, e in sorted(journal.entries(now).items()):
+        was = old.get(n)
+        if was is None:
+            out.append((e.scheduled_at / 1000, 1, WorkflowChange(
+                "asked", e.scheduled_at / 1000 or None, "pending", None, n, e.kind, e.name)))
+        if e.state != "pending" and (was is None or was.state == "pending"):
+            out.append((e.finished_at / 1000, 1, WorkflowChange(
+                "ended", e.finished_at / 1000 or None, e.state, e.outcome or None, n, e.kind,
+                e.name)))
+    return [c for _, _, c in sorted(out, key=lambda x: (x[0], x[1]))]
+
+
+def _at(raw: bytes | None) -> float:
+    return _ms(raw) or 0.0

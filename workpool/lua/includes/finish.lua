@@ -128,6 +128,7 @@ local function end_workflow(ctx, wid, wk, w, state, outcome, extra)
   rcall('HSET', wk, 'wf_entry', '')
   rcall('SREM', ctx.prefix .. K.workflows, wid)
   finish(ctx, wid, wk, state, outcome, w, extra)
+  changed(ctx, wid)
 end
 
 -- The wait before the next attempt after failed attempt `attempts`: backoff_ms *

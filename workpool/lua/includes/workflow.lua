@@ -95,6 +95,11 @@ local function step_owner(ctx, spec)
           scheduled_at = old[J.scheduled_at] or ''}
 end
 
+-- Tell watchers of workflow `wid` that its journal or state changed (they read it again).
+local function changed(ctx, wid)
+  rcall('PUBLISH', ctx.prefix .. K.wf_channel .. wid, 'changed')
+end
+
 -- Something the workflow waits for happened: replay it now, or after the replay out now.
 local function wake(ctx, owner)
   if owner.state ~= 'running' then return end
@@ -119,6 +124,7 @@ local function step_ended(ctx, owner, spec, outcome, attempts, extra)
   rec.scheduled_at = owner.scheduled_at
   rcall('HSET', owner.wk, 'j:' .. owner.n, pack_journal(rec))
   if owner.state == 'running' then newly_ended(owner.wk, owner.n) end
+  changed(ctx, owner.wid)
   wake(ctx, owner)
 end
 
@@ -143,5 +149,6 @@ local function wait_ended(ctx, wid, w, n, rec, outcome, payload, err, etype)
     kind = rec[J.kind], name = rec[J.name], state = 'done', outcome = outcome, result = payload,
     error = err, error_type = etype, scheduled_at = rec[J.scheduled_at], finished_at = ctx.now}))
   newly_ended(w.wk, n)
+  changed(ctx, wid)
   wake(ctx, {wk = w.wk, wid = wid, state = w.state, entry = w.entry, gen = w.gen})
 end
