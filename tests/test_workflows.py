@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -377,15 +378,19 @@ def test_the_cli_starts_shows_signals_lists_and_cancels_a_workflow(
         assert out.exit_code == 0, out.output
         return out.output.strip()
 
+    def started(output: str) -> str:  # the id printed (the in-process worker logs here too)
+        (found,) = re.findall(r"^\d+-\d+$", output, re.MULTILINE)
+        return str(found)
+
     with running_worker(pool):
-        wf = run("start", "wf", "waiter", "1").splitlines()[-1]  # (the worker logs here too)
+        wf = started(run("start", "wf", "waiter", "1"))
         eventually(lambda: "event go pending" in run("status", wf, "--pool", "wf"), WAIT,
                    "the wait shown")
         assert wf in run("list", "--pool", "wf")
         run("event", wf, "go", "41", "--pool", "wf")
         assert pool.wait(wf, timeout=WAIT).result == 42
         assert '"result": 42' in run("status", wf, "--pool", "wf", "--json")
-        other = run("start", "wf", "waiter", "2").splitlines()[-1]
+        other = started(run("start", "wf", "waiter", "2"))
         eventually(lambda: pool.workflow_status(other).steps, WAIT, "waiting")
         assert "canceled" in run("cancel", other, "--pool", "wf")
     assert pool.workflow_status(other).state == State.CANCELED
