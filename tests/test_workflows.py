@@ -427,3 +427,25 @@ def test_watch_reports_every_change_in_order_live_and_again_from_the_journal(
     assert described(again) == described(live)
     assert all(a.at is not None and b.at is not None and a.at <= b.at
                for a, b in itertools.pairwise(live))
+
+
+def test_a_workflow_past_its_timeout_fails_and_its_waiting_steps_are_canceled(
+        pool: Workpool, redis_client: redis.Redis) -> None:
+    @pool.workflow(timeout=0.5)
+    async def slow(ctx: WorkflowContext) -> None:
+        await asyncio.gather(ctx.step("gated", "t"), ctx.wait_for_event("never"))
+
+    pool.configure(max_parallelism=1, wait=0)
+    with running_worker(pool, concurrency=2):  # a replay takes a reader slot, not a job slot
+        blocker = pool.enqueue("gated", "first")  # holds the pool's one slot: step 1 waits
+        eventually(lambda: redis_client.get("wf:gated:first"), WAIT, "the slot taken")
+        wf = pool.start_workflow(slow)
+        st = pool.wait(wf, timeout=WAIT)
+        assert (st.outcome, st.error_type) == ("failed", "Timeout")
+        assert pool.status(f"{wf}:1").state == State.CANCELED
+        redis_client.set("wf:gate:first", 1)
+        pool.wait(blocker, timeout=WAIT)
+    assert st.finished_at is not None and st.enqueued_at is not None
+    assert redis_client.get("wf:gated:t") is None  # step 1 never ran
+    with pytest.raises(ConfigurationError, match="timeout"):
+        pool.workflow(timeout=0)

@@ -170,22 +170,25 @@ class Workpool:
 
         return register
 
-    def workflow(self, name: str | None = None, *,
+    def workflow(self, name: str | None = None, *, timeout: float | None = None,
                  max_steps: int = 10_000) -> Callable[[F], F]:
         """Register `async def fn(ctx: WorkflowContext, *args, **kwargs)` as a durable workflow
         (by default under its `__name__`): each `await ctx.step(job, ...)` runs a job of this
         pool, and the function is replayed against its journal, so its code must decide the
-        same way every time (see README, "Workflows"). `max_steps`: the most steps one run
-        may ask for; one more fails it."""
+        same way every time (see README, "Workflows"). `timeout`: seconds from its start after
+        which it fails (Timeout; its steps not ended are canceled); `max_steps`: the most
+        journal entries one run may ask for; one more fails it."""
         if name is not None:
             check_name(name)
         validate.integer("max_steps", max_steps, 1, limits.MAX_WORKFLOW_STEPS)
+        if timeout is not None:
+            validate.seconds_ms("timeout", timeout, limits.MAX_TIMEOUT_MS, positive=True)
 
         def register(fn: F) -> F:
             if not inspect.iscoroutinefunction(_callable(fn)):
                 validate.fail("the decorated workflow", "an async def function", fn)
             self.registry.add_workflow(WorkflowSpec(check_name(name or fn.__name__), fn,
-                                                    max_steps))
+                                                    max_steps, timeout))
             return fn
 
         return register

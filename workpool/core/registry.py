@@ -47,12 +47,13 @@ class HandlerSpec:
 
 @dataclass(frozen=True)
 class WorkflowSpec:
-    """A registered workflow: its name, its `async def fn(ctx, *args, **kwargs)`, and the most
-    journal entries (steps) one run of it may record."""
+    """A registered workflow: its name, its `async def fn(ctx, *args, **kwargs)`, the most
+    journal entries (steps) one run of it may record, and how long it may run."""
 
     name: str
     fn: Callable[..., Any]
     max_steps: int = 10_000
+    timeout: float | None = None  #: seconds from its start after which it fails (Timeout)
 
 
 def check_name(name: Any, what: str = "name") -> str:

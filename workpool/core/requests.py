@@ -11,6 +11,7 @@ from workpool.core import validate
 from workpool.core.config import PoolConfig
 from workpool.core.registry import check_name
 from workpool.errors import PayloadTooLarge, UnknownJobName
+from workpool.wire import limits
 from workpool.wire.options import EnqueueOptions, JobRef, check_names
 from workpool.wire.protocol import Fields, check_job_id, check_kwargs, encode, key_job_id
 
@@ -67,6 +68,9 @@ def workflow_entry(config: PoolConfig, workflow: Any, args: Sequence[Any], *,
     workflow_id = key_job_id(key)
     if workflow_id is not None:
         fields["id"] = workflow_id
+    if spec is not None and spec.timeout is not None:
+        fields["timeout_ms"] = str(validate.seconds_ms("timeout", spec.timeout,
+                                                       limits.MAX_TIMEOUT_MS, positive=True))
     if on_complete is not None:
         fields["on_complete"] = name_of(config, on_complete, "on_complete")
         fields["context"] = encode(context, config.encoding)

@@ -8,7 +8,9 @@
 --              key limits), validated in full before any is written
 --   event   -> ends a running workflow's oldest wait for that event name (its payload the
 --              result), else is kept for its next wait; dropped for a workflow not running
---   workflow -> a new running workflow (includes/workflow.lua), its first replay handed out;
+--   workflow -> a new running workflow (includes/workflow.lua), its first replay handed out
+--              (with timeout_ms, a timer `<id>:0` in wfTimers: startJobs then appends a
+--              cancel with timeout=1, which ends it done/failed with error_type Timeout);
 --              DUPLICATE_ENQUEUE when a job or workflow with that id exists. A cancel of a
 --              workflow ends it canceled and cancels its steps not yet ended. An enqueue of a
 --              workflow's step (fields wf, wf_n: the main loop writes them) whose workflow no
@@ -323,7 +325,7 @@ end
 -- A running workflow ends canceled, then each of its steps not ended yet is canceled as a job
 -- is (a running one finishes; its end is recorded, never acted on), and each child workflow
 -- as a workflow is.
-local function cancel_workflow(id, w)
+local function cancel_workflow(id, w, timeout_ms)
   if w.state ~= 'running' then
     bump(ctx.counts, N.CANCEL_NOOP)
     return C.CANCEL_NOOP
@@ -334,17 +336,23 @@ local function cancel_workflow(id, w)
     for n = first, math.min(first + 999, w.steps) do names[#names + 1] = 'j:' .. n end
     for i, raw in ipairs(rcall('HMGET', w.wk, unpack(names))) do
       local ok, rec = pcall(cmsgpack.unpack, raw or '')
-      if ok and type(rec) == 'table' and rec[J.state] == 'pending' then
+      if ok and type(rec) == 'table' and rec[J.state] == 'pending' and
+         (rec[J.kind] == 'step' or rec[J.kind] == 'workflow') then
         open[#open + 1] = id .. ':' .. (first + i - 1)
       end
     end
   end
-  end_workflow(ctx, id, w.wk, w, 'canceled', 'canceled', {'cancel', '1'})
+  if timeout_ms then
+    end_workflow(ctx, id, w.wk, w, 'done', 'failed', {'error', 'the workflow ran past its ' ..
+                 'timeout of ' .. timeout_ms .. ' ms', 'error_type', 'Timeout'})
+  else
+    end_workflow(ctx, id, w.wk, w, 'canceled', 'canceled', {'cancel', '1'})
+  end
   for _, step in ipairs(open) do
     local child = workflow_fields(ctx, step)
     if child then cancel_workflow(step, child) else cancel_job(step) end
   end
-  return C.CANCELED
+  return timeout_ms and C.FAILED or C.CANCELED
 end
 
 local function cancel(entry_id, f, flat)
@@ -352,7 +360,10 @@ local function cancel(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then return reject(entry_id, flat, 'cancel needs field id') end
   local w = workflow_fields(ctx, id)
-  if w then return cancel_workflow(id, w) end
+  if w then  -- `timeout`: the main loop ends a workflow past its timeout so (startJobs)
+    local limit = tonumber(w.spec[S.timeout_ms]) or 0
+    return cancel_workflow(id, w, f.timeout == '1' and limit > 0 and limit or nil)
+  end
   return cancel_job(id)
 end
 
@@ -428,8 +439,11 @@ local function start_workflow(entry_id, f, flat)
         'wf_steps', 0, 'wf_max', max_steps, 'wf_fails', 0, 'spec', pack_spec({
           name = f.name, enc = o.enc, enqueued_at = tonumber(string.match(entry_id, '^(%d+)')),
           args = f.args, kwargs = f.kwargs, context = f.context, on_complete = f.on_complete,
-          wf = f.wf, wf_n = f.wf_n}))
+          wf = f.wf, wf_n = f.wf_n, timeout_ms = o.timeout_ms}))
   rcall('SADD', prefix .. K.workflows, id)
+  if o.timeout_ms > 0 then
+    rcall('ZADD', prefix .. K.wf_timers, ctx.now + o.timeout_ms, timer_member(id, 0))
+  end
   dispatch_replay(ctx, id, wk, 1)
   bump(ctx.counts, N.WORKFLOWS_STARTED)
   return C.WORKFLOW_STARTED

@@ -210,14 +210,17 @@ for _, id in ipairs(rcall('ZRANGEBYSCORE', replays_due, '-inf', now, 'LIMIT', 0,
   end
 end
 
--- 6. Workflow waits that end now: a sleep is over, an event's wait timed out.
+-- 6. Workflow waits that end now: a sleep is over, an event's wait timed out; a workflow past
+-- its timeout (entry 0) is ended by a cancel entry with timeout=1 that ingestRequests applies.
 local timers = prefix .. K.wf_timers
 for _, member in ipairs(rcall('ZRANGEBYSCORE', timers, '-inf', now, 'LIMIT', 0, batch)) do
   rcall('ZREM', timers, member)
   local wid, n = string.match(member, '^(.*):(%d+)$')
   local w = wid and workflow_fields(wctx, wid)
   local rec = w and w.state == 'running' and journal_entry(w.wk, n)
-  if rec and rec[J.state] == 'pending' then
+  if w and w.state == 'running' and n == '0' then  -- past its timeout: ingest ends it
+    rcall('XADD', prefix .. K.pending_start, '*', 'op', 'cancel', 'id', wid, 'timeout', '1')
+  elseif rec and rec[J.state] == 'pending' then
     wctx.now = now
     if rec[J.kind] == 'event' then
       local field = 'w:' .. rec[J.name]

@@ -142,7 +142,7 @@ ENQUEUE_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "c
 
 #: Every field a workflow start entry (`op=workflow`) may carry.
 WORKFLOW_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "context",
-                   "max_steps")
+                   "max_steps", "timeout_ms")
 
 #: Field order of a job's spec: what was asked for at enqueue, packed once as one msgpack array
 #: and never rewritten (the `unstarted` hash holds it while the job is pending, its hash's
