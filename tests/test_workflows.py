@@ -15,9 +15,14 @@ from helpers import Pools, eventually, running_worker
 
 from workpool import (
     ConfigurationError,
+    Done,
+    Next,
     NonRetryableError,
+    Retry,
     State,
+    StateContext,
     StepFailed,
+    Wait,
     WaitTimeout,
     WorkflowChange,
     WorkflowContext,
@@ -449,3 +454,38 @@ def test_a_workflow_past_its_timeout_fails_and_its_waiting_steps_are_canceled(
     assert redis_client.get("wf:gated:t") is None  # step 1 never ran
     with pytest.raises(ConfigurationError, match="timeout"):
         pool.workflow(timeout=0)
+
+
+def test_a_state_machine_visits_its_states_each_once_waits_for_an_event_and_ends(
+        pool: Workpool, redis_client: redis.Redis) -> None:
+    support = pool.machine("support", start="triage")
+
+    @support.state("triage")
+    def triage(ctx: StateContext, data: dict[str, int]) -> Next:
+        redis_client.incr("wf:visits:triage")
+        return Next("draft", {"ticket": data["ticket"], "tries": 0})
+
+    @support.state("draft", retry=Retry(max_attempts=3, initial_backoff=0.01))
+    async def draft(ctx: StateContext, data: dict[str, int]) -> Wait:
+        redis_client.incr("wf:visits:draft")
+        return Wait("approved", then="send", data=data, timeout=30)
+
+    @support.state("send")
+    def send(ctx: StateContext, data: dict[str, int]) -> Done:
+        redis_client.incr("wf:visits:send")
+        return Done(f"ticket {data['ticket']} answered, approved by {ctx.event['by']}")
+
+    with pytest.raises(ConfigurationError, match="starts in state"):
+        pool.start_workflow(pool.machine("empty", start="nowhere"))
+    with running_worker(pool):
+        wf = pool.start_workflow(support, {"ticket": 9})
+        eventually(lambda: any(s.kind == "event" for s in pool.workflow_status(wf).steps),
+                   WAIT, "waiting for approval")
+        pool.send_event(wf, "approved", {"by": "ops"})
+        st = pool.wait(wf, timeout=WAIT)
+    assert st.result == "ticket 9 answered, approved by ops"
+    assert [(s.kind, s.name) for s in pool.workflow_status(wf).steps] == [
+        ("step", "support.triage"), ("step", "support.draft"), ("event", "approved"),
+        ("step", "support.send")]
+    assert [redis_client.get(f"wf:visits:{s}") for s in ("triage", "draft", "send")] == \
+        [b"1", b"1", b"1"]

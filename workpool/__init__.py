@@ -24,17 +24,21 @@ from workpool.types import JobStatus, RateLimit, Result, Retry, State
 from workpool.wire.options import EnqueueOptions, ManyOptions, StepOptions
 from workpool.wire.settings import LiveSettings
 from workpool.workflow.context import WorkflowContext
+from workpool.workflow.machine import Done, Machine, Next, StateContext, Wait
 from workpool.workflow.status import StepStatus, WorkflowChange, WorkflowStatus
 
 __all__ = [
     "AsyncWorkpool",
     "ConfigurationError",
+    "Done",
     "EnqueueOptions",
     "JobFailed",
     "JobNotFound",
     "JobStatus",
     "LiveSettings",
+    "Machine",
     "ManyOptions",
+    "Next",
     "NonDeterministicWorkflow",
     "NonRetryableError",
     "PayloadTooLarge",
@@ -48,10 +52,12 @@ __all__ = [
     "Running",
     "SerializationError",
     "State",
+    "StateContext",
     "StepFailed",
     "StepOptions",
     "StepStatus",
     "UnknownJobName",
+    "Wait",
     "WaitTimeout",
     "WorkflowChange",
     "WorkflowContext",

@@ -19,6 +19,7 @@ from workpool.types import Canceled, Configured, JobStatus
 from workpool.wire.options import ENQUEUE_OPTIONS, MANY_OPTIONS, JobRef
 from workpool.wire.protocol import check_job_id
 from workpool.wire.settings import config_fields
+from workpool.workflow.machine import Machine, check_machine
 from workpool.workflow.status import WorkflowChange, WorkflowStatus
 
 if TYPE_CHECKING:
@@ -60,10 +61,12 @@ class AsyncWorkpool:
                                   allowed=MANY_OPTIONS, call="enqueue_many")
         return await self._drive(ops.enqueue(self.config.keys, entries)) if entries else []
 
-    async def start_workflow(self, workflow: Callable[..., Any] | str, *args: Any,
+    async def start_workflow(self, workflow: Callable[..., Any] | Machine | str, *args: Any,
                              key: str | None = None, kwargs: Mapping[str, Any] | None = None,
                              on_complete: JobRef | None = None, context: Any = None) -> str:
         """`Workpool.start_workflow`, awaitable."""
+        if isinstance(workflow, Machine):
+            check_machine(workflow)
         entry = workflow_entry(self.config, workflow, args, kwargs=kwargs, key=key,
                                on_complete=on_complete, context=context)
         return (await self._drive(ops.enqueue(self.config.keys, [entry])))[0]

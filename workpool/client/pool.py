@@ -26,6 +26,7 @@ from workpool.wire import limits
 from workpool.wire.options import ENQUEUE_OPTIONS, MANY_OPTIONS, JobRef
 from workpool.wire.protocol import Encoding, Fields, check_job_id, new_job_id
 from workpool.wire.settings import check_max_per_key, config_fields
+from workpool.workflow.machine import Machine, check_machine
 from workpool.workflow.status import WorkflowChange, WorkflowStatus
 
 if TYPE_CHECKING:
@@ -193,9 +194,17 @@ class Workpool:
 
         return register
 
+    def machine(self, name: str, *, start: str, max_steps: int = 10_000) -> Machine:
+        """A workflow as an explicit state machine: register each state with
+        `@machine.state(name)` (a function of (ctx, data) returning workpool.Next, Done or
+        Wait, run as a job), then `start_workflow(machine, data)`. No replay rules apply to
+        the states: the engine drives them."""
+        validate.integer("max_steps", max_steps, 1, limits.MAX_WORKFLOW_STEPS)
+        return Machine(self.registry, name, start, max_steps=max_steps)
+
     # -- the sync API (each call one sans-IO operation, client/ops.py) ------------------
 
-    def start_workflow(self, workflow: Callable[..., Any] | str, *args: Any,
+    def start_workflow(self, workflow: Callable[..., Any] | Machine | str, *args: Any,
                        key: str | None = None, kwargs: Mapping[str, Any] | None = None,
                        on_complete: JobRef | None = None, context: Any = None,
                        transaction: Pipeline | None = None) -> str:
@@ -204,6 +213,8 @@ class Workpool:
         `key` makes the start idempotent (same key, same workflow, within the retention);
         `on_complete(workflow_id, result, context)` is called once it ended; `transaction`: a
         caller's MULTI pipeline to join (the workflow exists iff it commits)."""
+        if isinstance(workflow, Machine):
+            check_machine(workflow)
         entry = workflow_entry(self.config, workflow, args, kwargs=kwargs, key=key,
                                on_complete=on_complete, context=context)
         if transaction is not None:

@@ -49,6 +49,9 @@ def workflow_name(config: PoolConfig, ref: Any) -> str:
     process may have registered it)."""
     if isinstance(ref, str):
         return check_name(ref, "workflow")
+    machine = getattr(ref, "workflow_name", None)  # a pool.machine(...)
+    if isinstance(machine, str):
+        return machine
     for name, spec in config.registry.workflows.items():
         if spec.fn is ref:
             return name
