@@ -120,6 +120,9 @@ WORKFLOW_TABLE: tuple[Row, ...] = (
         "the workflow is not running"),
     Row("lose", (RUNNING,), "current_replay", None, Code.REDELIVERED, "reapLost",
         "the replay a lost worker held is handed out again (a new generation)"),
+    Row("timeout", (RUNNING,), "", FAILED, Code.FAILED, "startJobs, ingestRequests",
+        "past its timeout (wfTimers entry 0) startJobs appends a cancel with timeout=1: ended "
+        "with error_type Timeout, steps not ended canceled as by a cancel"),
     Row("cancel", (RUNNING,), "", CANCELED, Code.CANCELED, "ingestRequests",
         "its replay withdrawn; steps not ended canceled as jobs (a running one finishes, its "
         "end recorded, not acted on), children canceled; on_complete recorded"),
