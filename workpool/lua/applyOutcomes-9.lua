@@ -168,6 +168,12 @@ local function activation(w, c)
   return true
 end
 
+-- A time in ms a timer may be set to (a whole number from 0 to L.MAX_RUN_AT_MS).
+local function a_time(v)
+  local t = tonumber(v)
+  return t ~= nil and t == math.floor(t) and t >= 0 and t <= L.MAX_RUN_AT_MS
+end
+
 local function decision(w, cmds)
   local numbered, ending, delivered = {}, nil, nil
   for _, c in ipairs(cmds) do
@@ -184,9 +190,9 @@ local function decision(w, cmds)
       if form == 'fields' then
         c.fields = outcome_fields(c[3])
         ok = ok and c.fields ~= nil and c.fields.name ~= nil
-      elseif form == 'time' then ok = ok and tonumber(c[3]) ~= nil
+      elseif form == 'time' then ok = ok and a_time(c[3])
       elseif form == 'wait' then
-        ok = ok and type(c[3]) == 'string' and #c[3] <= L.MAX_NAME_BYTES and tonumber(c[4]) ~= nil
+        ok = ok and type(c[3]) == 'string' and #c[3] <= L.MAX_NAME_BYTES and a_time(c[4])
       else ok = ok and type(c[3]) == 'string' and #c[3] <= L.MAX_NAME_BYTES end
       if not ok then
         return nil, nil, nil, 'command ' .. c[1] .. ' must be numbered ' .. n .. ' (entries ' ..

@@ -204,8 +204,8 @@ local replays_due = prefix .. K.replays_due
 local wctx = {prefix = prefix, dispatch = KEYS[5], counts = counts}
 for _, id in ipairs(rcall('ZRANGEBYSCORE', replays_due, '-inf', now, 'LIMIT', 0, batch)) do
   rcall('ZREM', replays_due, id)
-  local w = workflow_fields(wctx, id)
-  if w and w.state == 'running' and w.entry == '' then
+  local ok, w = pcall(workflow_fields, wctx, id)  -- after writes: a clobbered key only skips
+  if ok and w and w.state == 'running' and w.entry == '' then
     dispatch_replay(wctx, id, w.wk, w.gen + 1)
   end
 end
@@ -216,7 +216,8 @@ local timers = prefix .. K.wf_timers
 for _, member in ipairs(rcall('ZRANGEBYSCORE', timers, '-inf', now, 'LIMIT', 0, batch)) do
   rcall('ZREM', timers, member)
   local wid, n = string.match(member, '^(.*):(%d+)$')
-  local w = wid and workflow_fields(wctx, wid)
+  local ok, w = pcall(workflow_fields, wctx, wid or '')  -- after writes: never raises
+  w = ok and w
   local rec = w and w.state == 'running' and journal_entry(w.wk, n)
   if w and w.state == 'running' and n == '0' then  -- past its timeout: ingest ends it
     rcall('XADD', prefix .. K.pending_start, '*', 'op', 'cancel', 'id', wid, 'timeout', '1')

@@ -120,7 +120,8 @@ class Replayer:
         try:
             if int(h.get("wf_steps") or 0) != live.entries or \
                     int(h.get("wf_acts") or 0) != live.activations or live.task.done():
-                self._drop(workflow_id)
+                self._forget(workflow_id)
+                live.close()
                 return None
             live.ctx.learn(journal.entries(h))
             return self._decide(workflow_id, live)
@@ -157,9 +158,13 @@ class Replayer:
             live.close()
             return decision
         with self._guard:
+            gone = [g for g in (self._live.pop(workflow_id, None),) if g is not None]
             self._live[workflow_id] = live
             while len(self._live) > KEPT:
-                self._live.popitem(last=False)[1].close()
+                gone.append(self._live.popitem(last=False)[1])
+        for old in gone:  # another replay of it kept one meanwhile, or the least recent
+            with old.lock:
+                old.close()
         return decision
 
     def _decide(self, workflow_id: str, live: Live, *, keep: bool = True) -> bytes:
@@ -180,8 +185,9 @@ class Replayer:
         live.entries += sum(1 for c in commands if c[0] not in ("deliver", "return", "fail"))
         if live.task.done():
             commands.append(_ending(live.task, live.enc))
-            if keep:
-                self._drop(workflow_id)
+            if keep:  # resume holds its lock
+                self._forget(workflow_id)
+                live.close()
         elif keep:
             with self._guard:
                 self._live.move_to_end(workflow_id)
@@ -196,11 +202,17 @@ class Replayer:
             with live.lock:
                 live.close()
 
+    def _forget(self, workflow_id: str) -> None:
+        with self._guard:
+            self._live.pop(workflow_id, None)
+
     def _drop(self, workflow_id: str) -> None:
+        """Forget the kept coroutine and close it (once a replay still using it is done)."""
         with self._guard:
             live = self._live.pop(workflow_id, None)
         if live is not None:
-            live.close()
+            with live.lock:
+                live.close()
 
 
 def _ending(task: asyncio.Task[Any], enc: Encoding) -> list[Any]:
