@@ -65,7 +65,8 @@ def enqueue(ctx: click.Context, *, spec: str, name: str, args: tuple[str, ...], 
                             timeout=timeout))
 
 
-def _when(seconds: float | None) -> str:
+def when(seconds: float | None) -> str:
+    """A time (seconds since the epoch) as ISO 8601 in UTC, or `-`."""
     if seconds is None:
         return "-"
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
@@ -81,7 +82,7 @@ def status_lines(st: JobStatus) -> list[str]:
         rows.append(("cancel", "requested"))
     if st.callback:
         rows.append(("on_complete", st.callback))
-    rows += [("enqueued_at", _when(st.enqueued_at)), ("finished_at", _when(st.finished_at))]
+    rows += [("enqueued_at", when(st.enqueued_at)), ("finished_at", when(st.finished_at))]
     return aligned(rows)
 
 
@@ -122,9 +123,14 @@ def wait(ctx: click.Context, job_id: str, spec: str, timeout: float | None,
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str, spec: str) -> None:
     """Cancel a job: pending/retrying ones end canceled; a running one is never retried."""
-    result = pool_for(ctx, spec).cancel(job_id)
+    cancel_by_id(ctx, job_id, spec)
+
+
+def cancel_by_id(ctx: click.Context, some_id: str, spec: str) -> None:
+    """Cancel a job or a workflow and say what the main loop did (exit 1: no such id)."""
+    result = pool_for(ctx, spec).cancel(some_id)
     if result == Canceled.UNKNOWN:
-        raise click.ClickException(f"{job_id}: {result.description}")
-    click.echo(f"{job_id}: {result.description}")
+        raise click.ClickException(f"{some_id}: {result.description}")
+    click.echo(f"{some_id}: {result.description}")
 
 

@@ -4,13 +4,11 @@ it."""
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
 
 import click
 
 from workpool.cli.context import aligned, pool_for, pool_option, shown
-from workpool.cli.jobs import parse_args
-from workpool.types import Canceled
+from workpool.cli.jobs import cancel_by_id, parse_args, when
 from workpool.workflow.status import WorkflowStatus
 
 
@@ -36,19 +34,13 @@ def start(ctx: click.Context, *, spec: str, name: str, args: tuple[str, ...], ke
     click.echo(pool.start_workflow(name, *parse_args(args, json_args), key=key))
 
 
-def _when(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms, timezone.utc).isoformat(timespec="milliseconds")
-
-
 def status_lines(st: WorkflowStatus) -> list[str]:
     """A workflow's status, then one line per journal entry."""
     rows = [("id", st.id), ("state", st.state.value), ("outcome", st.outcome or "-"),
             ("name", st.name or "-"),
             ("result", shown(st.result) if st.outcome == "succeeded" else "-"),
             ("error", f"{st.error_type}: {st.error}" if st.error else "-"),
-            ("started_at", _when(st.started_at)), ("finished_at", _when(st.finished_at))]
+            ("started_at", when(st.started_at)), ("finished_at", when(st.finished_at))]
     if st.blocked:
         rows.append(("blocked", st.blocked))
     for s in st.steps:
@@ -93,10 +85,7 @@ def event(ctx: click.Context, workflow_id: str, name: str, payload: str | None,
 @click.pass_context
 def cancel(ctx: click.Context, workflow_id: str, spec: str) -> None:
     """Cancel a workflow: no step starts after, its waiting steps and children are canceled."""
-    result = pool_for(ctx, spec).cancel(workflow_id)
-    if result == Canceled.UNKNOWN:
-        raise click.ClickException(f"{workflow_id}: {result.description}")
-    click.echo(f"{workflow_id}: {result.description}")
+    cancel_by_id(ctx, workflow_id, spec)
 
 
 @workflow.command(name="list")

@@ -256,6 +256,18 @@ local function check_enqueue(id, f)
   return nil, o
 end
 
+-- A step or child workflow (fields wf, wf_n) of a workflow that no longer runs: it is not
+-- created, and its journal entry says canceled (true). Steps are created only while their
+-- workflow runs.
+local function orphaned(f)
+  if not f.wf then return false end
+  local owner = step_owner(ctx, {[S.wf] = f.wf, [S.wf_n] = f.wf_n})
+  if owner and owner.state == 'running' then return false end
+  if owner then step_ended(ctx, owner, {[S.name] = f.name}, 'canceled', 0, {}) end
+  bump(ctx.counts, N.CANCELED)
+  return true
+end
+
 local function enqueue(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then id = entry_id end
@@ -267,14 +279,7 @@ local function enqueue(entry_id, f, flat)
     bump(ctx.counts, N.DUPLICATE_ENQUEUES)
     return C.DUPLICATE_ENQUEUE
   end
-  if f.wf then  -- a step: only while its workflow runs (a cancel may have come between)
-    local owner = step_owner(ctx, {[S.wf] = f.wf, [S.wf_n] = f.wf_n})
-    if not owner or owner.state ~= 'running' then
-      if owner then step_ended(ctx, owner, {[S.name] = f.name}, 'canceled', 0, {}) end
-      bump(ctx.counts, N.CANCELED)
-      return C.CANCELED
-    end
-  end
+  if orphaned(f) then return C.CANCELED end  -- a cancel may have come between
   local enqueued_at = tonumber(string.match(entry_id, '^(%d+)'))
   local due = math.max(o.run_at_ms, enqueued_at + o.run_after_ms)
   local ckey, priority = f.concurrency_key or '', o.priority
@@ -426,14 +431,7 @@ local function start_workflow(entry_id, f, flat)
     bump(ctx.counts, N.DUPLICATE_ENQUEUES)
     return C.DUPLICATE_ENQUEUE
   end
-  if f.wf then  -- a child workflow: only while its parent runs
-    local parent = step_owner(ctx, {[S.wf] = f.wf, [S.wf_n] = f.wf_n})
-    if not parent or parent.state ~= 'running' then
-      if parent then step_ended(ctx, parent, {[S.name] = f.name}, 'canceled', 0, {}) end
-      bump(ctx.counts, N.CANCELED)
-      return C.CANCELED
-    end
-  end
+  if orphaned(f) then return C.CANCELED end  -- a child, of a parent that ended
   fresh[id] = true
   rcall('HSET', wk, 'kind', 'workflow', 'state', 'running', 'attempts', 0, 'started_at', ctx.now,
         'wf_steps', 0, 'wf_max', max_steps, 'wf_fails', 0, 'spec', pack_spec({
