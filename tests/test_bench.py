@@ -55,6 +55,12 @@ def test_the_limit_benchmark_measures_the_redis_ceiling_and_commands_per_job() -
                                                     "applyOutcomes")), out
 
 
+def test_the_workflows_benchmark_runs_a_long_workflow_and_many_short_ones() -> None:
+    out = bench("workflows.py", "--steps", "20", "--workflows", "30", "--workers", "1")
+    for line in ("jobs chained by wait()", "one workflow", "90 jobs", "30 3-step workflows"):
+        assert line in out, out
+
+
 @pytest.mark.parametrize("queues", ["workpool,workpool-sync,huey"])
 def test_the_peers_benchmark_runs_workpool_and_a_peer_side_by_side(queues: str,
                                                                    tmp_path: Path) -> None:
