@@ -237,6 +237,20 @@ def test_code_that_no_longer_matches_the_journal_waits_and_resumes_once_it_does(
     assert pool.workflow_status(wf).blocked is None
 
 
+def test_a_wait_for_an_event_no_one_could_send_fails_the_workflow_at_once(
+        pool: Workpool) -> None:
+    @pool.workflow()
+    async def unreachable(ctx: WorkflowContext) -> None:
+        await ctx.wait_for_event("two words")  # send_event refuses such a name
+
+    with running_worker(pool):
+        st = pool.wait(pool.start_workflow(unreachable), timeout=WAIT)
+    assert (st.outcome, st.error_type) == ("failed", "ConfigurationError")
+    assert "event name" in (st.error or "")
+    with pytest.raises(ConfigurationError, match="name"):
+        pool.send_event(st.id, "two words")
+
+
 def test_bad_workflow_calls_are_refused_before_anything_is_written(
         pool: Workpool, redis_client: redis.Redis) -> None:
     async def unregistered(ctx: WorkflowContext) -> None:

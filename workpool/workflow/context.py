@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from workpool.core import validate
 from workpool.core.config import PoolConfig
+from workpool.core.registry import check_name
 from workpool.core.requests import enqueue_entries, workflow_entry
 from workpool.errors import StepFailed, WaitTimeout
 from workpool.wire import limits
@@ -88,7 +89,7 @@ class WorkflowContext:
         """The payload of the next event `name` sent to this workflow (`pool.send_event`),
         each event delivered to one wait once; one sent before the workflow waits is kept for
         it. WaitTimeout if none comes within `timeout` seconds (None: no limit)."""
-        validate.string("name", name, limits.MAX_NAME_BYTES)
+        check_name(name, "event name")  # the rule send_event applies: it could never come else
         until = 0 if timeout is None else \
             self._now_ms + validate.seconds_ms("timeout", timeout, limits.MAX_RUN_AFTER_MS)
         enc = self._config.encoding
