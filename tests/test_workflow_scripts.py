@@ -1,8 +1,10 @@
 """The workflow scripts called directly: a replay's decision is checked in full before its first
-write, and only the replay out now counts (end to end: tests/test_workflows.py)."""
+write, and only the replay out now counts; and a worker's replayer on its own (end to end:
+tests/test_workflows.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,8 +16,10 @@ from helpers.scripts import LEASE_MS, OWNER, Pool
 from workpool import WorkflowContext, Workpool
 from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
+from workpool.wire.protocol import encode
 from workpool.wire.replies import parse_lease
 from workpool.wire.scripts import run
+from workpool.workflow.replay import Replayer
 
 
 @pytest.fixture
@@ -83,3 +87,40 @@ def test_only_the_replay_out_now_decides(p: Pool) -> None:
     assert p.ingest(p.clock()).outcomes == [(f"{wf}:1", Code.ENQUEUED)]  # its op is the engine's
     assert _decide(p, wf, 1, [["step", 2, ["name", "work"]]]) == Code.STALE_REPLAY
     assert p.stat("stale_replays") == 2
+
+
+def _entry(name: str, *, ended: bool) -> bytes:
+    """A journal entry as the scripts pack it (JOURNAL_FIELDS order)."""
+    return bytes(msgpack.packb(["step", name, "done" if ended else "pending",
+                                "succeeded" if ended else "", encode(None) if ended else "",
+                                "", "", 1, 1000, 2000 if ended else ""], use_bin_type=False))
+
+
+def test_a_kept_coroutine_whose_decision_was_not_the_one_applied_starts_over() -> None:
+    """Worker A keeps a workflow live and decides replay 2 (it saw step 1 end first), but that
+    decision is stale: worker B's replay 3 (which saw steps 1 and 2 end together) is applied,
+    with as many entries and activations. A must not go on from its own history."""
+    pool = Workpool("kept")
+    pool.job(name="work")(lambda *a: None)
+
+    @pool.workflow(name="race")
+    async def race(ctx: WorkflowContext) -> object:
+        first, second = ctx.step("work", 1), ctx.step("work", 2)
+        done, _ = await asyncio.wait([first, second], return_when=asyncio.FIRST_COMPLETED)
+        return await ctx.step("work", len(done))
+
+    replayer = Replayer(pool.config)
+    base = {"name": b"race", "enc": b"msgpack", "args": encode([]), "started_at": b"1000"}
+    try:
+        replayer.replay(pool.registry.workflow("race"), "w", {**base, "wf_steps": b"0",
+                                                              "wf_acts": b"0"}, "1")
+        a = replayer.resume("w", {"wf_steps": b"2", "wf_acts": b"0", "wf_applied": b"1",
+                                  "j:1": _entry("work", ended=True)}, "2")
+        assert a is not None and msgpack.unpackb(a, raw=True)[0] == [b"deliver", 1, [1]]
+        # B's replay 3 applied: activation 1 = [1, 2], step 3 asked; step 3 ended since
+        after_b = {"wf_steps": b"3", "wf_acts": b"1", "wf_applied": b"3",
+                   "j:3": _entry("work", ended=True)}
+        assert replayer.resume("w", after_b, "4") is None
+        assert not replayer.keeps("w")
+    finally:
+        replayer.close()

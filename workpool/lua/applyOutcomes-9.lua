@@ -311,7 +311,8 @@ local function replay_outcome(entry_id, f, flat)
   for _, item in ipairs(numbered) do
     if record(f.id, w, item[1], item[2]) then again = true end
   end
-  rcall('HSET', w.wk, 'wf_steps', total, 'wf_entry', '', 'wf_fails', 0, 'wf_blocked', '')
+  rcall('HSET', w.wk, 'wf_steps', total, 'wf_entry', '', 'wf_fails', 0, 'wf_blocked', '',
+        'wf_applied', gen)
   if ending and ending[1] == 'return' then
     end_workflow(ctx, f.id, w.wk, w, 'done', 'succeeded', {'result', ending[2]})
     return C.SUCCEEDED

@@ -213,16 +213,16 @@ class Executor:
         try:
             cmds = None
             if self.replayer.keeps(workflow_id):
-                cmds = await self.threads.run(self.replayer.resume, (workflow_id, carried(f)),
-                                              {}, REPLAY_TIMEOUT)
+                cmds = await self.threads.run(self.replayer.resume,
+                                              (workflow_id, carried(f), gen), {}, REPLAY_TIMEOUT)
             if cmds is None:
                 h = await self._job_hash(workflow_id)
                 if h is None or text(h.get("state")) != "running" or \
                         text(h.get("wf_gen")) != gen:
                     return None
                 spec = self.config.registry.workflow(text(h.get("name")))
-                cmds = await self.threads.run(self.replayer.replay, (spec, workflow_id, h), {},
-                                              REPLAY_TIMEOUT)
+                cmds = await self.threads.run(self.replayer.replay,
+                                              (spec, workflow_id, h, gen), {}, REPLAY_TIMEOUT)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a mismatch, an unknown workflow, or a defect: tried again

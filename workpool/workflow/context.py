@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from workpool.core import validate
@@ -58,7 +58,7 @@ class WorkflowContext:
         """A float in [0, 1): the same sequence in every replay (seeded by the workflow id)."""
         return self._rng.random()
 
-    def step(self, job: JobRef, *args: Any, **options: Unpack[StepOptions]) -> Awaitable[Any]:
+    def step(self, job: JobRef, *args: Any, **options: Unpack[StepOptions]) -> asyncio.Future[Any]:
         """Run `job(*args)` as a job of the pool (retries, timeout, limits as for any job) and
         give its result, once; StepFailed if it ends failed or canceled. A step is matched to
         its journal entry by its number (the order of the calls) and its job's name; its
@@ -70,7 +70,7 @@ class WorkflowContext:
                          lambda e: decode(e.result, enc))
 
     def workflow(self, workflow: Callable[..., Any] | str, *args: Any,
-                 kwargs: Mapping[str, Any] | None = None) -> Awaitable[Any]:
+                 kwargs: Mapping[str, Any] | None = None) -> asyncio.Future[Any]:
         """Run a child workflow and give its result; StepFailed if it fails or is canceled.
         It is canceled with this one."""
         fields = workflow_entry(self._config, workflow, args, kwargs=kwargs, key=None,
@@ -79,13 +79,13 @@ class WorkflowContext:
         return self._ask("workflow", name, lambda n: ["child", n, _flat(fields)],
                          lambda e: decode(e.result, enc))
 
-    def sleep(self, seconds: float) -> Awaitable[None]:
+    def sleep(self, seconds: float) -> asyncio.Future[None]:
         """Wait `seconds` (from now(), the workflow's time) without holding a worker: the main
         loop ends the wait, and the workflow is replayed then."""
         ms = validate.seconds_ms("seconds", seconds, limits.MAX_RUN_AFTER_MS)
         return self._ask("sleep", "", lambda n: ["sleep", n, self._now_ms + ms], lambda e: None)
 
-    def wait_for_event(self, name: str, timeout: float | None = None) -> Awaitable[Any]:
+    def wait_for_event(self, name: str, timeout: float | None = None) -> asyncio.Future[Any]:
         """The payload of the next event `name` sent to this workflow (`pool.send_event`),
         each event delivered to one wait once; one sent before the workflow waits is kept for
         it. WaitTimeout if none comes within `timeout` seconds (None: no limit)."""
@@ -111,7 +111,7 @@ class WorkflowContext:
         return True
 
     def _ask(self, kind: str, name: str, command: Callable[[int], list[Any]],
-             result: Callable[[Entry], Any]) -> Awaitable[Any]:
+             result: Callable[[Entry], Any]) -> asyncio.Future[Any]:
         """Journal entry n (the next number) of `kind` and `name`: a future its activation
         resolves; if the journal has no entry n yet, `command(n)` is asked for."""
         if self.closed:

@@ -33,8 +33,9 @@ KEPT = 4096  #: live workflows a worker keeps between replays (the least recent 
 
 def carried(f: Mapping[str, bytes]) -> dict[str, bytes]:
     """What a replay's dispatch entry carries, as the workflow's hash fields: wf_steps,
-    wf_acts and `j:<n>` for each entry that ended and is not delivered yet."""
-    h = {"wf_steps": f.get("steps") or b"0", "wf_acts": f.get("acts") or b"0"}
+    wf_acts, wf_applied and `j:<n>` for each entry that ended and is not delivered yet."""
+    h = {"wf_steps": f.get("steps") or b"0", "wf_acts": f.get("acts") or b"0",
+         "wf_applied": f.get("applied") or b"0"}
     flat = msgpack.unpackb(f.get("ended") or b"\x90", raw=True)
     for i in range(0, len(flat) - 1, 2):
         h[f"{journal.PREFIX}{int(flat[i])}"] = flat[i + 1]
@@ -74,8 +75,9 @@ class ReplayLoop(asyncio.BaseEventLoop):
 @dataclass
 class Live:
     """A workflow's coroutine between replays, and the journal it has acted on: its
-    activations and entries as of its last decision (a decision that was not applied makes
-    the two disagree, and the next replay starts over)."""
+    activations and entries as of its last decision, and that decision's generation. Unless
+    the journal's last applied decision is that one (another worker decided since, or this
+    one's was stale), the next replay starts over."""
 
     loop: ReplayLoop
     task: asyncio.Task[Any]
@@ -83,6 +85,7 @@ class Live:
     enc: Encoding
     activations: int = 0
     entries: int = 0
+    decided: str = ""  #: the generation of its last decision: it counts once applied
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
@@ -109,26 +112,34 @@ class Replayer:
         with self._guard:
             return workflow_id in self._live
 
-    def resume(self, workflow_id: str, h: Mapping[str, bytes]) -> bytes | None:
-        """The decision of a replay that goes on from the kept coroutine, `h` holding the
-        workflow's wf_steps and wf_acts and the entries that ended since (`carried`); None
-        when none is kept or the journal is not the one it acted on (replay from the start)."""
+    def resume(self, workflow_id: str, h: Mapping[str, bytes], gen: str) -> bytes | None:
+        """The decision of replay `gen` going on from the kept coroutine, `h` holding the
+        workflow's wf_steps, wf_acts, wf_applied and the entries that ended since
+        (`carried`); None when none is kept or the journal is not the one it acted on (replay
+        from the start)."""
         with self._guard:
             live = self._live.get(workflow_id)
         if live is None or not live.lock.acquire(blocking=False):
             return None
         try:
-            if int(h.get("wf_steps") or 0) != live.entries or \
-                    int(h.get("wf_acts") or 0) != live.activations or live.task.done():
+            if text(h.get("wf_applied")) != live.decided or live.task.done() or \
+                    int(h.get("wf_steps") or 0) != live.entries or \
+                    int(h.get("wf_acts") or 0) != live.activations:
                 self._forget(workflow_id)
                 live.close()
                 return None
             live.ctx.learn(journal.entries(h))
+            live.decided = gen
             return self._decide(workflow_id, live)
+        except BaseException:  # its state is the failed replay's: start over next time
+            self._forget(workflow_id)
+            live.close()
+            raise
         finally:
             live.lock.release()
 
-    def replay(self, spec: WorkflowSpec, workflow_id: str, h: Mapping[str, bytes]) -> bytes:
+    def replay(self, spec: WorkflowSpec, workflow_id: str, h: Mapping[str, bytes],
+               gen: str) -> bytes:
         """The decision of a replay from the start against the whole journal `h` (the
         workflow's hash, text field names, its spec read as fields); the coroutine is kept.
         NonDeterministicWorkflow when the code no longer matches the journal, or awaits
@@ -139,7 +150,8 @@ class Replayer:
         loop = ReplayLoop()
         ctx = WorkflowContext(self.config, workflow_id, journal.entries(h),
                               started_at_ms=int(h.get("started_at") or 0), loop=loop)
-        live = Live(loop, loop.create_task(spec.fn(ctx, *args, **kwargs)), ctx, enc)
+        live = Live(loop, loop.create_task(spec.fn(ctx, *args, **kwargs)), ctx, enc,
+                    decided=gen)
         try:
             _run_until_blocked(live)
             for k, delivered in enumerate(journal.activations(h), 1):

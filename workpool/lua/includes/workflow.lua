@@ -12,6 +12,7 @@
 --   a:<k>     activation k: the ended entries one replay delivered to the code, in order (a
 --             replay from the start delivers them so again); wf_acts how many
 --   wf_new    the entries that ended and are not delivered yet (msgpack array)
+--   wf_applied the generation of the replay whose decision was applied last
 -- Step n is a job `<id>:<n>` whose spec names its workflow (wf, wf_n); the script that ends it
 -- writes its outcome into the journal and asks for a replay. The `workflows` SET holds the ids
 -- of the running ones.
@@ -60,10 +61,11 @@ local function newly_ended(wk, n)
 end
 
 -- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker. The entry carries the journal's
--- length and activations and every entry that ended and is not delivered yet ([n, record,
--- ...], msgpack), so a worker that keeps the workflow live goes on without reading it.
+-- length and activations, the generation whose decision was applied last, and every entry
+-- that ended and is not delivered yet ([n, record, ...], msgpack), so a worker that keeps the
+-- workflow live, and made that decision, goes on without reading it.
 local function dispatch_replay(ctx, wid, wk, gen)
-  local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts')
+  local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied')
   local new, ended = list_field(wk, 'wf_new'), {}
   if #new > 0 then
     local names = {}
@@ -73,7 +75,8 @@ local function dispatch_replay(ctx, wid, wk, gen)
     end
   end
   local eid = rcall('XADD', ctx.dispatch, '*', 'kind', 'wf', 'id', wid, 'gen', gen, 'steps',
-                    h[1] or 0, 'acts', h[2] or 0, 'ended', cmsgpack.pack(ended))
+                    h[1] or 0, 'acts', h[2] or 0, 'applied', h[3] or 0,
+                    'ended', cmsgpack.pack(ended))
   rcall('HSET', wk, 'wf_gen', gen, 'wf_entry', eid, 'wf_dirty', 0)
   bump(ctx.counts, N.REPLAYS)
 end
@@ -104,10 +107,7 @@ end
 local function wake(ctx, owner)
   if owner.state ~= 'running' then return end
   if owner.entry ~= '' then rcall('HSET', owner.wk, 'wf_dirty', 1)
-  else
-    dispatch_replay(ctx, owner.wid, owner.wk, owner.gen + 1)
-    owner.entry = 'out'  -- a later step of this call ending finds a replay out
-  end
+  else dispatch_replay(ctx, owner.wid, owner.wk, owner.gen + 1) end
 end
 
 -- Step `spec` of workflow `owner` ended (`outcome` succeeded, failed or canceled; `extra` the
