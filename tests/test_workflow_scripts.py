@@ -55,8 +55,13 @@ def _decide(p: Pool, wf: str, gen: int, cmds: list[Any]) -> Code:
 
 
 def _snapshot(p: Pool, wf: str) -> tuple[Any, ...]:
-    return (p.r.hgetall(p.keys.job(wf)), p.r.xlen(p.keys.pending_start),
-            p.r.zcard(p.keys.wf_timers), p.r.xlen(p.keys.dispatch))
+    """What a decision writes: the journal and its counts, asked entries, timers, and the
+    dispatch stream (replays)."""
+    raw: dict[bytes, bytes] = p.r.hgetall(p.keys.job(wf))  # type: ignore[assignment]
+    h = {k: v for k, v in raw.items()
+         if k.startswith((b"j:", b"a:")) or k in (b"wf_steps", b"wf_acts", b"wf_gen")}
+    return (h, p.r.xlen(p.keys.pending_start), p.r.zcard(p.keys.wf_timers),
+            p.r.xlen(p.keys.dispatch))
 
 
 @pytest.mark.parametrize("cmds", [
@@ -73,8 +78,13 @@ def test_a_decision_that_cannot_be_applied_is_set_aside_whole_with_nothing_writt
     wf = _started(p)
     before = _snapshot(p, wf)
     assert _decide(p, wf, 1, cmds) == Code.REJECTED
-    assert _snapshot(p, wf) == before
+    journal, asked, timers, dispatch = before
+    assert _snapshot(p, wf) == (journal, asked, timers, dispatch - 1)  # its replay withdrawn
     assert p.r.xlen(p.keys.rejected) == 1
+    # the workflow is not left waiting for that replay: it is replayed again later
+    assert p.r.hget(p.keys.job(wf), "wf_entry") == b""
+    assert b"its decision was set aside" in (p.r.hget(p.keys.job(wf), "wf_blocked") or b"")
+    assert p.r.zscore(p.keys.replays_due, wf) is not None
 
 
 def test_only_the_replay_out_now_decides(p: Pool) -> None:

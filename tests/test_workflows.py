@@ -251,6 +251,20 @@ def test_a_wait_for_an_event_no_one_could_send_fails_the_workflow_at_once(
         pool.send_event(st.id, "two words")
 
 
+def test_a_sleep_longer_than_a_timer_can_hold_fails_where_it_is_asked(pool: Workpool) -> None:
+    @pool.workflow()
+    async def forever(ctx: WorkflowContext) -> str:
+        try:
+            await ctx.sleep(10**10)  # past the year 2286: the main loop would refuse it
+        except ConfigurationError as exc:
+            return str(exc)
+        return "slept"
+
+    with running_worker(pool):
+        st = pool.wait(pool.start_workflow(forever), timeout=WAIT)
+    assert st.outcome == "succeeded" and "seconds" in str(st.result)
+
+
 def test_bad_workflow_calls_are_refused_before_anything_is_written(
         pool: Workpool, redis_client: redis.Redis) -> None:
     async def unregistered(ctx: WorkflowContext) -> None:

@@ -21,7 +21,10 @@
 --     while the replay ran (wf_dirty), the next replay goes out. ok=0 (the replay could not
 --     decide: a journal the code no longer matches, a workflow this worker does not know): it
 --     is tried again after 1 s doubling, capped at 60 s (replaysDue), and shown in wf_blocked.
---     A decision of any replay but the one out now is STALE_REPLAY.
+--     A decision of any replay but the one out now is STALE_REPLAY. A decision of the replay
+--     out now that cannot be applied is set aside whole (REJECTED, none of it written) and the
+--     workflow is replayed later as after ok=0, so it never waits for a replay that will not
+--     come.
 --   kind=batch: field `o` is a msgpack array of at most L.MAX_OUTCOMES_PER_ENTRY outcomes,
 --     each a flat [field, value, ...] array of a run or cb outcome; each is applied as if it
 --     were its own entry (a worker sends everything it has ready as one entry).
@@ -278,14 +281,16 @@ local function replay_outcome(entry_id, f, flat)
   if f.ok == '1' then
     local ok, cmds = pcall(cmsgpack.unpack, f.cmds or '')
     if not ok or type(cmds) ~= 'table' then
-      return reject(entry_id, flat, 'field cmds must be a msgpack array of commands')
-    end
-    numbered, ending, delivered, why = decision(w, cmds)
-    if why then return reject(entry_id, flat, why) end
+      why = 'field cmds must be a msgpack array of commands'
+    else numbered, ending, delivered, why = decision(w, cmds) end
   end
   drop_entry(ctx, w.entry)
   w.entry = ''
-  if f.ok ~= '1' then
+  if why then  -- set aside, none of it written; replayed later, so the workflow goes on
+    reject(entry_id, flat, why)
+    replay_later(w, f.id, 'its decision was set aside: ' .. why)
+    return C.REJECTED
+  elseif f.ok ~= '1' then
     return replay_later(w, f.id, string.sub(f.error or 'no error message', 1, L.MAX_ERROR_BYTES))
   end
   local total = w.steps + #numbered

@@ -99,6 +99,9 @@ WORKFLOW_TABLE: tuple[Row, ...] = (
     Row("decide", (RUNNING,), "current_replay_failed", FAILED, Code.FAILED, "applyOutcomes",
         "the function raised, asked for more than max_steps (TooManySteps) or returned more "
         "than max_result_bytes (PayloadTooLarge); on_complete recorded"),
+    Row("decide", (RUNNING,), "current_replay_malformed", None, Code.REJECTED,
+        "applyOutcomes", "a decision that cannot be applied is set aside whole (none of it "
+        "written) and the workflow is replayed later, as when undecided"),
     Row("decide", (RUNNING,), "current_replay_undecided", None, Code.REPLAY_RETRY,
         "applyOutcomes", "the code no longer matches the journal, or the worker lacks the "
         "workflow: journal unchanged, wf_blocked says why, replayed after 1 s doubling (60 s)"),

@@ -82,16 +82,15 @@ class WorkflowContext:
     def sleep(self, seconds: float) -> asyncio.Future[None]:
         """Wait `seconds` (from now(), the workflow's time) without holding a worker: the main
         loop ends the wait, and the workflow is replayed then."""
-        ms = validate.seconds_ms("seconds", seconds, limits.MAX_RUN_AFTER_MS)
-        return self._ask("sleep", "", lambda n: ["sleep", n, self._now_ms + ms], lambda e: None)
+        until = self._until("seconds", seconds)
+        return self._ask("sleep", "", lambda n: ["sleep", n, until], lambda e: None)
 
     def wait_for_event(self, name: str, timeout: float | None = None) -> asyncio.Future[Any]:
         """The payload of the next event `name` sent to this workflow (`pool.send_event`),
         each event delivered to one wait once; one sent before the workflow waits is kept for
         it. WaitTimeout if none comes within `timeout` seconds (None: no limit)."""
         check_name(name, "event name")  # the rule send_event applies: it could never come else
-        until = 0 if timeout is None else \
-            self._now_ms + validate.seconds_ms("timeout", timeout, limits.MAX_RUN_AFTER_MS)
+        until = 0 if timeout is None else self._until("timeout", timeout)
         enc = self._config.encoding
         return self._ask("event", name, lambda n: ["event", n, name, until],
                          lambda e: decode(e.result, enc))
@@ -109,6 +108,12 @@ class WorkflowContext:
             return False
         self._next += 1
         return True
+
+    def _until(self, argument: str, seconds: float) -> int:
+        """When (ms, the workflow's time) a wait of `seconds` ends; ConfigurationError naming
+        `argument` past what a timer can hold (the main loop would refuse the decision)."""
+        return self._now_ms + validate.seconds_ms(argument, seconds,
+                                                  limits.MAX_RUN_AT_MS - self._now_ms)
 
     def _ask(self, kind: str, name: str, command: Callable[[int], list[Any]],
              result: Callable[[Entry], Any]) -> asyncio.Future[Any]:
