@@ -5,6 +5,7 @@ tests/test_workflows.py)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,3 +135,39 @@ def test_a_kept_coroutine_whose_decision_was_not_the_one_applied_starts_over() -
         assert not replayer.keeps("w")
     finally:
         replayer.close()
+
+
+def test_a_replay_stuck_in_workflow_code_blocks_neither_another_replay_nor_the_stop() -> None:
+    pool = Workpool("stuck")
+    pool.job(name="work")(lambda *a: None)
+    entered, gate = threading.Event(), threading.Event()
+
+    @pool.workflow(name="stuck")
+    async def stuck(ctx: WorkflowContext) -> str:
+        await ctx.step("work", 1)
+        if not entered.is_set():  # the first run past step 1 hangs in blocking code
+            entered.set()
+            gate.wait(30)
+        return "done"
+
+    spec, replayer = pool.registry.workflow("stuck"), Replayer(pool.config)
+    base = {"name": b"stuck", "enc": b"msgpack", "args": encode([]), "started_at": b"1000"}
+    ended = {"wf_steps": b"1", "wf_acts": b"0", "wf_applied": b"1",
+             "j:1": _entry("work", ended=True)}
+    replayer.replay(spec, "w", {**base, "wf_steps": b"0", "wf_acts": b"0"}, "1")
+    hung = threading.Thread(target=replayer.resume, args=("w", ended, "2"), daemon=True)
+    hung.start()
+    assert entered.wait(10), "the kept coroutine did not run on"
+    others_done: list[bytes] = []
+
+    def others() -> None:  # what the worker does meanwhile: replay it afresh, then stop
+        others_done.append(replayer.replay(spec, "w", {**base, **ended}, "3"))
+        replayer.close()
+
+    other = threading.Thread(target=others, daemon=True)
+    other.start()
+    other.join(5)
+    gate.set()
+    hung.join(10)
+    assert not other.is_alive() and len(others_done) == 1, "blocked behind the stuck replay"
+    assert msgpack.unpackb(others_done[0], raw=True)[-1] == [b"return", encode("done")]

@@ -125,14 +125,14 @@ class Replayer:
             if text(h.get("wf_applied")) != live.decided or live.task.done() or \
                     int(h.get("wf_steps") or 0) != live.entries or \
                     int(h.get("wf_acts") or 0) != live.activations:
-                self._forget(workflow_id)
+                self._forget(workflow_id, live)
                 live.close()
                 return None
             live.ctx.learn(journal.entries(h))
             live.decided = gen
             return self._decide(workflow_id, live)
         except BaseException:  # its state is the failed replay's: start over next time
-            self._forget(workflow_id)
+            self._forget(workflow_id, live)
             live.close()
             raise
         finally:
@@ -175,8 +175,7 @@ class Replayer:
             while len(self._live) > KEPT:
                 gone.append(self._live.popitem(last=False)[1])
         for old in gone:  # another replay of it kept one meanwhile, or the least recent
-            with old.lock:
-                old.close()
+            _close_unless_used(old)
         return decision
 
     def _decide(self, workflow_id: str, live: Live, *, keep: bool = True) -> bytes:
@@ -198,11 +197,15 @@ class Replayer:
         if live.task.done():
             commands.append(_ending(live.task, live.enc))
             if keep:  # resume holds its lock
-                self._forget(workflow_id)
+                self._forget(workflow_id, live)
                 live.close()
         elif keep:
             with self._guard:
-                self._live.move_to_end(workflow_id)
+                kept = self._live.get(workflow_id) is live
+                if kept:
+                    self._live.move_to_end(workflow_id)
+            if not kept:  # dropped while this replay ran (a newer one started over)
+                live.close()
         # as str, not bin: Redis's cmsgpack knows no bin type (the bytes pass through as is)
         return msgpack.packb(commands, use_bin_type=False)  # type: ignore[no-any-return]
 
@@ -211,20 +214,32 @@ class Replayer:
         with self._guard:
             kept, self._live = list(self._live.values()), OrderedDict()
         for live in kept:
-            with live.lock:
-                live.close()
+            _close_unless_used(live)
 
-    def _forget(self, workflow_id: str) -> None:
+    def _forget(self, workflow_id: str, live: Live) -> None:
+        """Stop keeping `live` (not a newer coroutine kept for the workflow since)."""
         with self._guard:
-            self._live.pop(workflow_id, None)
+            if self._live.get(workflow_id) is live:
+                del self._live[workflow_id]
 
     def _drop(self, workflow_id: str) -> None:
-        """Forget the kept coroutine and close it (once a replay still using it is done)."""
+        """Forget the kept coroutine and close it; one a replay still uses (its code may be
+        stuck past the replay's timeout) is closed by that replay when it ends, never waited
+        for here."""
         with self._guard:
             live = self._live.pop(workflow_id, None)
         if live is not None:
-            with live.lock:
-                live.close()
+            _close_unless_used(live)
+
+
+def _close_unless_used(live: Live) -> None:
+    """Close a coroutine no longer kept, unless a replay still runs it (its code may be stuck
+    past the replay's timeout): that replay closes it when it ends. Never waits."""
+    if live.lock.acquire(blocking=False):
+        try:
+            live.close()
+        finally:
+            live.lock.release()
 
 
 def _ending(task: asyncio.Task[Any], enc: Encoding) -> list[Any]:
