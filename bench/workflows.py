@@ -4,14 +4,16 @@
   jobs enqueued one after another, each once `wait()` saw the previous one done (the chain a
   user writes by hand); total time and Redis CPU per step or job;
 - concurrent: M workflows of 3 no-op steps started at once, against 3 x M no-op jobs enqueued
-  at once; steps (jobs) per second from the first start to the last end.
+  at once; steps (jobs) per second from the first start to the last end;
+- fan-out: one workflow gathering F no-op steps at once, against F jobs enqueued at once.
 
-    python bench/workflows.py [--steps 1000] [--workflows 10000] [--workers 2]
+    python bench/workflows.py [--steps 1000] [--workflows 10000] [--fan 2000] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import tempfile
@@ -41,6 +43,12 @@ async def three(ctx: WorkflowContext) -> None:
     """Three no-op steps, one after another."""
     for _ in range(3):
         await ctx.step(anoop)
+
+
+@pool.workflow(max_steps=100_000)
+async def fan(ctx: WorkflowContext, width: int) -> int:
+    """`width` no-op steps at once."""
+    return len(await asyncio.gather(*(ctx.step(anoop) for _ in range(width))))
 
 
 def _timed(client: redis.Redis, run: Any) -> tuple[float, float]:
@@ -89,10 +97,27 @@ def concurrent(client: redis.Redis, workflows: int) -> None:
               f"{cpu / (3 * workflows) * 1e6:>10.1f} us Redis CPU per step")
 
 
+def fan_out(client: redis.Redis, width: int) -> None:
+    def plain() -> None:
+        done = pool.stats().counters.get("succeeded", 0)
+        pool.enqueue_many(anoop, [()] * width)
+        _until(lambda: pool.stats().counters.get("succeeded", 0) - done >= width, 3600,
+               "the jobs")
+
+    def wide() -> None:
+        pool.wait(pool.start_workflow(fan, width), timeout=3600)
+
+    for label, run in ((f"{width} jobs", plain), (f"one workflow of {width}", wide)):
+        seconds, cpu = _timed(client, run)
+        print(f"  {label:<24}{width / seconds:>10,.0f} steps/s{seconds:>9.2f} s"
+              f"{cpu / width * 1e6:>10.1f} us Redis CPU per step")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--workflows", type=int, default=10_000)
+    p.add_argument("--fan", type=int, default=2000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--max-parallelism", type=int, default=256)
@@ -111,6 +136,8 @@ def main() -> None:
             sequential(client, o.steps)
             print(f"concurrent, {o.workflows} workflows of 3 steps")
             concurrent(client, o.workflows)
+            print(f"fan-out, one workflow gathering {o.fan} steps")
+            fan_out(client, o.fan)
         finally:
             _stop(procs)
             pool.close()

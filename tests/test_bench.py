@@ -56,8 +56,10 @@ def test_the_limit_benchmark_measures_the_redis_ceiling_and_commands_per_job() -
 
 
 def test_the_workflows_benchmark_runs_a_long_workflow_and_many_short_ones() -> None:
-    out = bench("workflows.py", "--steps", "20", "--workflows", "30", "--workers", "1")
-    for line in ("jobs chained by wait()", "one workflow", "90 jobs", "30 3-step workflows"):
+    out = bench("workflows.py", "--steps", "20", "--workflows", "30", "--fan", "40",
+                "--workers", "1")
+    for line in ("jobs chained by wait()", "one workflow", "90 jobs", "30 3-step workflows",
+                 "one workflow of 40"):
         assert line in out, out
 
 

@@ -251,7 +251,7 @@ local function record(wid, w, n, c)
       rec.state, rec.outcome, rec.result, rec.finished_at = 'done', 'succeeded', kept[1], ctx.now
       table.remove(kept, 1)
       set_list(w.wk, 'e:' .. name, kept)
-      newly_ended(w.wk, n)
+      newly_ended(ctx, wid, n)
     else
       local waiting = list_field(w.wk, 'w:' .. name)
       waiting[#waiting + 1] = n
@@ -306,12 +306,10 @@ local function replay_outcome(entry_id, f, flat)
   if #numbered > 0 then changed(ctx, f.id) end
   if delivered then
     rcall('HSET', w.wk, 'a:' .. delivered[2], cmsgpack.pack(delivered[3]), 'wf_acts', delivered[2])
-    local gone, left = {}, {}
-    for _, n in ipairs(delivered[3]) do gone[n] = true end
-    for _, n in ipairs(list_field(w.wk, 'wf_new')) do
-      if not gone[n] then left[#left + 1] = n end
+    for i = 1, #delivered[3], 1000 do
+      rcall('SREM', prefix .. K.wf_new .. f.id,
+            unpack(delivered[3], i, math.min(i + 999, #delivered[3])))
     end
-    set_list(w.wk, 'wf_new', left)
   end
   for _, item in ipairs(numbered) do
     if record(f.id, w, item[1], item[2]) then again = true end

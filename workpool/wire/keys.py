@@ -25,6 +25,7 @@ KEY = {
     "replays_due": "replaysDue",
     "wf_timers": "wfTimers",
     "workflows": "workflows",
+    "wf_new": "wfNew:",
     "lease": "lease",
     "epoch": "epoch",
     "config": "config",
@@ -117,6 +118,11 @@ class Keys:
     def workflows(self) -> str:
         """SET: the ids of the workflows running now (workflow list)."""
         return self._k(KEY["workflows"])
+
+    def wf_new(self, workflow_id: str) -> str:
+        """SET of a running workflow: its journal entries that ended and are not delivered to
+        its code yet (one SADD each, however many run in parallel)."""
+        return self._k(KEY["wf_new"] + workflow_id)
 
     @property
     def wf_timers(self) -> str:

@@ -127,6 +127,7 @@ local function end_workflow(ctx, wid, wk, w, state, outcome, extra)
   drop_entry(ctx, w.entry)
   rcall('HSET', wk, 'wf_entry', '')
   rcall('SREM', ctx.prefix .. K.workflows, wid)
+  rcall('DEL', ctx.prefix .. K.wf_new .. wid)
   finish(ctx, wid, wk, state, outcome, w, extra)
   changed(ctx, wid)
 end

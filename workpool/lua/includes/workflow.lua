@@ -11,11 +11,11 @@
 --   j:<n>     journal entry n (JOURNAL order, msgpack): step n's name, state and outcome
 --   a:<k>     activation k: the ended entries one replay delivered to the code, in order (a
 --             replay from the start delivers them so again); wf_acts how many
---   wf_new    the entries that ended and are not delivered yet (msgpack array)
 --   wf_applied the generation of the replay whose decision was applied last
 -- Step n is a job `<id>:<n>` whose spec names its workflow (wf, wf_n); the script that ends it
 -- writes its outcome into the journal and asks for a replay. The `workflows` SET holds the ids
--- of the running ones.
+-- of the running ones; the SET `wfNew:<id>` the entries that ended and are not delivered to
+-- its code yet (dropped when it ends).
 -- @include common
 -- @include spec
 
@@ -53,11 +53,9 @@ local function journal_entry(wk, n)
   return rec
 end
 
--- Journal entry n ended and is not delivered to the code yet (the `wf_new` list).
-local function newly_ended(wk, n)
-  local new = list_field(wk, 'wf_new')
-  new[#new + 1] = tonumber(n)
-  set_list(wk, 'wf_new', new)
+-- Journal entry n of running workflow `wid` ended and is not delivered to its code yet.
+local function newly_ended(ctx, wid, n)
+  rcall('SADD', ctx.prefix .. K.wf_new .. wid, n)
 end
 
 -- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker. The entry carries the journal's
@@ -66,12 +64,12 @@ end
 -- workflow live, and made that decision, goes on without reading it.
 local function dispatch_replay(ctx, wid, wk, gen)
   local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied')
-  local new, ended = list_field(wk, 'wf_new'), {}
+  local new, ended = rcall('SMEMBERS', ctx.prefix .. K.wf_new .. wid), {}
   if #new > 0 then
     local names = {}
     for i, n in ipairs(new) do names[i] = 'j:' .. n end
     for i, rec in ipairs(rcall('HMGET', wk, unpack(names))) do
-      append_all(ended, {new[i], rec or ''})
+      append_all(ended, {tonumber(new[i]), rec or ''})
     end
   end
   local eid = rcall('XADD', ctx.dispatch, '*', 'kind', 'wf', 'id', wid, 'gen', gen, 'steps',
@@ -123,7 +121,7 @@ local function step_ended(ctx, owner, spec, outcome, attempts, extra)
   end
   rec.scheduled_at = owner.scheduled_at
   rcall('HSET', owner.wk, 'j:' .. owner.n, pack_journal(rec))
-  if owner.state == 'running' then newly_ended(owner.wk, owner.n) end
+  if owner.state == 'running' then newly_ended(ctx, owner.wid, owner.n) end
   changed(ctx, owner.wid)
   wake(ctx, owner)
 end
@@ -148,7 +146,7 @@ local function wait_ended(ctx, wid, w, n, rec, outcome, payload, err, etype)
   rcall('HSET', w.wk, 'j:' .. n, pack_journal({
     kind = rec[J.kind], name = rec[J.name], state = 'done', outcome = outcome, result = payload,
     error = err, error_type = etype, scheduled_at = rec[J.scheduled_at], finished_at = ctx.now}))
-  newly_ended(w.wk, n)
+  newly_ended(ctx, wid, n)
   changed(ctx, wid)
   wake(ctx, {wk = w.wk, wid = wid, state = w.state, entry = w.entry, gen = w.gen})
 end
