@@ -1,5 +1,6 @@
-"""A short seeded chaos run (every fault kind at least once) and a redis-server crash under
-`appendfsync always`: the checker must find no violation, and no acknowledged enqueue lost.
+"""A short seeded chaos run (every fault kind at least once, jobs and workflows) and a
+redis-server crash under `appendfsync always`: the checker must find no violation, and no
+acknowledged enqueue lost.
 
 The long run is `python -m workpool.chaos run --duration 600 ...` (README, "Proven under
 faults"); this one keeps CI at about a minute.
@@ -31,11 +32,15 @@ def test_a_seeded_chaos_run_with_every_fault_kind_violates_no_guarantee(tmp_path
     assert {k: report["faults"].get(k, 0) for k in KINDS} == dict.fromkeys(KINDS, 1)
     assert report["acked"] > 1000
     # every outcome happened: successes, cancels, and each planned failure
-    final = json.loads((tmp_path / "final.json").read_text())["jobs"].values()
+    final_by_id = json.loads((tmp_path / "final.json").read_text())["jobs"]
+    final = final_by_id.values()
     assert report["outcomes"].get("succeeded", 0) > 0 and report["outcomes"].get("canceled", 0)
     failures = {f["error_type"] for f in final if f["outcome"] == "failed"}
     assert {"FlakyError", "DoomedError", "PayloadTooLarge", "Timeout"} <= failures
     assert report["entries_rejected"] > 0  # the poison entries were set aside
+    # workflows ran among the jobs: steps, sleeps, events received, and some canceled
+    assert report["flows"] > 50 and report["sleeps"] > 0 and report["events_received"] > 0
+    assert any(f["outcome"] == "canceled" for job, f in final_by_id.items() if "wf" in job)
     violations = {k: len(report[k]) for k in Report().violations()
                   if k != "parallelism_breaches"}
     assert violations == dict.fromkeys(violations, 0)

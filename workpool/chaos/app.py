@@ -226,3 +226,5 @@ async def record(job_id: str, result: workpool.Result, context: Any) -> None:
 
 if multiprocessing.parent_process() is None:  # a process image of a worker (not a child):
     recorder().record("boot")  # whatever the pid ran before (an execv restart) ended here
+
+from workpool.chaos import flows  # noqa: E402, F401 - its workflow, on this pool

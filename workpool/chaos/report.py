@@ -26,6 +26,14 @@ class Report:
     cancel_contradicted: list[str] = field(default_factory=list)
     stale_accepted: list[str] = field(default_factory=list)
     wrong_outcome: list[str] = field(default_factory=list)
+    step_result_changed: list[str] = field(default_factory=list)
+    event_duplicated: list[str] = field(default_factory=list)
+    event_lost: list[str] = field(default_factory=list)
+    sleep_early: list[str] = field(default_factory=list)
+    flows: int = 0  #: workflows started (children too)
+    sleeps: int = 0
+    events_sent: int = 0
+    events_received: int = 0
     parallelism: Parallelism = field(default_factory=Parallelism)
     stale_rejected: int = 0
     entries_rejected: int = 0  #: malformed stream entries the engine set aside (poison)
@@ -40,7 +48,8 @@ class Report:
         return {**found, "parallelism_breaches": self.parallelism.admitted_breaches,
                 **{name: len(getattr(self, name)) for name in (
                     "canceled_then_started", "cancel_contradicted", "stale_accepted",
-                    "wrong_outcome")}}
+                    "wrong_outcome", "step_result_changed", "event_duplicated", "event_lost",
+                    "sleep_early")}}
 
     @property
     def ok(self) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redis
 
+from workpool.chaos import flowrules
 from workpool.chaos.checker import FinalJob, check
 from workpool.chaos.cluster import Cluster
 from workpool.chaos.faults import KINDS, Faults
@@ -66,12 +67,14 @@ def run(config: RunConfig, run_dir: Path) -> Report:
         cluster.start_workers()
         rec.record("quiesce")
         history = load(run_dir / "history")
-        job_ids = {e["job"] for e in history if e["e"] == "invoke_enqueue"}
+        job_ids = {e["job"] for e in history if e["e"] in ("invoke_enqueue", "invoke_workflow")}
         _quiesce(cluster, job_ids, config.quiesce_timeout)
         rec.record("stop_workers")
         cluster.stop_workers()
         poisoned = {i for e in history if e["e"] == "fault" for i in e.get("ids") or ()}
-        final = _final_states(cluster, job_ids | poisoned)  # a poison id must find no job
+        flows = flowrules.read(history)  # and every step and child their programs name:
+        named = set(flows) | set(flowrules.steps(flows))
+        final = _final_states(cluster, job_ids | poisoned | named)  # a poison id finds none
         stale, rejected = (int(n or 0) for n in cluster.admin.hmget(
             cluster.keys.stats, [Counter.STALE_COMPLETIONS, Counter.REJECTED]))
     finally:
@@ -155,7 +158,8 @@ def _quiesce(cluster: Cluster, job_ids: set[str], timeout: float) -> None:
 
 
 def _backlog(cluster: Cluster) -> int:
-    """Jobs waiting or running, entries not yet applied, deliveries outstanding."""
+    """Jobs waiting or running, entries not yet applied, deliveries outstanding, workflows
+    running."""
     k = cluster.keys
     pipe = cluster.admin.pipeline(transaction=False)
     pipe.hlen(k.unstarted)
@@ -165,6 +169,7 @@ def _backlog(cluster: Cluster) -> int:
     pipe.xlen(k.pending_start)
     pipe.xlen(k.pending_completion)
     pipe.xlen(k.dispatch)
+    pipe.scard(k.workflows)
     return sum(int(n) for n in pipe.execute())
 
 

@@ -20,6 +20,8 @@ def render(report: Report, header: str) -> str:
             f"  acknowledged            {report.acked}",
             f"  indeterminate           {report.indeterminate}",
             f"attempts started          {report.attempts}",
+            f"workflows (with children) {report.flows}: {report.sleeps} sleeps, events "
+            f"{report.events_sent} sent, {report.events_received} received",
             "final outcomes            " + ", ".join(
                 f"{k} {v}" for k, v in sorted(report.outcomes.items())),
             "faults injected           " + ", ".join(

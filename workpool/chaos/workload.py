@@ -1,26 +1,35 @@
 """The client side of a chaos run: a seeded mix of enqueues (fast, slow, blocking, flaky,
-timing-out, delayed, doomed and over-sized jobs) and cancels at a steady rate, each recorded
-with invoke and ack (a cancel with what it answered).
+timing-out, delayed, doomed and over-sized jobs), workflows (a drawn program: see flows.py)
+with the events they wait for, and cancels (of jobs and workflows) at a steady rate, each
+recorded with invoke and ack (a cancel with what it answered).
 
 Every enqueue carries an idempotency key, so the job id is known before the call and a failed
 call (Redis unreachable or refusing) can be retried safely; one that never succeeds is
-recorded as indeterminate. The fault injector enqueues its own jobs (hung code, crashing
-children) through `enqueue` too, under keys of its own.
+recorded as indeterminate. An event has no key, so a send that fails is not retried (it may
+have landed: the checker then allows it either way). The fault injector enqueues its own jobs
+(hung code, crashing children) through `enqueue` too, under keys of its own.
 """
 
 from __future__ import annotations
 
+import heapq
 import random
 import threading
 import time
 from collections import deque
+from typing import Any
 
 import workpool
 from workpool.chaos.history import Recorder
+from workpool.chaos.program import EVENT
 
 _TRIES = 4
 _KINDS = (("fast", 42), ("slow", 13), ("blocking", 10), ("flaky", 14), ("hang", 3),
-          ("delayed", 8), ("doomed", 2), ("bulky", 2), ("cancel", 6))
+          ("delayed", 8), ("doomed", 2), ("bulky", 2), ("flow", 6), ("cancel", 7))
+#: the jobs a workflow's steps run, and how often
+_STEPS = (("fast", 40), ("slow", 20), ("blocking", 8), ("flaky", 20), ("doomed", 5),
+          ("bulky", 3), ("hang", 2))
+WAIT_TIMEOUT = 20.0  #: s a workflow waits for each event (they are sent within 3 s)
 _CANCEL_WAIT = 1.0  #: s a cancel waits for the main loop to say what it did
 
 
@@ -32,8 +41,10 @@ class Workload:
         self.pool, self.rec, self.rng, self.rate = pool, recorder, rng, rate
         self.acked = 0
         self._recent: deque[str] = deque(maxlen=400)
+        self._flows: deque[str] = deque(maxlen=100)  # half the cancels go to a workflow
         self._n = 0
         self._lock = threading.Lock()  # the fault thread enqueues too
+        self._sends: list[tuple[float, str, str]] = []  # (when, workflow, payload), a heap
 
     def run(self, stop: threading.Event) -> None:
         """Issue operations at `rate` per second until `stop` is set."""
@@ -47,9 +58,12 @@ class Workload:
                 stop.wait(ahead)  # pacing, not waiting for a condition
                 continue
             ops += 1
+            self._send_due()
             kind = self.rng.choices(kinds, weights)[0]
             if kind == "cancel":
                 self._cancel()
+            elif kind == "flow":
+                self._start_flow()
             else:
                 self._enqueue(kind)
 
@@ -91,11 +105,76 @@ class Workload:
             return
         self.rec.record("indeterminate_enqueue", job=job_id)
 
+    def _start_flow(self) -> None:
+        """Start a workflow of a drawn program (retrying while Redis is away: the key makes it
+        idempotent); plan one event for each of its waits, 0-3 s on."""
+        with self._lock:
+            self._n += 1
+            key = f"wf{self._n}"
+        wf_id, program = f"key:{key}", self._program(nested=True)
+        self.rec.record("invoke_workflow", job=wf_id, program=program)
+        for attempt in range(_TRIES):
+            try:
+                self.pool.start_workflow("flow", program, key=key, on_complete="record")
+            except workpool.RedisUnavailable as exc:
+                self.rec.record("enqueue_error", job=wf_id, error=str(exc)[:200], try_=attempt)
+                time.sleep(0.1 * 2**attempt)
+                continue
+            self.rec.record("ack_enqueue", job=wf_id)
+            with self._lock:
+                self.acked += 1
+                self._recent.append(wf_id)
+                self._flows.append(wf_id)
+            for i, op in enumerate(program):
+                if op[0] == "wait":
+                    heapq.heappush(self._sends, (time.monotonic() + self.rng.uniform(0, 3),
+                                                 wf_id, f"{wf_id}#{i}"))
+            return
+        self.rec.record("indeterminate_enqueue", job=wf_id)
+
+    def _program(self, *, nested: bool) -> list[Any]:
+        """1-4 operations; waits and children only at the top (a child gets no events)."""
+        ops: list[Any] = []
+        for _ in range(self.rng.randint(1, 4)):
+            r = self.rng.random()
+            if r < 0.4:
+                ops.append(["step", *self._step()])
+            elif r < 0.6:
+                ops.append(["par", [self._step() for _ in range(self.rng.randint(2, 4))]])
+            elif r < 0.75:
+                ops.append(["sleep", round(self.rng.uniform(0.1, 2.0), 3)])
+            elif nested and r < 0.9:
+                ops.append(["wait", WAIT_TIMEOUT])
+            elif nested:
+                ops.append(["child", self._program(nested=False)])
+        return ops or [["step", "fast", []]]
+
+    def _step(self) -> list[Any]:
+        kind = self.rng.choices([k for k, _ in _STEPS], [w for _, w in _STEPS])[0]
+        args = {"slow": lambda: [self.rng.randint(20, 300)],
+                "blocking": lambda: [self.rng.randint(10, 100)],
+                "flaky": lambda: [self.rng.randint(1, 5)],
+                "hang": lambda: [2000]}.get(kind, list)()
+        return [kind, args]
+
+    def _send_due(self) -> None:
+        """Send the events whose time has come (once each: an event has no key)."""
+        while self._sends and self._sends[0][0] <= time.monotonic():
+            _, wf_id, payload = heapq.heappop(self._sends)
+            self.rec.record("invoke_event", job=wf_id, p=payload)
+            try:
+                self.pool.send_event(wf_id, EVENT, payload)
+            except workpool.RedisUnavailable as exc:
+                self.rec.record("event_error", job=wf_id, p=payload, error=str(exc)[:200])
+                continue
+            self.rec.record("ack_event", job=wf_id, p=payload)
+
     def _cancel(self) -> None:
         with self._lock:
-            if not self._recent:
+            among = self._flows if self._flows and self.rng.random() < 0.5 else self._recent
+            if not among:
                 return
-            job_id = self.rng.choice(self._recent)
+            job_id = self.rng.choice(among)
         self.rec.record("invoke_cancel", job=job_id)
         try:
             result = self.pool.cancel(job_id, wait=_CANCEL_WAIT)
