@@ -18,11 +18,11 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import workpool
-from workpool.chaos.history import Recorder
+from workpool.chaos import flows
+from workpool.chaos.history import own as recorder
 from workpool.chaos.settings import ChaosSettings
 
 P = ParamSpec("P")
@@ -38,7 +38,6 @@ pool = workpool.Workpool(
     retry=workpool.Retry(max_attempts=MAX_ATTEMPTS, initial_backoff=0.02, base=2.0),
     lease_ttl=settings.ttl, heartbeat_ttl=settings.ttl, retention=6 * 3600.0,
     max_result_bytes=MAX_RESULT_BYTES)
-_recorder: Recorder | None = None
 
 
 class FlakyError(Exception):
@@ -51,15 +50,6 @@ class HandlerError(Exception):
 
 class DoomedError(workpool.NonRetryableError):
     """The planned failure of a job that must not be retried."""
-
-
-def recorder() -> Recorder:
-    """This process's history file (opened on first use, after the fork)."""
-    global _recorder  # noqa: PLW0603 - one file per process
-    if _recorder is None:
-        _recorder = Recorder(Path(os.environ["WORKPOOL_CHAOS_DIR"]) / "history",
-                             f"worker-{os.getpid()}")
-    return _recorder
 
 
 def worker_pid(run: workpool.Running) -> int:
@@ -224,7 +214,7 @@ async def record(job_id: str, result: workpool.Result, context: Any) -> None:
                       d=run.dispatched_at)
 
 
+pool.workflow(name="flow")(flows.flow)
+
 if multiprocessing.parent_process() is None:  # a process image of a worker (not a child):
     recorder().record("boot")  # whatever the pid ran before (an execv restart) ended here
-
-from workpool.chaos import flows  # noqa: E402, F401 - its workflow, on this pool

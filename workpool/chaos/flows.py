@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 import workpool
-from workpool.chaos.app import pool, recorder
+from workpool.chaos.history import own as recorder
 from workpool.chaos.program import EVENT, entries, step_value
 
 
@@ -34,9 +34,9 @@ def _seen(ctx: workpool.WorkflowContext, n: int, value: Any) -> Any:
     return value
 
 
-@pool.workflow(name="flow")
 async def flow(ctx: workpool.WorkflowContext, program: list[Any]) -> list[Any]:
-    """Run `program`; returns what each entry gave, in entry order."""
+    """Run `program`; returns what each entry gave, in entry order (app.py registers it as
+    the workflow `flow`)."""
     numbered = list(entries(program))
     out: list[Any] = []
     i = 0

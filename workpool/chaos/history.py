@@ -31,6 +31,19 @@ class Recorder:
         os.close(self._fd)
 
 
+_own: Recorder | None = None
+
+
+def own() -> Recorder:
+    """This process's history file in the run's directory (`$WORKPOOL_CHAOS_DIR`), opened on
+    first use (so after a fork)."""
+    global _own  # noqa: PLW0603 - one file per process
+    if _own is None:
+        _own = Recorder(Path(os.environ["WORKPOOL_CHAOS_DIR"]) / "history",
+                        f"worker-{os.getpid()}")
+    return _own
+
+
 def load(directory: Path) -> list[Event]:
     """Every event of every process, in time order (a torn last line is skipped)."""
     events: list[Event] = []

@@ -134,9 +134,11 @@ WORKFLOW_TABLE: tuple[Row, ...] = (
 )
 
 
-def step(event: str, state: str, facts: Mapping[str, bool]) -> Row:
-    """The row that applies to `event` in `state` given the guard `facts`."""
-    for row in TABLE:
+def step(event: str, state: str, facts: Mapping[str, bool],
+         table: tuple[Row, ...] = TABLE) -> Row:
+    """The row of `table` (the job table unless told) that applies to `event` in `state`
+    given the guard `facts`."""
+    for row in table:
         if row.event == event and state in row.sources and (not row.guard or facts.get(row.guard)):
             return row
     msg = f"no transition for {event} in {state}"
