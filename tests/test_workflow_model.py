@@ -1,9 +1,11 @@
-"""Model-based test of workflows: random interleavings of starts, decisions (current, stale,
-undecided, malformed, ending, over max_steps), step outcomes, events sent before and after the
+"""Model-based test of workflows: random interleavings of starts (malformed ones, and ones with
+a timeout), decisions (current, stale, undecided, malformed, ending, over max_steps, asking
+for steps, sleeps, waits and child workflows), step outcomes, events sent before and after the
 wait, cancels at every point, timers firing, lost workers and a stale leader drive the real Lua
 scripts on a real redis-server, and a Python model built from `WORKFLOW_TABLE` predicts every
 reply code and what the scripts write: each workflow's state, replay generation, journal,
-activations, waits, kept events and timers, and the state of each step's job."""
+activations, waits, kept events and timers, and the state of each step's job. Every row of the
+table is taken in the run."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from hypothesis.stateful import (
 )
 
 from workpool import Retry, WorkflowContext, Workpool
-from workpool.core.requests import enqueue_entries
+from workpool.core.requests import enqueue_entries, workflow_entry
 from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.counters import Counter
@@ -41,10 +43,12 @@ from workpool.wire.statemachine import (
     RUNNING,
     SUCCEEDED,
     WORKFLOW_TABLE,
+    Row,
     step,
 )
 
 MAX_STEPS = 6
+TIMEOUT_MS = 3000  #: the workflow `timed`'s timeout
 KEYS = ("a", "b", "c")
 EVENTS = ("go", "stop")
 T0 = 2_000_000_000_000  #: the model's clock (ms), passed to every script as `now`
@@ -53,9 +57,13 @@ HASH_STATE = {RUNNING: (b"running", None), SUCCEEDED: (b"done", b"succeeded"),
               FAILED: (b"done", b"failed"), CANCELED: (b"canceled", b"canceled")}
 
 
+ROWS_TAKEN: set[Row] = set()
+
+
 def code_of(event: str, state: str, **facts: bool) -> tuple[Code, str]:
     """The table's code for `event` in `state`, and the state after it."""
     row = step(event, state, facts, table=WORKFLOW_TABLE)
+    ROWS_TAKEN.add(row)
     return row.code, row.target or state
 
 
@@ -63,7 +71,7 @@ def code_of(event: str, state: str, **facts: bool) -> tuple[Code, str]:
 class Entry:
     """A journal entry as the model keeps it."""
 
-    kind: str  #: step, sleep or event
+    kind: str  #: step, workflow (a child), sleep or event
     name: str
     state: str = "pending"  #: pending, done or canceled
     outcome: str = ""
@@ -84,6 +92,7 @@ class Wf:
     new: set[int] = field(default_factory=set)  #: ended, not delivered to its code yet
     waits: dict[str, list[int]] = field(default_factory=dict)
     kept: dict[str, list[bytes]] = field(default_factory=dict)
+    parent: tuple[str, int] | None = None  #: a child's workflow and entry
 
 
 class WorkflowMachine(RuleBasedStateMachine):
@@ -104,9 +113,11 @@ class WorkflowMachine(RuleBasedStateMachine):
         self.p.token = parse_lease(run(self.p.r, [self.p.engine.acquire(OWNER, LEASE_MS, 10)])[0]
                                    ).token
         self._new_worker()
-        self.step_fields = [x for kv in enqueue_entries(
-            self.p.client.config, "work", [()], {}, allowed=frozenset(), call="ctx.step")[0]
-            .items() for x in kv]
+        config = self.p.client.config
+        self.step_fields = _flat(enqueue_entries(config, "work", [()], {},
+                                                 allowed=frozenset(), call="ctx.step")[0])
+        self.child_fields = _flat(workflow_entry(config, "flow", (), kwargs=None, key=None,
+                                                 on_complete=None, context=None))
 
     # -- the worker: holds every dispatch entry until it is lost ------------------------------
     def _new_worker(self) -> None:
@@ -131,6 +142,7 @@ class WorkflowMachine(RuleBasedStateMachine):
 
     def _ended(self, wid: str, n: int, state: str, outcome: str, result: bytes = b"") -> None:
         wf = self.wfs[wid]
+        code_of("entry_ends", wf.state)
         e = wf.entries[n]
         e.state, e.outcome, e.result = state, outcome, result
         if wf.state == RUNNING:
@@ -143,7 +155,29 @@ class WorkflowMachine(RuleBasedStateMachine):
         self._ended(wid, int(n), "canceled" if outcome == "canceled" else "done", outcome)
 
     def _end(self, wf: Wf, state: str) -> None:
+        """A workflow ends: its replay withdrawn; a child's entry in its parent ends too."""
         wf.state, wf.out, wf.new = state, False, set()
+        if wf.parent is not None:
+            outcome = HASH_STATE[state][1] or b""
+            self._ended(*wf.parent, "canceled" if state == CANCELED else "done",
+                        outcome.decode())
+
+    def _cancel(self, wid: str, state: str = CANCELED) -> None:
+        """A running workflow ends (canceled, or failed past its timeout), then its steps and
+        children not ended are canceled (a running step only marked)."""
+        wf = self.wfs[wid]
+        open_ = [n for n, e in sorted(wf.entries.items())
+                 if e.kind in ("step", "workflow") and e.state == "pending"]
+        self._end(wf, state)
+        for n in open_:
+            sid = f"{wid}:{n}"
+            if sid in self.wfs:
+                if self.wfs[sid].state == RUNNING:
+                    self._cancel(sid)
+            elif self.jobs.get(sid) == "pending":
+                self._step_ends(sid, "canceled")
+            elif self.jobs.get(sid) == "running":
+                self.jobs[sid] = "marked"
 
     # -- client requests ----------------------------------------------------------------------
     def _ingest(self, expected: list[Code]) -> None:
@@ -151,29 +185,50 @@ class WorkflowMachine(RuleBasedStateMachine):
         assert codes == expected
         self._take()
 
-    def _asked_steps(self, wid: str, ns: list[int]) -> list[Code]:
-        """What ingest does with the steps a decision asked for."""
+    def _asked(self, wid: str, ns: list[int]) -> list[Code]:
+        """What ingest does with the steps and children a decision asked for: created while
+        their workflow runs, else never (their entry says canceled)."""
         codes = []
         for n in ns:
-            if self.wfs[wid].state == RUNNING:
-                self.jobs[f"{wid}:{n}"] = "pending"
-                codes.append(Code.ENQUEUED)
-            else:  # orphaned: never created, its entry says canceled
+            sid, running = f"{wid}:{n}", self.wfs[wid].state == RUNNING
+            if self.wfs[wid].entries[n].kind == "workflow":
+                code, _ = code_of("start", ABSENT, child_of_ended=not running)
+                if code == Code.WORKFLOW_STARTED:
+                    self.wfs[sid] = Wf(parent=(wid, n))
+            else:
+                code = Code.ENQUEUED if running else Code.CANCELED
+                if running:
+                    self.jobs[sid] = "pending"
+            if not running:
                 self._ended(wid, n, "canceled", "canceled")
-                codes.append(Code.CANCELED)
+            codes.append(code)
         return codes
 
-    @rule(key=st.sampled_from(KEYS))
-    def start(self, key: str) -> None:
-        wid = self.p.client.start_workflow("flow", key=key)
+    @rule(key=st.sampled_from(KEYS), name=st.sampled_from(["flow", "timed"]))
+    def start(self, key: str, name: str) -> None:
+        wid = self.p.client.start_workflow(name, key=key)
         code, _ = code_of("start", self.wfs[wid].state if wid in self.wfs else ABSENT)
         if code == Code.WORKFLOW_STARTED:
             self.wfs[wid] = Wf()
+            if name == "timed":
+                self.timers[f"{wid}:0"] = self.now + TIMEOUT_MS
         self._ingest([code])
 
-    @rule(key=st.sampled_from(KEYS), name=st.sampled_from(EVENTS), payload=st.integers(0, 99))
-    def send_event(self, key: str, name: str, payload: int) -> None:
-        wid, raw = f"key:{key}", encode(payload)
+    @rule(key=st.sampled_from(KEYS))
+    def malformed_start(self, key: str) -> None:
+        wid = f"key:{key}"
+        code, _ = code_of("start", self.wfs[wid].state if wid in self.wfs else ABSENT,
+                          malformed=True)
+        self.p.r.xadd(self.p.keys.pending_start, {"op": "workflow", "id": wid, "name": "9"})
+        self._ingest([code])
+
+    def _any(self, data: st.DataObject) -> str:
+        """A workflow the model knows (a child too), or one that does not exist."""
+        return data.draw(st.sampled_from(sorted({*self.wfs, *(f"key:{k}" for k in KEYS)})))
+
+    @rule(data=st.data(), name=st.sampled_from(EVENTS), payload=st.integers(0, 99))
+    def send_event(self, data: st.DataObject, name: str, payload: int) -> None:
+        wid, raw = self._any(data), encode(payload)
         wf = self.wfs.get(wid)
         waiting = bool(wf and wf.state == RUNNING and wf.waits.get(name))
         code, _ = code_of("event", wf.state if wf else ABSENT, a_wait_for_it=waiting)
@@ -189,21 +244,13 @@ class WorkflowMachine(RuleBasedStateMachine):
         self._ingest([code])
 
     @precondition(lambda self: bool(self.wfs))
-    @rule(key=st.sampled_from(KEYS))
-    def cancel(self, key: str) -> None:
-        wid = f"key:{key}"
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        wid = self._any(data)
         wf = self.wfs.get(wid)
         code, target = code_of("cancel", wf.state if wf else ABSENT)
         if code == Code.CANCELED:
-            assert wf is not None
-            self._end(wf, target)
-            for n, e in sorted(wf.entries.items()):
-                sid = f"{wid}:{n}"
-                if e.kind == "step" and e.state == "pending" and sid in self.jobs:
-                    if self.jobs[sid] == "pending":
-                        self._step_ends(sid, "canceled")
-                    else:
-                        self.jobs[sid] = "marked"
+            self._cancel(wid, target)
         self.p.r.xadd(self.p.keys.pending_start, {"op": "cancel", "id": wid})
         self._ingest([code])
 
@@ -233,11 +280,14 @@ class WorkflowMachine(RuleBasedStateMachine):
             delivered = delivered[:data.draw(st.integers(1, len(delivered)))]
             cmds.append(["deliver", wf.acts + 1, delivered])
         first = len(wf.entries) + 1 if wf else 1
-        asks = data.draw(st.lists(st.sampled_from(["step", "sleep", "event"]), max_size=3))
+        asks = data.draw(st.lists(st.sampled_from(["step", "step", "child", "sleep", "event"]),
+                                  max_size=3))
         for i, ask in enumerate(asks):
             n = first + i
             if ask == "step":
                 cmds.append(["step", n, self.step_fields])
+            elif ask == "child":
+                cmds.append(["child", n, self.child_fields])
             elif ask == "sleep":
                 cmds.append(["sleep", n, self.now + data.draw(st.sampled_from([0, 1000, 5000]))])
             else:
@@ -264,7 +314,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         """The model's side of a decision: its code and the codes of the steps it asked for."""
         wf = self.wfs.get(wid)
         current = bool(wf and wf.state == RUNNING and wf.out and wf.gen == gen)
-        asks = [c for c in cmds if c[0] in ("step", "sleep", "event")]
+        asks = [c for c in cmds if c[0] in ("step", "child", "sleep", "event")]
         too_many = wf is not None and len(wf.entries) + len(asks) > MAX_STEPS
         code, target = code_of(
             "decide", wf.state if wf else ABSENT, current_replay=current,
@@ -290,8 +340,9 @@ class WorkflowMachine(RuleBasedStateMachine):
         if not too_many:
             for c in asks:
                 n = c[1]
-                if c[0] == "step":
-                    wf.entries[n] = Entry("step", "work")
+                if c[0] in ("step", "child"):
+                    wf.entries[n] = Entry("step", "work") if c[0] == "step" else \
+                        Entry("workflow", "flow")
                     steps.append(n)
                 elif c[0] == "sleep":
                     wf.entries[n] = Entry("sleep", "")
@@ -310,7 +361,7 @@ class WorkflowMachine(RuleBasedStateMachine):
             self._end(wf, target)
         elif again:
             self._dispatch(wf)
-        return code, self._asked_steps(wid, steps)
+        return code, self._asked(wid, steps)
 
     # -- steps, time, loss, fencing ------------------------------------------------------------
     @rule(ms=st.sampled_from([0, 0, 500, 1500, 6000]))
@@ -327,14 +378,18 @@ class WorkflowMachine(RuleBasedStateMachine):
                 wf = self.wfs[wid]
                 if wf.state == RUNNING and not wf.out:
                     self._dispatch(wf)
+        timed_out: list[str] = []
         for member, when in sorted(self.timers.items(), key=lambda kv: (kv[1], kv[0].encode())):
             if when > self.now:
                 continue
             del self.timers[member]
             wid, n_ = member.rsplit(":", 1)
             wf, n = self.wfs[wid], int(n_)
-            e = wf.entries[n]
-            if wf.state != RUNNING or e.state != "pending":
+            if n == 0 and wf.state == RUNNING:  # its timeout: a cancel for ingest to apply
+                timed_out.append(wid)
+                continue
+            e = wf.entries.get(n)
+            if wf.state != RUNNING or e is None or e.state != "pending":
                 continue
             if e.kind == "event":
                 wf.waits[e.name].remove(n)
@@ -343,6 +398,14 @@ class WorkflowMachine(RuleBasedStateMachine):
                 self._ended(wid, n, "done", "succeeded")
         assert sorted(self.p.start(self.now).ids) == pending
         self._take()
+        codes = []
+        for wid in timed_out:
+            wf = self.wfs[wid]
+            code, target = code_of("timeout", wf.state)
+            if code == Code.FAILED:
+                self._cancel(wid, target)
+            codes.append(code)
+        self._ingest(codes)
 
     @precondition(lambda self: any(s in ("running", "marked") for s in self.jobs.values()))
     @rule(data=st.data(), ok=st.booleans())
@@ -432,6 +495,10 @@ class WorkflowMachine(RuleBasedStateMachine):
             assert got == expect, sid
 
 
+def _flat(fields: dict[str, Any]) -> list[Any]:
+    return [x for kv in fields.items() for x in kv]
+
+
 @pytest.fixture
 def machine_pool(redis_url: str, redis_client: redis.Redis) -> Iterator[Pool]:
     client = Workpool("wfm", redis_url, retry=Retry(max_attempts=1), max_parallelism=100)
@@ -440,6 +507,8 @@ def machine_pool(redis_url: str, redis_client: redis.Redis) -> Iterator[Pool]:
     @client.workflow(name="flow", max_steps=MAX_STEPS)
     async def flow(ctx: WorkflowContext) -> None:
         await ctx.step("work")
+
+    client.workflow(name="timed", max_steps=MAX_STEPS, timeout=TIMEOUT_MS / 1000)(flow)
 
     # a silent worker is lost at the first reap (no grace)
     engine = Engine(client.keys, replace(client.config.engine_settings(), silence_grace_ms=0))
@@ -451,6 +520,8 @@ def machine_pool(redis_url: str, redis_client: redis.Redis) -> Iterator[Pool]:
 
 def test_workflows_follow_the_table_in_any_interleaving(machine_pool: Pool) -> None:
     WorkflowMachine.p = machine_pool
+    ROWS_TAKEN.clear()
     run_state_machine_as_test(WorkflowMachine, settings=settings(
         max_examples=400, stateful_step_count=60, deadline=None))
+    assert [r for r in WORKFLOW_TABLE if r not in ROWS_TAKEN] == []
 
