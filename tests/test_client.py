@@ -307,6 +307,24 @@ def test_the_asyncio_face_enqueues_reads_waits_and_cancels(pools: Pools) -> None
         asyncio.run(scenario())
 
 
+def test_more_asyncio_calls_at_once_than_the_client_has_connections_all_succeed(
+        pools: Pools) -> None:
+    """Regression: redis-py's default asyncio pool refused the 101st call in flight ("Too many
+    connections", raised as RedisUnavailable); the calls now wait for a connection."""
+    pool = pools("c")
+    pool.job(name="work")(lambda: None)
+
+    async def burst() -> list[str]:
+        try:
+            return await asyncio.gather(*(pool.aio.enqueue("work") for _ in range(500)))
+        finally:
+            await pool.aio.aclose()
+
+    ids = asyncio.run(burst())
+    assert len(set(ids)) == 500
+    assert pool.redis.xlen(pool.keys.pending_start) == 500  # each appended once
+
+
 # -- cancel and configure ------------------------------------------------------------------
 
 

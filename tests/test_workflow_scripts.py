@@ -20,7 +20,7 @@ from workpool.wire.codes import Code
 from workpool.wire.protocol import encode
 from workpool.wire.replies import parse_lease
 from workpool.wire.scripts import run
-from workpool.workflow.replay import Replayer
+from workpool.workflow.replay import Replayer, fresh_start
 
 
 @pytest.fixture
@@ -98,6 +98,28 @@ def test_only_the_replay_out_now_decides(p: Pool) -> None:
     assert p.ingest(p.clock()).outcomes == [(f"{wf}:1", Code.ENQUEUED)]  # its op is the engine's
     assert _decide(p, wf, 1, [["step", 2, ["name", "work"]]]) == Code.STALE_REPLAY
     assert p.stat("stale_replays") == 2
+
+
+def test_a_first_replay_carries_the_workflows_start_and_a_later_one_does_not(p: Pool) -> None:
+    wf = _started(p)
+    ((_, first),) = p.dispatched("wf")
+    h = fresh_start(first)
+    assert h is not None and h["name"] == b"flow" and h["wf_gen"] == b"1"
+    replayer = Replayer(p.client.config)
+    try:  # the decision from the entry alone: step 1 asked
+        cmds = msgpack.unpackb(replayer.replay(p.client.registry.workflow("flow"), wf, h, "1"),
+                               raw=True)
+        assert cmds[0][:2] == [b"step", 1]
+    finally:
+        replayer.close()
+    assert _decide(p, wf, 1, [["step", 1, ["name", "work"]]]) == Code.REPLAY_APPLIED
+    p.ingest(p.clock())
+    t = p.clock()
+    assert p.start(t).ids == [f"{wf}:1"]
+    p.finish_run(f"{wf}:1", 1, ok=True)
+    p.apply(t)
+    (_, later), = [e for e in p.dispatched("wf") if e[1]["gen"] == b"2"]
+    assert "started_at" not in later and fresh_start(later) is None
 
 
 def _entry(name: str, *, ended: bool) -> bytes:

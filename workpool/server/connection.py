@@ -71,9 +71,18 @@ def sync_client(url: str, socket_timeout: float | None = None) -> redis.Redis:
     return redis.Redis.from_url(url, **_options(socket_timeout))
 
 
+#: connections an asyncio client opens at most: more calls at once wait for a free one
+ASYNC_CONNECTIONS = 100
+
+
 def async_client(url: str, socket_timeout: float | None = None) -> redis.asyncio.Redis:
-    """An asyncio client for `url` (see _options); made in the event loop that uses it."""
-    return redis.asyncio.Redis.from_url(url, **_options(socket_timeout))
+    """An asyncio client for `url` (see _options); made in the event loop that uses it. Calls
+    beyond ASYNC_CONNECTIONS at once wait for a connection instead of failing with "Too many
+    connections" (redis-py's default pool), so a burst of calls, or a worker with a high
+    --concurrency, is served in turn."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=ASYNC_CONNECTIONS, timeout=None, **_options(socket_timeout))
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 @contextmanager

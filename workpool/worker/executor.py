@@ -39,7 +39,7 @@ from workpool.worker.threads import (
     guarded_await,
     guarded_call,
 )
-from workpool.workflow.replay import Replayer, carried
+from workpool.workflow.replay import Replayer, carried, fresh_start
 
 Entry = dict[str, bytes]
 REPLAY_TIMEOUT = 60.0  #: seconds one replay of a workflow's code may take
@@ -208,7 +208,8 @@ class Executor:
         superseded (another replay is out, or the workflow ended) or the worker stops. A
         replay is fenced by its generation, so running a stale one changes nothing. A workflow
         this worker keeps live goes on from where it waits, from what its entry carries;
-        another is replayed from the start against its whole journal."""
+        another is replayed from the start against its whole journal (read, unless the entry
+        carries its start: an empty journal)."""
         workflow_id, gen = text(f.get("id")), text(f.get("gen"))
         try:
             cmds = None
@@ -216,7 +217,7 @@ class Executor:
                 cmds = await self.threads.run(self.replayer.resume,
                                               (workflow_id, carried(f), gen), {}, REPLAY_TIMEOUT)
             if cmds is None:
-                h = await self._job_hash(workflow_id)
+                h = fresh_start(f) or await self._job_hash(workflow_id)
                 if h is None or text(h.get("state")) != "running" or \
                         text(h.get("wf_gen")) != gen:
                     return None

@@ -42,6 +42,15 @@ def carried(f: Mapping[str, bytes]) -> dict[str, bytes]:
     return h
 
 
+def fresh_start(f: Mapping[str, bytes]) -> dict[str, bytes] | None:
+    """The workflow's hash fields a replay needs, when its dispatch entry carries its start
+    (a journal still empty: its spec, read as fields, and started_at); None otherwise."""
+    if "started_at" not in f or f.get("steps") != b"0" or f.get("acts") != b"0":
+        return None
+    return {**f, "state": b"running", "wf_gen": f.get("gen") or b"", "wf_steps": b"0",
+            "wf_acts": b"0"}
+
+
 class _NoSelector:
     def select(self, timeout: float | None = None) -> list[Any]:
         return []

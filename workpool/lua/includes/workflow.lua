@@ -61,7 +61,8 @@ end
 -- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker. The entry carries the journal's
 -- length and activations, the generation whose decision was applied last, and every entry
 -- that ended and is not delivered yet ([n, record, ...], msgpack), so a worker that keeps the
--- workflow live, and made that decision, goes on without reading it.
+-- workflow live, and made that decision, goes on without reading it. A workflow with an empty
+-- journal has its start carried too (its spec and started_at): its first replay reads nothing.
 local function dispatch_replay(ctx, wid, wk, gen)
   local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied')
   local new, ended = rcall('SMEMBERS', ctx.prefix .. K.wf_new .. wid), {}
@@ -72,9 +73,14 @@ local function dispatch_replay(ctx, wid, wk, gen)
       append_all(ended, {tonumber(new[i]), rec or ''})
     end
   end
+  local start = {}
+  if (tonumber(h[1]) or 0) == 0 and (tonumber(h[2]) or 0) == 0 then
+    local s = rcall('HMGET', wk, 'spec', 'started_at')
+    start = {'spec', s[1] or '', 'started_at', s[2] or ''}
+  end
   local eid = rcall('XADD', ctx.dispatch, '*', 'kind', 'wf', 'id', wid, 'gen', gen, 'steps',
                     h[1] or 0, 'acts', h[2] or 0, 'applied', h[3] or 0,
-                    'ended', cmsgpack.pack(ended))
+                    'ended', cmsgpack.pack(ended), unpack(start))
   rcall('HSET', wk, 'wf_gen', gen, 'wf_entry', eid, 'wf_dirty', 0)
   bump(ctx.counts, N.REPLAYS)
 end
