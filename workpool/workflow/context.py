@@ -37,7 +37,7 @@ class WorkflowContext:
         self._workflow_id = workflow_id
         self._next = 1  # the number of the next journal entry the code asks for
         self._now_ms = started_at_ms
-        self._rng = random.Random(workflow_id)
+        self._rng: random.Random | None = None  # made on first use: 2.5 KB a kept workflow
         self.commands: list[list[Any]] = []  #: what this replay asks for, in order
         #: the entries the code awaits, not delivered yet: n -> (future, name, its result)
         self.waiting: dict[int, tuple[asyncio.Future[Any], str, Callable[[Entry], Any]]] = {}
@@ -56,6 +56,8 @@ class WorkflowContext:
 
     def random(self) -> float:
         """A float in [0, 1): the same sequence in every replay (seeded by the workflow id)."""
+        if self._rng is None:
+            self._rng = random.Random(self._workflow_id)
         return self._rng.random()
 
     def step(self, job: JobRef, *args: Any, **options: Unpack[StepOptions]) -> asyncio.Future[Any]:

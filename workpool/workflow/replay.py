@@ -28,7 +28,7 @@ from workpool.workflow import journal
 from workpool.workflow.context import WorkflowContext
 
 MAX_TURNS = 100_000  #: event-loop turns one replay may take before it is called stuck
-KEPT = 4096  #: live workflows a worker keeps between replays (the least recent go first)
+KEPT = 16_384  #: live workflows a worker keeps between replays (the least recent go first)
 
 
 def carried(f: Mapping[str, bytes]) -> dict[str, bytes]:
