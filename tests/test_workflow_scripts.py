@@ -122,6 +122,17 @@ def test_a_first_replay_carries_the_workflows_start_and_a_later_one_does_not(p: 
     assert "started_at" not in later and fresh_start(later) is None
 
 
+def test_cancel_all_cancels_running_workflows_and_starts_not_applied_yet(p: Pool) -> None:
+    """Regression: cancel_all skipped both (a running workflow is in no job set; an unkeyed
+    start not applied yet was taken for something other than an enqueue), so a workflow went on
+    asking for steps after everything was canceled."""
+    running = _started(p)
+    waiting = p.client.start_workflow("flow")  # unkeyed, not applied yet
+    assert p.client.cancel_all() == 2
+    assert p.ingest(p.clock()).codes == [Code.WORKFLOW_STARTED, Code.CANCELED, Code.CANCELED]
+    assert (p.state(running), p.state(waiting)) == ("canceled", "canceled")
+
+
 def _entry(name: str, *, ended: bool) -> bytes:
     """A journal entry as the scripts pack it (JOURNAL_FIELDS order)."""
     return bytes(msgpack.packb(["step", name, "done" if ended else "pending",

@@ -233,29 +233,31 @@ def cancel(keys: Keys, job_ids: Iterable[str]) -> Ops[int]:
 
 
 def cancel_all(keys: Keys) -> Ops[int]:
-    """Cancel every job not finished now: pending, retrying, running and not yet applied ones.
+    """Cancel every job and workflow not finished now: pending, retrying, running and not yet
+    applied ones.
 
-    Pages through the enqueues not applied yet (pendingStart and the accepted ids), the
-    unstarted jobs, the retrying set and the running set (each page one round trip), appending
-    one cancel request per job; returns how many were sent. The order follows jobs (not
+    Pages through the enqueues and workflow starts not applied yet (pendingStart and the
+    accepted ids), the running workflows (so their steps are canceled with them), the unstarted
+    jobs, the retrying set and the running set (each page one round trip), appending one cancel
+    request per job or workflow; returns how many were sent. The order follows jobs (not
     applied -> unstarted -> retrying -> running -> retrying again for attempts that failed
     meanwhile), so a job moving on during the scan is not missed. Each id is sent once.
     """
     sent = 0
     seen: set[str] = set()
     start = "-"
-    while True:  # enqueues not applied yet that name no id: the entry id is the job's
+    while True:  # enqueues and starts not applied yet that name no id: the entry id is theirs
         (entries,) = yield Step([("XRANGE", keys.pending_start, start, "+", "COUNT", _PAGE)])
         unnamed = [text(e) for e, f in entries
-                   if b"id" not in f and f.get(b"op", b"enqueue") == b"enqueue"]
+                   if b"id" not in f and f.get(b"op", b"enqueue") in (b"enqueue", b"workflow")]
         if unnamed:
             sent += yield from cancel(keys, unnamed)
             seen |= set(unnamed)
         if len(entries) < _PAGE:
             break
         start = "(" + text(entries[-1][0])
-    passes = (("SSCAN", keys.incoming), ("HSCAN", keys.unstarted), ("SSCAN", keys.retrying),
-              ("ZSCAN", keys.running), ("SSCAN", keys.retrying))
+    passes = (("SSCAN", keys.incoming), ("SSCAN", keys.workflows), ("HSCAN", keys.unstarted),
+              ("SSCAN", keys.retrying), ("ZSCAN", keys.running), ("SSCAN", keys.retrying))
     for kind, key in passes:
         cursor: Any = 0
         while True:

@@ -213,7 +213,8 @@ class Workpool(WorkflowCalls):
                                           ops.wait_seconds(wait)))
 
     def cancel_all(self) -> int:
-        """Cancel every job not finished; returns how many cancel requests were sent."""
+        """Cancel every job and workflow not finished; returns how many cancel requests were
+        sent."""
         return self._drive(ops.cancel_all(self.keys))
 
     def configure(self, *, wait: float = 2.0, **settings: Unpack[LiveSettings]) -> Configured:
