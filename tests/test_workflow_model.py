@@ -1,11 +1,11 @@
 """Model-based test of workflows: random interleavings of starts (malformed ones, and ones with
 a timeout), decisions (current, stale, undecided, malformed, ending, over max_steps, asking
 for steps, sleeps, waits and child workflows), step outcomes, events sent before and after the
-wait, cancels at every point, timers firing, lost workers and a stale leader drive the real Lua
-scripts on a real redis-server, and a Python model built from `WORKFLOW_TABLE` predicts every
-reply code and what the scripts write: each workflow's state, replay generation, journal,
-activations, waits, kept events and timers, and the state of each step's job. Every row of the
-table is taken in the run."""
+wait (with and without a key), cancels at every point, timers firing, lost workers and a stale
+leader drive the real Lua scripts on a real redis-server, and a Python model built from
+`WORKFLOW_TABLE` predicts every reply code and what the scripts write: each workflow's state,
+replay generation, journal, activations, waits, kept events, event keys and timers, and the
+state of each step's job. Every row of the table is taken in the run."""
 
 from __future__ import annotations
 
@@ -93,6 +93,7 @@ class Wf:
     waits: dict[str, list[int]] = field(default_factory=dict)
     kept: dict[str, list[bytes]] = field(default_factory=dict)
     parent: tuple[str, int] | None = None  #: a child's workflow and entry
+    keys: set[str] = field(default_factory=set)  #: the event keys it took
 
 
 class WorkflowMachine(RuleBasedStateMachine):
@@ -226,12 +227,17 @@ class WorkflowMachine(RuleBasedStateMachine):
         """A workflow the model knows (a child too), or one that does not exist."""
         return data.draw(st.sampled_from(sorted({*self.wfs, *(f"key:{k}" for k in KEYS)})))
 
-    @rule(data=st.data(), name=st.sampled_from(EVENTS), payload=st.integers(0, 99))
-    def send_event(self, data: st.DataObject, name: str, payload: int) -> None:
+    @rule(data=st.data(), name=st.sampled_from(EVENTS), payload=st.integers(0, 99),
+          key=st.sampled_from([None, None, "k1", "k2"]))
+    def send_event(self, data: st.DataObject, name: str, payload: int, key: str | None) -> None:
         wid, raw = self._any(data), encode(payload)
         wf = self.wfs.get(wid)
         waiting = bool(wf and wf.state == RUNNING and wf.waits.get(name))
-        code, _ = code_of("event", wf.state if wf else ABSENT, a_wait_for_it=waiting)
+        code, _ = code_of("event", wf.state if wf else ABSENT, a_wait_for_it=waiting,
+                          key_taken=bool(wf and key in wf.keys))
+        if key is not None and wf is not None and code in (Code.EVENT_DELIVERED,
+                                                           Code.EVENT_KEPT):
+            wf.keys.add(key)
         if code == Code.EVENT_DELIVERED:
             assert wf is not None
             n = wf.waits[name].pop(0)
@@ -240,7 +246,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         elif code == Code.EVENT_KEPT:
             assert wf is not None
             wf.kept.setdefault(name, []).append(raw)
-        self.p.client.send_event(wid, name, payload)
+        self.p.client.send_event(wid, name, payload, key=key)
         self._ingest([code])
 
     @precondition(lambda self: bool(self.wfs))
@@ -475,6 +481,7 @@ class WorkflowMachine(RuleBasedStateMachine):
             members: Any = r.smembers(keys.wf_new(wid))
             new = {int(m) for m in members}
             assert new == wf.new
+            assert {k[2:].decode() for k in h if k.startswith(b"k:")} == wf.keys
         members = r.smembers(keys.workflows)
         running = {text(m) for m in members}
         assert running == {w for w, wf in self.wfs.items() if wf.state == RUNNING}

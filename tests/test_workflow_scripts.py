@@ -133,6 +133,15 @@ def test_cancel_all_cancels_running_workflows_and_starts_not_applied_yet(p: Pool
     assert (p.state(running), p.state(waiting)) == ("canceled", "canceled")
 
 
+def test_an_event_whose_key_no_client_could_send_is_set_aside(p: Pool) -> None:
+    wf = _started(p)
+    for key in ("", "k" * 509):
+        p.r.xadd(p.keys.pending_start, {"op": "event", "id": wf, "name": "go", "key": key})
+    assert p.ingest(p.clock()).codes == [Code.REJECTED, Code.REJECTED]
+    fields: list[bytes] = p.r.hkeys(p.keys.job(wf))  # type: ignore[assignment]
+    assert not [f for f in fields if f.startswith(b"k:")]
+
+
 def _entry(name: str, *, ended: bool) -> bytes:
     """A journal entry as the scripts pack it (JOURNAL_FIELDS order)."""
     return bytes(msgpack.packb(["step", name, "done" if ended else "pending",

@@ -277,6 +277,9 @@ def test_bad_workflow_calls_are_refused_before_anything_is_written(
     before = redis_client.xlen(pool.keys.pending_start)
     with pytest.raises(Exception, match="not registered"):
         pool.start_workflow(unregistered)
+    for key in ("", "k" * 509, 7):
+        with pytest.raises(ConfigurationError, match="key"):
+            pool.send_event("some-id", "go", key=key)  # type: ignore[arg-type]
     assert redis_client.xlen(pool.keys.pending_start) == before
 
 
@@ -300,6 +303,7 @@ def test_a_sleep_holds_no_worker_and_ends_no_earlier_than_asked(pool: Workpool) 
 
 def test_an_event_ends_its_wait_once_and_one_sent_early_is_kept_for_the_next_wait(
         pool: Workpool) -> None:
+    """An event sent again with the same key (a retried send) is taken once."""
     @pool.workflow()
     async def approval(ctx: WorkflowContext) -> list[object]:
         first = await ctx.wait_for_event("approved")
@@ -313,8 +317,9 @@ def test_an_event_ends_its_wait_once_and_one_sent_early_is_kept_for_the_next_wai
     with running_worker(pool):
         wf = pool.start_workflow(approval)
         eventually(lambda: pool.workflow_status(wf).steps, WAIT, "the first wait recorded")
-        pool.send_event(wf, "approved", {"by": "ops"})
+        pool.send_event(wf, "approved", {"by": "ops"}, key="ops-1")
         pool.send_event(wf, "approved", "again")  # kept until the second wait
+        pool.send_event(wf, "approved", {"by": "ops"}, key="ops-1")  # the same send again
         done = pool.wait(wf, timeout=WAIT)
         pool.send_event(wf, "approved", "late")  # the workflow ended: dropped
         eventually(lambda: pool.stats().counters.get("events_dropped") == 1, WAIT, "dropped")
@@ -322,6 +327,7 @@ def test_an_event_ends_its_wait_once_and_one_sent_early_is_kept_for_the_next_wai
     counters = pool.stats().counters
     assert counters.get("waits_timed_out") == 1
     assert counters.get("events_delivered", 0) + counters.get("events_kept", 0) == 2
+    assert counters.get("events_duplicate") == 1
 
 
 def test_a_child_workflow_runs_to_its_end_and_is_canceled_with_its_parent(
@@ -420,7 +426,7 @@ def test_the_cli_starts_shows_signals_lists_and_cancels_a_workflow(
         eventually(lambda: "event go pending" in run("status", wf, "--pool", "wf"), WAIT,
                    "the wait shown")
         assert wf in run("list", "--pool", "wf")
-        run("event", wf, "go", "41", "--pool", "wf")
+        run("event", wf, "go", "41", "--key", "first", "--pool", "wf")
         assert pool.wait(wf, timeout=WAIT).result == 42
         assert '"result": 42' in run("status", wf, "--pool", "wf", "--json")
         other = started(run("start", "wf", "waiter", "2"))

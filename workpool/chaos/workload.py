@@ -5,8 +5,8 @@ recorded with invoke and ack (a cancel with what it answered).
 
 Every enqueue carries an idempotency key, so the job id is known before the call and a failed
 call (Redis unreachable or refusing) can be retried safely; one that never succeeds is
-recorded as indeterminate. An event has no key, so a send that fails is not retried (it may
-have landed: the checker then allows it either way). The fault injector enqueues its own jobs
+recorded as indeterminate. An event carries its payload as its key, so a failed send is
+retried the same way (the workflow takes it once). The fault injector enqueues its own jobs
 (hung code, crashing children) through `enqueue` too, under keys of its own.
 """
 
@@ -158,16 +158,20 @@ class Workload:
         return [kind, args]
 
     def _send_due(self) -> None:
-        """Send the events whose time has come (once each: an event has no key)."""
+        """Send the events whose time has come, keyed by their payload (retried while Redis
+        is away: the workflow takes each once)."""
         while self._sends and self._sends[0][0] <= time.monotonic():
             _, wf_id, payload = heapq.heappop(self._sends)
             self.rec.record("invoke_event", job=wf_id, p=payload)
-            try:
-                self.pool.send_event(wf_id, EVENT, payload)
-            except workpool.RedisUnavailable as exc:
-                self.rec.record("event_error", job=wf_id, p=payload, error=str(exc)[:200])
-                continue
-            self.rec.record("ack_event", job=wf_id, p=payload)
+            for attempt in range(_TRIES):
+                try:
+                    self.pool.send_event(wf_id, EVENT, payload, key=payload)
+                except workpool.RedisUnavailable as exc:
+                    self.rec.record("event_error", job=wf_id, p=payload, error=str(exc)[:200])
+                    time.sleep(0.1 * 2**attempt)  # back off before the (keyed) retry
+                    continue
+                self.rec.record("ack_event", job=wf_id, p=payload)
+                break
 
     def _cancel(self) -> None:
         with self._lock:

@@ -69,13 +69,14 @@ def status(ctx: click.Context, workflow_id: str, spec: str, as_json: bool) -> No
 @click.argument("workflow_id", metavar="ID")
 @click.argument("name")
 @click.argument("payload", required=False, default=None)
+@click.option("--key", default=None, help="idempotency key: a repeated send is taken once")
 @pool_option
 @click.pass_context
-def event(ctx: click.Context, workflow_id: str, name: str, payload: str | None,
-          spec: str) -> None:
+def event(ctx: click.Context, workflow_id: str, name: str, payload: str | None,  # noqa: PLR0917
+          key: str | None, spec: str) -> None:
     """Send event NAME (PAYLOAD: JSON, else a plain string) to a workflow."""
     value = None if payload is None else parse_args([payload], strict=False)[0]
-    pool_for(ctx, spec).send_event(workflow_id, name, value)
+    pool_for(ctx, spec).send_event(workflow_id, name, value, key=key)
     click.echo(f"{workflow_id}: event {name} sent")
 
 

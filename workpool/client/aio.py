@@ -71,10 +71,11 @@ class AsyncWorkpool:
                                on_complete=on_complete, context=context)
         return (await self._drive(ops.enqueue(self.config.keys, [entry])))[0]
 
-    async def send_event(self, workflow_id: str, name: str, payload: Any = None) -> None:
+    async def send_event(self, workflow_id: str, name: str, payload: Any = None, *,
+                         key: str | None = None) -> None:
         """`Workpool.send_event`, awaitable."""
         await self._drive(ops.send_event(self.config.keys, event_entry(
-            self.config, workflow_id, name, payload)))
+            self.config, workflow_id, name, payload, key)))
 
     async def watch(self, workflow_id: str,
                     timeout: float | None = None) -> AsyncIterator[WorkflowChange]:

@@ -97,12 +97,15 @@ class WorkflowCalls:
             return str(entry["id"])
         return self._drive(ops.enqueue(self.keys, [entry]))[0]
 
-    def send_event(self, workflow_id: str, name: str, payload: Any = None) -> None:
+    def send_event(self, workflow_id: str, name: str, payload: Any = None, *,
+                   key: str | None = None) -> None:
         """Send event `name` with `payload` to a workflow: it ends the workflow's oldest
         `wait_for_event(name)`, or is kept for the next one; dropped if the workflow is not
-        running when the main loop applies it."""
+        running when the main loop applies it. With `key`, a send is taken once: another
+        event with that key for that workflow is dropped, so a send that failed without
+        saying whether it landed (RedisUnavailable) can be repeated."""
         self._drive(ops.send_event(self.keys, event_entry(self.config, workflow_id, name,
-                                                          payload)))
+                                                          payload, key)))
 
     def watch(self, workflow_id: str, timeout: float | None = None) -> Iterator[WorkflowChange]:
         """Every change of a workflow as it happens, in order, none missed: its state (running,

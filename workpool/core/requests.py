@@ -89,12 +89,18 @@ def workflow_entry(config: PoolConfig, workflow: Any, args: Sequence[Any], *,
     return fields
 
 
-def event_entry(config: PoolConfig, workflow_id: str, name: str, payload: Any) -> Fields:
-    """The entry of an event for a workflow (op=event); raises before anything is written."""
+def event_entry(config: PoolConfig, workflow_id: str, name: str, payload: Any,
+                key: str | None = None) -> Fields:
+    """The entry of an event for a workflow (op=event, with its idempotency key if given);
+    raises before anything is written."""
+    fields: Fields = {"op": "event", "id": check_job_id(workflow_id),
+                      "name": check_name(name, "name"), "enc": config.encoding}
+    if key is not None:
+        fields["key"] = validate.string("key", key, limits.MAX_KEY_BYTES)
     data = encode(payload, config.encoding)
     if len(data) > config.max_payload_bytes:
         msg = f"event {name!r}: a payload of {len(data)} bytes exceeds the pool's " \
               f"max_payload_bytes={config.max_payload_bytes}"
         raise PayloadTooLarge(msg)
-    return {"op": "event", "id": check_job_id(workflow_id), "name": check_name(name, "name"),
-            "enc": config.encoding, "payload": data}
+    fields["payload"] = data
+    return fields

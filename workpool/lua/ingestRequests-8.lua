@@ -374,8 +374,12 @@ end
 
 -- An event for a running workflow: it ends the oldest wait for its name, else it is kept
 -- (at most L.MAX_KEPT_EVENTS per name) for the next wait; for any other workflow, dropped.
+-- One with a `key` the workflow took before (field `k:<key>` of its hash) is dropped too.
 local function send_event(entry_id, f, flat)
   if not f.id or f.id == '' then return reject(entry_id, flat, 'an event needs field id') end
+  if f.key and (f.key == '' or #f.key > L.MAX_KEY_BYTES) then
+    return reject(entry_id, flat, 'field key must hold 1 to ' .. L.MAX_KEY_BYTES .. ' bytes')
+  end
   if not is_name(f.name) then
     return reject(entry_id, flat, 'field name must be a name: ASCII letters, digits and ' ..
                   '_ . : - (at most ' .. L.MAX_NAME_BYTES .. ' bytes), starting with a ' ..
@@ -391,6 +395,10 @@ local function send_event(entry_id, f, flat)
     bump(ctx.counts, N.EVENTS_DROPPED)
     return C.EVENT_DROPPED
   end
+  if f.key and rcall('HEXISTS', w.wk, 'k:' .. f.key) == 1 then
+    bump(ctx.counts, N.EVENTS_DUPLICATE)
+    return C.EVENT_DUPLICATE
+  end
   local waiting = list_field(w.wk, 'w:' .. f.name)
   if #waiting == 0 then
     local kept = list_field(w.wk, 'e:' .. f.name)
@@ -398,11 +406,13 @@ local function send_event(entry_id, f, flat)
       return reject(entry_id, flat, 'the workflow keeps ' .. L.MAX_KEPT_EVENTS .. ' events ' ..
                     'named ' .. f.name .. ' already, none waited for')
     end
+    if f.key then rcall('HSET', w.wk, 'k:' .. f.key, 1) end
     kept[#kept + 1] = payload
     set_list(w.wk, 'e:' .. f.name, kept)
     bump(ctx.counts, N.EVENTS_KEPT)
     return C.EVENT_KEPT
   end
+  if f.key then rcall('HSET', w.wk, 'k:' .. f.key, 1) end
   local n = table.remove(waiting, 1)
   local rec = journal_entry(w.wk, n) or {}
   set_list(w.wk, 'w:' .. f.name, waiting)

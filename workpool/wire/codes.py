@@ -41,6 +41,7 @@ class Code(IntEnum):
     EVENT_KEPT = 26  #: an event no wait took yet: kept until the workflow waits for it
     EVENT_DROPPED = 27  #: an event for a workflow that is not running (ended, or unknown)
     WAIT_ENDED = 28  #: a workflow's sleep is over, or its wait for an event timed out
+    EVENT_DUPLICATE = 29  #: an event whose key the workflow took before: dropped
 
 
 def lua_prelude() -> str:

@@ -38,6 +38,7 @@ class Counter:
     EVENTS_DELIVERED: Final = "events_delivered"  #: events that ended a workflow's wait
     EVENTS_KEPT: Final = "events_kept"  #: events kept for a workflow not waiting for them yet
     EVENTS_DROPPED: Final = "events_dropped"  #: events for workflows not running
+    EVENTS_DUPLICATE: Final = "events_duplicate"  #: events whose key was taken before
     WAITS_TIMED_OUT: Final = "waits_timed_out"  #: event waits ended by their timeout
     TIMEOUTS: Final = "timeouts"  #: attempts failed by the reaper as Timeout
     WORKERS_LOST_ATTEMPTS: Final = "workers_lost_attempts"  #: attempts failed as WorkerLost

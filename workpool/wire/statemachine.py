@@ -115,6 +115,8 @@ WORKFLOW_TABLE: tuple[Row, ...] = (
         "(startJobs): journal entry written, replayed now or after the replay out"),
     Row("entry_ends", TERMINAL, "", None, Code.WAIT_ENDED, "any that ends a step or wait",
         "journal entry written, never acted on"),
+    Row("event", (RUNNING,), "key_taken", None, Code.EVENT_DUPLICATE, "ingestRequests",
+        "its key was taken by an earlier event of the workflow: dropped, nothing written"),
     Row("event", (RUNNING,), "a_wait_for_it", None, Code.EVENT_DELIVERED, "ingestRequests",
         "ends the oldest wait for that name; its payload is the result"),
     Row("event", (RUNNING,), "", None, Code.EVENT_KEPT, "ingestRequests",
