@@ -142,6 +142,22 @@ def test_an_event_whose_key_no_client_could_send_is_set_aside(p: Pool) -> None:
     assert not [f for f in fields if f.startswith(b"k:")]
 
 
+def test_an_event_whose_write_redis_refuses_is_applied_later_not_set_aside(p: Pool) -> None:
+    """Regression (found by the chaos run): out of memory, Redis refused the event's first
+    write; the entry was then set aside as rejected (the reject's own SREM, not refused, let
+    the record in) and the event was lost. Now the call fails whole and the event waits."""
+    wf = _started(p)
+    p.client.send_event(wf, "go", "payload", key="k")
+    p.r.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(redis.ResponseError, match="OOM"):
+            p.ingest(p.clock())
+    finally:
+        p.r.config_set("maxmemory", 0)
+    assert p.r.xlen(p.keys.rejected) == 0 and p.r.xlen(p.keys.pending_start) == 1
+    assert p.ingest(p.clock()).codes == [Code.EVENT_KEPT]
+
+
 def _entry(name: str, *, ended: bool) -> bytes:
     """A journal entry as the scripts pack it (JOURNAL_FIELDS order)."""
     return bytes(msgpack.packb(["step", name, "done" if ended else "pending",

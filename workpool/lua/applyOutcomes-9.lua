@@ -28,7 +28,8 @@
 --   kind=batch: field `o` is a msgpack array of at most L.MAX_OUTCOMES_PER_ENTRY outcomes,
 --     each a flat [field, value, ...] array of a run or cb outcome; each is applied as if it
 --     were its own entry (a worker sends everything it has ready as one entry).
--- Malformed entries (and any whose application raises) are set aside in the rejected record.
+-- Malformed entries (and any whose application raises) are set aside in the rejected record,
+-- but for a write the server refused (raise_if_refused): the call then fails, nothing written.
 -- Applied entries are trimmed from the stream (one XTRIM per call).
 --
 -- KEYS[1] lease              STRING  main-loop lease, checked against ARGV[1] (fencing)

@@ -17,8 +17,9 @@
 --              longer runs creates nothing: the step's journal entry says canceled.
 -- Each entry is checked in full before its first write. Malformed entries (and any whose
 -- application raises) are set aside in the rejected record with their raw fields (cut to a
--- bounded size). Applied entries are trimmed from the stream (one XTRIM per call), so it holds
--- only requests not yet applied.
+-- bounded size), but for a write the server refused (raise_if_refused: the call fails, nothing
+-- written, the entry stays). Applied entries are trimmed from the stream (one XTRIM per call),
+-- so it holds only requests not yet applied.
 --
 -- KEYS[1] lease          STRING  main-loop lease, checked against ARGV[1] (fencing)
 -- KEYS[2] pendingStart   STREAM  client requests

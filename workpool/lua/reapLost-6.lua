@@ -75,6 +75,7 @@ end
 -- else) is set aside in the rejected record once, its pointer dropped: one broken key must not
 -- fail every later reap, and with it the recovery of every lost attempt.
 local function set_aside_unreadable(what, err, drop)
+  raise_if_refused(err)  -- a refused write: the reap is made again, nothing given up
   drop()
   set_aside(prefix .. K.rejected, what, {}, 'the reaper could not read it: ' .. tostring(err),
             ctx.counts)

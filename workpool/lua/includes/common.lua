@@ -127,12 +127,26 @@ local function trim_through(stream, last_id)
   rcall('XDEL', stream, last_id)
 end
 
+-- A write the server refused, not the entry's fault: out of memory (Redis refuses only a
+-- call's first write so, never one after a write), read-only, or writes stopped after a failed
+-- save (every write refused). Nothing of this call is written then: it is raised, failing the
+-- call as a whole, so the entry stays to be applied when the call is made again.
+local REFUSALS = {'OOM command not allowed', 'READONLY ', 'MISCONF '}
+local function raise_if_refused(err)
+  local text = tostring(err)
+  for _, refusal in ipairs(REFUSALS) do
+    if string.find(text, refusal, 1, true) then error(err, 0) end
+  end
+end
+
 -- What `handler` returns for an entry (or a batched item), or, if applying it raises (a key of
 -- the wrong type written by someone else, say), the code of setting it aside: the rest of the
--- batch goes on. Handlers check everything before their first write.
+-- batch goes on. Handlers check everything before their first write. A refused write is
+-- raised instead (raise_if_refused): setting the entry aside would lose a request.
 local function apply_one(handler, reject, entry_id, f, flat)
   local ok, got = pcall(handler, entry_id, f, flat)
   if ok then return got end
+  raise_if_refused(got)
   return reject(entry_id, flat, 'could not be applied: ' .. tostring(got))
 end
 
