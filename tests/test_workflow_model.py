@@ -5,7 +5,9 @@ wait (with and without a key), cancels at every point, timers firing, lost worke
 leader drive the real Lua scripts on a real redis-server, and a Python model built from
 `WORKFLOW_TABLE` predicts every reply code and what the scripts write: each workflow's state,
 replay generation, journal, activations, waits, kept events, event keys and timers, and the
-state of each step's job. Every row of the table is taken in the run."""
+state of each step's job. Every row of the table is taken in the run: its examples are fixed
+(derandomized), so that holds on every machine; test_workflow_scripts.py pins sequences such a
+fixed set can miss (the oldest wait served first, a replay after the one out)."""
 
 from __future__ import annotations
 
@@ -205,6 +207,12 @@ class WorkflowMachine(RuleBasedStateMachine):
             codes.append(code)
         return codes
 
+    def _running(self) -> list[str]:
+        return sorted(w for w, wf in self.wfs.items() if wf.state == RUNNING)
+
+    # (the preconditions keep the rules that change little, such as starts of a key taken or
+    # events for ended workflows, from crowding out the ones that move workflows on)
+    @precondition(lambda self: len(self._running()) < 3)
     @rule(key=st.sampled_from(KEYS), name=st.sampled_from(["flow", "timed"]))
     def start(self, key: str, name: str) -> None:
         wid = self.p.client.start_workflow(name, key=key)
@@ -215,6 +223,7 @@ class WorkflowMachine(RuleBasedStateMachine):
                 self.timers[f"{wid}:0"] = self.now + TIMEOUT_MS
         self._ingest([code])
 
+    @precondition(lambda self: len(self.wfs) < 2)
     @rule(key=st.sampled_from(KEYS))
     def malformed_start(self, key: str) -> None:
         wid = f"key:{key}"
@@ -224,7 +233,11 @@ class WorkflowMachine(RuleBasedStateMachine):
         self._ingest([code])
 
     def _any(self, data: st.DataObject) -> str:
-        """A workflow the model knows (a child too), or one that does not exist."""
+        """Mostly a running workflow; else one the model knows (a child too, or ended), or
+        one that does not exist."""
+        running, mostly = self._running(), data.draw(st.integers(0, 4))
+        if running and mostly:
+            return data.draw(st.sampled_from(running))
         return data.draw(st.sampled_from(sorted({*self.wfs, *(f"key:{k}" for k in KEYS)})))
 
     @rule(data=st.data(), name=st.sampled_from(EVENTS), payload=st.integers(0, 99),
@@ -431,6 +444,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         assert [c for _, c in self.p.apply(self.now).outcomes] == [code]
         self._take()
 
+    @precondition(lambda self: any(wf.out for wf in self.wfs.values()))
     @rule()
     def lose_worker(self) -> None:
         """The worker holding every dispatch entry stops heart-beating: its steps fail
@@ -454,6 +468,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         self._new_worker()
         self._take()
 
+    @precondition(lambda self: len(self.wfs) == 1)
     @rule()
     def stale_leader(self) -> None:
         """A leader whose lease was taken over changes nothing."""

@@ -158,6 +158,35 @@ def test_an_event_whose_write_redis_refuses_is_applied_later_not_set_aside(p: Po
     assert p.ingest(p.clock()).codes == [Code.EVENT_KEPT]
 
 
+def test_an_event_ends_the_oldest_wait_for_its_name(p: Pool) -> None:
+    wf = _started(p)
+    assert _decide(p, wf, 1, [["event", 1, "go", 0], ["event", 2, "go", 0]]) == \
+        Code.REPLAY_APPLIED
+    p.client.send_event(wf, "go", "first")
+    assert p.ingest(p.clock()).codes == [Code.EVENT_DELIVERED]
+    states = [msgpack.unpackb(p.r.hget(p.keys.job(wf), f"j:{n}"), raw=True)[2]
+              for n in (1, 2)]
+    assert states == [b"done", b"pending"]
+
+
+def test_an_entry_that_ends_while_a_replay_is_out_is_replayed_after_its_decision(
+        p: Pool) -> None:
+    wf = _started(p)
+    steps = [["step", 1, ["name", "work"]], ["step", 2, ["name", "work"]]]
+    assert _decide(p, wf, 1, steps) == Code.REPLAY_APPLIED
+    p.ingest(p.clock())
+    t = p.clock()
+    assert sorted(p.start(t).ids) == [f"{wf}:1", f"{wf}:2"]
+    p.finish_run(f"{wf}:1", 1, ok=True)
+    p.apply(t)  # replay 2 goes out
+    p.finish_run(f"{wf}:2", 1, ok=True)
+    p.apply(t)  # ends while replay 2 is out: no replay now, one after its decision
+    assert p.r.hmget(p.keys.job(wf), "wf_gen", "wf_dirty") == [b"2", b"1"]
+    assert _decide(p, wf, 2, [["deliver", 1, [1]]]) == Code.REPLAY_APPLIED
+    gen, entry = p.r.hmget(p.keys.job(wf), "wf_gen", "wf_entry")
+    assert gen == b"3" and entry
+
+
 def _entry(name: str, *, ended: bool) -> bytes:
     """A journal entry as the scripts pack it (JOURNAL_FIELDS order)."""
     return bytes(msgpack.packb(["step", name, "done" if ended else "pending",
