@@ -48,8 +48,8 @@ def _started(p: Pool) -> str:
     return wf
 
 
-def _decide(p: Pool, wf: str, gen: int, cmds: list[Any]) -> Code:
-    p.r.xadd(p.keys.pending_completion, {"kind": "wf", "id": wf, "gen": str(gen), "ok": "1",
+def _decide(p: Pool, wf: str, gen: int, cmds: list[Any], ok: str = "1") -> Code:
+    p.r.xadd(p.keys.pending_completion, {"kind": "wf", "id": wf, "gen": str(gen), "ok": ok,
                                          "cmds": msgpack.packb(cmds, use_bin_type=False)})
     ((_, code),) = p.apply(p.clock()).outcomes
     return code
@@ -72,6 +72,9 @@ def _snapshot(p: Pool, wf: str) -> tuple[Any, ...]:
     [["step", 1, ["name", "work"]], ["deliver", 1, [1]]],  # delivers an entry not ended
     [["step", 1, ["name", "work"]], ["return", "a"], ["return", "b"]],
     [["step", 1, ["name"]]],
+    # more fields than an entry has: unpacking them for XADD failed after the first writes
+    [["step", 1, ["name", "work", *["f", "v"] * 5000]]],
+    [["step", 1, 7]],
     [["unknown", 1]],
 ])
 def test_a_decision_that_cannot_be_applied_is_set_aside_whole_with_nothing_written(
@@ -185,6 +188,27 @@ def test_an_entry_that_ends_while_a_replay_is_out_is_replayed_after_its_decision
     assert _decide(p, wf, 2, [["deliver", 1, [1]]]) == Code.REPLAY_APPLIED
     gen, entry = p.r.hmget(p.keys.job(wf), "wf_gen", "wf_entry")
     assert gen == b"3" and entry
+
+
+def test_a_fan_out_of_more_entries_than_lua_can_unpack_is_replayed_and_delivered(
+        p: Pool) -> None:
+    """Regression: the entries ended and not delivered yet were read with one HMGET of every
+    one (Lua's unpack takes some 8,000 values), so a wide fan-out failed the script that
+    hands the replay out, after its first writes, and the activation that delivers them."""
+    wf, n = _started(p), 9000
+    assert _decide(p, wf, 1, [], ok="0") == Code.REPLAY_RETRY  # its next replay waits
+    pipe = p.r.pipeline(transaction=False)  # a journal of n ended steps (as if they ran)
+    for first in range(1, n + 1, 1000):
+        pipe.hset(p.keys.job(wf), mapping={f"j:{i}": _entry("work", ended=True)
+                                            for i in range(first, min(first + 1000, n + 1))})
+    pipe.hset(p.keys.job(wf), "wf_steps", n)
+    pipe.sadd(p.keys.wf_new(wf), *range(1, n + 1))
+    pipe.execute()
+    p.start(p.clock() + 5000)  # the replay due goes out, carrying every ended entry
+    ((_, replay),) = [e for e in p.dispatched("wf") if e[1]["gen"] == b"2"]
+    assert len(msgpack.unpackb(replay["ended"], raw=True)) == 2 * n
+    assert _decide(p, wf, 2, [["deliver", 1, list(range(1, n + 1))]]) == Code.REPLAY_APPLIED
+    assert p.r.scard(p.keys.wf_new(wf)) == 0
 
 
 def _entry(name: str, *, ended: bool) -> bytes:

@@ -14,7 +14,7 @@
 --     {'deliver', k, {n, ...}} records activation k (the ended entries the replay delivered
 --     to the code, in order: a replay from the start delivers them so again);
 --     {'step', n, {field, value, ...}} asks for step n (numbered on from wf_steps + 1), an
---     enqueue entry's fields, appended to pendingStart as job `<id>:<n>` of the workflow with
+--     enqueue entry's fields (at most L.MAX_ENTRY_FIELDS), appended to pendingStart as job `<id>:<n>` of the workflow with
 --     its journal entry (pending); {'return', result} ends the workflow succeeded (a result
 --     over ARGV[8] bytes fails it with PayloadTooLarge); {'fail', error, error_type} ends it
 --     failed. More than the workflow's max_steps steps fail it. Then, when the journal changed
@@ -160,12 +160,10 @@ local NUMBERED = {step = 'fields', child = 'fields', sleep = 'time', event = 'wa
 -- in order, numbered on from wf_acts + 1 (checked: each one exists and has ended).
 local function activation(w, c)
   if tonumber(c[2]) ~= w.acts + 1 or type(c[3]) ~= 'table' or #c[3] == 0 then return false end
-  local names = {}
-  for i, n in ipairs(c[3]) do
+  for _, n in ipairs(c[3]) do
     if type(n) ~= 'number' or n < 1 or n > w.steps or n ~= math.floor(n) then return false end
-    names[i] = 'j:' .. n
   end
-  for _, raw in ipairs(rcall('HMGET', w.wk, unpack(names))) do
+  for _, raw in ipairs(journal_records(w.wk, c[3])) do
     local ok, rec = pcall(cmsgpack.unpack, raw or '')
     if not ok or type(rec) ~= 'table' or rec[J.state] == 'pending' then return false end
   end
@@ -191,8 +189,9 @@ local function decision(w, cmds)
       delivered = c
     elseif form then
       local ok = tonumber(c[2]) == n
-      if form == 'fields' then
-        c.fields = outcome_fields(c[3])
+      if form == 'fields' then  -- (an entry's fields, as few as an enqueue's or a start's)
+        c.fields = type(c[3]) == 'table' and #c[3] <= 2 * L.MAX_ENTRY_FIELDS and
+                   outcome_fields(c[3]) or nil
         ok = ok and c.fields ~= nil and c.fields.name ~= nil
       elseif form == 'time' then ok = ok and a_time(c[3])
       elseif form == 'wait' then

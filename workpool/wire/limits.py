@@ -28,6 +28,7 @@ MAX_SETTING = 10**9  #: max_parallelism, max_per_key
 MAX_RATE_LIMIT = 10**9  #: starts per period of a rate limit
 MAX_RATE_PER_MS = 365 * DAY_MS  #: the period of a rate limit
 MAX_WORKFLOW_STEPS = 100_000  #: journal entries of one workflow (its max_steps at most)
+MAX_ENTRY_FIELDS = 64  #: fields of a step's or child's entry in a replay's decision
 MAX_KEPT_EVENTS = 1000  #: events of one name kept for a workflow that does not wait yet
 MAX_OUTCOMES_PER_ENTRY = 64  #: outcomes in one `kind=batch` entry of pendingCompletion
 MAX_ERROR_BYTES = 16 * 1024  #: an attempt's error text (message and traceback) as stored

@@ -53,6 +53,18 @@ local function journal_entry(wk, n)
   return rec
 end
 
+-- The packed journal entries `ns` of workflow hash `wk` (false where there is none), read a
+-- thousand at a time: Lua's unpack takes some 8,000 values at most, and a fan-out has more.
+local function journal_records(wk, ns)
+  local out = {}
+  for i = 1, #ns, 1000 do
+    local names = {}
+    for k = i, math.min(i + 999, #ns) do names[#names + 1] = 'j:' .. ns[k] end
+    for _, rec in ipairs(rcall('HMGET', wk, unpack(names))) do out[#out + 1] = rec end
+  end
+  return out
+end
+
 -- Journal entry n of running workflow `wid` ended and is not delivered to its code yet.
 local function newly_ended(ctx, wid, n)
   rcall('SADD', ctx.prefix .. K.wf_new .. wid, n)
@@ -66,12 +78,8 @@ end
 local function dispatch_replay(ctx, wid, wk, gen)
   local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied')
   local new, ended = rcall('SMEMBERS', ctx.prefix .. K.wf_new .. wid), {}
-  if #new > 0 then
-    local names = {}
-    for i, n in ipairs(new) do names[i] = 'j:' .. n end
-    for i, rec in ipairs(rcall('HMGET', wk, unpack(names))) do
-      append_all(ended, {tonumber(new[i]), rec or ''})
-    end
+  for i, rec in ipairs(journal_records(wk, new)) do
+    append_all(ended, {tonumber(new[i]), rec or ''})
   end
   local start = {}
   if (tonumber(h[1]) or 0) == 0 and (tonumber(h[2]) or 0) == 0 then
