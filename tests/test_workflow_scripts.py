@@ -14,7 +14,7 @@ import pytest
 import redis
 from helpers.scripts import LEASE_MS, OWNER, Pool
 
-from workpool import WorkflowContext, Workpool
+from workpool import NonDeterministicWorkflow, WorkflowContext, Workpool
 from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.protocol import encode
@@ -209,6 +209,48 @@ def test_a_fan_out_of_more_entries_than_lua_can_unpack_is_replayed_and_delivered
     assert len(msgpack.unpackb(replay["ended"], raw=True)) == 2 * n
     assert _decide(p, wf, 2, [["deliver", 1, list(range(1, n + 1))]]) == Code.REPLAY_APPLIED
     assert p.r.scard(p.keys.wf_new(wf)) == 0
+
+
+def test_a_workflow_that_awaits_something_not_of_its_context_stops_its_replay() -> None:
+    """Regression: it sent an empty decision and waited for ever, nothing to wake it."""
+    pool = Workpool("foreign")
+
+    @pool.workflow(name="foreign")
+    async def foreign(ctx: WorkflowContext) -> None:
+        await asyncio.Event().wait()
+
+    replayer = Replayer(pool.config)
+    base = {"name": b"foreign", "enc": b"msgpack", "args": encode([]), "started_at": b"1000",
+            "wf_steps": b"0", "wf_acts": b"0"}
+    try:
+        with pytest.raises(NonDeterministicWorkflow, match="not one of its context's calls"):
+            replayer.replay(pool.registry.workflow("foreign"), "w", base, "1")
+    finally:
+        replayer.close()
+
+
+def test_closing_a_coroutine_that_will_not_stop_gives_up_instead_of_spinning() -> None:
+    """Regression: code that caught the cancel and awaited a step again spun close() for
+    ever (at worker stop, or when the least recent coroutine was dropped)."""
+    pool = Workpool("stubborn")
+    pool.job(name="work")(lambda *a: None)
+
+    @pool.workflow(name="stubborn")
+    async def stubborn(ctx: WorkflowContext) -> None:
+        first, second = ctx.step("work", 1), ctx.step("work", 2)
+        try:
+            await second
+        except asyncio.CancelledError:
+            await first  # never ends: nothing delivers it any more
+
+    replayer = Replayer(pool.config)
+    base = {"name": b"stubborn", "enc": b"msgpack", "args": encode([]), "started_at": b"1000",
+            "wf_steps": b"0", "wf_acts": b"0"}
+    replayer.replay(pool.registry.workflow("stubborn"), "w", base, "1")
+    closer = threading.Thread(target=replayer.close, daemon=True)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "close() spun on the coroutine"
 
 
 def _entry(name: str, *, ended: bool) -> bytes:

@@ -280,6 +280,8 @@ def test_bad_workflow_calls_are_refused_before_anything_is_written(
     for key in ("", "k" * 509, 7):
         with pytest.raises(ConfigurationError, match="key"):
             pool.send_event("some-id", "go", key=key)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="key"):  # its steps' ids would be too long
+        pool.start_workflow("flow", key="k" * 500)
     assert redis_client.xlen(pool.keys.pending_start) == before
 
 

@@ -5,8 +5,9 @@ and `AsyncWorkpool`; every line of logic is in the operations."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -64,9 +65,10 @@ def _send(client: redis.Redis, step: Step) -> list[Any]:
 
 async def adrive(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> T:
     """Run `op` to its result with an asyncio client (Redis errors typed, naming `url`)."""
-    async for item in astream(client, url, op):
-        if isinstance(item, Done):
-            return cast("T", item.result)
+    async with contextlib.aclosing(astream(client, url, op)) as items:  # its pubsub at once
+        async for item in items:
+            if isinstance(item, Done):
+                return cast("T", item.result)
     msg = "the operation ended without a result"
     raise AssertionError(msg)
 
@@ -78,7 +80,7 @@ class Done:
     result: Any
 
 
-async def astream(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> AsyncIterator[Any]:
+async def astream(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> AsyncGenerator[Any, None]:
     """Run `op` with an asyncio client, yielding the values its steps emit, then Done(result)."""
     pubsub: Any = None
     with unavailable_as_typed(url):

@@ -68,7 +68,8 @@ def workflow_entry(config: PoolConfig, workflow: Any, args: Sequence[Any], *,
     spec = config.registry.workflows.get(name)
     fields: Fields = {"op": "workflow", "name": name, "enc": config.encoding,
                       "max_steps": str(spec.max_steps if spec else 10_000)}
-    workflow_id = key_job_id(key)
+    # a key shorter than a job's: room for its steps' and children's `:<n>`
+    workflow_id = key_job_id(key, limits.MAX_WORKFLOW_KEY_BYTES)
     if workflow_id is not None:
         fields["id"] = workflow_id
     if spec is not None and spec.timeout is not None:

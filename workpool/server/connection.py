@@ -71,17 +71,21 @@ def sync_client(url: str, socket_timeout: float | None = None) -> redis.Redis:
     return redis.Redis.from_url(url, **_options(socket_timeout))
 
 
-#: connections an asyncio client opens at most: more calls at once wait for a free one
-ASYNC_CONNECTIONS = 100
+#: connections an asyncio client opens at most (a wait or watch holds one while it listens):
+#: more calls at once wait for a free one, for ASYNC_CONNECTION_WAIT s at most
+ASYNC_CONNECTIONS = 1000
+ASYNC_CONNECTION_WAIT = 30.0
 
 
 def async_client(url: str, socket_timeout: float | None = None) -> redis.asyncio.Redis:
     """An asyncio client for `url` (see _options); made in the event loop that uses it. Calls
-    beyond ASYNC_CONNECTIONS at once wait for a connection instead of failing with "Too many
-    connections" (redis-py's default pool), so a burst of calls, or a worker with a high
-    --concurrency, is served in turn."""
+    beyond ASYNC_CONNECTIONS at once wait (ASYNC_CONNECTION_WAIT s at most, then
+    RedisUnavailable) for a connection instead of failing at once with "Too many connections"
+    (redis-py's default pool, 100), so a burst of calls, many waits and watches, or a worker
+    with a high --concurrency are served in turn."""
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url, max_connections=ASYNC_CONNECTIONS, timeout=None, **_options(socket_timeout))
+        url, max_connections=ASYNC_CONNECTIONS, timeout=ASYNC_CONNECTION_WAIT,
+        **_options(socket_timeout))
     return redis.asyncio.Redis.from_pool(pool)
 
 

@@ -14,6 +14,8 @@ MAX_ID_BYTES = 512  #: a job id
 MAX_NAME_BYTES = 200  #: a pool, job or handler name
 KEY_PREFIX = "key:"  #: an idempotency key `k` names the job `key:k`
 MAX_KEY_BYTES = MAX_ID_BYTES - len(KEY_PREFIX)  #: an idempotency key
+#: a workflow's key: its steps and children are `<id>:<n>`, nested, and must fit MAX_ID_BYTES
+MAX_WORKFLOW_KEY_BYTES = MAX_KEY_BYTES - 64
 CRON_PREFIX = "cron:"  #: ids `cron:<name>:<tick_ms>` are the cron ticks' own (no key reaches them)
 MAX_CONCURRENCY_KEY_BYTES = 512
 MAX_ATTEMPTS = 1_000_000  #: attempts of one job, the first included

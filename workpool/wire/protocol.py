@@ -72,12 +72,13 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def key_job_id(key: Any) -> str | None:
-    """The job id an enqueue names itself: `key:<key>` for an idempotency key; None leaves the
-    id to Redis (the entry's own id, unique in the stream and known from XADD's reply)."""
+def key_job_id(key: Any, most: int = limits.MAX_KEY_BYTES) -> str | None:
+    """The job id an enqueue names itself: `key:<key>` for an idempotency key of at most
+    `most` bytes; None leaves the id to Redis (the entry's own id, unique in the stream and
+    known from XADD's reply)."""
     if key is None:
         return None
-    return limits.KEY_PREFIX + validate.string("key", key, limits.MAX_KEY_BYTES)
+    return limits.KEY_PREFIX + validate.string("key", key, most)
 
 
 def check_job_id(job_id: Any) -> str:

@@ -98,13 +98,17 @@ class Live:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
-        """End its coroutines (a `finally:` in the workflow runs here) and its loop."""
+        """End its coroutines (a `finally:` in the workflow runs here) and its loop, in at most
+        MAX_TURNS turns: code that catches the cancel and awaits on is left, never spun on."""
         self.ctx.closed = True
         tasks = [t for t in self.loop.tasks if not t.done()]
         for t in tasks:
             t.cancel()
-        if tasks:
-            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        for _ in range(MAX_TURNS if tasks else 0):
+            self.loop.call_soon(self.loop.stop)
+            self.loop.run_forever()
+            if all(t.done() for t in tasks):
+                break
         self.loop.close()
 
 
@@ -274,6 +278,10 @@ def _run_until_blocked(live: Live) -> None:
             if getattr(loop, "_scheduled", None):
                 msg = "the workflow awaits a timer (asyncio.sleep, say): a workflow may await " \
                       "only its context's calls, which replay the same way every time"
+                raise NonDeterministicWorkflow(msg)
+            if not live.ctx.waiting:  # blocked, yet no entry it asked for is outstanding
+                msg = "the workflow awaits something that is not one of its context's calls " \
+                      "(an asyncio.Event, a thread, a network call): nothing would ever wake it"
                 raise NonDeterministicWorkflow(msg)
             return
     msg = f"the workflow did not settle within {MAX_TURNS} event-loop turns"
