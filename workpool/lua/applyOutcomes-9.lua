@@ -14,8 +14,8 @@
 --     {'deliver', k, {n, ...}} records activation k (the ended entries the replay delivered
 --     to the code, in order: a replay from the start delivers them so again);
 --     {'step', n, {field, value, ...}} asks for step n (numbered on from wf_steps + 1), an
---     enqueue entry's fields (at most L.MAX_ENTRY_FIELDS), appended to pendingStart as job `<id>:<n>` of the workflow with
---     its journal entry (pending); {'return', result} ends the workflow succeeded (a result
+--     enqueue entry's fields (at most L.MAX_ENTRY_FIELDS), appended to pendingStart as job
+--     `<id>:<n>` of the workflow with its journal entry (pending); {'return', result} ends the workflow succeeded (a result
 --     over ARGV[8] bytes fails it with PayloadTooLarge); {'fail', error, error_type} ends it
 --     failed. More than the workflow's max_steps steps fail it. Then, when the journal changed
 --     while the replay ran (wf_dirty), the next replay goes out. ok=0 (the replay could not
@@ -51,7 +51,9 @@
 -- ARGV[7] group       consumer group of the dispatch stream
 -- ARGV[8] max_result  bytes of a result kept at most (the pool's max_result_bytes)
 -- Derived from ARGV[2] (same hash tag): pendingStart and incoming (a replay's steps are
--- enqueued there), replaysDue (ZSET workflow id -> time a replay is tried again) and the
+-- enqueued there), replaysDue (ZSET workflow id -> time a replay is tried again),
+-- the workflows' hashes (job:<id>), workflows (SET of the running ones), wfNew:<id> (SET of
+-- their entries ended, not delivered yet), wfTimers (ZSET) and wfc:<id> (channel), and the
 -- admission keys listed in includes/admission.lua.
 -- Returns R.batch {code, applied, last_entry_id, id1, code1, id2, code2, ...}: NOT_LEADER (nothing
 -- written) or OK, with the job id and a code per outcome

@@ -40,7 +40,9 @@
 -- Derived from ARGV[2] (same hash tag): suspects (HASH consumer -> ms first seen silent) and
 -- reapedAt (STRING, ms of the previous reap), written only when grace > 0; rejected (STREAM),
 -- where a job or entry the reaper cannot read (a key of the wrong type) is set aside, its
--- deadline or entry dropped, so one broken key cannot fail every reap.
+-- deadline or entry dropped, so one broken key cannot fail every reap; and, for a lost
+-- replay handed out again, the workflow's hash (job:<id>) and wfNew:<id> (SET of its
+-- entries ended, not delivered yet).
 -- Returns R.reap {code, timed_out, lost, redelivered}; code is NOT_LEADER (nothing written) or OK.
 -- @include common
 -- @include finish

@@ -20,8 +20,9 @@
 -- KEYS[8] stats          HASH    counters
 -- Derived from ARGV[2] (same hash tag): the admission keys listed in includes/admission.lua,
 -- replaysDue (ZSET workflow id -> time its replay is tried again), wfTimers (ZSET workflow
--- wait -> time it ends: a sleep, an event's timeout) and the workflows' hashes,
--- and pendingStart and pendingCompletion (only their lengths are read).
+-- wait -> time it ends: a sleep, an event's timeout), the workflows' hashes with their
+-- wfNew:<id> and wfc:<id>, pendingStart (read for its length; a workflow past its timeout
+-- appends a cancel there) and pendingCompletion (only its length is read).
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max promotions, starts and deliveries in this call (integer)
