@@ -15,10 +15,11 @@
 --     to the code, in order: a replay from the start delivers them so again);
 --     {'step', n, {field, value, ...}} asks for step n (numbered on from wf_steps + 1), an
 --     enqueue entry's fields (at most L.MAX_ENTRY_FIELDS), appended to pendingStart as job
---     `<id>:<n>` of the workflow with its journal entry (pending); {'return', result} ends the workflow succeeded (a result
---     over ARGV[8] bytes fails it with PayloadTooLarge); {'fail', error, error_type} ends it
---     failed. More than the workflow's max_steps steps fail it. Then, when the journal changed
---     while the replay ran (wf_dirty), the next replay goes out. ok=0 (the replay could not
+--     `<id>:<n>` of the workflow with its journal entry (pending); {'return', result} ends
+--     the workflow succeeded (a result over ARGV[8] bytes fails it with PayloadTooLarge);
+--     {'fail', error, error_type} ends it failed. More than the workflow's max_steps steps
+--     fail it. Then, when the journal changed while the replay ran (wf_dirty), the next replay
+--     goes out. ok=0 (the replay could not
 --     decide: a journal the code no longer matches, a workflow this worker does not know): it
 --     is tried again after 1 s doubling, capped at 60 s (replaysDue), and shown in wf_blocked.
 --     A decision of any replay but the one out now is STALE_REPLAY. A decision of the replay
