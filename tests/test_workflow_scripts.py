@@ -290,37 +290,37 @@ def test_a_kept_coroutine_whose_decision_was_not_the_one_applied_starts_over() -
         replayer.close()
 
 
-def test_a_replay_stuck_in_workflow_code_blocks_neither_another_replay_nor_the_stop() -> None:
-    pool = Workpool("stuck")
+def test_replays_run_from_within_the_workers_event_loop_which_they_leave_running() -> None:
+    """A worker runs replays on its own event loop (no thread hand-off): each turn of the
+    workflow's loop sets the worker's aside and puts it back, a replay that fails included."""
+    pool = Workpool("inline")
     pool.job(name="work")(lambda *a: None)
-    entered, gate = threading.Event(), threading.Event()
 
-    @pool.workflow(name="stuck")
-    async def stuck(ctx: WorkflowContext) -> str:
+    @pool.workflow(name="inline")
+    async def inline(ctx: WorkflowContext, bad: bool) -> str:
         await ctx.step("work", 1)
-        if not entered.is_set():  # the first run past step 1 hangs in blocking code
-            entered.set()
-            gate.wait(30)
+        if bad:
+            await asyncio.sleep(1)  # not a context call: the replay fails
         return "done"
 
-    spec, replayer = pool.registry.workflow("stuck"), Replayer(pool.config)
-    base = {"name": b"stuck", "enc": b"msgpack", "args": encode([]), "started_at": b"1000"}
+    spec, replayer = pool.registry.workflow("inline"), Replayer(pool.config)
     ended = {"wf_steps": b"1", "wf_acts": b"0", "wf_applied": b"1",
              "j:1": _entry("work", ended=True)}
-    replayer.replay(spec, "w", {**base, "wf_steps": b"0", "wf_acts": b"0"}, "1")
-    hung = threading.Thread(target=replayer.resume, args=("w", ended, "2"), daemon=True)
-    hung.start()
-    assert entered.wait(10), "the kept coroutine did not run on"
-    others_done: list[bytes] = []
 
-    def others() -> None:  # what the worker does meanwhile: replay it afresh, then stop
-        others_done.append(replayer.replay(spec, "w", {**base, **ended}, "3"))
+    async def worker() -> list[Any]:
+        outer, seen = asyncio.get_running_loop(), []
+        for bad in (False, True):
+            base = {"name": b"inline", "enc": b"msgpack", "args": encode([bad]),
+                    "started_at": b"1000", "wf_steps": b"0", "wf_acts": b"0"}
+            replayer.replay(spec, f"w{bad}", base, "1")
+            try:
+                seen.append(msgpack.unpackb(replayer.resume(f"w{bad}", ended, "2") or b"\xc0",
+                                            raw=True)[-1])
+            except NonDeterministicWorkflow as exc:
+                seen.append(type(exc))
+            assert asyncio.get_running_loop() is outer
+            await asyncio.sleep(0)  # the worker's loop still runs
         replayer.close()
+        return seen
 
-    other = threading.Thread(target=others, daemon=True)
-    other.start()
-    other.join(5)
-    gate.set()
-    hung.join(10)
-    assert not other.is_alive() and len(others_done) == 1, "blocked behind the stuck replay"
-    assert msgpack.unpackb(others_done[0], raw=True)[-1] == [b"return", encode("done")]
+    assert asyncio.run(worker()) == [[b"return", encode("done")], NonDeterministicWorkflow]

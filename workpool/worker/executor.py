@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from functools import partial
 from typing import Any, cast
 
@@ -42,7 +43,7 @@ from workpool.worker.threads import (
 from workpool.workflow.replay import Replayer, carried, fresh_start
 
 Entry = dict[str, bytes]
-REPLAY_TIMEOUT = 60.0  #: seconds one replay of a workflow's code may take
+SLOW_REPLAY_S = 0.5  #: a replay holding the worker's event loop longer is reported
 
 
 def _timeout(raw: bytes | None) -> float | None:
@@ -209,27 +210,35 @@ class Executor:
         replay is fenced by its generation, so running a stale one changes nothing. A workflow
         this worker keeps live goes on from where it waits, from what its entry carries;
         another is replayed from the start against its whole journal (read, unless the entry
-        carries its start: an empty journal)."""
+        carries its start: an empty journal). The workflow's code runs on this event loop,
+        as async jobs do (a thread hand-off per replay cost more than the replay): it must not
+        block, and a replay that held the loop for over SLOW_REPLAY_S is reported."""
         workflow_id, gen = text(f.get("id")), text(f.get("gen"))
+        began = time.monotonic()
         try:
             cmds = None
             if self.replayer.keeps(workflow_id):
-                cmds = await self.threads.run(self.replayer.resume,
-                                              (workflow_id, carried(f), gen), {}, REPLAY_TIMEOUT)
+                cmds = self.replayer.resume(workflow_id, carried(f), gen)
             if cmds is None:
                 h = fresh_start(f) or await self._job_hash(workflow_id)
                 if h is None or text(h.get("state")) != "running" or \
                         text(h.get("wf_gen")) != gen:
                     return None
                 spec = self.config.registry.workflow(text(h.get("name")))
-                cmds = await self.threads.run(self.replayer.replay,
-                                              (spec, workflow_id, h, gen), {}, REPLAY_TIMEOUT)
+                began = time.monotonic()
+                cmds = self.replayer.replay(spec, workflow_id, h, gen)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a mismatch, an unknown workflow, or a defect: tried again
             self.log.warning("transition", transition="replay_failed", workflow=workflow_id,
                              error=failures.cut(f"{type(exc).__name__}: {exc}", 300))
             return replay_failed(workflow_id, gen, exc)
+        finally:
+            held = time.monotonic() - began
+            if held > SLOW_REPLAY_S:
+                self.log.warning("a replay held the worker's event loop: workflow code must not "
+                                 "block (await only its context's calls)", workflow=workflow_id,
+                                 seconds=round(held, 3))
         return Outcome("wf", workflow_id, gen, ok=True, result=cmds)
 
     async def _job_hash(self, job_id: str) -> dict[str, bytes] | None:

@@ -126,7 +126,7 @@ class Worker:
                     await task
             await liveness.stop()
             await client.aclose()
-            await asyncio.to_thread(executor.replayer.close)  # runs their loops: not on ours
+            executor.replayer.close()
             threads.shutdown()
             if self._children is not None:
                 await self._children.close()

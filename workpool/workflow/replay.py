@@ -1,20 +1,20 @@
 """Replays. A workflow function runs on an event loop of its own (no file descriptors, driven
-one turn at a time in a worker's job thread) until it returns, raises, or waits only for
-journal entries that have not ended. Results reach it only through activations: activation k
-delivers, in order, the entries whose end one replay first saw (the journal records each), so
-a replay from the start sees every result in the same order and at the same point as the run
-that first saw it. A worker keeps a workflow's live coroutine between replays (`Replayer`), so
-a replay usually only delivers what ended since and runs on from there: its cost does not
-grow with the journal. Each decision is what applyOutcomes applies: the activation it made,
-the entries asked for, then the end, if it came."""
+one turn at a time from the worker's own event loop, as its async jobs run: no thread
+hand-off) until it returns, raises, or waits only for journal entries that have not ended.
+Results reach it only through activations: activation k delivers, in order, the entries
+whose end one replay first saw (the journal records each), so a replay from the start sees
+every result in the same order and at the same point as the run that first saw it. A worker
+keeps a workflow's live coroutine between replays (`Replayer`), so a replay usually only
+delivers what ended since and runs on from there: its cost does not grow with the journal.
+Each decision is what applyOutcomes applies: the activation it made, the entries asked for,
+then the end, if it came."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -95,7 +95,6 @@ class Live:
     activations: int = 0
     entries: int = 0
     decided: str = ""  #: the generation of its last decision: it counts once applied
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
         """End its coroutines (a `finally:` in the workflow runs here) and its loop, in at most
@@ -105,34 +104,31 @@ class Live:
         for t in tasks:
             t.cancel()
         for _ in range(MAX_TURNS if tasks else 0):
-            self.loop.call_soon(self.loop.stop)
-            self.loop.run_forever()
+            _turn(self.loop)
             if all(t.done() for t in tasks):
                 break
         self.loop.close()
 
 
 class Replayer:
-    """One worker's replays, with its live workflows kept between them (at most KEPT)."""
+    """One worker's replays, with its live workflows kept between them (at most KEPT). Used
+    from one thread: a replay runs whole before the next begins."""
 
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self._live: OrderedDict[str, Live] = OrderedDict()
-        self._guard = threading.Lock()
 
     def keeps(self, workflow_id: str) -> bool:
         """Is the workflow's coroutine kept live here?"""
-        with self._guard:
-            return workflow_id in self._live
+        return workflow_id in self._live
 
     def resume(self, workflow_id: str, h: Mapping[str, bytes], gen: str) -> bytes | None:
         """The decision of replay `gen` going on from the kept coroutine, `h` holding the
         workflow's wf_steps, wf_acts, wf_applied and the entries that ended since
         (`carried`); None when none is kept or the journal is not the one it acted on (replay
         from the start)."""
-        with self._guard:
-            live = self._live.get(workflow_id)
-        if live is None or not live.lock.acquire(blocking=False):
+        live = self._live.get(workflow_id)
+        if live is None:
             return None
         try:
             if text(h.get("wf_applied")) != live.decided or live.task.done() or \
@@ -148,8 +144,6 @@ class Replayer:
             self._forget(workflow_id, live)
             live.close()
             raise
-        finally:
-            live.lock.release()
 
     def replay(self, spec: WorkflowSpec, workflow_id: str, h: Mapping[str, bytes],
                gen: str) -> bytes:
@@ -182,13 +176,9 @@ class Replayer:
         if live.task.done():
             live.close()
             return decision
-        with self._guard:
-            gone = [g for g in (self._live.pop(workflow_id, None),) if g is not None]
-            self._live[workflow_id] = live
-            while len(self._live) > KEPT:
-                gone.append(self._live.popitem(last=False)[1])
-        for old in gone:  # another replay of it kept one meanwhile, or the least recent
-            _close_unless_used(old)
+        self._live[workflow_id] = live
+        while len(self._live) > KEPT:  # the least recently used goes
+            self._live.popitem(last=False)[1].close()
         return decision
 
     def _decide(self, workflow_id: str, live: Live, *, keep: bool = True) -> bytes:
@@ -209,50 +199,42 @@ class Replayer:
         live.entries += sum(1 for c in commands if c[0] not in ("deliver", "return", "fail"))
         if live.task.done():
             commands.append(_ending(live.task, live.enc))
-            if keep:  # resume holds its lock
+            if keep:
                 self._forget(workflow_id, live)
                 live.close()
         elif keep:
-            with self._guard:
-                kept = self._live.get(workflow_id) is live
-                if kept:
-                    self._live.move_to_end(workflow_id)
-            if not kept:  # dropped while this replay ran (a newer one started over)
-                live.close()
+            self._live.move_to_end(workflow_id)
         # as str, not bin: Redis's cmsgpack knows no bin type (the bytes pass through as is)
         return msgpack.packb(commands, use_bin_type=False)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """End every kept workflow's coroutine (the worker stops)."""
-        with self._guard:
-            kept, self._live = list(self._live.values()), OrderedDict()
+        kept, self._live = list(self._live.values()), OrderedDict()
         for live in kept:
-            _close_unless_used(live)
+            live.close()
 
     def _forget(self, workflow_id: str, live: Live) -> None:
-        """Stop keeping `live` (not a newer coroutine kept for the workflow since)."""
-        with self._guard:
-            if self._live.get(workflow_id) is live:
-                del self._live[workflow_id]
+        """Stop keeping `live`."""
+        if self._live.get(workflow_id) is live:
+            del self._live[workflow_id]
 
     def _drop(self, workflow_id: str) -> None:
-        """Forget the kept coroutine and close it; one a replay still uses (its code may be
-        stuck past the replay's timeout) is closed by that replay when it ends, never waited
-        for here."""
-        with self._guard:
-            live = self._live.pop(workflow_id, None)
+        """Forget the kept coroutine and close it."""
+        live = self._live.pop(workflow_id, None)
         if live is not None:
-            _close_unless_used(live)
-
-
-def _close_unless_used(live: Live) -> None:
-    """Close a coroutine no longer kept, unless a replay still runs it (its code may be stuck
-    past the replay's timeout): that replay closes it when it ends. Never waits."""
-    if live.lock.acquire(blocking=False):
-        try:
             live.close()
-        finally:
-            live.lock.release()
+
+
+def _turn(loop: ReplayLoop) -> None:
+    """One turn of `loop`: every callback ready now. asyncio runs one loop per thread at a
+    time, so the worker's own (running this call) is set aside for the turn."""
+    outer = asyncio.events._get_running_loop()
+    asyncio.events._set_running_loop(None)
+    try:
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    finally:
+        asyncio.events._set_running_loop(outer)
 
 
 def _ending(task: asyncio.Task[Any], enc: Encoding) -> list[Any]:
@@ -270,8 +252,7 @@ def _ending(task: asyncio.Task[Any], enc: Encoding) -> list[Any]:
 def _run_until_blocked(live: Live) -> None:
     loop = live.loop
     for _ in range(MAX_TURNS):
-        loop.call_soon(loop.stop)
-        loop.run_forever()  # one turn: every callback ready now
+        _turn(loop)
         if live.task.done():
             return
         if not getattr(loop, "_ready", None):  # nothing can run until an entry ends
