@@ -103,6 +103,28 @@ def test_only_the_replay_out_now_decides(p: Pool) -> None:
     assert p.stat("stale_replays") == 2
 
 
+def test_a_step_entry_a_client_writes_is_set_aside_and_touches_no_workflow(p: Pool) -> None:
+    """Regression: ingest trusted fields wf and wf_n on any enqueue, so a client's XADD could
+    become a running workflow's step (with its own job and arguments), or, malformed, fail
+    that step in the journal. Only the entry the engine appended for the step carries them."""
+    wf = _started(p)
+    forged: dict[str, str | bytes] = {"op": "enqueue", "id": f"{wf}:1", "wf": wf, "wf_n": "1",
+                                      "name": "work", "args": encode([666])}
+    p.r.xadd(p.keys.pending_start, forged)  # type: ignore[arg-type]
+    assert _decide(p, wf, 1, [["step", 1, ["name", "work", "args", encode([1])]]]) == \
+        Code.REPLAY_APPLIED
+    for extra in ({}, {"enc": "bogus"}, {"op": "workflow", "max_steps": "10"}):
+        p.r.xadd(p.keys.pending_start, {**forged, **extra})  # type: ignore[dict-item]
+    assert p.ingest(p.clock()).codes == [Code.REJECTED, Code.ENQUEUED, Code.REJECTED,
+                                         Code.REJECTED, Code.REJECTED]
+    t = p.clock()
+    assert p.start(t).ids == [f"{wf}:1"]
+    ((_, attempt),) = p.dispatched("run")
+    assert msgpack.unpackb(attempt["args"]) == [1]  # the workflow's own step
+    rec = msgpack.unpackb(p.r.hget(p.keys.job(wf), "j:1"), raw=True)
+    assert rec[2] == b"pending" and p.r.hget(p.keys.job(wf), "q:1") is None
+
+
 def test_a_first_replay_carries_the_workflows_start_and_a_later_one_does_not(p: Pool) -> None:
     wf = _started(p)
     ((_, first),) = p.dispatched("wf")

@@ -224,6 +224,8 @@ end
 
 -- Ask for step or child workflow n: its entry joins pendingStart (ingestRequests applies it
 -- next, creating it only while this workflow still runs), named `<id>:<n>`, of this workflow.
+-- Returns the entry's stream id: the journal keeps it (field q:<n>), so that ingest takes
+-- fields wf and wf_n from this entry alone, never from one a client wrote.
 local function ask(wid, n, op, flat_fields)
   local sid = wid .. ':' .. n
   local entry = {'op', op, 'id', sid, 'wf', wid, 'wf_n', n}
@@ -233,8 +235,9 @@ local function ask(wid, n, op, flat_fields)
       append_all(entry, {k, tostring(flat_fields[i + 1])})
     end
   end
-  rcall('XADD', prefix .. K.pending_start, '*', unpack(entry))
+  local eid = rcall('XADD', prefix .. K.pending_start, '*', unpack(entry))
   rcall('SADD', prefix .. K.incoming, sid)
+  return eid
 end
 
 -- Record numbered command {n, c} of workflow `w` in its journal and set it going; true when
@@ -244,8 +247,9 @@ local function record(wid, w, n, c)
   if kind == 'sleep' then name = '' end
   local rec = {kind = kind == 'child' and 'workflow' or kind, name = name, state = 'pending',
                scheduled_at = ctx.now}
+  local asked = {}
   if kind == 'step' or kind == 'child' then
-    ask(wid, n, kind == 'step' and 'enqueue' or 'workflow', c[3])
+    asked = {'q:' .. n, ask(wid, n, kind == 'step' and 'enqueue' or 'workflow', c[3])}
   elseif kind == 'sleep' then
     rcall('ZADD', prefix .. K.wf_timers, tonumber(c[3]), timer_member(wid, n))
   elseif kind == 'event' then
@@ -266,7 +270,7 @@ local function record(wid, w, n, c)
   else  -- a patch marker: recorded, nothing to wait for
     rec.state, rec.outcome, rec.finished_at = 'done', 'succeeded', ctx.now
   end
-  rcall('HSET', w.wk, 'j:' .. n, pack_journal(rec))
+  rcall('HSET', w.wk, 'j:' .. n, pack_journal(rec), unpack(asked))
   return rec.state == 'done' and kind ~= 'patch'
 end
 

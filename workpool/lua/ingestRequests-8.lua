@@ -14,7 +14,10 @@
 --              DUPLICATE_ENQUEUE when a job or workflow with that id exists. A cancel of a
 --              workflow ends it canceled and cancels its steps not yet ended. An enqueue of a
 --              workflow's step (fields wf, wf_n: the main loop writes them) whose workflow no
---              longer runs creates nothing: the step's journal entry says canceled.
+--              longer runs creates nothing: the step's journal entry says canceled. Only the
+--              entry applyOutcomes appended for a step or child carries wf and wf_n (its
+--              stream id is kept as field q:<wf_n> of the workflow's hash until ingested):
+--              any other with them (a client's) is REJECTED and touches no workflow.
 -- Each entry is checked in full before its first write. Malformed entries (and any whose
 -- application raises) are set aside in the rejected record with their raw fields (cut to a
 -- bounded size), but for a write the server refused (raise_if_refused: the call fails, nothing
@@ -204,11 +207,39 @@ local function is_name(v)
   return ok
 end
 
+-- Fields wf and wf_n are the engine's own: only the entry applyOutcomes appended for step (or
+-- child) wf_n of workflow wf may carry them: its id is `<wf>:<wf_n>` and its stream id the
+-- one that workflow's hash keeps as field q:<wf_n>. An entry without them is no step (true).
+local function engine_entry(entry_id, f)
+  if f.wf == nil and f.wf_n == nil then return true end
+  if not f.wf or not f.wf_n or f.id ~= f.wf .. ':' .. f.wf_n then return false end
+  return redis.pcall('HGET', prefix .. K.job .. f.wf, 'q:' .. f.wf_n) == entry_id
+end
+
+-- The engine's entry for a step has been applied (created, refused or set aside): the
+-- workflow forgets its stream id. Last, so that a failure half-way still finds it (reject).
+local function step_entry_used(f)
+  rcall('HDEL', prefix .. K.job .. f.wf, 'q:' .. f.wf_n)
+end
+
+-- `apply` (enqueue or start_workflow), then, for the engine's entry of a step, its use.
+local function once(apply)
+  return function(entry_id, f, flat)
+    local own = f.wf ~= nil and engine_entry(entry_id, f)
+    local code = apply(entry_id, f, flat)
+    if own then step_entry_used(f) end
+    return code
+  end
+end
+
 -- A rejected enqueue leaves `incoming` too: status() then reports the id as unknown.
--- A rejected step of a workflow fails in the workflow's journal (so the workflow goes on).
+-- A rejected step of a workflow fails in the workflow's journal (so the workflow goes on);
+-- an entry that only claims to be one touches no workflow.
 local function reject(entry_id, flat, reason)
   local f = fields_of(flat)
-  local owner = f.wf and step_owner(ctx, {[S.wf] = f.wf, [S.wf_n] = f.wf_n or '0'})
+  local owner = f.wf and engine_entry(entry_id, f) and
+                step_owner(ctx, {[S.wf] = f.wf, [S.wf_n] = f.wf_n or '0'})
+  if owner then step_entry_used(f) end
   if f.id then rcall('SREM', KEYS[3], f.id) end
   local code = set_aside(KEYS[6], entry_id, flat, reason, ctx.counts)
   if owner then
@@ -218,8 +249,8 @@ local function reject(entry_id, flat, reason)
   return code
 end
 
--- Why an enqueue entry is malformed (nil: it is not), and its checked options.
-local function check_enqueue(id, f)
+-- Why enqueue entry `entry_id` is malformed (nil: it is not), and its checked options.
+local function check_enqueue(entry_id, id, f)
   if #id > L.MAX_ID_BYTES then return 'field id is longer than ' .. L.MAX_ID_BYTES .. ' bytes' end
   for _, field in ipairs(NAMED) do
     local v = f[field]
@@ -246,6 +277,10 @@ local function check_enqueue(id, f)
   end
   if f.wf ~= nil and (#f.wf > L.MAX_ID_BYTES or not string.match(f.wf_n or '', '^[1-9]%d*$')) then
     return 'fields wf and wf_n must name a workflow and a step number from 1'
+  end
+  if not engine_entry(entry_id, f) then
+    return "fields wf and wf_n are the engine's own: only the entry it appended for that " ..
+           'step of a running workflow carries them'
   end
   if #(f.concurrency_key or '') > L.MAX_CONCURRENCY_KEY_BYTES then
     return 'field concurrency_key is longer than ' .. L.MAX_CONCURRENCY_KEY_BYTES .. ' bytes'
@@ -274,7 +309,7 @@ end
 local function enqueue(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then id = entry_id end
-  local why, o = check_enqueue(id, f)
+  local why, o = check_enqueue(entry_id, id, f)
   if why then return reject(entry_id, flat, why) end
   if f.id and f.id ~= '' then rcall('SREM', KEYS[3], id) end  -- only named ids are incoming
   if fresh[id] or rcall('EXISTS', prefix .. K.job .. id) == 1 or
@@ -430,7 +465,7 @@ end
 local function start_workflow(entry_id, f, flat)
   local id = f.id
   if id == nil or id == '' then id = entry_id end
-  local why, o = check_enqueue(id, f)
+  local why, o = check_enqueue(entry_id, id, f)
   local max_steps = tonumber(f.max_steps or '')
   if not why and (max_steps == nil or max_steps ~= math.floor(max_steps) or max_steps < 1 or
                   max_steps > L.MAX_WORKFLOW_STEPS) then
@@ -502,8 +537,8 @@ local function configure(entry_id, f, flat)
   return C.CONFIGURED
 end
 
-local handlers = {enqueue = enqueue, cancel = cancel, config = configure,
-                  workflow = start_workflow, event = send_event}
+local handlers = {enqueue = once(enqueue), cancel = cancel, config = configure,
+                  workflow = once(start_workflow), event = send_event}
 local result = apply_entries(KEYS[2], batch, 'op', 'enqueue', handlers, reject)
 flush_deferred(ctx.defer)
 if seq then rcall('SET', ctx.adm.seq, seq) end
