@@ -136,7 +136,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         wf.gen, wf.out, wf.dirty = wf.gen + 1, True, False
 
     def _wake(self, wf: Wf) -> None:
-        if wf.state != RUNNING:
+        if wf.state != RUNNING or wf.fails:  # one that could not decide waits for replaysDue
             return
         if wf.out:
             wf.dirty = True

@@ -212,6 +212,26 @@ def test_an_entry_that_ends_while_a_replay_is_out_is_replayed_after_its_decision
     assert gen == b"3" and entry
 
 
+def test_an_entry_that_ends_after_a_replay_could_not_decide_waits_for_its_backoff(
+        p: Pool) -> None:
+    """Regression: an entry ending after a replay could not decide handed the next replay out
+    at once, past the backoff, so code that no longer matches was replayed at every end."""
+    wf = _started(p)
+    steps = [["step", 1, ["name", "work"]], ["step", 2, ["name", "work"]]]
+    assert _decide(p, wf, 1, steps) == Code.REPLAY_APPLIED
+    p.ingest(p.clock())
+    t = p.clock()
+    p.start(t)
+    p.finish_run(f"{wf}:1", 1, ok=True)
+    p.apply(t)  # replay 2 goes out
+    assert _decide(p, wf, 2, [], ok="0") == Code.REPLAY_RETRY
+    p.finish_run(f"{wf}:2", 1, ok=True)
+    p.apply(t)
+    assert p.r.hmget(p.keys.job(wf), "wf_gen", "wf_entry") == [b"2", b""]
+    assert p.score(p.keys.replays_due, wf) is not None
+    assert p.r.smembers(p.keys.wf_new(wf)) == {b"1", b"2"}  # for the replay when it is due
+
+
 def test_a_fan_out_of_more_entries_than_lua_can_unpack_is_replayed_and_delivered(
         p: Pool) -> None:
     """Regression: the entries ended and not delivered yet were read with one HMGET of every

@@ -112,7 +112,8 @@ WORKFLOW_TABLE: tuple[Row, ...] = (
         "a replay no longer out (superseded, withdrawn, or the workflow ended): dropped"),
     Row("entry_ends", (RUNNING,), "", None, Code.WAIT_ENDED, "any that ends a step or wait",
         "a step's job or child ends (the script that ends it), a sleep or a wait's timeout "
-        "(startJobs): journal entry written, replayed now or after the replay out"),
+        "(startJobs): journal entry written, replayed now or after the replay out (after a "
+        "replay that could not decide, when the next is due: its backoff holds)"),
     Row("entry_ends", TERMINAL, "", None, Code.WAIT_ENDED, "any that ends a step or wait",
         "journal entry written, never acted on"),
     Row("event", (RUNNING,), "key_taken", None, Code.EVENT_DUPLICATE, "ingestRequests",

@@ -94,19 +94,19 @@ local function dispatch_replay(ctx, wid, wk, gen)
 end
 
 -- The workflow a job belongs to, read before the job's end is written: {wk, wid, n, state,
--- entry, gen, and its journal entry's kind and scheduled_at}; nil for a job of no workflow,
+-- entry, gen, fails, and its journal entry's kind and scheduled_at}; nil for a job of no workflow,
 -- or of one that is gone (past its retention). A child workflow belongs to its parent so.
 local function step_owner(ctx, spec)
   local wid = spec[S.wf]
   if not wid or wid == '' then return nil end
   local wk = ctx.prefix .. K.job .. wid
   local w = redis.pcall('HMGET', wk, 'kind', 'state', 'wf_entry', 'wf_gen',
-                        'j:' .. spec[S.wf_n])
+                        'j:' .. spec[S.wf_n], 'wf_fails')
   if w.err or w[1] ~= 'workflow' then return nil end  -- never fails the job's own end
   local ok, old = pcall(cmsgpack.unpack, w[5] or '')
   old = ok and type(old) == 'table' and old or {}
   return {wk = wk, wid = wid, n = spec[S.wf_n], state = w[2], entry = w[3] or '',
-          gen = tonumber(w[4]) or 0, kind = old[J.kind] or 'step',
+          gen = tonumber(w[4]) or 0, fails = tonumber(w[6]) or 0, kind = old[J.kind] or 'step',
           scheduled_at = old[J.scheduled_at] or ''}
 end
 
@@ -115,9 +115,10 @@ local function changed(ctx, wid)
   rcall('PUBLISH', ctx.prefix .. K.wf_channel .. wid, 'changed')
 end
 
--- Something the workflow waits for happened: replay it now, or after the replay out now.
+-- Something the workflow waits for happened: replay it now, or after the replay out now, or,
+-- when its last replay could not decide, when the next is due (replaysDue: its backoff holds).
 local function wake(ctx, owner)
-  if owner.state ~= 'running' then return end
+  if owner.state ~= 'running' or owner.fails > 0 then return end
   if owner.entry ~= '' then rcall('HSET', owner.wk, 'wf_dirty', 1)
   else dispatch_replay(ctx, owner.wid, owner.wk, owner.gen + 1) end
 end
@@ -162,5 +163,6 @@ local function wait_ended(ctx, wid, w, n, rec, outcome, payload, err, etype)
     error = err, error_type = etype, scheduled_at = rec[J.scheduled_at], finished_at = ctx.now}))
   newly_ended(ctx, wid, n)
   changed(ctx, wid)
-  wake(ctx, {wk = w.wk, wid = wid, state = w.state, entry = w.entry, gen = w.gen})
+  wake(ctx, {wk = w.wk, wid = wid, state = w.state, entry = w.entry, gen = w.gen,
+             fails = w.fails})
 end
