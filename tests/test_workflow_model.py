@@ -158,8 +158,12 @@ class WorkflowMachine(RuleBasedStateMachine):
         self._ended(wid, int(n), "canceled" if outcome == "canceled" else "done", outcome)
 
     def _end(self, wf: Wf, state: str) -> None:
-        """A workflow ends: its replay withdrawn; a child's entry in its parent ends too."""
+        """A workflow ends: its replay withdrawn, the one due later and its timeout's timer
+        dropped; a child's entry in its parent ends too."""
         wf.state, wf.out, wf.new = state, False, set()
+        wid = next(w for w, other in self.wfs.items() if other is wf)
+        self.due.pop(wid, None)
+        self.timers.pop(f"{wid}:0", None)
         if wf.parent is not None:
             outcome = HASH_STATE[state][1] or b""
             self._ended(*wf.parent, "canceled" if state == CANCELED else "done",

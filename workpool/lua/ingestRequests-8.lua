@@ -35,8 +35,9 @@
 -- KEYS[8] dispatch       STREAM  (terminal transitions may record an on_complete delivery)
 -- Derived from ARGV[2] (same hash tag): seq, priorities, unstarted, retrying,
 -- the workflows' hashes (job:<id>), workflows (SET of the running ones), wfNew:<id> (SET of
--- their entries ended, not delivered yet), wfTimers (ZSET) and wfc:<id> (channel), and the
--- admission keys listed in includes/admission.lua.
+-- their entries ended, not delivered yet), wfTimers (ZSET), replaysDue (ZSET: a workflow
+-- that ends leaves it) and wfc:<id> (channel), and the admission keys listed in
+-- includes/admission.lua.
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max entries applied in this call (integer)

@@ -122,12 +122,15 @@ local function finish(ctx, id, jk, state, outcome, j, extra)
 end
 
 -- Workflow `wid` (hash `wk`, its fields `w` as workflow_fields reads them) ends: the replay out
--- now is withdrawn (its decision would be stale), then it finishes like a job.
+-- now is withdrawn (its decision would be stale), and the one due later (replaysDue) and its
+-- timeout's timer go, then it finishes like a job.
 local function end_workflow(ctx, wid, wk, w, state, outcome, extra)
   drop_entry(ctx, w.entry)
   rcall('HSET', wk, 'wf_entry', '')
   rcall('SREM', ctx.prefix .. K.workflows, wid)
   rcall('DEL', ctx.prefix .. K.wf_new .. wid)
+  rcall('ZREM', ctx.prefix .. K.replays_due, wid)
+  rcall('ZREM', ctx.prefix .. K.wf_timers, timer_member(wid, 0))
   finish(ctx, wid, wk, state, outcome, w, extra)
   changed(ctx, wid)
 end
