@@ -12,14 +12,11 @@ from typing import Any
 import msgpack
 import pytest
 import redis
-from helpers.scripts import LEASE_MS, OWNER, Pool
+from helpers.scripts import Pool, leased
 
 from workpool import NonDeterministicWorkflow, WorkflowContext, Workpool
-from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.protocol import encode
-from workpool.wire.replies import parse_lease
-from workpool.wire.scripts import run
 from workpool.workflow.replay import Replayer, fresh_start
 
 
@@ -33,12 +30,8 @@ def p(redis_url: str, redis_client: redis.Redis) -> Iterator[Pool]:
     async def flow(ctx: WorkflowContext) -> None:
         await ctx.step("work")
 
-    engine = Engine(client.keys, client.config.engine_settings())
-    lease = parse_lease(run(redis_client, [engine.acquire(OWNER, LEASE_MS, 10)])[0])
-    try:
-        yield Pool(redis_client, client, engine, lease.token)
-    finally:
-        client.close()
+    with leased(client, redis_client) as pool:
+        yield pool
 
 
 def _started(p: Pool) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -214,3 +215,15 @@ class Pool:
         """DUMP of every key of the pool: equal snapshots mean nothing was written."""
         names = sorted(self.r.scan_iter(match=self.keys.prefix + "*"))
         return {k: self.r.dump(k) for k in names}
+
+
+@contextmanager
+def leased(client: Workpool, r: redis.Redis) -> Iterator[Pool]:
+    """`client`'s pool with the main-loop lease held, for a test to drive its scripts; the
+    client is closed after."""
+    engine = Engine(client.keys, client.config.engine_settings())
+    lease = parse_lease(run(r, [engine.acquire(OWNER, LEASE_MS, 10)])[0])
+    try:
+        yield Pool(r, client, engine, lease.token)
+    finally:
+        client.close()

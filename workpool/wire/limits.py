@@ -42,6 +42,9 @@ KEY_STEPS = 16  #: jobs of one concurrency key's queue one step moves to `ready`
 #: the main loop deletes them one by one again (it trims in bulk up to the oldest pending one)
 DISPATCH_SLACK = 10_000
 CALL_BYTES = 8 * 1024 * 1024  #: bytes of entries one script call reads at most (and one entry)
+#: bytes of ended journal entries a replay's dispatch entry carries at most (it names the rest,
+#: and the worker reads them)
+REPLAY_CARRY_BYTES = 1024 * 1024
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  #: the most max_payload_bytes / max_result_bytes may be
 MAX_RETENTION_MS = 3650 * DAY_MS  #: how long finished jobs may be kept
 MAX_TTL_MS = 3600 * 1000  #: lease_ttl, heartbeat_ttl

@@ -40,7 +40,7 @@ from workpool.worker.threads import (
     guarded_await,
     guarded_call,
 )
-from workpool.workflow.replay import Replayer, carried, fresh_start
+from workpool.workflow.replay import Replayer, carried, fresh_start, unread
 
 Entry = dict[str, bytes]
 SLOW_REPLAY_S = 0.5  #: a replay holding the worker's event loop longer is reported
@@ -208,17 +208,22 @@ class Executor:
         """One replay of a workflow: its decision, or why it could not decide; None when it is
         superseded (another replay is out, or the workflow ended) or the worker stops. A
         replay is fenced by its generation, so running a stale one changes nothing. A workflow
-        this worker keeps live goes on from where it waits, from what its entry carries;
-        another is replayed from the start against its whole journal (read, unless the entry
-        carries its start: an empty journal). The workflow's code runs on this event loop,
-        as async jobs do (a thread hand-off per replay cost more than the replay): it must not
-        block, and a replay that held the loop for over SLOW_REPLAY_S is reported."""
+        this worker keeps live goes on from where it waits, from what its entry carries (and
+        the ended entries it only names, read); another is replayed from the start against its
+        whole journal (read, unless the entry carries its start: an empty journal). The
+        workflow's code runs on this event loop, as async jobs do (a thread hand-off per
+        replay cost more than the replay): it must not block, and a replay that held the loop
+        for over SLOW_REPLAY_S is reported."""
         workflow_id, gen = text(f.get("id")), text(f.get("gen"))
         began = time.monotonic()
         try:
             cmds = None
             if self.replayer.keeps(workflow_id):
-                cmds = self.replayer.resume(workflow_id, carried(f), gen)
+                read = await self._fields(workflow_id, unread(f))
+                if read is None:
+                    return None
+                began = time.monotonic()
+                cmds = self.replayer.resume(workflow_id, {**carried(f), **read}, gen)
             if cmds is None:
                 h = fresh_start(f) or await self._job_hash(workflow_id)
                 if h is None or text(h.get("state")) != "running" or \
@@ -240,6 +245,21 @@ class Executor:
                                  "block (await only its context's calls)", workflow=workflow_id,
                                  seconds=round(held, 3))
         return Outcome("wf", workflow_id, gen, ok=True, result=cmds)
+
+    async def _fields(self, job_id: str, names: list[str]) -> dict[str, bytes] | None:
+        """Fields `names` of the job's hash (those it has), read a thousand at a time until
+        Redis answers; None if the worker stops meanwhile."""
+        client: redis.asyncio.Redis = self.liveness.client
+        key, found = self.config.keys.job(job_id), {}
+        for i in range(0, len(names), 1000):
+            part = names[i:i + 1000]
+            raw = await asked("read the journal", partial(client.hmget, key, part),
+                              self.log, self.liveness.halt, job=job_id)
+            if raw is None:
+                return None
+            found.update({n: v for n, v in zip(part, cast("list[bytes | None]", raw),
+                                                 strict=True) if v is not None})
+        return found
 
     async def _job_hash(self, job_id: str) -> dict[str, bytes] | None:
         """The job's fields (its hash, its spec read as fields), read until Redis answers

@@ -33,13 +33,20 @@ KEPT = 16_384  #: live workflows a worker keeps between replays (the least recen
 
 def carried(f: Mapping[str, bytes]) -> dict[str, bytes]:
     """What a replay's dispatch entry carries, as the workflow's hash fields: wf_steps,
-    wf_acts, wf_applied and `j:<n>` for each entry that ended and is not delivered yet."""
+    wf_acts, wf_applied and `j:<n>` for each entry that ended and is not delivered yet (but
+    those it only names: `unread`)."""
     h = {"wf_steps": f.get("steps") or b"0", "wf_acts": f.get("acts") or b"0",
          "wf_applied": f.get("applied") or b"0"}
     flat = msgpack.unpackb(f.get("ended") or b"\x90", raw=True)
     for i in range(0, len(flat) - 1, 2):
         h[f"{journal.PREFIX}{int(flat[i])}"] = flat[i + 1]
     return h
+
+
+def unread(f: Mapping[str, bytes]) -> list[str]:
+    """The hash fields (`j:<n>`) of the ended entries a replay's dispatch entry names without
+    carrying them (over its size budget): the worker reads them."""
+    return [f"{journal.PREFIX}{int(n)}" for n in msgpack.unpackb(f.get("unread") or b"\x90")]
 
 
 def fresh_start(f: Mapping[str, bytes]) -> dict[str, bytes] | None:

@@ -71,16 +71,32 @@ local function newly_ended(ctx, wid, n)
 end
 
 -- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker. The entry carries the journal's
--- length and activations, the generation whose decision was applied last, and every entry
--- that ended and is not delivered yet ([n, record, ...], msgpack), so a worker that keeps the
--- workflow live, and made that decision, goes on without reading it. A workflow with an empty
--- journal has its start carried too (its spec and started_at): its first replay reads nothing.
+-- length and activations, the generation whose decision was applied last, and the entries
+-- that ended and are not delivered yet ([n, record, ...], msgpack), so a worker that keeps the
+-- workflow live, and made that decision, goes on without reading it: up to
+-- L.REPLAY_CARRY_BYTES of records (read a thousand at a time, and no more once over); the
+-- rest it names (`unread`, [n, ...]) for the worker to read, so a wide fan-out of large
+-- results never makes one huge entry. A workflow with an empty journal has its start carried
+-- too (its spec and started_at): its first replay reads nothing.
 local function dispatch_replay(ctx, wid, wk, gen)
   local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied')
-  local new, ended = rcall('SMEMBERS', ctx.prefix .. K.wf_new .. wid), {}
-  for i, rec in ipairs(journal_records(wk, new)) do
-    append_all(ended, {tonumber(new[i]), rec or ''})
+  local new, ended, unread = rcall('SMEMBERS', ctx.prefix .. K.wf_new .. wid), {}, {}
+  local room = L.REPLAY_CARRY_BYTES
+  for i = 1, #new, 1000 do
+    local part = {unpack(new, i, math.min(i + 999, #new))}
+    local recs = room > 0 and journal_records(wk, part) or {}
+    for k, n in ipairs(part) do
+      local rec = recs[k] or ''
+      if room > 0 and #rec <= room then
+        append_all(ended, {tonumber(n), rec})
+        room = room - #rec
+      else
+        unread[#unread + 1] = tonumber(n)
+        room = 0
+      end
+    end
   end
+  local more = #unread > 0 and {'unread', cmsgpack.pack(unread)} or {}
   local start = {}
   if (tonumber(h[1]) or 0) == 0 and (tonumber(h[2]) or 0) == 0 then
     local s = rcall('HMGET', wk, 'spec', 'started_at')
@@ -88,7 +104,7 @@ local function dispatch_replay(ctx, wid, wk, gen)
   end
   local eid = rcall('XADD', ctx.dispatch, '*', 'kind', 'wf', 'id', wid, 'gen', gen, 'steps',
                     h[1] or 0, 'acts', h[2] or 0, 'applied', h[3] or 0,
-                    'ended', cmsgpack.pack(ended), unpack(start))
+                    'ended', cmsgpack.pack(ended), unpack(append_all(start, more)))
   rcall('HSET', wk, 'wf_gen', gen, 'wf_entry', eid, 'wf_dirty', 0)
   bump(ctx.counts, N.REPLAYS)
 end
