@@ -4,6 +4,7 @@ names the rest; a worker that keeps the workflow live reads those before it goes
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import msgpack
@@ -11,13 +12,14 @@ import pytest
 import redis
 import redis.asyncio
 import structlog
+import structlog.testing
 from helpers.scripts import Pool, leased
 
 from workpool import WorkflowContext, Workpool
 from workpool.wire.codes import Code
 from workpool.wire.limits import REPLAY_CARRY_BYTES
 from workpool.wire.protocol import encode
-from workpool.worker.executor import Executor
+from workpool.worker.executor import SLOW_REPLAY_S, Executor
 from workpool.worker.liveness import Liveness
 from workpool.worker.outbox import Outbox
 from workpool.worker.threads import JobThreads
@@ -53,6 +55,27 @@ def _decided(p: Pool, wf: str, gen: int, cmds: bytes | None, ok: str = "1") -> C
     return code
 
 
+def _executor(p: Pool, client: redis.asyncio.Redis, threads: JobThreads) -> Executor:
+    """A worker's executor for the pool (its own classes, on real Redis)."""
+    log, config = structlog.get_logger(), p.client.config
+    return Executor(config, "w1", Liveness(config, "w1", client, asyncio.Event(), log),
+                    threads=threads, children=None,
+                    outbox=Outbox(config.keys.pending_completion, log), log=log)
+
+
+def test_workflow_code_that_holds_the_workers_loop_is_reported(p: Pool, redis_url: str) -> None:
+    """Replays run on the worker's event loop: code that blocks it is named in a warning."""
+    threads = JobThreads(1, lambda: None)
+    executor = _executor(p, redis.asyncio.Redis.from_url(redis_url), threads)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            executor._on_loop("quick", lambda: None)
+            executor._on_loop("blocking", time.sleep, SLOW_REPLAY_S + 0.1)
+    finally:
+        threads.shutdown()
+    assert [e.get("workflow") for e in logs if e["log_level"] == "warning"] == ["blocking"]
+
+
 def test_a_replay_carries_what_fits_and_its_worker_reads_the_rest(p: Pool,
                                                                  redis_url: str) -> None:
     """Regression: a replay's entry carried every ended entry, so a fan-out of large results
@@ -62,12 +85,8 @@ def test_a_replay_carries_what_fits_and_its_worker_reads_the_rest(p: Pool,
 
     async def work() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
-        log = structlog.get_logger()
         threads = JobThreads(1, lambda: None)
-        config = p.client.config
-        executor = Executor(config, "w1", Liveness(config, "w1", client, asyncio.Event(), log),
-                            threads=threads, children=None,
-                            outbox=Outbox(config.keys.pending_completion, log), log=log)
+        executor = _executor(p, client, threads)
         try:
             first = await executor.replay(_replay(p, 1))  # kept live: asks for three steps
             assert first is not None

@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio
 
@@ -43,6 +44,7 @@ from workpool.worker.threads import (
 from workpool.workflow.replay import Replayer, carried, fresh_start, unread
 
 Entry = dict[str, bytes]
+T = TypeVar("T")
 SLOW_REPLAY_S = 0.5  #: a replay holding the worker's event loop longer is reported
 
 
@@ -215,36 +217,41 @@ class Executor:
         replay cost more than the replay): it must not block, and a replay that held the loop
         for over SLOW_REPLAY_S is reported."""
         workflow_id, gen = text(f.get("id")), text(f.get("gen"))
-        began = time.monotonic()
         try:
             cmds = None
             if self.replayer.keeps(workflow_id):
                 read = await self._fields(workflow_id, unread(f))
                 if read is None:
                     return None
-                began = time.monotonic()
-                cmds = self.replayer.resume(workflow_id, {**carried(f), **read}, gen)
+                cmds = self._on_loop(workflow_id, self.replayer.resume, workflow_id,
+                                     {**carried(f), **read}, gen)
             if cmds is None:
                 h = fresh_start(f) or await self._job_hash(workflow_id)
                 if h is None or text(h.get("state")) != "running" or \
                         text(h.get("wf_gen")) != gen:
                     return None
                 spec = self.config.registry.workflow(text(h.get("name")))
-                began = time.monotonic()
-                cmds = self.replayer.replay(spec, workflow_id, h, gen)
+                cmds = self._on_loop(workflow_id, self.replayer.replay, spec, workflow_id, h, gen)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a mismatch, an unknown workflow, or a defect: tried again
             self.log.warning("transition", transition="replay_failed", workflow=workflow_id,
                              error=failures.cut(f"{type(exc).__name__}: {exc}", 300))
             return replay_failed(workflow_id, gen, exc)
+        return Outcome("wf", workflow_id, gen, ok=True, result=cmds)
+
+    def _on_loop(self, workflow_id: str, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)`: the workflow's code, run on this event loop; reported when it held
+        the loop for over SLOW_REPLAY_S (the reads around it are not counted)."""
+        began = time.monotonic()
+        try:
+            return call(*args)
         finally:
             held = time.monotonic() - began
             if held > SLOW_REPLAY_S:
                 self.log.warning("a replay held the worker's event loop: workflow code must not "
                                  "block (await only its context's calls)", workflow=workflow_id,
                                  seconds=round(held, 3))
-        return Outcome("wf", workflow_id, gen, ok=True, result=cmds)
 
     async def _fields(self, job_id: str, names: list[str]) -> dict[str, bytes] | None:
         """Fields `names` of the job's hash (those it has), read a thousand at a time until
