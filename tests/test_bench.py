@@ -66,7 +66,9 @@ def test_the_workflows_benchmark_runs_a_long_workflow_and_many_short_ones() -> N
 @pytest.mark.parametrize("queues", ["workpool,workpool-sync,huey"])
 def test_the_peers_benchmark_runs_workpool_and_a_peer_side_by_side(queues: str,
                                                                    tmp_path: Path) -> None:
-    out = bench("peers.py", "--peers", queues, "--n", "200", "--rounds", "1", "--latency-n",
+    # 2,000 jobs: the CPU window (10% to 90% of them) must span many of the kernel's 10 ms CPU
+    # ticks, or a fast queue's workers read 0 us/job (200 ran in some 25 ms)
+    out = bench("peers.py", "--peers", queues, "--n", "2000", "--rounds", "1", "--latency-n",
                 "10", "--venv", str(tmp_path / "venv"), timeout=600)
     rows = [line.split() for line in out.splitlines()[2:5]]
     assert [row[0] for row in rows] == queues.split(","), out
