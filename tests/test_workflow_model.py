@@ -186,30 +186,26 @@ class WorkflowMachine(RuleBasedStateMachine):
             elif self.jobs.get(sid) == "running":
                 self.jobs[sid] = "marked"
 
+    def _create(self, wid: str, ns: list[int]) -> None:
+        """The steps and children a decision asked for, created by the script that applies it
+        (as the start row has a workflow created); one that ended the workflow creates none:
+        their entries say canceled."""
+        for n in ns:
+            sid = f"{wid}:{n}"
+            if self.wfs[wid].state != RUNNING:
+                self._ended(wid, n, "canceled", "canceled")
+            elif self.wfs[wid].entries[n].kind == "workflow":
+                code, _ = code_of("start", ABSENT)
+                assert code == Code.WORKFLOW_STARTED
+                self.wfs[sid] = Wf(parent=(wid, n))
+            else:
+                self.jobs[sid] = "pending"
+
     # -- client requests ----------------------------------------------------------------------
     def _ingest(self, expected: list[Code]) -> None:
         codes = [c for _, c in self.p.ingest(self.now).outcomes]
         assert codes == expected
         self._take()
-
-    def _asked(self, wid: str, ns: list[int]) -> list[Code]:
-        """What ingest does with the steps and children a decision asked for: created while
-        their workflow runs, else never (their entry says canceled)."""
-        codes = []
-        for n in ns:
-            sid, running = f"{wid}:{n}", self.wfs[wid].state == RUNNING
-            if self.wfs[wid].entries[n].kind == "workflow":
-                code, _ = code_of("start", ABSENT, child_of_ended=not running)
-                if code == Code.WORKFLOW_STARTED:
-                    self.wfs[sid] = Wf(parent=(wid, n))
-            else:
-                code = Code.ENQUEUED if running else Code.CANCELED
-                if running:
-                    self.jobs[sid] = "pending"
-            if not running:
-                self._ended(wid, n, "canceled", "canceled")
-            codes.append(code)
-        return codes
 
     def _running(self) -> list[str]:
         return sorted(w for w, wf in self.wfs.items() if wf.state == RUNNING)
@@ -335,13 +331,12 @@ class WorkflowMachine(RuleBasedStateMachine):
         fields = {"kind": "wf", "id": wid, "gen": str(gen), "ok": "0" if kind == "undecided"
                   else "1", "cmds": msgpack.packb(cmds, use_bin_type=False)}
         self.p.r.xadd(self.p.keys.pending_completion, fields)  # type: ignore[arg-type]
-        assert [c for _, c in self.p.apply(self.now).outcomes] == [expected[0]]
+        assert [c for _, c in self.p.apply(self.now).outcomes] == [expected]
         self._take()
-        self._ingest(expected[1])
 
     def _decided(self, wid: str, gen: int, kind: str, cmds: list[Any], *, delivered: list[int],
-                 ending: str | None) -> tuple[Code, list[Code]]:
-        """The model's side of a decision: its code and the codes of the steps it asked for."""
+                 ending: str | None) -> Code:
+        """The model's side of a decision: its code; the steps it asked for created."""
         wf = self.wfs.get(wid)
         current = bool(wf and wf.state == RUNNING and wf.out and wf.gen == gen)
         asks = [c for c in cmds if c[0] in ("step", "child", "sleep", "event")]
@@ -355,13 +350,13 @@ class WorkflowMachine(RuleBasedStateMachine):
             current_replay_failed=current and kind == "apply" and (ending == "fail" or too_many))
         if code == Code.STALE_REPLAY:
             self.stale += 1
-            return code, []
+            return code
         assert wf is not None
         wf.out = False
         if code in (Code.REJECTED, Code.REPLAY_RETRY):
             self.due[wid] = self.now + min(60_000, 1000 * 2 ** wf.fails)
             wf.fails += 1
-            return code, []
+            return code
         wf.fails = 0
         if delivered:
             wf.acts += 1
@@ -391,7 +386,8 @@ class WorkflowMachine(RuleBasedStateMachine):
             self._end(wf, target)
         elif again:
             self._dispatch(wf)
-        return code, self._asked(wid, steps)
+        self._create(wid, steps)
+        return code
 
     # -- steps, time, loss, fencing ------------------------------------------------------------
     @rule(ms=st.sampled_from([0, 0, 500, 1500, 6000]))

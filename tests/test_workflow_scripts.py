@@ -49,12 +49,12 @@ def _decide(p: Pool, wf: str, gen: int, cmds: list[Any], ok: str = "1") -> Code:
 
 
 def _snapshot(p: Pool, wf: str) -> tuple[Any, ...]:
-    """What a decision writes: the journal and its counts, asked entries, timers, and the
-    dispatch stream (replays)."""
+    """What a decision writes: the journal and its counts, the jobs created (steps), timers,
+    and the dispatch stream (replays)."""
     raw: dict[bytes, bytes] = p.r.hgetall(p.keys.job(wf))  # type: ignore[assignment]
     h = {k: v for k, v in raw.items()
          if k.startswith((b"j:", b"a:")) or k in (b"wf_steps", b"wf_acts", b"wf_gen")}
-    return (h, p.r.xlen(p.keys.pending_start), p.r.zcard(p.keys.wf_timers),
+    return (h, p.r.hlen(p.keys.unstarted), p.r.zcard(p.keys.wf_timers),
             p.r.xlen(p.keys.dispatch))
 
 
@@ -75,8 +75,8 @@ def test_a_decision_that_cannot_be_applied_is_set_aside_whole_with_nothing_writt
     wf = _started(p)
     before = _snapshot(p, wf)
     assert _decide(p, wf, 1, cmds) == Code.REJECTED
-    journal, asked, timers, dispatch = before
-    assert _snapshot(p, wf) == (journal, asked, timers, dispatch - 1)  # its replay withdrawn
+    journal, created, timers, dispatch = before
+    assert _snapshot(p, wf) == (journal, created, timers, dispatch - 1)  # its replay withdrawn
     assert p.r.xlen(p.keys.rejected) == 1
     # the workflow is not left waiting for that replay: it is replayed again later
     assert p.r.hget(p.keys.job(wf), "wf_entry") == b""
@@ -91,7 +91,7 @@ def test_only_the_replay_out_now_decides(p: Pool) -> None:
     assert _snapshot(p, wf) == before
     assert _decide(p, wf, 1, [["step", 1, ["name", "work", "op", "cancel"]]]) == \
         Code.REPLAY_APPLIED
-    assert p.ingest(p.clock()).outcomes == [(f"{wf}:1", Code.ENQUEUED)]  # its op is the engine's
+    assert p.start(p.clock()).ids == [f"{wf}:1"]  # created by the decision: an op is no matter
     assert _decide(p, wf, 1, [["step", 2, ["name", "work"]]]) == Code.STALE_REPLAY
     assert p.stat("stale_replays") == 2
 
@@ -99,23 +99,52 @@ def test_only_the_replay_out_now_decides(p: Pool) -> None:
 def test_a_step_entry_a_client_writes_is_set_aside_and_touches_no_workflow(p: Pool) -> None:
     """Regression: ingest trusted fields wf and wf_n on any enqueue, so a client's XADD could
     become a running workflow's step (with its own job and arguments), or, malformed, fail
-    that step in the journal. Only the entry the engine appended for the step carries them."""
+    that step in the journal. Steps are created by the decision's own script: any entry
+    carrying wf or wf_n is set aside, and the step is the workflow's own."""
     wf = _started(p)
     forged: dict[str, str | bytes] = {"op": "enqueue", "id": f"{wf}:1", "wf": wf, "wf_n": "1",
                                       "name": "work", "args": encode([666])}
-    p.r.xadd(p.keys.pending_start, forged)  # type: ignore[arg-type]
+    for extra in ({}, {"enc": "bogus"}, {"op": "workflow", "max_steps": "10"}, {"wf": "x"}):
+        p.r.xadd(p.keys.pending_start, {**forged, **extra})  # type: ignore[dict-item]
+    p.r.xadd(p.keys.pending_start, {"op": "enqueue", "name": "work", "wf_n": "1"})
+    assert p.ingest(p.clock()).codes == [Code.REJECTED] * 5
     assert _decide(p, wf, 1, [["step", 1, ["name", "work", "args", encode([1])]]]) == \
         Code.REPLAY_APPLIED
-    for extra in ({}, {"enc": "bogus"}, {"op": "workflow", "max_steps": "10"}):
-        p.r.xadd(p.keys.pending_start, {**forged, **extra})  # type: ignore[dict-item]
-    assert p.ingest(p.clock()).codes == [Code.REJECTED, Code.ENQUEUED, Code.REJECTED,
-                                         Code.REJECTED, Code.REJECTED]
     t = p.clock()
     assert p.start(t).ids == [f"{wf}:1"]
     ((_, attempt),) = p.dispatched("run")
     assert msgpack.unpackb(attempt["args"]) == [1]  # the workflow's own step
     rec = msgpack.unpackb(p.r.hget(p.keys.job(wf), "j:1"), raw=True)
-    assert rec[2] == b"pending" and p.r.hget(p.keys.job(wf), "q:1") is None
+    assert rec[2] == b"pending"
+
+
+@pytest.mark.parametrize(("fields", "why"), [
+    (["name", "work", "enc", "bogus"], b"field enc must be msgpack or json"),
+    (["name", "work", "args", encode({"not": "a list"})], b"field args must encode an array"),
+    (["name", "work", "max_attempts", "0"], b"field max_attempts is not a number"),
+    (["name", "no such name!"], b"field name must be a name"),
+])
+def test_a_step_an_enqueue_would_refuse_fails_at_once_and_the_workflow_goes_on(
+        p: Pool, fields: list[str], why: bytes) -> None:
+    """A step is checked as an enqueue entry is: one that an enqueue would refuse is not
+    created; its journal entry fails (Rejected, saying why) and the workflow is replayed."""
+    wf = _started(p)
+    assert _decide(p, wf, 1, [["step", 1, fields]]) == Code.REPLAY_APPLIED
+    rec = msgpack.unpackb(p.r.hget(p.keys.job(wf), "j:1"), raw=False)
+    assert rec[2:4] == ["done", "failed"] and why.decode() in rec[5] and rec[6] == "Rejected"
+    assert p.r.hlen(p.keys.unstarted) == 0 and not p.r.exists(p.keys.job(f"{wf}:1"))
+    assert p.r.hmget(p.keys.job(wf), "wf_gen", "wf_entry")[0] == b"2"  # replayed at once
+
+
+def test_a_step_whose_id_a_job_took_fails_at_once(p: Pool) -> None:
+    """Regression: a step whose id `<workflow>:<n>` a client's job already had was a
+    DUPLICATE_ENQUEUE, and its journal entry stayed pending: the workflow waited forever."""
+    wf = _started(p)
+    p.r.xadd(p.keys.pending_start, {"op": "enqueue", "id": f"{wf}:1", "name": "work"})
+    assert p.ingest(p.clock()).codes == [Code.ENQUEUED]
+    assert _decide(p, wf, 1, [["step", 1, ["name", "work"]]]) == Code.REPLAY_APPLIED
+    rec = msgpack.unpackb(p.r.hget(p.keys.job(wf), "j:1"), raw=False)
+    assert rec[2:4] == ["done", "failed"] and "is taken" in rec[5]
 
 
 def test_a_first_replay_carries_the_workflows_start_and_a_later_one_does_not(p: Pool) -> None:

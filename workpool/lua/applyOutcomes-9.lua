@@ -14,18 +14,20 @@
 --     {'deliver', k, {n, ...}} records activation k (the ended entries the replay delivered
 --     to the code, in order: a replay from the start delivers them so again);
 --     {'step', n, {field, value, ...}} asks for step n (numbered on from wf_steps + 1), an
---     enqueue entry's fields (at most L.MAX_ENTRY_FIELDS), appended to pendingStart as job
---     `<id>:<n>` of the workflow with its journal entry (pending); {'return', result} ends
+--     enqueue entry's fields (at most L.MAX_ENTRY_FIELDS): job `<id>:<n>` of the workflow is
+--     created here (includes/enqueue.lua) with its journal entry (pending); fields an enqueue
+--     would refuse (checked as ingestRequests checks them), or an id taken, fail that step
+--     at once (error_type Rejected; the workflow goes on); {'return', result} ends
 --     the workflow succeeded (a result over ARGV[8] bytes fails it with PayloadTooLarge);
---     {'fail', error, error_type} ends it failed. More than the workflow's max_steps steps
---     fail it. Then, when the journal changed while the replay ran (wf_dirty), the next replay
---     goes out. ok=0 (the replay could not
---     decide: a journal the code no longer matches, a workflow this worker does not know): it
---     is tried again after 1 s doubling, capped at 60 s (replaysDue), and shown in wf_blocked.
---     A decision of any replay but the one out now is STALE_REPLAY. A decision of the replay
---     out now that cannot be applied is set aside whole (REJECTED, none of it written) and the
---     workflow is replayed later as after ok=0, so it never waits for a replay that will not
---     come.
+--     {'fail', error, error_type} ends it failed (either way its asks are recorded, but its
+--     steps and children are not created: their entries say canceled). More than the
+--     workflow's max_steps steps fail it. Then, when the journal changed while the replay
+--     ran (wf_dirty), the next replay goes out. ok=0 (the replay could not decide: a journal
+--     the code no longer matches, a workflow this worker does not know): it is tried again
+--     after 1 s doubling, capped at 60 s (replaysDue), and shown in wf_blocked. A decision of
+--     any replay but the one out now is STALE_REPLAY. A decision of the replay out now that
+--     cannot be applied is set aside whole (REJECTED, none of it written) and the workflow is
+--     replayed later as after ok=0, so it never waits for a replay that will not come.
 --   kind=batch: field `o` is a msgpack array of at most L.MAX_OUTCOMES_PER_ENTRY outcomes,
 --     each a flat [field, value, ...] array of a run or cb outcome; each is applied as if it
 --     were its own entry (a worker sends everything it has ready as one entry).
@@ -51,8 +53,11 @@
 -- ARGV[6] retention   ms a finished job is kept
 -- ARGV[7] group       consumer group of the dispatch stream
 -- ARGV[8] max_result  bytes of a result kept at most (the pool's max_result_bytes)
--- Derived from ARGV[2] (same hash tag): pendingStart and incoming (a replay's steps are
--- enqueued there), replaysDue (ZSET workflow id -> time a replay is tried again),
+-- ARGV[9] max_payload bytes of a step's args + kwargs + context at most
+-- ARGV[10] defaults   "max_attempts,initial_backoff_ms,base,max_backoff_ms" for steps that
+--                     omit them
+-- Derived from ARGV[2] (same hash tag): seq, priorities and unstarted (a replay's steps are
+-- created here), replaysDue (ZSET workflow id -> time a replay is tried again),
 -- the workflows' hashes (job:<id>), workflows (SET of the running ones), wfNew:<id> (SET of
 -- their entries ended, not delivered yet), wfTimers (ZSET) and wfc:<id> (channel), and the
 -- admission keys listed in includes/admission.lua.
@@ -64,6 +69,7 @@
 -- reply, nothing written.
 -- @include common
 -- @include finish
+-- @include enqueue
 
 if not holds_lease(KEYS[1], ARGV[1]) then
   return reply(R.batch, {code = C.NOT_LEADER, applied = 0, last_entry_id = ''})
@@ -73,8 +79,11 @@ local batch = arg_int(3, 1, 100000)
 local ctx = {prefix = prefix, dispatch = KEYS[5], group = ARGV[7], running = KEYS[3],
              deadlines = KEYS[4], due = KEYS[6], now = now_ms(4), seed = ARGV[5],
              retention = arg_int(6, 1, L.MAX_RETENTION_MS),
-             max_result = arg_int(8, 1, L.MAX_PAYLOAD_BYTES), counts = {}, finished = 0}
+             max_result = arg_int(8, 1, L.MAX_PAYLOAD_BYTES),
+             max_payload = arg_int(9, 1, L.MAX_PAYLOAD_BYTES), counts = {}, finished = 0}
+retry_defaults(10)
 deferring(ctx)  -- ended attempts leave running and dispatch in one call each per batch
+creating(ctx)  -- a replay's steps join `unstarted` and `ready` so too
 
 local function reject(entry_id, flat, reason)
   return set_aside(KEYS[9], entry_id, flat, reason, ctx.counts)
@@ -179,7 +188,18 @@ local function a_time(v)
   return t ~= nil and t == math.floor(t) and t >= 0 and t <= L.MAX_RUN_AT_MS
 end
 
-local function decision(w, cmds)
+-- Why step or child command `c` (numbered n, of workflow `wid`) cannot be created as asked:
+-- fields an enqueue (or a workflow start) would refuse, or an id taken; nil when it can.
+local function unusable(wid, n, c)
+  local sid = wid .. ':' .. n
+  local why, o = check_enqueue(sid, c.fields, ctx.max_payload)
+  if not why and c[1] == 'child' then c.max_steps, why = max_steps_of(c.fields) end
+  if not why and taken(ctx, sid) then why = 'its id ' .. sid .. ' is taken by another job' end
+  c.o = o
+  return why
+end
+
+local function decision(wid, w, cmds)
   local numbered, ending, delivered = {}, nil, nil
   for _, c in ipairs(cmds) do
     if type(c) ~= 'table' then return nil, nil, nil, 'a command must be an array' end
@@ -196,6 +216,7 @@ local function decision(w, cmds)
         c.fields = type(c[3]) == 'table' and #c[3] <= 2 * L.MAX_ENTRY_FIELDS and
                    outcome_fields(c[3]) or nil
         ok = ok and c.fields ~= nil and c.fields.name ~= nil
+        if ok then c.why = unusable(wid, n, c) end
       elseif form == 'time' then ok = ok and a_time(c[3])
       elseif form == 'wait' then
         ok = ok and type(c[3]) == 'string' and #c[3] <= L.MAX_NAME_BYTES and a_time(c[4])
@@ -222,34 +243,28 @@ local function replay_later(w, id, err)
   return C.REPLAY_RETRY
 end
 
--- Ask for step or child workflow n: its entry joins pendingStart (ingestRequests applies it
--- next, creating it only while this workflow still runs), named `<id>:<n>`, of this workflow.
--- Returns the entry's stream id: the journal keeps it (field q:<n>), so that ingest takes
--- fields wf and wf_n from this entry alone, never from one a client wrote.
-local function ask(wid, n, op, flat_fields)
-  local sid = wid .. ':' .. n
-  local entry = {'op', op, 'id', sid, 'wf', wid, 'wf_n', n}
-  for i = 1, #flat_fields, 2 do
-    local k = tostring(flat_fields[i])
-    if k ~= 'op' and k ~= 'id' and k ~= 'wf' and k ~= 'wf_n' then
-      append_all(entry, {k, tostring(flat_fields[i + 1])})
-    end
-  end
-  local eid = rcall('XADD', prefix .. K.pending_start, '*', unpack(entry))
-  rcall('SADD', prefix .. K.incoming, sid)
-  return eid
-end
-
 -- Record numbered command {n, c} of workflow `w` in its journal and set it going; true when
--- it ended at once (an event kept before the workflow waited for it, a patch marker).
-local function record(wid, w, n, c)
+-- it ended at once (an event kept before the workflow waited for it, a step that cannot be
+-- created). A decision that ends the workflow creates no step or child: their entries say
+-- canceled (`ending`).
+local function record(wid, w, n, c, ending)
   local kind, name = c[1], c.fields and c.fields.name or c[3]
   if kind == 'sleep' then name = '' end
   local rec = {kind = kind == 'child' and 'workflow' or kind, name = name, state = 'pending',
                scheduled_at = ctx.now}
-  local asked = {}
-  if kind == 'step' or kind == 'child' then
-    asked = {'q:' .. n, ask(wid, n, kind == 'step' and 'enqueue' or 'workflow', c[3])}
+  if (kind == 'step' or kind == 'child') and ending then
+    rec.state, rec.outcome, rec.finished_at, rec.attempts = 'canceled', 'canceled', ctx.now, 0
+    bump(ctx.counts, N.CANCELED)
+  elseif c.why then  -- fails at once: the code sees StepFailed
+    rec.state, rec.outcome, rec.finished_at = 'done', 'failed', ctx.now
+    rec.error, rec.error_type = 'the step could not be enqueued: ' .. c.why, 'Rejected'
+    rec.attempts = 0
+    newly_ended(ctx, wid, n)
+    bump(ctx.counts, N.REJECTED)
+  elseif kind == 'step' then
+    create_job(ctx, wid .. ':' .. n, c.fields, c.o, ctx.now, wid, n)
+  elseif kind == 'child' then
+    create_workflow(ctx, wid .. ':' .. n, c.fields, c.o, c.max_steps, ctx.now, wid, n)
   elseif kind == 'sleep' then
     rcall('ZADD', prefix .. K.wf_timers, tonumber(c[3]), timer_member(wid, n))
   elseif kind == 'event' then
@@ -270,7 +285,7 @@ local function record(wid, w, n, c)
   else  -- a patch marker: recorded, nothing to wait for
     rec.state, rec.outcome, rec.finished_at = 'done', 'succeeded', ctx.now
   end
-  rcall('HSET', w.wk, 'j:' .. n, pack_journal(rec), unpack(asked))
+  rcall('HSET', w.wk, 'j:' .. n, pack_journal(rec))
   return rec.state == 'done' and kind ~= 'patch'
 end
 
@@ -289,7 +304,7 @@ local function replay_outcome(entry_id, f, flat)
     local ok, cmds = pcall(cmsgpack.unpack, f.cmds or '')
     if not ok or type(cmds) ~= 'table' then
       why = 'field cmds must be a msgpack array of commands'
-    else numbered, ending, delivered, why = decision(w, cmds) end
+    else numbered, ending, delivered, why = decision(f.id, w, cmds) end
   end
   drop_entry(ctx, w.entry)
   w.entry = ''
@@ -319,7 +334,7 @@ local function replay_outcome(entry_id, f, flat)
     end
   end
   for _, item in ipairs(numbered) do
-    if record(f.id, w, item[1], item[2]) then again = true end
+    if record(f.id, w, item[1], item[2], ending) then again = true end
   end
   rcall('HSET', w.wk, 'wf_steps', total, 'wf_entry', '', 'wf_fails', 0, 'wf_blocked', '',
         'wf_applied', gen)
@@ -369,6 +384,7 @@ local handlers = {run = run_outcome, cb = callback_outcome, wf = replay_outcome,
                   batch = batch_outcome}
 local result = apply_entries(KEYS[2], batch, 'kind', '', handlers, reject)
 flush_deferred(ctx.defer)
+created(ctx)
 trim_dispatch(ctx)
 count_throughput(ctx)
 flush_counts(KEYS[8], ctx.counts)

@@ -64,14 +64,19 @@ class Engine:
     def ingest(self, token: str, now: int | None = None) -> Call[BatchReply]:
         """Apply a batch of client requests (enqueue, cancel, config)."""
         k, s = self.keys, self.settings
-        defaults = ",".join(s.retry[f] for f in _RETRY_DEFAULTS)
         return Call(
             script("ingestRequests"),
             [k.lease, k.pending_start, k.incoming, k.due, k.stats, k.rejected, k.config,
              k.dispatch],
-            [token, k.prefix, s.batch, s.max_payload, _now(now), s.retention_ms, defaults, GROUP],
+            [token, k.prefix, s.batch, s.max_payload, _now(now), s.retention_ms,
+             self._defaults(), GROUP],
             parse_batch,
         )
+
+    def _defaults(self) -> str:
+        """The pool's retry defaults for entries (and steps) that omit them, as scripts read
+        them: "max_attempts,initial_backoff_ms,base,max_backoff_ms"."""
+        return ",".join(self.settings.retry[f] for f in _RETRY_DEFAULTS)
 
     def start(self, token: str, now: int | None = None) -> Call[StartReply]:
         """Start due jobs while slots are free; hand out due callback deliveries."""
@@ -91,7 +96,8 @@ class Engine:
             script("applyOutcomes"),
             [k.lease, k.pending_completion, k.running, k.deadlines, k.dispatch, k.due,
              k.callbacks_due, k.stats, k.rejected],
-            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP, s.max_result],
+            [token, k.prefix, s.batch, _now(now), seed, s.retention_ms, GROUP, s.max_result,
+             s.max_payload, self._defaults()],
             parse_batch,
         )
 

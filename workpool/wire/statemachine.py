@@ -88,17 +88,18 @@ WF_ANY = (ABSENT, RUNNING, *TERMINAL)  #: a workflow is never pending or retryin
 WORKFLOW_TABLE: tuple[Row, ...] = (
     Row("start", ANY, "malformed", None, Code.REJECTED, "ingestRequests",
         "set aside in the rejected record"),
-    Row("start", (ABSENT,), "child_of_ended", None, Code.CANCELED, "ingestRequests",
-        "a child whose parent no longer runs is not created: the parent's entry says canceled"),
-    Row("start", (ABSENT,), "", RUNNING, Code.WORKFLOW_STARTED, "ingestRequests",
-        "replay 1 handed out; in the `workflows` set while it runs"),
+    Row("start", (ABSENT,), "", RUNNING, Code.WORKFLOW_STARTED, "ingestRequests, applyOutcomes",
+        "replay 1 handed out; in the `workflows` set while it runs (a child: created by its "
+        "parent's decision)"),
     Row("start", ANY[1:], "", None, Code.DUPLICATE_ENQUEUE, "ingestRequests",
         "same id (key): one workflow (or job)"),
     Row("decide", (RUNNING,), "current_replay_returned", SUCCEEDED, Code.SUCCEEDED,
-        "applyOutcomes", "its activation and asks recorded first; on_complete recorded"),
+        "applyOutcomes", "its activation and asks recorded first (the steps and children it "
+        "asks for are not created: their entries say canceled); on_complete recorded"),
     Row("decide", (RUNNING,), "current_replay_failed", FAILED, Code.FAILED, "applyOutcomes",
         "the function raised, asked for more than max_steps (TooManySteps) or returned more "
-        "than max_result_bytes (PayloadTooLarge); on_complete recorded"),
+        "than max_result_bytes (PayloadTooLarge); the steps and children it asks for are not "
+        "created; on_complete recorded"),
     Row("decide", (RUNNING,), "current_replay_malformed", None, Code.REJECTED,
         "applyOutcomes", "a decision that cannot be applied is set aside whole (none of it "
         "written) and the workflow is replayed later, as when undecided"),
@@ -106,8 +107,9 @@ WORKFLOW_TABLE: tuple[Row, ...] = (
         "applyOutcomes", "the code no longer matches the journal, or the worker lacks the "
         "workflow: journal unchanged, wf_blocked says why, replayed after 1 s doubling (60 s)"),
     Row("decide", (RUNNING,), "current_replay", None, Code.REPLAY_APPLIED, "applyOutcomes",
-        "activation and asks recorded (steps and children enqueued, timers and waits set); "
-        "replayed again at once if an entry ended meanwhile (wf_dirty)"),
+        "activation and asks recorded (steps and children created in the same script, timers "
+        "and waits set; a step an enqueue would refuse, or whose id is taken, fails at once "
+        "with Rejected); replayed again at once if an entry ended meanwhile (wf_dirty)"),
     Row("decide", WF_ANY, "", None, Code.STALE_REPLAY, "applyOutcomes",
         "a replay no longer out (superseded, withdrawn, or the workflow ended): dropped"),
     Row("entry_ends", (RUNNING,), "", None, Code.WAIT_ENDED, "any that ends a step or wait",
