@@ -169,15 +169,19 @@ local NUMBERED = {step = 'fields', child = 'fields', sleep = 'time', event = 'wa
                   patch = 'name'}
 
 -- An activation {'deliver', k, {n, ...}}: the ended entries a replay delivered to the code,
--- in order, numbered on from wf_acts + 1 (checked: each one exists and has ended).
-local function activation(w, c)
+-- in order, numbered on from wf_acts + 1 (checked: each one ended and is not delivered yet,
+-- that is, is in wfNew:<id>, read a thousand at a time).
+local function activation(wid, w, c)
   if tonumber(c[2]) ~= w.acts + 1 or type(c[3]) ~= 'table' or #c[3] == 0 then return false end
   for _, n in ipairs(c[3]) do
     if type(n) ~= 'number' or n < 1 or n > w.steps or n ~= math.floor(n) then return false end
   end
-  for _, raw in ipairs(journal_records(w.wk, c[3])) do
-    local ok, rec = pcall(cmsgpack.unpack, raw or '')
-    if not ok or type(rec) ~= 'table' or rec[J.state] == 'pending' then return false end
+  for i = 1, #c[3], 1000 do
+    local found = rcall('SMISMEMBER', prefix .. K.wf_new .. wid,
+                        unpack(c[3], i, math.min(i + 999, #c[3])))
+    for _, one in ipairs(found) do
+      if one ~= 1 then return false end
+    end
   end
   return true
 end
@@ -205,7 +209,7 @@ local function decision(wid, w, cmds)
     if type(c) ~= 'table' then return nil, nil, nil, 'a command must be an array' end
     local form, n = NUMBERED[c[1]], w.steps + #numbered + 1
     if c[1] == 'deliver' then
-      if delivered or not activation(w, c) then
+      if delivered or not activation(wid, w, c) then
         return nil, nil, nil, 'a decision delivers one activation at most, numbered ' ..
                               (w.acts + 1) .. ', of entries that ended'
       end
@@ -262,9 +266,10 @@ local function record(wid, w, n, c, ending)
     newly_ended(ctx, wid, n)
     bump(ctx.counts, N.REJECTED)
   elseif kind == 'step' then
-    create_job(ctx, wid .. ':' .. n, c.fields, c.o, ctx.now, wid, n)
+    create_job(ctx, wid .. ':' .. n, c.fields, c.o, ctx.now, wid, tostring(n))
   elseif kind == 'child' then
-    create_workflow(ctx, wid .. ':' .. n, c.fields, c.o, c.max_steps, ctx.now, wid, n)
+    create_workflow(ctx, wid .. ':' .. n, c.fields, c.o, c.max_steps, ctx.now, wid,
+                    tostring(n))
   elseif kind == 'sleep' then
     rcall('ZADD', prefix .. K.wf_timers, tonumber(c[3]), timer_member(wid, n))
   elseif kind == 'event' then

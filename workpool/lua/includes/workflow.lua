@@ -55,7 +55,9 @@ end
 
 -- The packed journal entries `ns` of workflow hash `wk` (false where there is none), read a
 -- thousand at a time: Lua's unpack takes some 8,000 values at most, and a fan-out has more.
-local function journal_records(wk, ns)
+-- `known`: n -> the entry this call just wrote (one entry alone is not read again).
+local function journal_records(wk, ns, known)
+  if #ns == 1 and known and known[ns[1]] then return {known[ns[1]]} end
   local out = {}
   for i = 1, #ns, 1000 do
     local names = {}
@@ -78,13 +80,13 @@ end
 -- rest it names (`unread`, [n, ...]) for the worker to read, so a wide fan-out of large
 -- results never makes one huge entry. A workflow with an empty journal has its start carried
 -- too (its spec and started_at): its first replay reads nothing.
-local function dispatch_replay(ctx, wid, wk, gen)
+local function dispatch_replay(ctx, wid, wk, gen, known)
   local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied')
   local new, ended, unread = rcall('SMEMBERS', ctx.prefix .. K.wf_new .. wid), {}, {}
   local room = L.REPLAY_CARRY_BYTES
   for i = 1, #new, 1000 do
     local part = {unpack(new, i, math.min(i + 999, #new))}
-    local recs = room > 0 and journal_records(wk, part) or {}
+    local recs = room > 0 and journal_records(wk, part, known) or {}
     for k, n in ipairs(part) do
       local rec = recs[k] or ''
       if room > 0 and #rec <= room then
@@ -133,10 +135,11 @@ end
 
 -- Something the workflow waits for happened: replay it now, or after the replay out now, or,
 -- when its last replay could not decide, when the next is due (replaysDue: its backoff holds).
-local function wake(ctx, owner)
+-- `known`: as for journal_records.
+local function wake(ctx, owner, known)
   if owner.state ~= 'running' or owner.fails > 0 then return end
   if owner.entry ~= '' then rcall('HSET', owner.wk, 'wf_dirty', 1)
-  else dispatch_replay(ctx, owner.wid, owner.wk, owner.gen + 1) end
+  else dispatch_replay(ctx, owner.wid, owner.wk, owner.gen + 1, known) end
 end
 
 -- Step `spec` of workflow `owner` ended (`outcome` succeeded, failed or canceled; `extra` the
@@ -151,24 +154,32 @@ local function step_ended(ctx, owner, spec, outcome, attempts, extra)
     if k == 'result' or k == 'error' or k == 'error_type' then rec[k] = extra[i + 1] end
   end
   rec.scheduled_at = owner.scheduled_at
-  rcall('HSET', owner.wk, 'j:' .. owner.n, pack_journal(rec))
+  local packed = pack_journal(rec)
+  rcall('HSET', owner.wk, 'j:' .. owner.n, packed)
   if owner.state == 'running' then newly_ended(ctx, owner.wid, owner.n) end
   changed(ctx, owner.wid)
-  wake(ctx, owner)
+  wake(ctx, owner, {[tostring(owner.n)] = packed})
 end
 
--- Workflow `wid`'s fields: {wk, state, gen, entry, dirty, steps, max, fails, spec (unpacked),
--- packed, attempts = 0, acts}; nil when there is no workflow of that id.
+-- A workflow's spec is unpacked when first read (`w.spec`): most decisions never read it.
+local LAZY_SPEC = {__index = function(w, name)
+  if name ~= 'spec' then return nil end
+  local ok, spec = pcall(cmsgpack.unpack, w.packed or '')
+  rawset(w, 'spec', ok and type(spec) == 'table' and spec or {})
+  return rawget(w, 'spec')
+end}
+
+-- Workflow `wid`'s fields: {wk, state, gen, entry, dirty, steps, max, fails, spec (unpacked
+-- when read), packed, attempts = 0, acts}; nil when there is no workflow of that id.
 local function workflow_fields(ctx, wid)
   local wk = ctx.prefix .. K.job .. wid
   local w = rcall('HMGET', wk, 'kind', 'state', 'wf_gen', 'wf_entry', 'wf_dirty', 'wf_steps',
                   'wf_max', 'wf_fails', 'spec', 'wf_acts')
   if w[1] ~= 'workflow' then return nil end
-  local ok, spec = pcall(cmsgpack.unpack, w[9] or '')
-  return {wk = wk, state = w[2], gen = tonumber(w[3]) or 0, entry = w[4] or '',
+  return setmetatable({wk = wk, state = w[2], gen = tonumber(w[3]) or 0, entry = w[4] or '',
           dirty = w[5] == '1', steps = tonumber(w[6]) or 0, max = tonumber(w[7]) or 0,
-          fails = tonumber(w[8]) or 0, spec = ok and type(spec) == 'table' and spec or {},
-          packed = w[9], attempts = 0, acts = tonumber(w[10]) or 0}
+          fails = tonumber(w[8]) or 0, packed = w[9], attempts = 0, acts = tonumber(w[10]) or 0},
+          LAZY_SPEC)
 end
 
 -- A pending wait (sleep or event) of workflow `w` (workflow_fields), journal entry n `rec`,
