@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis
-from helpers import eventually
+from helpers import Pools, eventually
 from helpers.loop import main_loop
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
 from workpool import Retry, State, Workpool
+from workpool.mainloop.loop import MainLoop
 from workpool.server.backoff import MAX_BACKOFF
 from workpool.server.embedded import RedisServer
 from workpool.wire.calls import Engine
@@ -202,3 +204,15 @@ def test_a_new_leader_that_only_read_before_suspects_afresh(own_server: RedisSer
     finally:
         r.close()
         pool.close()
+
+
+def test_the_loop_reaps_again_as_soon_as_a_suspect_would_be_lost(pools: Pools) -> None:
+    """Regression: after a reap suspected a silent worker, the loop reaped again only after its
+    interval, so the worker was lost up to an interval after its grace ran out. It now reaps
+    right when the reaper says the first suspect would be lost (Redis ms, through the clock
+    of its last reply), and on the interval otherwise."""
+    loop = MainLoop(pools("reap-at"), reap_interval=30.0)
+    loop._clock = (1_000_000, 100.0)  # Redis said 1,000,000 ms; seen at monotonic 100 s
+    assert loop._next_reap(100.0, -1) == 130.0  # nobody suspected: the interval
+    assert loop._next_reap(100.0, 1_000_400) == pytest.approx(100.402)  # that suspect's end
+    assert loop._next_reap(100.0, 1_050_000) == 130.0  # one due after the interval: interval

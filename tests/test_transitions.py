@@ -989,12 +989,12 @@ def test_a_lost_attempt_whose_job_key_was_clobbered_is_set_aside_and_the_reap_go
     broken, other = taken
     p.r.delete(p.keys.job(broken))
     p.r.set(p.keys.job(broken), "not a hash")  # HMGET on it raises WRONGTYPE
-    assert p.reap(t + 100) == ReapReply(Code.OK, 0, 1, 0)
+    assert p.reap(t + 100) == ReapReply(Code.OK, 0, 1, 0, -1)
     assert p.state(other) == RETRYING
     ((_, record),) = entries(p.r.xrange(p.keys.rejected))
     assert "WRONGTYPE" in text(record["reason"])
     assert p.held() == 0  # its entry dropped: the next reap does not trip on it again
-    assert p.reap(t + 200) == ReapReply(Code.OK, 0, 0, 0)
+    assert p.reap(t + 200) == ReapReply(Code.OK, 0, 0, 0, -1)
 
 
 @covers("lose", Code.RETRY_SCHEDULED)
@@ -1008,7 +1008,7 @@ def test_an_attempt_held_by_a_worker_without_heartbeat_fails_as_worker_lost_and_
     lost, kept = text(gone["id"]), text(alive["id"])
 
     now = t + 100
-    assert p.reap(now) == ReapReply(Code.OK, 0, 1, 0)
+    assert p.reap(now) == ReapReply(Code.OK, 0, 1, 0, -1)
     h = p.job(lost)
     assert (h["state"], h["error_type"]) == (b"retrying", b"WorkerLost")
     assert b"worker w1" in h["error"]
@@ -1025,7 +1025,7 @@ def test_an_attempt_held_by_a_worker_without_heartbeat_fails_as_worker_lost_and_
     p.finish_run(lost, 1, ok=True)  # the "dead" worker was only slow
     assert p.apply(now + 1).outcomes == [(lost, Code.STALE_COMPLETION)]
     assert p.state(lost) == RETRYING
-    assert p.reap(now + 2) == ReapReply(Code.OK, 0, 0, 0)
+    assert p.reap(now + 2) == ReapReply(Code.OK, 0, 0, 0, -1)
 
 
 GRACE_MS = 1000
@@ -1078,6 +1078,21 @@ def test_a_silent_worker_is_lost_only_once_suspected_for_the_grace(p: Pool) -> N
     assert g.reap(t + GRACE_MS).lost == 1
     assert (g.job(job_id)["error_type"], g.r.hexists(g.keys.suspects, "w1")) == (
         b"WorkerLost", False)
+
+
+def test_a_reap_says_when_its_first_suspect_would_be_lost(p: Pool) -> None:
+    """Regression: the main loop learned of a suspect's end only at its next interval's reap,
+    so a dead worker's attempts ran again up to a reap interval (0.5 s) after its grace ran
+    out: recoveries came in 0.5 s steps, and the leader-SIGKILL ones past their 4 s p99."""
+    g = with_grace(p)
+    job_id, _ = g.running_job(1, worker=None)
+    g.deliver("w1")  # never beats
+    g.deliver("w2", count=1)  # holds nothing: never suspected
+    t = g.clock()
+    assert g.reap(t).next_lost_ms == t + GRACE_MS  # suspected now
+    assert g.reap(t + 300).next_lost_ms == t + GRACE_MS  # since t, however often it reaps
+    assert g.reap(t + GRACE_MS) == ReapReply(Code.OK, 0, 1, 0, -1)  # lost: none suspected
+    assert g.job(job_id)["error_type"] == b"WorkerLost"
 
 
 def test_a_gap_between_reaps_suspects_silent_workers_afresh(p: Pool) -> None:
@@ -1158,8 +1173,8 @@ def test_a_reap_after_a_gap_times_out_and_loses_nothing(p: Pool) -> None:
     wait_until(lambda: int(g.r.xpending_range(g.keys.dispatch, GROUP, "-", "+", 1)[0]
                            ["time_since_delivered"]) >= 1 + 2 * GRACE_MS, timeout=10)
     t = g.clock()
-    assert g.reap(t - 10 * GRACE_MS) == ReapReply(Code.OK, 0, 0, 0)
-    assert g.reap(t) == ReapReply(Code.OK, 0, 0, 0)  # a gap: Redis down, or no leader
+    assert g.reap(t - 10 * GRACE_MS) == ReapReply(Code.OK, 0, 0, 0, t - 9 * GRACE_MS)
+    assert g.reap(t) == ReapReply(Code.OK, 0, 0, 0, t + GRACE_MS)  # a gap: suspected afresh
     assert g.state(job_id) == RUNNING
     assert g.reap(t + GRACE_MS // 2).timed_out == 1
 
@@ -1168,7 +1183,7 @@ def test_a_reap_after_a_gap_times_out_and_loses_nothing(p: Pool) -> None:
 def test_a_lost_last_attempt_makes_the_job_done_failed_as_worker_lost(p: Pool) -> None:
     job_id, t = p.running_job(worker=None, retry=Retry(max_attempts=1), on_complete="record")
     p.deliver("w1")
-    assert p.reap(t + 1) == ReapReply(Code.OK, 0, 1, 0)
+    assert p.reap(t + 1) == ReapReply(Code.OK, 0, 1, 0, -1)
     h = p.job(job_id)
     assert (h["state"], h["outcome"], h["error_type"]) == (b"done", b"failed", b"WorkerLost")
     assert p.score(p.keys.running, job_id) is None
@@ -1181,7 +1196,7 @@ def test_an_attempt_past_its_timeout_counted_from_delivery_fails_as_timeout(p: P
     job_id, t = p.running_job(worker=None, timeout=0.001)
     assert p.job(job_id)["timeout_ms"] == b"1"
     assert p.score(p.keys.deadlines, job_id) == t + 1
-    assert p.reap(t + FAR) == ReapReply(Code.OK, 0, 0, 0)  # not delivered yet: no clock running
+    assert p.reap(t + FAR) == ReapReply(Code.OK, 0, 0, 0, -1)  # not delivered yet: no clock running
     assert p.state(job_id) == RUNNING
     assert p.score(p.keys.deadlines, job_id) == t + FAR + 1
 
@@ -1190,7 +1205,7 @@ def test_an_attempt_past_its_timeout_counted_from_delivery_fails_as_timeout(p: P
     wait_until(lambda: int(p.r.xpending_range(p.keys.dispatch, GROUP, "-", "+", 1)[0]
                            ["time_since_delivered"]) >= 1)
     now = t + 2 * FAR
-    assert p.reap(now) == ReapReply(Code.OK, 1, 0, 0)
+    assert p.reap(now) == ReapReply(Code.OK, 1, 0, 0, -1)
     h = p.job(job_id)
     assert (h["state"], h["error_type"]) == (b"retrying", b"Timeout")
     assert p.score(p.keys.due, job_id) == retry_due(now, job_id, 1)
@@ -1206,7 +1221,7 @@ def test_an_attempt_within_its_timeout_since_delivery_keeps_running_whatever_the
 ) -> None:
     job_id, t = p.running_job(timeout=3600)
     now = t + FAR
-    assert p.reap(now) == ReapReply(Code.OK, 0, 0, 0)
+    assert p.reap(now) == ReapReply(Code.OK, 0, 0, 0, -1)
     assert p.state(job_id) == RUNNING
     deadline = p.score(p.keys.deadlines, job_id)
     assert deadline is not None
@@ -1332,7 +1347,7 @@ def test_a_delivery_held_by_a_dead_worker_is_handed_out_again_and_its_late_outco
     p.finish_run(job_id, 1, ok=True)
     p.apply(t + 1)
     ((old, _),) = p.deliver("dead")  # no heartbeat for "dead"
-    assert p.reap(t + 2) == ReapReply(Code.OK, 0, 0, 1)
+    assert p.reap(t + 2) == ReapReply(Code.OK, 0, 0, 1, -1)
     h = p.job(job_id)
     ((entry, f),) = p.dispatched()
     assert entry != old

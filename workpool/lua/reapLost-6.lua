@@ -43,13 +43,15 @@
 -- deadline or entry dropped, so one broken key cannot fail every reap; and, for a lost
 -- replay handed out again, the workflow's hash (job:<id>) and wfNew:<id> (SET of its
 -- entries ended, not delivered yet).
--- Returns R.reap {code, timed_out, lost, redelivered}; code is NOT_LEADER (nothing written) or OK.
+-- Returns R.reap {code, timed_out, lost, redelivered, next_lost_ms}; code is NOT_LEADER (nothing
+-- written) or OK; next_lost_ms is when the first worker suspected now is lost if it stays
+-- silent (-1: none), so the main loop reaps again right then, not on its next interval.
 -- @include common
 -- @include finish
 
-local function reaped(code, timed_out, lost, redelivered)
+local function reaped(code, timed_out, lost, redelivered, next_lost)
   return reply(R.reap, {code = code, timed_out = timed_out, lost = lost,
-                        redelivered = redelivered})
+                        redelivered = redelivered, next_lost_ms = next_lost or -1})
 end
 
 if not holds_lease(KEYS[1], ARGV[1]) then return reaped(C.NOT_LEADER, 0, 0, 0) end
@@ -151,6 +153,8 @@ local function recover(consumer, entry_id)
 end
 
 -- Silent consumers: lost at once (no grace), or once suspected for grace ms without a gap.
+-- next_lost: when the first one suspected and not lost yet will be.
+local next_lost = nil
 local function lost_now(consumer)
   if rcall('EXISTS', prefix .. K.heartbeat .. consumer) == 1 then
     if grace > 0 then rcall('HDEL', suspects, consumer) end
@@ -160,9 +164,12 @@ local function lost_now(consumer)
   local since = tonumber(rcall('HGET', suspects, consumer) or '')
   if since == nil or afresh then
     rcall('HSET', suspects, consumer, ctx.now)
-    return false
+    since = ctx.now
+  elseif ctx.now - since >= grace then
+    return true
   end
-  return ctx.now - since >= grace
+  next_lost = math.min(next_lost or math.huge, since + grace)
+  return false
 end
 
 -- Dead workers: consumers with pending entries and no live heartbeat.
@@ -207,4 +214,4 @@ bump(ctx.counts, N.WORKERS_LOST_ATTEMPTS, lost)
 bump(ctx.counts, N.CALLBACKS_REDELIVERED, redelivered)
 count_throughput(ctx)
 flush_counts(KEYS[6], ctx.counts)
-return reaped(C.OK, timed_out, lost, redelivered)
+return reaped(C.OK, timed_out, lost, redelivered, next_lost)

@@ -187,7 +187,7 @@ class MainLoop:
         self._clock = (start.now_ms, time.monotonic())
         if reaped is not None:
             self._reaped(reaped.value)
-            self._reap_at = now + self.reap_interval
+            self._reap_at = self._next_reap(now, reaped.value.next_lost_ms)
         self._log_batch(ingest, "request")
         self._log_batch(apply_, "outcome")
         for job_id in start.ids:
@@ -237,6 +237,15 @@ class MainLoop:
                                  "grace; the latest missed tick is skipped (catch_up=True would "
                                  "run it once)", job=job.name, tick_ms=decision.tick_ms,
                                  grace=job.grace, transition="skipped_missed")
+
+    def _next_reap(self, now: float, next_lost_ms: int) -> float:
+        """When to reap again: after the interval, or as soon as the first worker suspected
+        now would be lost (Redis ms, -1: none), so a recovery never waits out an interval."""
+        at = now + self.reap_interval
+        if next_lost_ms >= 0 and self._clock is not None:
+            redis_ms, seen = self._clock  # Redis had passed redis_ms when the reply was seen
+            at = min(at, seen + (next_lost_ms - redis_ms) / 1000 + 0.002)
+        return at
 
     def _reaped(self, reap: ReapReply) -> None:
         if reap.code == Code.NOT_LEADER:

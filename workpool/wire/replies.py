@@ -91,6 +91,8 @@ class ReapReply:
     timed_out: int
     lost: int
     redelivered: int
+    #: when the first worker suspected now is lost if it stays silent (Redis ms; -1: none)
+    next_lost_ms: int
 
 
 @dataclass(frozen=True)
