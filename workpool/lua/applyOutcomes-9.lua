@@ -199,6 +199,7 @@ local function unusable(wid, n, c)
   local why, o = check_enqueue(sid, c.fields, ctx.max_payload)
   if not why and c[1] == 'child' then c.max_steps, why = max_steps_of(c.fields) end
   if not why and taken(ctx, sid) then why = 'its id ' .. sid .. ' is taken by another job' end
+  last_seq(ctx)  -- read while checking: creating it then writes only
   c.o = o
   return why
 end

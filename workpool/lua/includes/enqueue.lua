@@ -210,9 +210,19 @@ local function creating(ctx)
   ctx.fresh, ctx.priorities = {}, {}
 end
 
--- After the deferred writes are flushed: the pool's seq counter, read once, is written back.
+-- The pool's seq counter as this call has it: read once (a script that checks before its
+-- first write reads it while checking), written back once by created().
+local function last_seq(ctx)
+  if not ctx.seq then
+    ctx.seq = tonumber(rcall('GET', ctx.adm.seq) or '0') or 0
+    ctx.seq_read = ctx.seq
+  end
+  return ctx.seq
+end
+
+-- After the deferred writes are flushed: the pool's seq counter, if it moved, is written back.
 local function created(ctx)
-  if ctx.seq then rcall('SET', ctx.adm.seq, ctx.seq) end
+  if ctx.seq and ctx.seq ~= ctx.seq_read then rcall('SET', ctx.adm.seq, ctx.seq) end
 end
 
 -- True when a job or workflow of id `id` exists (or was created in this call).
@@ -227,7 +237,7 @@ end
 local function create_job(ctx, id, f, o, enqueued_at, wf, wf_n)
   local due = math.max(o.run_at_ms, enqueued_at + o.run_after_ms)
   local ckey, priority = f.concurrency_key or '', o.priority
-  ctx.seq = (ctx.seq or tonumber(rcall('GET', ctx.adm.seq) or '0') or 0) + 1
+  ctx.seq = last_seq(ctx) + 1
   ctx.fresh[id] = true
   defer(ctx.defer, ctx.add_unstarted, id, pack_spec({
     name = f.name, enc = o.enc, max_attempts = o.max_attempts, backoff_ms = o.initial_backoff_ms,
