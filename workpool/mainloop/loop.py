@@ -39,6 +39,7 @@ from workpool.wire.scripts import Call, Replies, arun
 
 T = TypeVar("T")
 _NOTHING = BatchReply(Code.OK, 0, "", [])  #: a stream with no entries: its script not called
+_MS_ROUNDING_S = 0.002  #: a reap timed by Redis ms comes this much late, never early
 
 
 @dataclass
@@ -244,7 +245,7 @@ class MainLoop:
         at = now + self.reap_interval
         if next_lost_ms >= 0 and self._clock is not None:
             redis_ms, seen = self._clock  # Redis had passed redis_ms when the reply was seen
-            at = min(at, seen + (next_lost_ms - redis_ms) / 1000 + 0.002)
+            at = min(at, seen + (next_lost_ms - redis_ms) / 1000 + _MS_ROUNDING_S)
         return at
 
     def _reaped(self, reap: ReapReply) -> None:

@@ -42,7 +42,6 @@ local function option(f, name)
   return n
 end
 
-
 -- The pool's retry defaults for entries that omit them, from ARGV[i]
 -- ("max_attempts,initial_backoff_ms,base,max_backoff_ms"): checked before the first write.
 local function retry_defaults(i)
