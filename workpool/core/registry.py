@@ -72,14 +72,20 @@ class Registry:
         self.jobs: dict[str, JobSpec] = {}
         self.handlers: dict[str, HandlerSpec] = {}
         self.workflows: dict[str, WorkflowSpec] = {}
+        #: id(fn) -> its job's name, then its handler's: name_of is called at every step a
+        #: workflow replays, so it must not walk the tables (the specs keep each fn alive)
+        self._job_names: dict[int, str] = {}
+        self._handler_names: dict[int, str] = {}
 
     def add_job(self, spec: JobSpec) -> None:
         """Register a job; a second function under the same name is a mistake worth stopping."""
         _add(self.jobs, spec, "job")
+        self._job_names.setdefault(id(spec.fn), spec.name)
 
     def add_handler(self, spec: HandlerSpec) -> None:
         """Register an on_complete handler."""
         _add(self.handlers, spec, "on_complete handler")
+        self._handler_names.setdefault(id(spec.fn), spec.name)
 
     def add_workflow(self, spec: WorkflowSpec) -> None:
         """Register a workflow."""
@@ -98,12 +104,9 @@ class Registry:
         return _get(self.handlers, name, "on_complete handler")
 
     def name_of(self, fn: Callable[..., Any]) -> str | None:
-        """The registered name of a job or handler function, if any."""
-        for table in (self.jobs, self.handlers):
-            for name, spec in table.items():
-                if spec.fn is fn:
-                    return name
-        return None
+        """The registered name of a job or handler function, if any (its first as a job, else
+        its first as a handler)."""
+        return self._job_names.get(id(fn)) or self._handler_names.get(id(fn))
 
 
 S = TypeVar("S", JobSpec, HandlerSpec, WorkflowSpec)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from workpool.core import validate
 from workpool.core.config import PoolConfig
 from workpool.core.registry import check_name
-from workpool.core.requests import enqueue_entries, workflow_entry
+from workpool.core.requests import enqueue_entries, name_of, workflow_entry
 from workpool.errors import StepFailed, WaitTimeout
 from workpool.wire import limits
 from workpool.wire.options import STEP_OPTIONS, JobRef
@@ -64,12 +64,16 @@ class WorkflowContext:
         """Run `job(*args)` as a job of the pool (retries, timeout, limits as for any job) and
         give its result, once; StepFailed if it ends failed or canceled. A step is matched to
         its journal entry by its number (the order of the calls) and its job's name; its
-        arguments are not compared (a changed argument does not change a step asked for)."""
-        (fields,) = enqueue_entries(self._config, job, [args], options, allowed=STEP_OPTIONS,
-                                    call="ctx.step")
-        name, enc = str(fields["name"]), str(fields["enc"])
-        return self._ask("step", name, lambda n: ["step", n, _flat(fields)],
-                         lambda e: decode(e.result, enc))
+        arguments are not compared (a changed argument does not change a step asked for) nor
+        encoded again."""
+        name, enc = name_of(self._config, job, "job"), self._config.encoding
+
+        def command(n: int) -> list[Any]:  # a step the journal has is not encoded again
+            (fields,) = enqueue_entries(self._config, name, [args], options,
+                                        allowed=STEP_OPTIONS, call="ctx.step")
+            return ["step", n, _flat(fields)]
+
+        return self._ask("step", name, command, lambda e: decode(e.result, enc))
 
     def workflow(self, workflow: Callable[..., Any] | str, *args: Any,
                  kwargs: Mapping[str, Any] | None = None) -> asyncio.Future[Any]:
@@ -125,15 +129,15 @@ class WorkflowContext:
             msg = "the workflow's replay is over: await its calls inside the workflow function"
             raise RuntimeError(msg)
         n = self._next
-        self._next += 1
-        future = self._loop.create_future()
         entry = self._journal.get(n)
-        if entry is None:
+        if entry is None:  # asked for (its arguments checked first: a bad one takes no number)
             self.commands.append(command(n))
         elif entry.kind != kind or entry.name != name:
             self.mismatch = self.mismatch or (
                 f"entry {n}: the journal has {entry.kind} {entry.name!r} there, the code now "
                 f"asks for {kind} {name!r}")
+        self._next += 1
+        future = self._loop.create_future()
         self.waiting[n] = (future, name, result)
         return future
 
