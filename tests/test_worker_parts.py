@@ -214,6 +214,37 @@ def test_an_entry_delivered_but_never_seen_is_run_once_by_take_unseen(
     run(main())
 
 
+def test_a_reader_makes_its_inbox_and_runs_an_unseen_entry_there_whatever_its_id(
+        redis_url: str, redis_client: redis.Redis, dispatch: Keys) -> None:
+    """The inbox (the replays of the workflows a worker keeps) is read with the dispatch
+    stream; an entry of either is told apart by its stream too, as ids repeat across streams
+    (keyed by id alone, an unseen inbox entry whose id a dispatch entry had was never run)."""
+    inbox = dispatch.inbox("w1")
+
+    async def main() -> None:
+        runs, halt, reader = reader_for(dispatch, 1)
+        async with async_client(redis_url) as client:
+            task = asyncio.create_task(reader.read_forever(client))
+            await until(lambda: bool(redis_client.exists(inbox)), what="its inbox made")
+            redis_client.xadd(dispatch.dispatch, {"kind": "run", "id": "j0", "attempt": "1"},
+                              id="5-1")
+            await until(lambda: len(runs.calls) == 1, what="the dispatch entry run")
+            # its one slot busy, it reads no more: an inbox entry with the same id, delivered
+            # to it by a read whose reply was lost
+            redis_client.xadd(inbox, {"kind": "wf", "id": "f", "gen": "2"}, id="5-1")
+            redis_client.xreadgroup(GROUP, "w1", {inbox: ">"})
+            await reader.take_unseen(client)
+            await until(lambda: len(runs.calls) == 2, what="the unseen inbox entry run")
+            assert runs.calls[1][1]["kind"] == b"wf"
+            await reader.take_unseen(client)  # both known now: neither runs again
+            assert await holds(lambda: len(runs.calls) == 2, 0.2)
+            runs.gate.release()
+            runs.gate.release()
+            await stop_reader(reader, task, halt)
+
+    run(main())
+
+
 def test_an_unseen_entry_behind_a_full_page_of_running_ones_still_runs(
         redis_url: str, redis_client: redis.Redis, dispatch: Keys,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,9 @@
 --     handler), or one more than the retention after the job finished, closes it undelivered
 --     (CALLBACK_ABANDONED, cb=failed), so no job is kept forever. Superseded ones are
 --     STALE_CALLBACK.
---   kind=wf: the decision of replay `gen` of workflow `id` (includes/workflow.lua). ok=1 with
+--   kind=wf: the decision of replay `gen` of workflow `id` (includes/workflow.lua), made by
+--     worker `worker` (optional: an applied decision makes it wf_keeper, whose inbox gets
+--     the next replay while it beats). ok=1 with
 --     `cmds`, a msgpack array of commands, each checked before the first write:
 --     {'deliver', k, {n, ...}} records activation k (the ended entries the replay delivered
 --     to the code, in order: a replay from the start delivers them so again);
@@ -312,7 +314,7 @@ local function replay_outcome(entry_id, f, flat)
       why = 'field cmds must be a msgpack array of commands'
     else numbered, ending, delivered, why = decision(f.id, w, cmds) end
   end
-  drop_entry(ctx, w.entry)
+  drop_replay(ctx, w)
   w.entry = ''
   if why then  -- set aside, none of it written; replayed later, so the workflow goes on
     reject(entry_id, flat, why)
@@ -342,8 +344,10 @@ local function replay_outcome(entry_id, f, flat)
   for _, item in ipairs(numbered) do
     if record(f.id, w, item[1], item[2], ending) then again = true end
   end
+  local keeper = f.worker or ''  -- a routing hint: a name of no live worker routes nothing
+  if #keeper > L.MAX_ID_BYTES then keeper = '' end
   rcall('HSET', w.wk, 'wf_steps', total, 'wf_entry', '', 'wf_fails', 0, 'wf_blocked', '',
-        'wf_applied', gen)
+        'wf_applied', gen, 'wf_keeper', keeper)
   if ending and ending[1] == 'return' then
     end_workflow(ctx, f.id, w.wk, w, 'done', 'succeeded', {'result', ending[2]})
     return C.SUCCEEDED

@@ -12,9 +12,13 @@
 --     more than grace ms after the previous one (Redis was down or stalled, or no leader
 --     reaped) suspects afresh: heartbeats may not have had their chance, so nobody is lost
 --     before the workers could beat again.
---   dead consumer without entries: a consumer of the group with nothing pending, no live
---     heartbeat and idle for longer than the grace (a worker that stopped or restarted) is
---     removed from the group, with its suspicion: the group does not grow with restarts.
+--   inbox: a replay in a worker's inbox (inbox:<consumer>, the replays of the workflows it
+--     keeps live) whose worker has no heartbeat, or that waited there L.INBOX_WAIT_MS, is
+--     handed to any worker (the dispatch stream) as a new generation.
+--   dead consumer without entries: a consumer of the group with nothing pending, an empty
+--     inbox, no live heartbeat and idle for longer than the grace (a worker that stopped or
+--     restarted) is removed from the group, with its suspicion and its inbox: the group does
+--     not grow with restarts. A lost consumer is removed so once its inbox is empty.
 -- A late outcome from such an attempt is then stale and is rejected by applyOutcomes.
 --
 -- KEYS[1] lease          STRING  main-loop lease, checked against ARGV[1] (fencing)
@@ -40,9 +44,9 @@
 -- Derived from ARGV[2] (same hash tag): suspects (HASH consumer -> ms first seen silent) and
 -- reapedAt (STRING, ms of the previous reap), written only when grace > 0; rejected (STREAM),
 -- where a job or entry the reaper cannot read (a key of the wrong type) is set aside, its
--- deadline or entry dropped, so one broken key cannot fail every reap; and, for a lost
--- replay handed out again, the workflow's hash (job:<id>) and wfNew:<id> (SET of its
--- entries ended, not delivered yet).
+-- deadline or entry dropped, so one broken key cannot fail every reap; inbox:<consumer>
+-- (STREAM + group ARGV[7]) of each consumer; and, for a lost replay handed out again, the
+-- workflow's hash (job:<id>) and wfNew:<id> (SET of its entries ended, not delivered yet).
 -- Returns R.reap {code, timed_out, lost, redelivered, next_lost_ms}; code is NOT_LEADER (nothing
 -- written) or OK; next_lost_ms is when the first worker suspected now is lost if it stays
 -- silent (-1: none), so the main loop reaps again right then, not on its next interval.
@@ -133,7 +137,7 @@ local function recover(consumer, entry_id)
     end
   elseif f.kind == 'wf' then
     local w = workflow_fields(ctx, f.id or '')
-    if w and w.state == 'running' and w.entry == entry_id then
+    if w and w.state == 'running' and w.entry == entry_id and w.route == '' then
       drop_entry(ctx, entry_id)
       dispatch_replay(ctx, f.id, w.wk, w.gen + 1)
       return
@@ -172,9 +176,52 @@ local function lost_now(consumer)
   return false
 end
 
+-- Replays in workers' inboxes: one whose worker is silent (no heartbeat), or that waited
+-- there L.INBOX_WAIT_MS (the worker's slots all busy, its event loop held), goes to any worker
+-- as a new generation (a late decision of the old one is stale). Returns how many it left.
+local budget = batch
+local function take_back(consumer)
+  local inbox = prefix .. K.inbox .. consumer
+  local silent = rcall('EXISTS', prefix .. K.heartbeat .. consumer) == 0
+  local entries = rcall('XRANGE', inbox, '-', '+', 'COUNT',
+                        silent and budget or math.min(budget, L.PAGE))
+  for i, e in ipairs(entries) do
+    if not silent and ctx.now - id_parts(e[1]) < L.INBOX_WAIT_MS then return #entries - i + 1 end
+    budget = budget - 1
+    rcall('XACK', inbox, group, e[1])
+    rcall('XDEL', inbox, e[1])
+    local f = fields_of(e[2])
+    local w = f.kind == 'wf' and workflow_fields(ctx, f.id or '')
+    if w and w.state == 'running' and w.entry == e[1] and w.route == consumer then
+      rcall('HSET', w.wk, 'wf_keeper', '')
+      dispatch_replay(ctx, f.id, w.wk, w.gen + 1)
+      bump(ctx.counts, N.REPLAYS_REROUTED)
+    end
+  end
+  return rcall('XLEN', inbox)
+end
+local inbox_left = {}  -- consumer -> entries its inbox still holds
+for _, c in ipairs(consumers) do
+  if budget <= 0 then break end
+  local name = fields_of(c).name
+  local ok, left = pcall(take_back, name)
+  if not ok then
+    set_aside_unreadable('inbox of ' .. name, left,
+                         function() rcall('DEL', prefix .. K.inbox .. name) end)
+    left = 0
+  end
+  inbox_left[name] = left
+end
+
+-- A consumer leaves the group (it is gone, and so is everything it held) with its inbox.
+local function remove_consumer(consumer)
+  rcall('XGROUP', 'DELCONSUMER', KEYS[2], group, consumer)
+  rcall('DEL', prefix .. K.inbox .. consumer)
+  if grace > 0 then rcall('HDEL', suspects, consumer) end
+end
+
 -- Dead workers: consumers with pending entries and no live heartbeat.
 local summary = rcall('XPENDING', KEYS[2], group)
-local budget = batch
 for _, c in ipairs(summary[4] or {}) do
   if budget <= 0 then break end
   local consumer = c[1]
@@ -187,9 +234,8 @@ for _, c in ipairs(summary[4] or {}) do
       end
     end
     budget = budget - #entries
-    if #entries == tonumber(c[2]) then
-      rcall('XGROUP', 'DELCONSUMER', KEYS[2], group, consumer)
-      if grace > 0 then rcall('HDEL', suspects, consumer) end
+    if #entries == tonumber(c[2]) and (inbox_left[consumer] or 1) == 0 then
+      remove_consumer(consumer)
     end
   end
 end
@@ -200,9 +246,9 @@ for _, c in ipairs(consumers) do
   if left >= batch then break end
   local info = fields_of(c)
   if tonumber(info.pending) == 0 and tonumber(info.idle) > grace and
+     inbox_left[info.name] == 0 and
      rcall('EXISTS', prefix .. K.heartbeat .. info.name) == 0 then
-    rcall('XGROUP', 'DELCONSUMER', KEYS[2], group, info.name)
-    rcall('HDEL', suspects, info.name)
+    remove_consumer(info.name)
     bump(ctx.counts, N.WORKERS_REMOVED)
   end
   left = left + 1

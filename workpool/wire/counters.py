@@ -33,6 +33,10 @@ class Counter:
     CALLBACKS_REDELIVERED: Final = "callbacks_redelivered"
     WORKFLOWS_STARTED: Final = "workflows_started"  #: workflows begun
     REPLAYS: Final = "replays"  #: workflow replays handed to workers
+    #: replays handed to the inbox of the worker that keeps their workflow live
+    REPLAYS_ROUTED: Final = "replays_routed"
+    #: replays taken back from an inbox (its worker silent, or not reading it in time)
+    REPLAYS_REROUTED: Final = "replays_rerouted"
     STALE_REPLAYS: Final = "stale_replays"  #: replay decisions no longer current, dropped
     REPLAY_FAILURES: Final = "replay_failures"  #: replays that could not decide (tried again)
     EVENTS_DELIVERED: Final = "events_delivered"  #: events that ended a workflow's wait

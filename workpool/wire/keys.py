@@ -49,6 +49,7 @@ KEY = {
     "rejected": "rejected",
     "job": "job:",
     "heartbeat": "hb:",
+    "inbox": "inbox:",
     "done_channel": "done:",
     "wf_channel": "wfc:",
     "throughput": "tp:",
@@ -240,6 +241,11 @@ class Keys:
     def heartbeat(self, worker_id: str) -> str:
         """STRING with a TTL: a worker process is alive while this exists."""
         return self._k(KEY["heartbeat"] + worker_id)
+
+    def inbox(self, worker_id: str) -> str:
+        """STREAM + group `workers`: a worker's own entries, the replays of the workflows it
+        keeps live (it creates it; the reaper takes back what it leaves and drops it with it)."""
+        return self._k(KEY["inbox"] + worker_id)
 
     def done_channel(self, job_id: str) -> str:
         """PUB/SUB channel: published once when the job reaches its terminal state."""

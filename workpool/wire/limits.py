@@ -45,6 +45,9 @@ CALL_BYTES = 8 * 1024 * 1024  #: bytes of entries one script call reads at most 
 #: bytes of ended journal entries a replay's dispatch entry carries at most (it names the rest,
 #: and the worker reads them)
 REPLAY_CARRY_BYTES = 1024 * 1024
+#: ms a replay may wait unread in the inbox of the worker that keeps its workflow (its slots
+#: all busy, its event loop held) before the reaper hands it to any worker
+INBOX_WAIT_MS = 5000
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  #: the most max_payload_bytes / max_result_bytes may be
 MAX_RETENTION_MS = 3650 * DAY_MS  #: how long finished jobs may be kept
 MAX_TTL_MS = 3600 * 1000  #: lease_ttl, heartbeat_ttl

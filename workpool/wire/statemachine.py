@@ -127,7 +127,8 @@ WORKFLOW_TABLE: tuple[Row, ...] = (
     Row("event", WF_ANY, "", None, Code.EVENT_DROPPED, "ingestRequests",
         "the workflow is not running"),
     Row("lose", (RUNNING,), "current_replay", None, Code.REDELIVERED, "reapLost",
-        "the replay a lost worker held is handed out again (a new generation)"),
+        "the replay a lost worker held is handed out again (a new generation); so is one an "
+        "inbox held too long, or whose worker is silent (`replays_rerouted`)"),
     Row("timeout", (RUNNING,), "", FAILED, Code.FAILED, "startJobs, ingestRequests",
         "past its timeout (wfTimers entry 0) startJobs appends a cancel with timeout=1: ended "
         "with error_type Timeout, steps not ended canceled as by a cancel"),

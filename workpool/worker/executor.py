@@ -238,7 +238,7 @@ class Executor:
             self.log.warning("transition", transition="replay_failed", workflow=workflow_id,
                              error=failures.cut(f"{type(exc).__name__}: {exc}", 300))
             return replay_failed(workflow_id, gen, exc)
-        return Outcome("wf", workflow_id, gen, ok=True, result=cmds)
+        return Outcome("wf", workflow_id, gen, ok=True, result=cmds, worker=self.worker_id)
 
     def _on_loop(self, workflow_id: str, call: Callable[..., T], *args: Any) -> T:
         """`call(*args)`: the workflow's code, run on this event loop; reported when it held

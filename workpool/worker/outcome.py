@@ -28,6 +28,7 @@ class Outcome:
     retryable: bool | None = None  #: None: the engine's default for the kind
     error_type: str | None = None
     error: str | None = None
+    worker: str | None = None  #: the worker that decided (wf): it keeps the workflow live
 
     def fields(self) -> dict[str, str | bytes]:
         """The outcome's wire fields."""
@@ -42,6 +43,8 @@ class Outcome:
             out["error_type"] = self.error_type
         if self.error is not None:
             out["error"] = self.error
+        if self.worker is not None:
+            out["worker"] = self.worker
         return out
 
 

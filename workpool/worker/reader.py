@@ -1,5 +1,6 @@
-"""A worker's reader: takes entries from the dispatch stream while it has free slots, and runs
-each as a task (an attempt or an on_complete delivery).
+"""A worker's reader: takes entries from the dispatch stream, and from its own inbox (the
+replays of the workflows it keeps live), while it has free slots, and runs each as a task (an
+attempt, an on_complete delivery or a replay).
 
 It reads at most as many entries as slots are free (XREADGROUP, blocking); a thread stuck in
 an attempt that timed out takes a slot until it comes back. It also runs the entries Redis
@@ -40,9 +41,12 @@ class Reader:
                  *, stuck: Callable[[], int], run: Run, check_every: float) -> None:
         self.keys, self.consumer, self.slots, self.halt, self.log = keys, consumer, slots, \
             halt, log
+        self.inbox = keys.inbox(consumer)
+        self._inbox_open = False
         self._stuck, self._run, self._check_every = stuck, run, check_every
         self.inflight: set[asyncio.Task[None]] = set()  #: entries being run
-        self._taken: dict[bytes, float] = {}  # entries taken and not seen acknowledged yet
+        #: (stream, entry id) of the entries taken and not seen acknowledged yet
+        self._taken: dict[tuple[str, bytes], float] = {}
         self._slot_freed = asyncio.Event()
 
     def freed(self) -> None:
@@ -58,16 +62,20 @@ class Reader:
             if free == 0:
                 continue
             try:
+                if not self._inbox_open:
+                    await self._open_inbox(client)
                 if time.monotonic() >= check_at:
                     await self.take_unseen(client)
                     check_at = time.monotonic() + self._check_every
                 read_at = time.monotonic()
                 reply = cast("StreamReply", await client.xreadgroup(
-                    GROUP, self.consumer, {self.keys.dispatch: ">"}, count=free, block=500))
+                    GROUP, self.consumer, {self.keys.dispatch: ">", self.inbox: ">"},
+                    count=free, block=500))
                 backoff.reset()
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    await pause(self.halt, 0.2)  # no main loop has created the group yet
+                if "NOGROUP" in str(exc):  # no main loop has created the group yet, or the
+                    self._inbox_open = False  # reaper dropped our inbox (we were silent)
+                    await pause(self.halt, 0.2)
                     continue
                 await backoff.after(exc, "could not read work, retrying", self.log, self.halt)
                 continue
@@ -75,9 +83,20 @@ class Reader:
                 check_at = 0.0  # a reply lost with the connection may have carried entries
                 await backoff.after(exc, "could not read work, retrying", self.log, self.halt)
                 continue
-            for _stream, entries in reply or []:
+            for stream, entries in reply or []:
                 for entry_id, raw in entries:
-                    self._spawn(entry_id, with_spec(raw), read_at)
+                    self._spawn(text(stream), entry_id, with_spec(raw), read_at)
+
+    async def _open_inbox(self, client: redis.asyncio.Redis) -> None:
+        """Join the dispatch group (NOGROUP until a main loop made it), then make our inbox
+        and its group: the reaper finds (and at last drops) an inbox through its consumer."""
+        await client.xgroup_createconsumer(self.keys.dispatch, GROUP, self.consumer)
+        try:
+            await client.xgroup_create(self.inbox, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._inbox_open = True
 
     async def take_unseen(self, client: redis.asyncio.Redis) -> None:
         """Run the entries Redis delivered to us but we never saw. Our whole pending list is
@@ -85,32 +104,39 @@ class Reader:
         behind them must not wait for them). An entry taken is remembered until it leaves that
         list (the main loop acknowledged it), however many newer ones come, so a long attempt
         is never taken for an unseen one. XPENDING and XRANGE read without touching the
-        entries' delivery times (the timeouts' clock)."""
-        dispatch, asked = self.keys.dispatch, time.monotonic()
-        ids: list[bytes] = []
-        start = "-"
-        while True:
-            page = await client.xpending_range(dispatch, GROUP, start, "+", PENDING_PAGE,
-                                               self.consumer)
-            ids += [cast("bytes", p["message_id"]) for p in page]
-            if len(page) < PENDING_PAGE:
-                break
-            start = "(" + text(ids[-1])
+        entries' delivery times (the timeouts' clock). Both streams: the dispatch stream and
+        our inbox."""
+        asked = time.monotonic()
+        ids: list[tuple[str, bytes]] = []
+        for stream in (self.keys.dispatch, self.inbox):
+            start = "-"
+            while True:
+                try:
+                    page = await client.xpending_range(stream, GROUP, start, "+",
+                                                       PENDING_PAGE, self.consumer)
+                except ResponseError as exc:  # no such group (yet): nothing delivered there
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    break
+                ids += [(stream, cast("bytes", p["message_id"])) for p in page]
+                if len(page) < PENDING_PAGE:
+                    break
+                start = "(" + text(ids[-1][1])
         listed = set(ids)
-        for entry_id, taken_at in list(self._taken.items()):  # acknowledged since: forget
-            if entry_id not in listed and taken_at < asked:
-                del self._taken[entry_id]
+        for taken, taken_at in list(self._taken.items()):  # acknowledged since: forget
+            if taken not in listed and taken_at < asked:
+                del self._taken[taken]
         unseen = [e for e in ids if e not in self._taken]
         if not unseen:
             return
         pipe = client.pipeline(transaction=False)
-        for entry_id in unseen:
-            pipe.xrange(dispatch, entry_id, entry_id)
-        for entry_id, found in zip(unseen, await pipe.execute(), strict=True):
+        for stream, entry_id in unseen:
+            pipe.xrange(stream, entry_id, entry_id)
+        for (stream, entry_id), found in zip(unseen, await pipe.execute(), strict=True):
             if found and found[0][1]:
                 self.log.warning("running an entry delivered to us but never seen",
                                  entry=text(entry_id))
-                self._spawn(entry_id, with_spec(found[0][1]), -math.inf)
+                self._spawn(stream, entry_id, with_spec(found[0][1]), -math.inf)
 
     async def _free_slots(self) -> int:
         """Wait until a slot is free (or the worker halts); return how many are free."""
@@ -126,10 +152,10 @@ class Reader:
                 task.cancel()
         return 0
 
-    def _spawn(self, entry_id: bytes, f: dict[str, bytes], read_at: float) -> None:
+    def _spawn(self, stream: str, entry_id: bytes, f: dict[str, bytes], read_at: float) -> None:
         """Run one delivered entry; `read_at` is when the read that returned it was issued
         (-inf when unknown), the earliest moment Redis may have handed it to us."""
-        self._taken[entry_id] = received = time.monotonic()
+        self._taken[(stream, entry_id)] = received = time.monotonic()
         task = asyncio.create_task(self._run(entry_id, f, read_at, received))
         self.inflight.add(task)
         task.add_done_callback(self._finished)

@@ -26,6 +26,15 @@ local function drop_entry(ctx, entry_id)
   end
 end
 
+-- The replay out now of workflow `w` (workflow_fields) leaves the stream it went to: the
+-- dispatch stream, or its keeper's inbox (wf_route), acknowledged and deleted at once.
+local function drop_replay(ctx, w)
+  if w.route == '' or w.entry == '' then return drop_entry(ctx, w.entry) end
+  local inbox = ctx.prefix .. K.inbox .. w.route
+  rcall('XACK', inbox, ctx.group, w.entry)
+  rcall('XDEL', inbox, w.entry)
+end
+
 -- A stream id `<ms>-<seq>` as two numbers (ids stay far below 2^53 in both parts).
 local function id_parts(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -125,7 +134,7 @@ end
 -- now is withdrawn (its decision would be stale), and the one due later (replaysDue) and its
 -- timeout's timer go, then it finishes like a job.
 local function end_workflow(ctx, wid, wk, w, state, outcome, extra)
-  drop_entry(ctx, w.entry)
+  drop_replay(ctx, w)
   rcall('HSET', wk, 'wf_entry', '')
   rcall('SREM', ctx.prefix .. K.workflows, wid)
   rcall('DEL', ctx.prefix .. K.wf_new .. wid)

@@ -12,6 +12,9 @@
 --   a:<k>     activation k: the ended entries one replay delivered to the code, in order (a
 --             replay from the start delivers them so again); wf_acts how many
 --   wf_applied the generation of the replay whose decision was applied last
+--   wf_keeper  the worker that made that decision, so keeps the workflow's coroutine live
+--   wf_route   where the replay out now went: '' (the dispatch stream), else the worker
+--              whose inbox holds it
 -- Step n is a job `<id>:<n>` whose spec names its workflow (wf, wf_n); the script that ends it
 -- writes its outcome into the journal and asks for a replay. The `workflows` SET holds the ids
 -- of the running ones; the SET `wfNew:<id>` the entries that ended and are not delivered to
@@ -72,8 +75,11 @@ local function newly_ended(ctx, wid, n)
   rcall('SADD', ctx.prefix .. K.wf_new .. wid, n)
 end
 
--- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker. The entry carries the journal's
--- length and activations, the generation whose decision was applied last, and the entries
+-- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker: to the inbox of the worker that
+-- keeps it live (wf_keeper) while that worker beats and has an inbox, so the replay goes on
+-- from its coroutine instead of replaying the journal elsewhere; else to any worker (the
+-- dispatch stream). The reaper takes back what an inbox holds too long. The entry carries
+-- the journal's length and activations, the generation whose decision was applied last, and the entries
 -- that ended and are not delivered yet ([n, record, ...], msgpack), so a worker that keeps the
 -- workflow live, and made that decision, goes on without reading it: up to
 -- L.REPLAY_CARRY_BYTES of records (read a thousand at a time, and no more once over); the
@@ -81,7 +87,15 @@ end
 -- results never makes one huge entry. A workflow with an empty journal has its start carried
 -- too (its spec and started_at): its first replay reads nothing.
 local function dispatch_replay(ctx, wid, wk, gen, known)
-  local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied')
+  local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied', 'wf_keeper')
+  local keeper, stream = h[4] or '', ctx.dispatch
+  if keeper ~= '' and rcall('EXISTS', ctx.prefix .. K.heartbeat .. keeper,
+                            ctx.prefix .. K.inbox .. keeper) == 2 then
+    stream = ctx.prefix .. K.inbox .. keeper
+    bump(ctx.counts, N.REPLAYS_ROUTED)
+  else
+    keeper = ''
+  end
   local new, ended, unread = rcall('SMEMBERS', ctx.prefix .. K.wf_new .. wid), {}, {}
   local room = L.REPLAY_CARRY_BYTES
   for i = 1, #new, 1000 do
@@ -104,10 +118,10 @@ local function dispatch_replay(ctx, wid, wk, gen, known)
     local s = rcall('HMGET', wk, 'spec', 'started_at')
     start = {'spec', s[1] or '', 'started_at', s[2] or ''}
   end
-  local eid = rcall('XADD', ctx.dispatch, '*', 'kind', 'wf', 'id', wid, 'gen', gen, 'steps',
+  local eid = rcall('XADD', stream, '*', 'kind', 'wf', 'id', wid, 'gen', gen, 'steps',
                     h[1] or 0, 'acts', h[2] or 0, 'applied', h[3] or 0,
                     'ended', cmsgpack.pack(ended), unpack(append_all(start, more)))
-  rcall('HSET', wk, 'wf_gen', gen, 'wf_entry', eid, 'wf_dirty', 0)
+  rcall('HSET', wk, 'wf_gen', gen, 'wf_entry', eid, 'wf_dirty', 0, 'wf_route', keeper)
   bump(ctx.counts, N.REPLAYS)
 end
 
@@ -169,17 +183,17 @@ local LAZY_SPEC = {__index = function(w, name)
   return rawget(w, 'spec')
 end}
 
--- Workflow `wid`'s fields: {wk, state, gen, entry, dirty, steps, max, fails, spec (unpacked
--- when read), packed, attempts = 0, acts}; nil when there is no workflow of that id.
+-- Workflow `wid`'s fields: {wk, state, gen, entry, route, dirty, steps, max, fails, spec
+-- (unpacked when read), packed, attempts = 0, acts}; nil when there is no workflow of that id.
 local function workflow_fields(ctx, wid)
   local wk = ctx.prefix .. K.job .. wid
   local w = rcall('HMGET', wk, 'kind', 'state', 'wf_gen', 'wf_entry', 'wf_dirty', 'wf_steps',
-                  'wf_max', 'wf_fails', 'spec', 'wf_acts')
+                  'wf_max', 'wf_fails', 'spec', 'wf_acts', 'wf_route')
   if w[1] ~= 'workflow' then return nil end
   return setmetatable({wk = wk, state = w[2], gen = tonumber(w[3]) or 0, entry = w[4] or '',
           dirty = w[5] == '1', steps = tonumber(w[6]) or 0, max = tonumber(w[7]) or 0,
-          fails = tonumber(w[8]) or 0, packed = w[9], attempts = 0, acts = tonumber(w[10]) or 0},
-          LAZY_SPEC)
+          fails = tonumber(w[8]) or 0, packed = w[9], attempts = 0, acts = tonumber(w[10]) or 0,
+          route = w[11] or ''}, LAZY_SPEC)
 end
 
 -- A pending wait (sleep or event) of workflow `w` (workflow_fields), journal entry n `rec`,
