@@ -17,6 +17,7 @@ import pytest
 import redis
 import redis.asyncio
 from helpers import Pools, free_port
+from structlog.testing import capture_logs
 
 from workpool import Result, Workpool, current
 from workpool.core.config import PoolConfig
@@ -239,6 +240,30 @@ def test_a_reader_makes_its_inbox_and_runs_an_unseen_entry_there_whatever_its_id
             await reader.take_unseen(client)  # both known now: neither runs again
             assert await holds(lambda: len(runs.calls) == 2, 0.2)
             runs.gate.release()
+            runs.gate.release()
+            await stop_reader(reader, task, halt)
+
+    run(main())
+
+
+def test_a_reader_that_starts_before_any_main_loop_waits_quietly_for_the_group(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    """Regression: joining the group before it existed raised "requires the key to exist",
+    not NOGROUP, and every worker started before its main loop logged an error."""
+    keys = Keys("early")
+
+    async def main() -> None:
+        runs, halt, reader = reader_for(keys, 1)
+        async with async_client(redis_url) as client:
+            with capture_logs() as logs:
+                task = asyncio.create_task(reader.read_forever(client))
+                assert await holds(lambda: not runs.calls, 0.5)
+                redis_client.xgroup_create(keys.dispatch, GROUP, id="0", mkstream=True)
+                await until(lambda: bool(redis_client.exists(keys.inbox("w1"))),
+                            what="its inbox made once the group is there")
+                redis_client.xadd(keys.dispatch, {"kind": "run", "id": "j0", "attempt": "1"})
+                await until(lambda: len(runs.calls) == 1, what="the entry run")
+            assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
             runs.gate.release()
             await stop_reader(reader, task, halt)
 

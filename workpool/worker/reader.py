@@ -29,6 +29,11 @@ Run = Callable[[bytes, dict[str, bytes], float, float], Coroutine[Any, Any, None
 PENDING_PAGE = 256  #: our pending entries read per check for ones never seen
 
 
+def _no_group(exc: ResponseError) -> bool:
+    """Does Redis say the stream or its group is not there (yet)?"""
+    return "NOGROUP" in str(exc) or "requires the key to exist" in str(exc)
+
+
 def entry_time(entry_id: bytes) -> float:
     """When an entry was written (its id's Redis time), in seconds since the epoch."""
     return int(entry_id.partition(b"-")[0]) / 1000
@@ -73,8 +78,8 @@ class Reader:
                     count=free, block=500))
                 backoff.reset()
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # no main loop has created the group yet, or the
-                    self._inbox_open = False  # reaper dropped our inbox (we were silent)
+                if _no_group(exc):  # no main loop has made the group yet, or the reaper
+                    self._inbox_open = False  # dropped our inbox (we were silent)
                     await pause(self.halt, 0.2)
                     continue
                 await backoff.after(exc, "could not read work, retrying", self.log, self.halt)
@@ -115,7 +120,7 @@ class Reader:
                     page = await client.xpending_range(stream, GROUP, start, "+",
                                                        PENDING_PAGE, self.consumer)
                 except ResponseError as exc:  # no such group (yet): nothing delivered there
-                    if "NOGROUP" not in str(exc):
+                    if not _no_group(exc):
                         raise
                     break
                 ids += [(stream, cast("bytes", p["message_id"])) for p in page]
