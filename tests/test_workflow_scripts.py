@@ -216,6 +216,37 @@ def test_an_event_ends_the_oldest_wait_for_its_name(p: Pool) -> None:
     assert states == [b"done", b"pending"]
 
 
+def _entry_state(p: Pool, wf: str, n: int) -> tuple[bytes, bytes]:
+    rec = msgpack.unpackb(p.r.hget(p.keys.job(wf), f"j:{n}"), raw=True)
+    return rec[2], rec[3]
+
+
+def test_an_event_sent_by_a_waits_deadline_beats_its_timeout_however_late_it_is_ingested(
+        p: Pool) -> None:
+    """Regression (chaos run, seed 2036): an event was acknowledged 8 s before its wait's
+    deadline, Redis then refused scripts for 12 s, and the main loop, back, ran startJobs (the
+    timer due) before ingesting the event: the wait timed out, the event was kept unused."""
+    wf = _started(p)
+    t = p.clock()
+    assert _decide(p, wf, 1, [["event", 1, "go", t + 1000]]) == Code.REPLAY_APPLIED
+    p.client.send_event(wf, "go", "on time")  # appended before the deadline, not ingested
+    p.start(t + 5000)  # the loop is back after the deadline, and starts before it ingests
+    assert _entry_state(p, wf, 1) == (b"pending", b"")
+    assert p.ingest(p.clock()).codes == [Code.EVENT_DELIVERED]
+    assert _entry_state(p, wf, 1) == (b"done", b"succeeded")
+    assert p.r.zcard(p.keys.wf_timers) == 0
+
+
+def test_an_event_sent_after_a_waits_deadline_holds_no_timeout_back(p: Pool) -> None:
+    wf = _started(p)
+    t = p.clock()
+    assert _decide(p, wf, 1, [["event", 1, "go", t - 10]]) == Code.REPLAY_APPLIED
+    p.client.send_event(wf, "go", "too late")  # appended after the deadline
+    p.start(p.clock())
+    assert _entry_state(p, wf, 1) == (b"done", b"failed")
+    assert p.ingest(p.clock()).codes == [Code.EVENT_KEPT]
+
+
 def test_an_entry_that_ends_while_a_replay_is_out_is_replayed_after_its_decision(
         p: Pool) -> None:
     wf = _started(p)

@@ -4,7 +4,9 @@
 -- concurrency key's limit. Each start increments the attempt (the fencing token of that run)
 -- and appends one entry to the dispatch stream (the attempt and the job's packed spec). Also
 -- hands out due on_complete deliveries, the replays of workflows that could not decide when
--- they are due again (replaysDue), and ends the workflow waits that are due (wfTimers).
+-- they are due again (replaysDue), and ends the workflow waits that are due (wfTimers); an
+-- event's wait not while pendingStart holds a request appended by its deadline (the event
+-- may be there: ingestion was behind, or Redis refused scripts, so it goes first).
 -- A job held by a name's rate limit is parked in nameq:<name> until the name's next token; a
 -- job whose key is at its limit waits in keyq:<key>: neither is looked at again until then.
 -- Every step is bounded by the batch: keys whose queue an earlier call left to move on
@@ -21,8 +23,9 @@
 -- Derived from ARGV[2] (same hash tag): the admission keys listed in includes/admission.lua,
 -- replaysDue (ZSET workflow id -> time its replay is tried again), wfTimers (ZSET workflow
 -- wait -> time it ends: a sleep, an event's timeout), the workflows' hashes with their
--- wfNew:<id> and wfc:<id>, pendingStart (read for its length; a workflow past its timeout
--- appends a cancel there) and pendingCompletion (only its length is read).
+-- wfNew:<id> and wfc:<id>, pendingStart (read for its length and its oldest entry; a
+-- workflow past its timeout appends a cancel there) and pendingCompletion (only its length
+-- is read).
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max promotions, starts and deliveries in this call (integer)
@@ -213,29 +216,41 @@ end
 
 -- 6. Workflow waits that end now: a sleep is over, an event's wait timed out; a workflow past
 -- its timeout (entry 0) is ended by a cancel entry with timeout=1 that ingestRequests applies.
+-- An event sent by a wait's deadline beats its timeout, however late it is ingested: while
+-- pendingStart holds a request appended by then (not applied yet: ingestion is behind, or
+-- Redis refused scripts), the wait's timer stays for a later call, after that ingest.
 local timers = prefix .. K.wf_timers
-for _, member in ipairs(rcall('ZRANGEBYSCORE', timers, '-inf', now, 'LIMIT', 0, batch)) do
-  rcall('ZREM', timers, member)
+local oldest = redis.pcall('XRANGE', prefix .. K.pending_start, '-', '+', 'COUNT', 1)
+local held_from = type(oldest) == 'table' and #oldest > 0 and
+  tonumber(string.match(oldest[1][1], '^(%d+)')) or nil
+local due_waits = rcall('ZRANGEBYSCORE', timers, '-inf', now, 'WITHSCORES', 'LIMIT', 0, batch)
+for i = 1, #due_waits, 2 do
+  local member, at = due_waits[i], tonumber(due_waits[i + 1])
   local wid, n = string.match(member, '^(.*):(%d+)$')
   local ok, w = pcall(workflow_fields, wctx, wid or '')  -- after writes: never raises
   w = ok and w
   local rec = w and w.state == 'running' and journal_entry(w.wk, n)
-  if w and w.state == 'running' and n == '0' then  -- past its timeout: ingest ends it
-    rcall('XADD', prefix .. K.pending_start, '*', 'op', 'cancel', 'id', wid, 'timeout', '1')
-  elseif rec and rec[J.state] == 'pending' then
-    wctx.now = now
-    if rec[J.kind] == 'event' then
-      local field = 'w:' .. rec[J.name]
-      local waiting = list_field(w.wk, field)
-      for i, m in ipairs(waiting) do
-        if tostring(m) == n then table.remove(waiting, i) break end
+  local held = rec and rec[J.state] == 'pending' and rec[J.kind] == 'event' and held_from and
+    held_from <= at
+  if not held then  -- else it stays in wfTimers for a later call
+    rcall('ZREM', timers, member)
+    if w and w.state == 'running' and n == '0' then  -- past its timeout: ingest ends it
+      rcall('XADD', prefix .. K.pending_start, '*', 'op', 'cancel', 'id', wid, 'timeout', '1')
+    elseif rec and rec[J.state] == 'pending' then
+      wctx.now = now
+      if rec[J.kind] == 'event' then
+        local field = 'w:' .. rec[J.name]
+        local waiting = list_field(w.wk, field)
+        for k, m in ipairs(waiting) do
+          if tostring(m) == n then table.remove(waiting, k) break end
+        end
+        set_list(w.wk, field, waiting)
+        wait_ended(wctx, wid, w, n, rec, 'failed', '', 'no event ' .. rec[J.name] .. ' came ' ..
+                   'before the wait timed out', 'WaitTimeout')
+        bump(counts, N.WAITS_TIMED_OUT)
+      else
+        wait_ended(wctx, wid, w, n, rec, 'succeeded', '')
       end
-      set_list(w.wk, field, waiting)
-      wait_ended(wctx, wid, w, n, rec, 'failed', '', 'no event ' .. rec[J.name] .. ' came ' ..
-                 'before the wait timed out', 'WaitTimeout')
-      bump(counts, N.WAITS_TIMED_OUT)
-    else
-      wait_ended(wctx, wid, w, n, rec, 'succeeded', '')
     end
   end
 end
