@@ -24,8 +24,8 @@ from workpool.types import Canceled
 if TYPE_CHECKING:
     from workpool.chaos.report import Report
 
-#: s an event's acknowledgement may precede the timeout of a wait that never got it (the
-#: main loop reads a batch of requests a tick, and fires timers in the same tick)
+#: s an event's acknowledgement may precede the observed timeout of a wait that never got it
+#: (sent just after the deadline: the history has when the timeout was seen, not the deadline)
 EVENT_SLACK = 3.0
 #: s a sleep may seem to end early: timers are whole milliseconds of Redis time
 SLEEP_SLACK = 0.002

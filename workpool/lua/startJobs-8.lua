@@ -220,9 +220,15 @@ end
 -- pendingStart holds a request appended by then (not applied yet: ingestion is behind, or
 -- Redis refused scripts), the wait's timer stays for a later call, after that ingest.
 local timers = prefix .. K.wf_timers
-local oldest = redis.pcall('XRANGE', prefix .. K.pending_start, '-', '+', 'COUNT', 1)
-local held_from = type(oldest) == 'table' and #oldest > 0 and
-  tonumber(string.match(oldest[1][1], '^(%d+)')) or nil
+local held_from = nil  -- ms of the oldest request not applied yet (false: none), read once
+local function held(at)
+  if held_from == nil then
+    local oldest = redis.pcall('XRANGE', prefix .. K.pending_start, '-', '+', 'COUNT', 1)
+    held_from = type(oldest) == 'table' and #oldest > 0 and
+      tonumber(string.match(oldest[1][1], '^(%d+)')) or false
+  end
+  return held_from and held_from <= at
+end
 local due_waits = rcall('ZRANGEBYSCORE', timers, '-inf', now, 'WITHSCORES', 'LIMIT', 0, batch)
 for i = 1, #due_waits, 2 do
   local member, at = due_waits[i], tonumber(due_waits[i + 1])
@@ -230,9 +236,8 @@ for i = 1, #due_waits, 2 do
   local ok, w = pcall(workflow_fields, wctx, wid or '')  -- after writes: never raises
   w = ok and w
   local rec = w and w.state == 'running' and journal_entry(w.wk, n)
-  local held = rec and rec[J.state] == 'pending' and rec[J.kind] == 'event' and held_from and
-    held_from <= at
-  if not held then  -- else it stays in wfTimers for a later call
+  if not (rec and rec[J.state] == 'pending' and rec[J.kind] == 'event' and held(at)) then
+    -- (else it stays in wfTimers for a later call)
     rcall('ZREM', timers, member)
     if w and w.state == 'running' and n == '0' then  -- past its timeout: ingest ends it
       rcall('XADD', prefix .. K.pending_start, '*', 'op', 'cancel', 'id', wid, 'timeout', '1')
