@@ -8,6 +8,7 @@
 - fan-out: one workflow gathering F no-op steps at once, against F jobs enqueued at once.
 
     python bench/workflows.py [--steps 1000] [--workflows 10000] [--fan 2000] [--workers 2]
+                              [--rounds 1]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -72,7 +74,8 @@ def sequential(client: redis.Redis, steps: int) -> None:
               f"{cpu / steps * 1e6:>10.1f} us Redis CPU each")
 
 
-def concurrent(client: redis.Redis, workflows: int) -> None:
+def concurrent(client: redis.Redis, workflows: int) -> float:
+    """One round, plain jobs then workflows; the ratio of their rates (steps per job)."""
     def plain() -> None:
         done = pool.stats().counters.get("succeeded", 0)
         for first in range(0, 3 * workflows, 5000):
@@ -90,11 +93,14 @@ def concurrent(client: redis.Redis, workflows: int) -> None:
                pool.stats().counters.get("workflows_started", 0) >= workflows, 3600,
                "the workflows")
 
+    rates = []
     for label, run in ((f"{3 * workflows} jobs", plain),
                        (f"{workflows} 3-step workflows", flows)):
         seconds, cpu = _timed(client, run)
-        print(f"  {label:<24}{3 * workflows / seconds:>10,.0f} steps/s{seconds:>9.2f} s"
+        rates.append(3 * workflows / seconds)
+        print(f"  {label:<24}{rates[-1]:>10,.0f} steps/s{seconds:>9.2f} s"
               f"{cpu / (3 * workflows) * 1e6:>10.1f} us Redis CPU per step")
+    return rates[1] / rates[0]
 
 
 def fan_out(client: redis.Redis, width: int) -> None:
@@ -121,6 +127,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--max-parallelism", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="concurrent rounds back to back (the machine's speed moves)")
     o = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp, RedisServer.start(
             Path(tmp) / "redis", extra_args=["--appendonly", "no"]) as server:
@@ -135,7 +143,12 @@ def main() -> None:
             print(f"sequential, {o.steps} steps")
             sequential(client, o.steps)
             print(f"concurrent, {o.workflows} workflows of 3 steps")
-            concurrent(client, o.workflows)
+            ratios = [concurrent(client, o.workflows) for _ in range(o.rounds)]
+            counters = pool.stats().counters
+            print(f"  workflows' steps per job: {', '.join(f'{r:.2f}x' for r in ratios)}; "
+                  f"median {statistics.median(ratios):.2f}x; replays "
+                  f"{counters.get('replays', 0):,}, sent where kept "
+                  f"{counters.get('replays_routed', 0):,}")
             print(f"fan-out, one workflow gathering {o.fan} steps")
             fan_out(client, o.fan)
         finally:

@@ -57,10 +57,11 @@ def test_the_limit_benchmark_measures_the_redis_ceiling_and_commands_per_job() -
 
 def test_the_workflows_benchmark_runs_a_long_workflow_and_many_short_ones() -> None:
     out = bench("workflows.py", "--steps", "20", "--workflows", "30", "--fan", "40",
-                "--workers", "1")
+                "--workers", "1", "--rounds", "2")
     for line in ("jobs chained by wait()", "one workflow", "90 jobs", "30 3-step workflows",
-                 "one workflow of 40"):
+                 "one workflow of 40", "median"):
         assert line in out, out
+    assert out.count("30 3-step workflows") == 2, out  # one line a round
 
 
 @pytest.mark.parametrize("queues", ["workpool,workpool-sync,huey"])
