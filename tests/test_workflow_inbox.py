@@ -130,6 +130,34 @@ def test_the_reaper_takes_back_at_once_the_replays_of_a_silent_worker(p: Pool) -
     assert p.r.hget(p.keys.job(wf), "wf_route") == b""
 
 
+def test_an_inbox_key_of_another_type_is_passed_over_not_written(p: Pool) -> None:
+    """Regression: the inbox was only checked to exist, so a key of another type there (not
+    ours: written by someone else) failed the script's XADD after its first writes."""
+    p.beat("w1")
+    p.r.set(p.keys.inbox("w1"), "not a stream")
+    wf = _step_done(p, "w1")
+    assert [e["gen"] for _, e in p.dispatched("wf")] == [b"2"]
+    assert p.r.hget(p.keys.job(wf), "wf_route") == b""
+    assert p.r.get(p.keys.inbox("w1")) == b"not a stream"
+
+
+def test_a_replay_the_reaper_cannot_read_costs_no_other_replay_in_its_inbox(p: Pool) -> None:
+    """Regression: an error on one entry set aside the whole inbox and dropped it, so the other
+    workflows whose replays were there waited for ever."""
+    p.beat("w1")
+    _open_inbox(p, "w1")
+    broken, fine = _step_done(p, "w1"), _step_done(p, "w1")
+    assert len(_inbox(p, "w1")) == 2
+    p.r.delete(p.keys.job(broken))
+    p.r.set(p.keys.job(broken), "clobbered")  # its hash, by someone else
+    p.r.delete(p.keys.heartbeat("w1"))
+    p.reap(p.clock())
+    assert _inbox(p, "w1") == []
+    ((_, replay),) = p.dispatched("wf")
+    assert (replay["id"], replay["gen"]) == (fine.encode(), b"3")
+    assert p.r.xlen(p.keys.rejected) == 1
+
+
 def test_a_gone_workers_consumer_leaves_the_group_with_its_inbox(p: Pool) -> None:
     """An inbox is made by its worker: nothing else would ever drop it, so each restart of a
     worker would leave one behind."""

@@ -76,21 +76,22 @@ local function newly_ended(ctx, wid, n)
 end
 
 -- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker: to the inbox of the worker that
--- keeps it live (wf_keeper) while that worker beats and has an inbox, so the replay goes on
--- from its coroutine instead of replaying the journal elsewhere; else to any worker (the
--- dispatch stream). The reaper takes back what an inbox holds too long. The entry carries
--- the journal's length and activations, the generation whose decision was applied last, and the entries
--- that ended and are not delivered yet ([n, record, ...], msgpack), so a worker that keeps the
--- workflow live, and made that decision, goes on without reading it: up to
--- L.REPLAY_CARRY_BYTES of records (read a thousand at a time, and no more once over); the
--- rest it names (`unread`, [n, ...]) for the worker to read, so a wide fan-out of large
+-- keeps it live (wf_keeper) while that worker beats and has an inbox (a stream: a key of
+-- another type, written by someone else, is passed over, never written to), so the replay
+-- goes on from its coroutine instead of replaying the journal elsewhere; else to any worker
+-- (the dispatch stream). The reaper takes back what an inbox holds too long. The entry
+-- carries the journal's length and activations, the generation whose decision was applied
+-- last, and the entries that ended and are not delivered yet ([n, record, ...], msgpack), so
+-- a worker that keeps the workflow live, and made that decision, goes on without reading it:
+-- up to L.REPLAY_CARRY_BYTES of records (read a thousand at a time, and no more once over);
+-- the rest it names (`unread`, [n, ...]) for the worker to read, so a wide fan-out of large
 -- results never makes one huge entry. A workflow with an empty journal has its start carried
 -- too (its spec and started_at): its first replay reads nothing.
 local function dispatch_replay(ctx, wid, wk, gen, known)
   local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied', 'wf_keeper')
   local keeper, stream = h[4] or '', ctx.dispatch
-  if keeper ~= '' and rcall('EXISTS', ctx.prefix .. K.heartbeat .. keeper,
-                            ctx.prefix .. K.inbox .. keeper) == 2 then
+  if keeper ~= '' and rcall('EXISTS', ctx.prefix .. K.heartbeat .. keeper) == 1 and
+     rcall('TYPE', ctx.prefix .. K.inbox .. keeper).ok == 'stream' then
     stream = ctx.prefix .. K.inbox .. keeper
     bump(ctx.counts, N.REPLAYS_ROUTED)
   else
