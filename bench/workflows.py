@@ -148,8 +148,7 @@ def main() -> None:
             print(f"  workflows' steps per job: {', '.join(f'{r:.2f}x' for r in ratios)}; "
                   f"median {statistics.median(ratios):.2f}x; replays "
                   f"{counters.get('replays', 0):,}, sent where kept "
-                  f"{counters.get('replays_routed', 0):,}, folds {counters.get('folds', 0):,} "
-                  f"refused {counters.get('folds_refused', 0):,}")
+                  f"{counters.get('replays_routed', 0):,}")
             print(f"fan-out, one workflow gathering {o.fan} steps")
             fan_out(client, o.fan)
         finally:

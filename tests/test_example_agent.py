@@ -79,13 +79,11 @@ def test_a_worker_killed_inside_every_step_loses_nothing_and_repeats_no_effect(
 
 
 def _holder(redis_client: redis.Redis, job_id: str) -> str:
-    """The worker (consumer) that holds the running attempt of `job_id` (its entry is in the
-    dispatch stream, or the inbox it was routed to)."""
+    """The worker (consumer) that holds the running attempt of `job_id`."""
     pool = support_agent.pool
-    entry, route = (text(v) for v in redis_client.hmget(pool.keys.job(job_id), "dispatch",
-                                                         "route"))
-    stream = pool.keys.inbox(route) if route else pool.keys.dispatch
-    (pending,) = redis_client.xpending_range(stream, GROUP, min=entry, max=entry, count=1)
+    entry = text(redis_client.hget(pool.keys.job(job_id), "dispatch"))
+    (pending,) = redis_client.xpending_range(pool.keys.dispatch, GROUP, min=entry, max=entry,
+                                             count=1)
     consumer = pending["consumer"]
     assert isinstance(consumer, bytes)
     return text(consumer)

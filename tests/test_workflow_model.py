@@ -96,7 +96,6 @@ class Wf:
     kept: dict[str, list[bytes]] = field(default_factory=dict)
     parent: tuple[str, int] | None = None  #: a child's workflow and entry
     keys: set[str] = field(default_factory=set)  #: the event keys it took
-    applied: str | None = None  #: the decision applied last (a generation, or a fold's token)
 
 
 class WorkflowMachine(RuleBasedStateMachine):
@@ -112,7 +111,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         self.timers: dict[str, int] = {}  #: wfTimers member -> when
         self.due: dict[str, int] = {}  #: replaysDue
         self.worker, self.workers = "w0", 0
-        self.stale = self.folds = self.refused = 0
+        self.stale = 0
         self.p.r.flushdb()
         self.p.token = parse_lease(run(self.p.r, [self.p.engine.acquire(OWNER, LEASE_MS, 10)])[0]
                                    ).token
@@ -306,24 +305,6 @@ class WorkflowMachine(RuleBasedStateMachine):
             delivered = data.draw(st.permutations(sorted(wf.new)))
             delivered = delivered[:data.draw(st.integers(1, len(delivered)))]
             cmds.append(["deliver", wf.acts + 1, delivered])
-        ending = self._asks(data, wf, cmds)
-        if kind == "malformed":
-            cmds.append(["unknown", 1])
-        self._send(wid, gen, kind, cmds, delivered=delivered, ending=ending)
-
-    def _send(self, wid: str, gen: int, kind: str, cmds: list[Any], *, delivered: list[int],
-              ending: str | None) -> None:
-        """Replay `gen`'s decision sent and applied, as the model predicts."""
-        expected = self._decided(wid, gen, kind, cmds, delivered=delivered, ending=ending)
-        fields = {"kind": "wf", "id": wid, "gen": str(gen), "ok": "0" if kind == "undecided"
-                  else "1", "cmds": msgpack.packb(cmds, use_bin_type=False)}
-        self.p.r.xadd(self.p.keys.pending_completion, fields)  # type: ignore[arg-type]
-        assert [c for _, c in self.p.apply(self.now).outcomes] == [expected]
-        self._take()
-
-    def _asks(self, data: st.DataObject, wf: Wf | None, cmds: list[Any],
-              endings: tuple[str | None, ...] = (None,) * 6 + ("return", "fail")) -> str | None:
-        """Draws what a decision asks for and how it ends, appended to `cmds`; the ending."""
         first = len(wf.entries) + 1 if wf else 1
         asks = data.draw(st.lists(st.sampled_from(["step", "step", "child", "sleep", "event"]),
                                   max_size=3))
@@ -339,12 +320,19 @@ class WorkflowMachine(RuleBasedStateMachine):
                 timeout = data.draw(st.sampled_from([0, 2000]))
                 cmds.append(["event", n, data.draw(st.sampled_from(EVENTS[:1] * 3 + EVENTS)),
                              self.now + timeout if timeout else 0])
-        ending = data.draw(st.sampled_from(endings))
+        ending = data.draw(st.sampled_from([None] * 6 + ["return", "fail"]))
         if ending == "return":
             cmds.append(["return", encode("r")])
         elif ending == "fail":
             cmds.append(["fail", "boom", "Boom"])
-        return ending
+        if kind == "malformed":
+            cmds.append(["unknown", 1])
+        expected = self._decided(wid, gen, kind, cmds, delivered=delivered, ending=ending)
+        fields = {"kind": "wf", "id": wid, "gen": str(gen), "ok": "0" if kind == "undecided"
+                  else "1", "cmds": msgpack.packb(cmds, use_bin_type=False)}
+        self.p.r.xadd(self.p.keys.pending_completion, fields)  # type: ignore[arg-type]
+        assert [c for _, c in self.p.apply(self.now).outcomes] == [expected]
+        self._take()
 
     def _decided(self, wid: str, gen: int, kind: str, cmds: list[Any], *, delivered: list[int],
                  ending: str | None) -> Code:
@@ -369,14 +357,7 @@ class WorkflowMachine(RuleBasedStateMachine):
             self.due[wid] = self.now + min(60_000, 1000 * 2 ** wf.fails)
             wf.fails += 1
             return code
-        self._apply(wid, wf, asks, delivered=delivered, too_many=too_many, target=target,
-                    token=str(gen))
-        return code
-
-    def _apply(self, wid: str, wf: Wf, asks: list[Any], *, delivered: list[int],
-               too_many: bool, target: str, token: str) -> None:
-        """A decision applied (a replay's or a fold's): its activation, its asks, its end."""
-        wf.fails, wf.applied = 0, token
+        wf.fails = 0
         if delivered:
             wf.acts += 1
             wf.new -= set(delivered)
@@ -406,6 +387,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         elif again:
             self._dispatch(wf)
         self._create(wid, steps)
+        return code
 
     # -- steps, time, loss, fencing ------------------------------------------------------------
     @rule(ms=st.sampled_from([0, 0, 500, 1500, 6000]))
@@ -460,74 +442,6 @@ class WorkflowMachine(RuleBasedStateMachine):
         self._step_ends(sid, "succeeded" if ok else "failed")
         code = Code.SUCCEEDED if ok else Code.FAILED
         assert [c for _, c in self.p.apply(self.now).outcomes] == [code]
-        self._take()
-
-    @staticmethod
-    def _quiet(wf: Wf) -> bool:
-        """Nothing happened to `wf` since its last decision: a fold made on it applies."""
-        return wf.state == RUNNING and not wf.out and not wf.fails and not wf.new
-
-    @precondition(lambda self: any(s in ("running", "marked") for s in self.jobs.values()))
-    @rule(data=st.data())
-    def step_folds(self, data: st.DataObject) -> None:
-        """A running step succeeds with its workflow's next decision (mostly refused)."""
-        running = sorted(s for s, st_ in self.jobs.items() if st_ in ("running", "marked"))
-        self._fold(data, data.draw(st.sampled_from(running)))
-
-    @precondition(lambda self: any(wf.out and not wf.fails for wf in self.wfs.values()))
-    @rule(data=st.data())
-    def step_round_trip(self, data: st.DataObject) -> None:
-        """The fast path of a sequential workflow: the replay out asks for one step, which
-        starts and succeeds with the next decision folded in."""
-        wid = data.draw(st.sampled_from(sorted(w for w, wf in self.wfs.items()
-                                               if wf.out and not wf.fails)))
-        wf = self.wfs[wid]
-        sid = f"{wid}:{len(wf.entries) + 1}"
-        self._send(wid, wf.gen, "apply", [["step", len(wf.entries) + 1, self.step_fields]],
-                   delivered=[], ending=None)
-        if self.jobs.get(sid) == "pending":
-            self.tick(0)
-            self._fold(data, sid)
-
-    def _fold(self, data: st.DataObject, sid: str) -> None:
-        """Step `sid` succeeds carrying its workflow's next decision, made on the decision
-        applied last (or on a stale one, or malformed, or timed ahead of Redis): applied with
-        the step's end, else refused and the step ends as any other."""
-        wid, n_ = sid.rsplit(":", 1)
-        wf, n = self.wfs[wid], int(n_)
-        basis = data.draw(st.sampled_from([wf.applied or "none"] * 6 + ["stale"]))
-        flaw = data.draw(st.sampled_from([None] * 9 + ["other_entry", "unknown", "ahead"]))
-        cmds: list[Any] = [["deliver", wf.acts + 1, [n + 1 if flaw == "other_entry" else n]]]
-        current = self._quiet(wf) and basis == wf.applied and flaw is None
-        endings: tuple[str | None, ...] = (None, "return", "fail")
-        if current:  # the endings in turn: applied folds are few, and each kind must be seen
-            endings = endings[(n + len(self.jobs) + self.now // 500) % 3:][:1]
-        ending = self._asks(data, wf, cmds, endings)
-        if flaw == "unknown":
-            cmds.append(["unknown", 1])
-        token = f"{sid}/1"
-        self.p.finish_run(sid, 1, ok=True, result="v", fold={
-            "wf_cmds": msgpack.packb(cmds, use_bin_type=False), "wf_basis": basis,
-            "wf_token": token, "wf_at": str(self.now + (1 if flaw == "ahead" else 0)),
-            "worker": self.worker})
-        asks = [c for c in cmds if c[0] in ("step", "child", "sleep", "event")]
-        too_many = len(wf.entries) + len(asks) > MAX_STEPS
-        code, target = code_of(
-            "fold", wf.state, current_fold=current,
-            current_fold_returned=current and ending == "return" and not too_many,
-            current_fold_failed=current and (ending == "fail" or too_many))
-        expected = [(sid, Code.SUCCEEDED)]
-        self.jobs[sid] = "succeeded"
-        if code == Code.WAIT_ENDED:
-            self.refused += 1
-            self._ended(wid, n, "done", "succeeded")
-        else:
-            self.folds += 1
-            wf.entries[n].state, wf.entries[n].outcome = "done", "succeeded"
-            self._apply(wid, wf, asks, delivered=[n], too_many=too_many, target=target,
-                        token=token)
-            expected.append((wid, code))
-        assert self.p.apply(self.now).outcomes == expected
         self._take()
 
     @precondition(lambda self: any(wf.out for wf in self.wfs.values()))
@@ -596,8 +510,6 @@ class WorkflowMachine(RuleBasedStateMachine):
         assert self._zset(keys.wf_timers) == self.timers
         assert self._zset(keys.replays_due) == self.due
         assert self.p.stat(Counter.STALE_REPLAYS) == self.stale
-        assert (self.p.stat(Counter.FOLDS), self.p.stat(Counter.FOLDS_REFUSED)) == \
-            (self.folds, self.refused)
 
     def _zset(self, key: str) -> dict[str, int]:
         pairs: Any = self.p.r.zrange(key, 0, -1, withscores=True)

@@ -137,13 +137,11 @@ class Pool:
         return self.r.zscore(zset, job_id)
 
     def finish_run(self, job_id: str, attempt: int, *, ok: bool, retryable: bool = True,
-                   result: Any = None, error: str = "boom", error_type: str = "ValueError",
-                   fold: dict[str, str | bytes] | None = None) -> None:
-        """Append a run outcome exactly as a worker does (a success with `fold`: the wf_
-        fields of its workflow's next decision)."""
+                   result: Any = None, error: str = "boom", error_type: str = "ValueError") -> None:
+        """Append a run outcome exactly as a worker does."""
         out: dict[str, str | bytes] = {"kind": "run", "id": job_id, "attempt": str(attempt)}
         if ok:
-            out.update(ok="1", result=encode(result), **(fold or {}))
+            out.update(ok="1", result=encode(result))
         else:
             out.update(ok="0", retryable="1" if retryable else "0", error_type=error_type,
                        error=error)

@@ -3,11 +3,7 @@
 --     left, retryable, no cancel requested) or done/failed. An outcome of any attempt but the
 --     job's current running one is STALE_COMPLETION: counted, never applied.
 --     A result over ARGV[8] bytes fails the attempt instead (PayloadTooLarge, not retried); an
---     error text is kept up to L.MAX_ERROR_BYTES. A step's success may carry its workflow's
---     next decision (a fold: wf_cmds, wf_basis, wf_token, wf_at and worker, made at once by
---     the worker that ran it and keeps the workflow live): applied with the step's end when
---     the journal is still the one it was made on (see folding), its activation delivering
---     exactly that entry; the reply then gives the workflow's code after the step's.
+--     error text is kept up to L.MAX_ERROR_BYTES.
 --   kind=cb: on_complete handler result; success closes the delivery, failure schedules it
 --     again with backoff (1 s doubling, capped at 60 s). A failure marked retryable=0 (no such
 --     handler), or one more than the retention after the job finished, closes it undelivered
@@ -95,6 +91,31 @@ local function reject(entry_id, flat, reason)
   return set_aside(KEYS[9], entry_id, flat, reason, ctx.counts)
 end
 
+local function run_outcome(entry_id, f, flat)
+  local attempt = tonumber(f.attempt or '')
+  if not f.id or not attempt or (f.ok ~= '1' and f.ok ~= '0') then
+    return reject(entry_id, flat, 'a run outcome needs id, attempt and ok (1 or 0)')
+  end
+  local jk = prefix .. K.job .. f.id
+  local j = attempt_fields(jk)
+  if j.state ~= 'running' or tonumber(j.attempts) ~= attempt then
+    bump(ctx.counts, N.STALE_COMPLETIONS)
+    return C.STALE_COMPLETION
+  end
+  local result = f.result or ''
+  if f.ok == '1' and #result > ctx.max_result then
+    return fail_attempt(ctx, f.id, jk, j, 'the result of ' .. #result .. " bytes is over the " ..
+                        "pool's max_result_bytes (" .. ctx.max_result .. ')', 'PayloadTooLarge',
+                        false)
+  elseif f.ok == '1' then
+    end_attempt(ctx, f.id, j)
+    finish(ctx, f.id, jk, 'done', 'succeeded', j, {'result', result})
+    return C.SUCCEEDED
+  end
+  return fail_attempt(ctx, f.id, jk, j, f.error or 'no error message', f.error_type or 'Error',
+                      f.retryable ~= '0')
+end
+
 local function callback_outcome(entry_id, f, flat)
   local n = tonumber(f.n or '')
   if not f.id or not n or (f.ok ~= '1' and f.ok ~= '0') then
@@ -154,7 +175,6 @@ local NUMBERED = {step = 'fields', child = 'fields', sleep = 'time', event = 'wa
 -- that is, is in wfNew:<id>, read a thousand at a time).
 local function activation(wid, w, c)
   if tonumber(c[2]) ~= w.acts + 1 or type(c[3]) ~= 'table' or #c[3] == 0 then return false end
-  if ctx.folding_n then return #c[3] == 1 and c[3][1] == ctx.folding_n end
   for _, n in ipairs(c[3]) do
     if type(n) ~= 'number' or n < 1 or n > w.steps or n ~= math.floor(n) then return false end
   end
@@ -277,47 +297,6 @@ local function record(wid, w, n, c, ending)
   return rec.state == 'done' and kind ~= 'patch'
 end
 
--- Decision `applied` (a replay's generation, or a fold's token) of workflow `id`, checked by
--- decision(), written: its activation, its asks, the keeper; the workflow ended, or replayed
--- again if an entry ended meanwhile. Its code.
-local function apply_decision(id, w, numbered, ending, delivered, applied, keeper)
-  local total = w.steps + #numbered
-  if total > w.max then
-    ending = {'fail', 'the workflow asked for step ' .. total .. ', more than its max_steps (' ..
-              w.max .. ')', 'TooManySteps'}
-    numbered, total = {}, w.steps
-  elseif ending and ending[1] == 'return' and #ending[2] > ctx.max_result then
-    ending = {'fail', 'the result of ' .. #ending[2] .. " bytes is over the pool's " ..
-              'max_result_bytes (' .. ctx.max_result .. ')', 'PayloadTooLarge'}
-  end
-  local again = w.dirty
-  if #numbered > 0 then changed(ctx, id) end
-  if delivered then
-    rcall('HSET', w.wk, 'a:' .. delivered[2], cmsgpack.pack(delivered[3]), 'wf_acts', delivered[2])
-    for i = 1, #delivered[3], 1000 do
-      rcall('SREM', prefix .. K.wf_new .. id,
-            unpack(delivered[3], i, math.min(i + 999, #delivered[3])))
-    end
-  end
-  for _, item in ipairs(numbered) do
-    if record(id, w, item[1], item[2], ending) then again = true end
-  end
-  if #keeper > L.MAX_ID_BYTES then keeper = '' end
-  rcall('HSET', w.wk, 'wf_steps', total, 'wf_entry', '', 'wf_fails', 0, 'wf_blocked', '',
-        'wf_applied', applied, 'wf_keeper', keeper)
-  if ending and ending[1] == 'return' then
-    end_workflow(ctx, id, w.wk, w, 'done', 'succeeded', {'result', ending[2]})
-    return C.SUCCEEDED
-  elseif ending then
-    local err = string.sub(ending[2], 1, L.MAX_ERROR_BYTES)
-    end_workflow(ctx, id, w.wk, w, 'done', 'failed',
-                 {'error', err, 'error_type', string.sub(ending[3], 1, 200)})
-    return C.FAILED
-  end
-  if again then dispatch_replay(ctx, id, w.wk, w.gen + 1) end
-  return C.REPLAY_APPLIED
-end
-
 local function replay_outcome(entry_id, f, flat)
   local gen = tonumber(f.gen or '')
   if not f.id or not gen or (f.ok ~= '1' and f.ok ~= '0') then
@@ -344,69 +323,42 @@ local function replay_outcome(entry_id, f, flat)
   elseif f.ok ~= '1' then
     return replay_later(w, f.id, string.sub(f.error or 'no error message', 1, L.MAX_ERROR_BYTES))
   end
-  return apply_decision(f.id, w, numbered, ending, delivered, gen, f.worker or '')
-end
-
--- A step's success folded with the next decision of the worker that ran it and keeps its
--- workflow live (wf_cmds, made on wf_basis: the decision applied last; wf_at: the time the
--- code saw): applied with the step's end only if nothing else happened since (no replay out
--- or due, no other entry ended, the activation delivering exactly this entry), all checked
--- here before any write. nil: the step ends as any other (a replay follows).
-local function folding(f, j)
-  local wid, n = j.spec[S.wf], tonumber(j.spec[S.wf_n] or '')
-  if not wid or wid == '' or not n then return nil end
-  local w = workflow_fields(ctx, wid)
-  if not w or w.state ~= 'running' or w.entry ~= '' or w.fails > 0 then return nil end
-  if rcall('HGET', w.wk, 'wf_applied') ~= f.wf_basis then return nil end
-  if rcall('SCARD', prefix .. K.wf_new .. wid) ~= 0 then return nil end
-  local at = tonumber(f.wf_at or '')
-  local token = f.wf_token or ''
-  if not at or at > ctx.now or at < 0 or token == '' or #token > 2 * L.MAX_ID_BYTES then
-    return nil
+  local total = w.steps + #numbered
+  if total > w.max then
+    ending = {'fail', 'the workflow asked for step ' .. total .. ', more than its max_steps (' ..
+              w.max .. ')', 'TooManySteps'}
+    numbered, total = {}, w.steps
+  elseif ending and ending[1] == 'return' and #ending[2] > ctx.max_result then
+    ending = {'fail', 'the result of ' .. #ending[2] .. " bytes is over the pool's " ..
+              'max_result_bytes (' .. ctx.max_result .. ')', 'PayloadTooLarge'}
   end
-  local ok, cmds = pcall(cmsgpack.unpack, f.wf_cmds)
-  if not ok or type(cmds) ~= 'table' then return nil end
-  ctx.folding_n = n
-  local numbered, ending, delivered, why = decision(wid, w, cmds)
-  ctx.folding_n = nil
-  if why or not delivered then return nil end
-  return {wid = wid, w = w, n = n, at = at, numbered = numbered, ending = ending,
-          delivered = delivered}
-end
-
-local function run_outcome(entry_id, f, flat)
-  local attempt = tonumber(f.attempt or '')
-  if not f.id or not attempt or (f.ok ~= '1' and f.ok ~= '0') then
-    return reject(entry_id, flat, 'a run outcome needs id, attempt and ok (1 or 0)')
-  end
-  local jk = prefix .. K.job .. f.id
-  local j = attempt_fields(jk)
-  if j.state ~= 'running' or tonumber(j.attempts) ~= attempt then
-    bump(ctx.counts, N.STALE_COMPLETIONS)
-    return C.STALE_COMPLETION
-  end
-  local result = f.result or ''
-  if f.ok == '1' and #result > ctx.max_result then
-    return fail_attempt(ctx, f.id, jk, j, 'the result of ' .. #result .. " bytes is over the " ..
-                        "pool's max_result_bytes (" .. ctx.max_result .. ')', 'PayloadTooLarge',
-                        false)
-  elseif f.ok == '1' then
-    local fold = nil
-    if f.wf_cmds then  -- a fold that cannot be read is refused: the step's end stands
-      local ok, got = pcall(folding, f, j)
-      fold = ok and got or nil
-      bump(ctx.counts, fold and N.FOLDS or N.FOLDS_REFUSED)
+  local again = w.dirty
+  if #numbered > 0 then changed(ctx, f.id) end
+  if delivered then
+    rcall('HSET', w.wk, 'a:' .. delivered[2], cmsgpack.pack(delivered[3]), 'wf_acts', delivered[2])
+    for i = 1, #delivered[3], 1000 do
+      rcall('SREM', prefix .. K.wf_new .. f.id,
+            unpack(delivered[3], i, math.min(i + 999, #delivered[3])))
     end
-    end_attempt(ctx, f.id, j)
-    ctx.fold = fold
-    finish(ctx, f.id, jk, 'done', 'succeeded', j, {'result', result})
-    ctx.fold = nil
-    if not fold then return C.SUCCEEDED end
-    return {f.id, C.SUCCEEDED, fold.wid, apply_decision(fold.wid, fold.w, fold.numbered,
-            fold.ending, fold.delivered, f.wf_token, f.worker or '')}
   end
-  return fail_attempt(ctx, f.id, jk, j, f.error or 'no error message', f.error_type or 'Error',
-                      f.retryable ~= '0')
+  for _, item in ipairs(numbered) do
+    if record(f.id, w, item[1], item[2], ending) then again = true end
+  end
+  local keeper = f.worker or ''  -- a routing hint: a name of no live worker routes nothing
+  if #keeper > L.MAX_ID_BYTES then keeper = '' end
+  rcall('HSET', w.wk, 'wf_steps', total, 'wf_entry', '', 'wf_fails', 0, 'wf_blocked', '',
+        'wf_applied', gen, 'wf_keeper', keeper)
+  if ending and ending[1] == 'return' then
+    end_workflow(ctx, f.id, w.wk, w, 'done', 'succeeded', {'result', ending[2]})
+    return C.SUCCEEDED
+  elseif ending then
+    local err = string.sub(ending[2], 1, L.MAX_ERROR_BYTES)
+    end_workflow(ctx, f.id, w.wk, w, 'done', 'failed',
+                 {'error', err, 'error_type', string.sub(ending[3], 1, 200)})
+    return C.FAILED
+  end
+  if again then dispatch_replay(ctx, f.id, w.wk, w.gen + 1) end
+  return C.REPLAY_APPLIED
 end
 
 local single = {run = run_outcome, cb = callback_outcome, wf = replay_outcome}
@@ -432,8 +384,8 @@ local function batch_outcome(entry_id, f, flat)
     else
       reject(entry_id, {'o', tostring(item)}, 'an outcome must be a flat array of strings')
     end
-    if type(code) == 'table' then append_all(codes, code)  -- a step's end and its fold
-    else append_all(codes, {id, code}) end
+    codes[#codes + 1] = id
+    codes[#codes + 1] = code
   end
   return codes
 end

@@ -1,7 +1,6 @@
 -- reapLost: end attempts whose worker is gone or whose per-job timeout passed, and hand out
 -- again the on_complete deliveries and workflow replays a dead worker held.
---   timeout: a running job whose entry (in the dispatch stream, or the inbox it was routed
---     to) was delivered at least timeout_ms ago
+--   timeout: a running job whose dispatch entry was delivered at least timeout_ms ago
 --     (delivery time from the stream's pending-entries list, i.e. Redis's clock) fails its
 --     attempt with error_type Timeout; the usual retry rules follow. With a grace, the worker
 --     (which times out its own attempts from when it received them) gets 2 x grace more: the
@@ -13,12 +12,9 @@
 --     more than grace ms after the previous one (Redis was down or stalled, or no leader
 --     reaped) suspects afresh: heartbeats may not have had their chance, so nobody is lost
 --     before the workers could beat again.
---   inbox: a replay in a worker's inbox (inbox:<consumer>, the replays and steps of the
---     workflows it keeps live) whose worker has no heartbeat, or that waited there
---     L.INBOX_WAIT_MS, is handed to any worker (the dispatch stream) as a new generation; a
---     step's attempt the worker has not read yet is so moved to the dispatch stream (the same
---     attempt: no worker has it); one it has read fails as WorkerLost once the worker is lost,
---     exactly as in the dispatch stream.
+--   inbox: a replay in a worker's inbox (inbox:<consumer>, the replays of the workflows it
+--     keeps live) whose worker has no heartbeat, or that waited there L.INBOX_WAIT_MS, is
+--     handed to any worker (the dispatch stream) as a new generation.
 --   dead consumer without entries: a consumer of the group with nothing pending, an empty
 --     inbox, no live heartbeat and idle for longer than the grace (a worker that stopped or
 --     restarted) is removed from the group, with its suspicion and its inbox: the group does
@@ -103,8 +99,7 @@ local function check_deadline(id)
   if j.state ~= 'running' or timeout <= 0 or not j.dispatch then
     rcall('ZREM', KEYS[4], id)
   else
-    local stream = (j.route or '') ~= '' and prefix .. K.inbox .. j.route or KEYS[2]
-    local p = rcall('XPENDING', stream, group, j.dispatch, j.dispatch, 1)
+    local p = rcall('XPENDING', KEYS[2], group, j.dispatch, j.dispatch, 1)
     if #p == 0 then
       rcall('ZADD', KEYS[4], ctx.now + timeout, id)
     elseif tonumber(p[1][3]) >= timeout + 2 * grace then
@@ -123,21 +118,6 @@ for _, id in ipairs(ids) do
   end
 end
 
--- Run entry `entry_id` (fields `f`) held by lost worker `consumer`: its attempt fails as
--- WorkerLost while it is the job's current one (its entry then leaves the stream it is in);
--- true if so.
-local function lose_attempt(consumer, entry_id, f)
-  local jk = prefix .. K.job .. (f.id or '')
-  local j = attempt_fields(jk)
-  if j.state ~= 'running' or j.attempts ~= f.attempt or j.dispatch ~= entry_id then
-    return false
-  end
-  fail_attempt(ctx, f.id, jk, j, 'worker ' .. consumer .. ' stopped heart-beating during ' ..
-               'attempt ' .. f.attempt, 'WorkerLost', true)
-  lost = lost + 1
-  return true
-end
-
 -- One entry held by a dead consumer: end its attempt, or hand its delivery out again.
 local function recover(consumer, entry_id)
   local e = rcall('XRANGE', KEYS[2], entry_id, entry_id)
@@ -148,7 +128,13 @@ local function recover(consumer, entry_id)
   local f = fields_of(e[1][2])
   local jk = prefix .. K.job .. (f.id or '')
   if f.kind == 'run' then
-    if lose_attempt(consumer, entry_id, f) then return end
+    local j = attempt_fields(jk)
+    if j.state == 'running' and j.attempts == f.attempt and j.dispatch == entry_id then
+      fail_attempt(ctx, f.id, jk, j, 'worker ' .. consumer ..
+                   ' stopped heart-beating during attempt ' .. f.attempt, 'WorkerLost', true)
+      lost = lost + 1
+      return
+    end
   elseif f.kind == 'wf' then
     local w = workflow_fields(ctx, f.id or '')
     if w and w.state == 'running' and w.entry == entry_id and w.route == '' then
@@ -190,33 +176,18 @@ local function lost_now(consumer)
   return false
 end
 
--- Workers' inboxes (the replays and steps of the workflows each keeps live). A replay whose
--- worker is silent (no heartbeat), or that waited there L.INBOX_WAIT_MS (the worker's slots
--- all busy, its event loop held), goes to any worker as a new generation (a late decision of
--- the old one is stale). A step's attempt the worker has not read yet goes so to the dispatch
--- stream, the same attempt (no worker has it); one it has read is its own: it fails as
--- WorkerLost only once the worker is lost (lost_now, its grace), as in the dispatch stream.
+-- Replays in workers' inboxes: one whose worker is silent (no heartbeat), or that waited
+-- there L.INBOX_WAIT_MS (the worker's slots all busy, its event loop held), goes to any worker
+-- as a new generation (a late decision of the old one is stale).
 local budget = batch
 local function drop_from(inbox, entry_id)
   rcall('XACK', inbox, group, entry_id)
   rcall('XDEL', inbox, entry_id)
 end
 
--- Entry `e` leaves `consumer`'s inbox: handed on while it is its workflow's replay out now,
--- or the current attempt of its job.
+-- Entry `e` leaves `consumer`'s inbox: handed on while it is its workflow's replay out now.
 local function hand_on(consumer, inbox, e)
   local f = fields_of(e[2])
-  if f.kind == 'run' then
-    local jk = prefix .. K.job .. (f.id or '')
-    local j = attempt_fields(jk)  -- read before any write
-    drop_from(inbox, e[1])
-    if j.state == 'running' and j.attempts == f.attempt and j.dispatch == e[1] then
-      rcall('HSET', jk, 'dispatch', add_run_entry(KEYS[2], f.id, f.attempt, j.packed),
-            'route', '')
-      bump(ctx.counts, N.STEPS_REROUTED)
-    end
-    return
-  end
   local w = f.kind == 'wf' and workflow_fields(ctx, f.id or '')  -- read before any write
   drop_from(inbox, e[1])
   if w and w.state == 'running' and w.entry == e[1] and w.route == consumer then
@@ -226,50 +197,17 @@ local function hand_on(consumer, inbox, e)
   end
 end
 
--- Is stream id `a` at or before id `b`?
-local function at_or_before(a, b)
-  local ams, aseq = id_parts(a)
-  local bms, bseq = id_parts(b)
-  return ams < bms or (ams == bms and aseq <= bseq)
-end
-
--- The last entry `inbox`'s worker has read (the group's last-delivered-id).
-local function last_read(inbox)
-  for _, g in ipairs(rcall('XINFO', 'GROUPS', inbox)) do
-    local f = fields_of(g)
-    if f.name == group then return f['last-delivered-id'] end
-  end
-  return '0-0'
-end
-
--- Inbox entry `e` of `consumer`: a step's attempt the worker read stays, or fails once its
--- worker is lost; anything else stays while young (the worker beats and it waited less than
--- L.INBOX_WAIT_MS), else is handed on.
-local function take_one(consumer, inbox, e, read, young, silent)
-  local f = fields_of(e[2])
-  if read and f.kind == 'run' then
-    if silent and lost_now(consumer) and not lose_attempt(consumer, e[1], f) then
-      drop_from(inbox, e[1])
-    end
-  elseif not young then
-    hand_on(consumer, inbox, e)
-  end
-end
-
 -- Takes back what `consumer`'s inbox holds for too long; returns how many entries it left. An
--- entry it cannot read is set aside alone: the inbox's other entries still go on.
+-- entry it cannot read is set aside alone: the inbox's other replays still go on.
 local function take_back(consumer)
   local inbox = prefix .. K.inbox .. consumer
   local silent = rcall('EXISTS', prefix .. K.heartbeat .. consumer) == 0
   local entries = rcall('XRANGE', inbox, '-', '+', 'COUNT',
                         silent and budget or math.min(budget, L.PAGE))
-  local read_to = #entries > 0 and last_read(inbox) or '0-0'
-  for _, e in ipairs(entries) do
-    local read = at_or_before(e[1], read_to)
-    local young = not silent and ctx.now - id_parts(e[1]) < L.INBOX_WAIT_MS
-    if young and not read then break end  -- the rest is newer still, and unread
+  for i, e in ipairs(entries) do
+    if not silent and ctx.now - id_parts(e[1]) < L.INBOX_WAIT_MS then return #entries - i + 1 end
     budget = budget - 1
-    local ok, err = pcall(take_one, consumer, inbox, e, read, young, silent)
+    local ok, err = pcall(hand_on, consumer, inbox, e)
     if not ok then
       set_aside_unreadable(e[1] .. ' in the inbox of ' .. consumer, err,
                            function() drop_from(inbox, e[1]) end)

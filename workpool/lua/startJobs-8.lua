@@ -2,9 +2,7 @@
 -- starts the best ready jobs while running < max_parallelism (and the pool is not paused),
 -- subject to the pool's and each job name's rate limit (token buckets on Redis time) and each
 -- concurrency key's limit. Each start increments the attempt (the fencing token of that run)
--- and appends one entry to the dispatch stream (the attempt and the job's packed spec; a
--- workflow's step goes to the inbox of the worker keeping the workflow live while it beats,
--- recorded in the job's `route`, so that worker folds the next decision into its outcome). Also
+-- and appends one entry to the dispatch stream (the attempt and the job's packed spec). Also
 -- hands out due on_complete deliveries, the replays of workflows that could not decide when
 -- they are due again (replaysDue), and ends the workflow waits that are due (wfTimers); an
 -- event's wait not while pendingStart holds a request appended by its deadline (the event
@@ -25,8 +23,7 @@
 -- Derived from ARGV[2] (same hash tag): the admission keys listed in includes/admission.lua,
 -- replaysDue (ZSET workflow id -> time its replay is tried again), wfTimers (ZSET workflow
 -- wait -> time it ends: a sleep, an event's timeout), the workflows' hashes with their
--- wfNew:<id> and wfc:<id>, hb:<worker> and inbox:<worker> (STREAM) of a workflow's
--- keeper, pendingStart (read for its length and its oldest entry; a
+-- wfNew:<id> and wfc:<id>, pendingStart (read for its length and its oldest entry; a
 -- workflow past its timeout appends a cancel there) and pendingCompletion (only its length
 -- is read).
 -- ARGV[1] token          lease token `<epoch>:<owner>`
@@ -178,16 +175,9 @@ while #started < free and looked < 2 * batch do
     end
     local attempt = (tonumber(j.attempts) or 0) + 1
     local timeout = tonumber(s[S.timeout_ms]) or 0
-    local stream, route = KEYS[5], nil
-    if (s[S.wf] or '') ~= '' then
-      stream, route = step_stream(prefix, KEYS[5], s[S.wf], tostring(s[S.wf_n]))
-    end
-    local eid = add_run_entry(stream, id, attempt, j.packed)
+    local eid = rcall('XADD', KEYS[5], '*', 'kind', 'run', 'id', id, 'attempt', attempt,
+                      'spec', j.packed)
     local fields = {'state', 'running', 'attempts', attempt, 'started_at', now, 'dispatch', eid}
-    if route then  -- a step: where its attempt went (an earlier one's route is replaced)
-      append_all(fields, {'route', route})
-      if route ~= '' then bump(counts, N.STEPS_ROUTED) end
-    end
     if j.state == 'pending' then append_all(fields, {'spec', j.packed}) end  -- its spec moves in
     rcall('HSET', jk, unpack(fields))
     defer(d, run, now, id)

@@ -37,14 +37,6 @@ class Counter:
     REPLAYS_ROUTED: Final = "replays_routed"
     #: replays taken back from an inbox (its worker silent, or not reading it in time)
     REPLAYS_REROUTED: Final = "replays_rerouted"
-    #: step successes that carried their workflow's next decision, applied with them
-    FOLDS: Final = "folds"
-    #: such decisions refused (something else happened since): the step ended as any other
-    FOLDS_REFUSED: Final = "folds_refused"
-    #: workflow steps sent to the inbox of the worker that keeps their workflow live
-    STEPS_ROUTED: Final = "steps_routed"
-    #: step attempts moved from an inbox unread (its worker silent, or busy too long)
-    STEPS_REROUTED: Final = "steps_rerouted"
     STALE_REPLAYS: Final = "stale_replays"  #: replay decisions no longer current, dropped
     REPLAY_FAILURES: Final = "replay_failures"  #: replays that could not decide (tried again)
     EVENTS_DELIVERED: Final = "events_delivered"  #: events that ended a workflow's wait

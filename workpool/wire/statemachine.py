@@ -110,19 +110,6 @@ WORKFLOW_TABLE: tuple[Row, ...] = (
         "activation and asks recorded (steps and children created in the same script, timers "
         "and waits set; a step an enqueue would refuse, or whose id is taken, fails at once "
         "with Rejected); replayed again at once if an entry ended meanwhile (wf_dirty)"),
-    Row("fold", (RUNNING,), "current_fold_returned", SUCCEEDED, Code.SUCCEEDED,
-        "applyOutcomes", "a step's success carrying the workflow's next decision, made on the "
-        "decision applied last with nothing ended or out since: applied with the step's end, "
-        "as decide would, in the same script (`folds`)"),
-    Row("fold", (RUNNING,), "current_fold_failed", FAILED, Code.FAILED, "applyOutcomes",
-        "as current_replay_failed, folded with the step's end"),
-    Row("fold", (RUNNING,), "current_fold", None, Code.REPLAY_APPLIED, "applyOutcomes",
-        "as current_replay, folded: the step's entry is delivered by this activation, no "
-        "replay goes out for it; the token `<step id>/<attempt>` becomes wf_applied"),
-    Row("fold", WF_ANY, "", None, Code.WAIT_ENDED, "applyOutcomes",
-        "refused (another decision applied since, an entry ended or a replay out, one due, a "
-        "decision that cannot be applied, a time ahead of Redis's): the step ends as any "
-        "other, nothing of the decision written (`folds_refused`)"),
     Row("decide", WF_ANY, "", None, Code.STALE_REPLAY, "applyOutcomes",
         "a replay no longer out (superseded, withdrawn, or the workflow ended): dropped"),
     Row("entry_ends", (RUNNING,), "", None, Code.WAIT_ENDED, "any that ends a step or wait",

@@ -21,7 +21,6 @@ from workpool.server.backoff import asked
 from workpool.types import status_from_hash
 from workpool.wire.protocol import decode, decode_arguments, encode, job_fields, text
 from workpool.worker.children import ChildFailed, ChildLost, Children
-from workpool.worker.fold import fold
 from workpool.worker.liveness import Liveness
 from workpool.worker.outbox import Outbox
 from workpool.worker.outcome import (
@@ -119,11 +118,6 @@ class Executor:
             log.exception("the worker failed running an attempt")
             out = failed(job_id, attempt, exc, retryable=True, kind="WorkerError")
         if out.ok:
-            try:
-                fold(self.replayer, f, out, dispatched_at=dispatched_at, received=received,
-                     worker_id=self.worker_id)
-            except Exception:  # the outcome goes without: the engine replays the workflow
-                log.exception("the worker failed deciding a workflow's next step")
             log.debug("transition", transition="attempt_succeeded")
         else:
             log.warning("transition", transition="attempt_failed", error_type=out.error_type,

@@ -29,7 +29,6 @@ class Outcome:
     error_type: str | None = None
     error: str | None = None
     worker: str | None = None  #: the worker that decided (wf): it keeps the workflow live
-    fold: dict[str, str | bytes] | None = None  #: a step's: the next decision (wf_ fields)
 
     def fields(self) -> dict[str, str | bytes]:
         """The outcome's wire fields."""
@@ -46,8 +45,6 @@ class Outcome:
             out["error"] = self.error
         if self.worker is not None:
             out["worker"] = self.worker
-        if self.fold:
-            out.update(self.fold)
         return out
 
 

@@ -153,17 +153,12 @@ class Worker:
     async def _settled(self, client: redis.asyncio.Redis) -> None:
         """Before a restart: wait (a while at most) until the main loop applied the outcomes of
         the attempts this process took, so the restarted one, under the same name, does not
-        take them for entries it never saw; they are retried as new attempts instead. Both
-        streams: the dispatch stream and our inbox (a workflow's steps)."""
+        take them for entries it never saw; they are retried as new attempts instead."""
         deadline = time.monotonic() + 2 * max(self.config.lease_ttl, self.config.heartbeat_ttl)
-        keys = self.config.keys
         while time.monotonic() < deadline:
             try:
-                pipe = client.pipeline(transaction=False)
-                for stream in (keys.dispatch, keys.inbox(self.id)):
-                    pipe.xpending_range(stream, GROUP, "-", "+", 1, self.id)
-                held = await pipe.execute(raise_on_error=False)  # no inbox: an error
-                if not any(h for h in held if not isinstance(h, Exception)):
+                if not await client.xpending_range(self.config.keys.dispatch, GROUP, "-", "+",
+                                                   1, self.id):
                     return
             except Exception:  # gone or refusing: nothing to wait for
                 return

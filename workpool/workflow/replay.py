@@ -152,27 +152,6 @@ class Replayer:
             live.close()
             raise
 
-    def fold(self, workflow_id: str, n: int, entry: journal.Entry,
-             token: str) -> tuple[str, bytes] | None:
-        """The next decision of a kept workflow whose code waits for entry n alone, which just
-        ended as `entry`, and the decision it goes on from; None when not kept so. (Waiting for
-        more, as a gather does, delivering n would decide nothing, and a fold the engine
-        refuses leaves the coroutine ahead of the journal: the next replay starts over.)"""
-        live = self._live.get(workflow_id)
-        if live is None or live.task.done() or list(live.ctx.waiting) != [n]:
-            return None
-        basis = live.decided
-        try:
-            live.ctx.learn({n: entry})
-            live.decided = token
-            return basis, self._decide(workflow_id, live)
-        except BaseException as exc:  # a replay from the start will say what went wrong
-            self._forget(workflow_id, live)
-            live.close()
-            if not isinstance(exc, Exception):
-                raise
-            return None
-
     def replay(self, spec: WorkflowSpec, workflow_id: str, h: Mapping[str, bytes],
                gen: str) -> bytes:
         """The decision of a replay from the start against the whole journal `h` (the

@@ -26,18 +26,13 @@ local function drop_entry(ctx, entry_id)
   end
 end
 
--- Entry `entry_id` leaves the stream it went to: the dispatch stream (route ''), or the inbox
--- of worker `route` (a routed replay or step), acknowledged and deleted there at once.
-local function drop_routed(ctx, route, entry_id)
-  if (route or '') == '' or (entry_id or '') == '' then return drop_entry(ctx, entry_id) end
-  local inbox = ctx.prefix .. K.inbox .. route
-  rcall('XACK', inbox, ctx.group, entry_id)
-  rcall('XDEL', inbox, entry_id)
-end
-
--- The replay out now of workflow `w` (workflow_fields) leaves the stream it went to.
+-- The replay out now of workflow `w` (workflow_fields) leaves the stream it went to: the
+-- dispatch stream, or its keeper's inbox (wf_route), acknowledged and deleted at once.
 local function drop_replay(ctx, w)
-  drop_routed(ctx, w.route, w.entry)
+  if w.route == '' or w.entry == '' then return drop_entry(ctx, w.entry) end
+  local inbox = ctx.prefix .. K.inbox .. w.route
+  rcall('XACK', inbox, ctx.group, w.entry)
+  rcall('XDEL', inbox, w.entry)
 end
 
 -- A stream id `<ms>-<seq>` as two numbers (ids stay far below 2^53 in both parts).
@@ -103,14 +98,13 @@ local function attempt_fields(jk)
   return started_fields(jk) or {}
 end
 
--- The job's attempt ends: it leaves the running set and its entry (in the dispatch stream,
--- or the inbox it was routed to) is closed.
+-- The job's attempt ends: it leaves the running set and its dispatch entry is closed.
 -- `j` holds the job's fields (attempt_fields).
 local function end_attempt(ctx, id, j)
   if ctx.defer then defer(ctx.defer, ctx.unrun, id) else rcall('ZREM', ctx.running, id) end
   local s = j.spec
   if (tonumber(s[S.timeout_ms]) or 0) > 0 then rcall('ZREM', ctx.deadlines, id) end
-  drop_routed(ctx, j.route, j.dispatch)
+  drop_entry(ctx, j.dispatch)
   if s[S.ckey] and s[S.ckey] ~= '' then key_running(adm_of(ctx), s[S.ckey], -1) end
 end
 

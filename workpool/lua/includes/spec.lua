@@ -20,7 +20,7 @@ end
 -- it has no hash. A hash written before specs were packed holds the spec's fields flat: read
 -- in SPEC order.
 local function started_fields(jk)
-  local h = rcall('HMGET', jk, 'spec', 'state', 'attempts', 'dispatch', 'cancel', 'route')
+  local h = rcall('HMGET', jk, 'spec', 'state', 'attempts', 'dispatch', 'cancel')
   if not h[2] then return nil end
   local packed, spec = h[1], nil
   if packed then spec = cmsgpack.unpack(packed) else
@@ -29,7 +29,7 @@ local function started_fields(jk)
     packed = cmsgpack.pack(spec)
   end
   return {state = h[2], attempts = h[3], dispatch = h[4], cancel = h[5], spec = spec,
-          packed = packed, route = h[6] or ''}
+          packed = packed}
 end
 
 -- Job `id` as started_fields reads it, or, pending (in `unstarted`, no hash yet), state

@@ -75,33 +75,6 @@ local function newly_ended(ctx, wid, n)
   rcall('SADD', ctx.prefix .. K.wf_new .. wid, n)
 end
 
--- The inbox of worker `keeper` while it may be written: the worker beats, and the key is a
--- stream (a key of another type, written by someone else, is passed over); else nil.
-local function live_inbox(prefix, keeper)
-  if keeper == '' then return nil end
-  local inbox = prefix .. K.inbox .. keeper
-  if rcall('EXISTS', prefix .. K.heartbeat .. keeper) == 1 and
-     rcall('TYPE', inbox).ok == 'stream' then return inbox end
-  return nil
-end
-
--- Where step n of workflow `wid` goes, and the worker it is routed to (''): while it is the
--- journal's last entry (so the code may wait for it alone: not one of a fan-out, which would
--- crowd one worker), the inbox of the worker that keeps the workflow live, which then decides
--- at once when the step ends and sends that decision with its outcome (a fold); else the
--- dispatch stream. Read only: a workflow key of the wrong type routes nothing.
-local function step_stream(prefix, dispatch, wid, n)
-  local h = redis.pcall('HMGET', prefix .. K.job .. wid, 'wf_keeper', 'wf_steps')
-  local inbox = not h.err and h[2] == n and live_inbox(prefix, h[1] or '')
-  if inbox then return inbox, h[1] end
-  return dispatch, ''
-end
-
--- Attempt `attempt` of job `id` (its packed spec) appended to `stream` for a worker: its id.
-local function add_run_entry(stream, id, attempt, packed)
-  return rcall('XADD', stream, '*', 'kind', 'run', 'id', id, 'attempt', attempt, 'spec', packed)
-end
-
 -- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker: to the inbox of the worker that
 -- keeps it live (wf_keeper) while that worker beats and has an inbox (a stream: a key of
 -- another type, written by someone else, is passed over, never written to), so the replay
@@ -116,9 +89,14 @@ end
 -- too (its spec and started_at): its first replay reads nothing.
 local function dispatch_replay(ctx, wid, wk, gen, known)
   local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied', 'wf_keeper')
-  local keeper = h[4] or ''
-  local stream = live_inbox(ctx.prefix, keeper)
-  if stream then bump(ctx.counts, N.REPLAYS_ROUTED) else stream, keeper = ctx.dispatch, '' end
+  local keeper, stream = h[4] or '', ctx.dispatch
+  if keeper ~= '' and rcall('EXISTS', ctx.prefix .. K.heartbeat .. keeper) == 1 and
+     rcall('TYPE', ctx.prefix .. K.inbox .. keeper).ok == 'stream' then
+    stream = ctx.prefix .. K.inbox .. keeper
+    bump(ctx.counts, N.REPLAYS_ROUTED)
+  else
+    keeper = ''
+  end
   local new, ended, unread = rcall('SMEMBERS', ctx.prefix .. K.wf_new .. wid), {}, {}
   local room = L.REPLAY_CARRY_BYTES
   for i = 1, #new, 1000 do
@@ -191,13 +169,6 @@ local function step_ended(ctx, owner, spec, outcome, attempts, extra)
     if k == 'result' or k == 'error' or k == 'error_type' then rec[k] = extra[i + 1] end
   end
   rec.scheduled_at = owner.scheduled_at
-  local fold = ctx.fold
-  if fold and fold.wid == owner.wid and fold.n == tonumber(owner.n) then
-    rec.finished_at = fold.at  -- the time the worker's decision saw; delivered at once
-    rcall('HSET', owner.wk, 'j:' .. owner.n, pack_journal(rec))
-    changed(ctx, owner.wid)
-    return
-  end
   local packed = pack_journal(rec)
   rcall('HSET', owner.wk, 'j:' .. owner.n, packed)
   if owner.state == 'running' then newly_ended(ctx, owner.wid, owner.n) end
