@@ -1107,6 +1107,26 @@ def test_a_gap_between_reaps_suspects_silent_workers_afresh(p: Pool) -> None:
     assert g.reap(later + GRACE_MS).lost == 1
 
 
+def test_a_gap_forgets_every_suspicion_also_of_workers_its_reap_does_not_reach(p: Pool) -> None:
+    """Regression (chaos run, seed 2037): the reap after a gap suspected afresh only the silent
+    workers its batch reached; one it did not reach (the batch spent on a silent worker's
+    inbox) kept its suspicion from before the gap, and the next reap lost it at once: a live
+    worker whose beat was not due yet, whose on_complete deliveries then ran twice."""
+    g = with_grace(p)
+    g.running_job(1, worker=None)
+    g.deliver("w1")  # never beats
+    t = g.clock()
+    assert g.reap(t).lost == 0  # suspected at t
+    g.r.xgroup_createconsumer(g.keys.dispatch, GROUP, "w0")  # silent too, with an inbox
+    g.r.xgroup_create(g.keys.inbox("w0"), GROUP, id="0", mkstream=True)
+    g.r.xadd(g.keys.inbox("w0"), {"kind": "wf", "id": "ended", "gen": "1"})
+    one = replace(g, engine=Engine(g.keys, replace(g.engine.settings, batch=1)))
+    later = t + 5 * GRACE_MS  # a gap: Redis was down
+    assert one.reap(later).lost == 0  # its batch goes on w0's inbox: w1 is not reached
+    assert g.reap(later + GRACE_MS // 2).lost == 0  # not suspected since t: only since now
+    assert g.reap(later + GRACE_MS // 2 + GRACE_MS).lost == 1
+
+
 def test_a_gap_vouched_for_by_a_leader_that_saw_redis_answer_is_not_suspected_afresh(
         p: Pool) -> None:
     g = with_grace(p)

@@ -10,8 +10,8 @@
 --     With a grace (ARGV[8] > 0) a silent consumer is first only suspected (suspects[c] = now)
 --     and is lost once it is still silent at a reap at least grace ms later. A reap that comes
 --     more than grace ms after the previous one (Redis was down or stalled, or no leader
---     reaped) suspects afresh: heartbeats may not have had their chance, so nobody is lost
---     before the workers could beat again.
+--     reaped) suspects afresh (every earlier suspicion dropped): heartbeats may not have had
+--     their chance, so nobody is lost before the workers could beat again.
 --   inbox: a replay in a worker's inbox (inbox:<consumer>, the replays of the workflows it
 --     keeps live) whose worker has no heartbeat, or that waited there L.INBOX_WAIT_MS, is
 --     handed to any worker (the dispatch stream) as a new generation.
@@ -77,6 +77,9 @@ if grace > 0 then
   local trusted = sent ~= nil and ctx.now - sent < grace / 2
   afresh = ctx.now - previous > grace and not trusted
   rcall('SET', prefix .. K.reaped_at, ctx.now)
+  -- every suspicion from before the gap goes, not only those of the workers this call's batch
+  -- reaches: one it does not reach would be lost at the next reap, its beat not yet due
+  if afresh then rcall('DEL', suspects) end
 end
 
 -- A job or entry the reaper cannot read (its key holds the wrong type, written by someone
