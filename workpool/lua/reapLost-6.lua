@@ -183,16 +183,12 @@ end
 -- there L.INBOX_WAIT_MS (the worker's slots all busy, its event loop held), goes to any worker
 -- as a new generation (a late decision of the old one is stale).
 local budget = batch
-local function drop_from(inbox, entry_id)
-  rcall('XACK', inbox, group, entry_id)
-  rcall('XDEL', inbox, entry_id)
-end
 
 -- Entry `e` leaves `consumer`'s inbox: handed on while it is its workflow's replay out now.
-local function hand_on(consumer, inbox, e)
+local function hand_on(consumer, e)
   local f = fields_of(e[2])
   local w = f.kind == 'wf' and workflow_fields(ctx, f.id or '')  -- read before any write
-  drop_from(inbox, e[1])
+  drop_inbox_entry(ctx, consumer, e[1])
   if w and w.state == 'running' and w.entry == e[1] and w.route == consumer then
     rcall('HSET', w.wk, 'wf_keeper', '')
     dispatch_replay(ctx, f.id, w.wk, w.gen + 1)
@@ -210,10 +206,10 @@ local function take_back(consumer)
   for i, e in ipairs(entries) do
     if not silent and ctx.now - id_parts(e[1]) < L.INBOX_WAIT_MS then return #entries - i + 1 end
     budget = budget - 1
-    local ok, err = pcall(hand_on, consumer, inbox, e)
+    local ok, err = pcall(hand_on, consumer, e)
     if not ok then
       set_aside_unreadable(e[1] .. ' in the inbox of ' .. consumer, err,
-                           function() drop_from(inbox, e[1]) end)
+                           function() drop_inbox_entry(ctx, consumer, e[1]) end)
     end
   end
   return rcall('XLEN', inbox)

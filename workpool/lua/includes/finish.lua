@@ -26,13 +26,18 @@ local function drop_entry(ctx, entry_id)
   end
 end
 
+-- Entry `entry_id` of worker `worker`'s inbox, acknowledged and deleted at once.
+local function drop_inbox_entry(ctx, worker, entry_id)
+  local inbox = ctx.prefix .. K.inbox .. worker
+  rcall('XACK', inbox, ctx.group, entry_id)
+  rcall('XDEL', inbox, entry_id)
+end
+
 -- The replay out now of workflow `w` (workflow_fields) leaves the stream it went to: the
--- dispatch stream, or its keeper's inbox (wf_route), acknowledged and deleted at once.
+-- dispatch stream, or its keeper's inbox (wf_route).
 local function drop_replay(ctx, w)
   if w.route == '' or w.entry == '' then return drop_entry(ctx, w.entry) end
-  local inbox = ctx.prefix .. K.inbox .. w.route
-  rcall('XACK', inbox, ctx.group, w.entry)
-  rcall('XDEL', inbox, w.entry)
+  drop_inbox_entry(ctx, w.route, w.entry)
 end
 
 -- A stream id `<ms>-<seq>` as two numbers (ids stay far below 2^53 in both parts).
