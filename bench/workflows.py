@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from throughput import _stop, _until, anoop, pool, redis_cpu_s, spawn_workers
+from throughput import _counter, _stop, _until, anoop, pool, redis_cpu_s, spawn_workers
 
 from workpool import WorkflowContext
 from workpool.server.embedded import RedisServer
@@ -77,11 +77,10 @@ def sequential(client: redis.Redis, steps: int) -> None:
 def concurrent(client: redis.Redis, workflows: int) -> float:
     """One round, plain jobs then workflows; the ratio of their rates (steps per job)."""
     def plain() -> None:
-        done = pool.stats().counters.get("succeeded", 0)
+        done = _counter("succeeded")
         for first in range(0, 3 * workflows, 5000):
             pool.enqueue_many(anoop, [()] * min(5000, 3 * workflows - first))
-        _until(lambda: pool.stats().counters.get("succeeded", 0) - done >= 3 * workflows,
-               3600, "the jobs")
+        _until(lambda: _counter("succeeded") - done >= 3 * workflows, 3600, "the jobs")
 
     def flows() -> None:
         for first in range(0, workflows, 1000):
@@ -90,8 +89,7 @@ def concurrent(client: redis.Redis, workflows: int) -> float:
                 pool.start_workflow(three, transaction=pipe)
             pipe.execute()
         _until(lambda: not client.scard(pool.keys.workflows) and
-               pool.stats().counters.get("workflows_started", 0) >= workflows, 3600,
-               "the workflows")
+               _counter("workflows_started") >= workflows, 3600, "the workflows")
 
     rates = []
     for label, run in ((f"{3 * workflows} jobs", plain),
@@ -105,10 +103,9 @@ def concurrent(client: redis.Redis, workflows: int) -> float:
 
 def fan_out(client: redis.Redis, width: int) -> None:
     def plain() -> None:
-        done = pool.stats().counters.get("succeeded", 0)
+        done = _counter("succeeded")
         pool.enqueue_many(anoop, [()] * width)
-        _until(lambda: pool.stats().counters.get("succeeded", 0) - done >= width, 3600,
-               "the jobs")
+        _until(lambda: _counter("succeeded") - done >= width, 3600, "the jobs")
 
     def wide() -> None:
         pool.wait(pool.start_workflow(fan, width), timeout=3600)
