@@ -82,7 +82,8 @@ local ctx = {prefix = prefix, dispatch = KEYS[5], group = ARGV[7], running = KEY
              deadlines = KEYS[4], due = KEYS[6], now = now_ms(4), seed = ARGV[5],
              retention = arg_int(6, 1, L.MAX_RETENTION_MS),
              max_result = arg_int(8, 1, L.MAX_PAYLOAD_BYTES),
-             max_payload = arg_int(9, 1, L.MAX_PAYLOAD_BYTES), counts = {}, finished = 0}
+             max_payload = arg_int(9, 1, L.MAX_PAYLOAD_BYTES), counts = {}, finished = 0,
+             routes = {}}  -- (inbox_of: this script writes no heartbeat, makes no inbox)
 retry_defaults(10)
 deferring(ctx)  -- ended attempts leave running and dispatch in one call each per batch
 creating(ctx)  -- a replay's steps join `unstarted` and `ready` so too
@@ -250,10 +251,10 @@ local function replay_later(w, id, err)
   return C.REPLAY_RETRY
 end
 
--- Record numbered command {n, c} of workflow `w` in its journal and set it going; true when
--- it ended at once (an event kept before the workflow waited for it, a step that cannot be
--- created). A decision that ends the workflow creates no step or child: their entries say
--- canceled (`ending`).
+-- Record numbered command {n, c} of workflow `w` and set it going; returns its journal entry
+-- (packed, for the caller to write) and true when it ended at once (an event kept before the
+-- workflow waited for it, a step that cannot be created). A decision that ends the workflow
+-- creates no step or child: their entries say canceled (`ending`).
 local function record(wid, w, n, c, ending)
   local kind, name = c[1], c.fields and c.fields.name or c[3]
   if kind == 'sleep' then name = '' end
@@ -293,8 +294,7 @@ local function record(wid, w, n, c, ending)
   else  -- a patch marker: recorded, nothing to wait for
     rec.state, rec.outcome, rec.finished_at = 'done', 'succeeded', ctx.now
   end
-  rcall('HSET', w.wk, 'j:' .. n, pack_journal(rec))
-  return rec.state == 'done' and kind ~= 'patch'
+  return pack_journal(rec), rec.state == 'done' and kind ~= 'patch'
 end
 
 local function replay_outcome(entry_id, f, flat)
@@ -334,20 +334,31 @@ local function replay_outcome(entry_id, f, flat)
   end
   local again = w.dirty
   if #numbered > 0 then changed(ctx, f.id) end
+  local keeper = f.worker or ''  -- a routing hint: a name of no live worker routes nothing
+  if #keeper > L.MAX_ID_BYTES then keeper = '' end
+  local acts = w.acts
+  local writes = {'wf_steps', total, 'wf_fails', 0, 'wf_blocked', '', 'wf_applied', gen,
+                  'wf_keeper', keeper}  -- one HSET with the replay's, or wf_entry
   if delivered then
-    rcall('HSET', w.wk, 'a:' .. delivered[2], cmsgpack.pack(delivered[3]), 'wf_acts', delivered[2])
+    acts = delivered[2]
+    append_all(writes, {'a:' .. acts, cmsgpack.pack(delivered[3]), 'wf_acts', acts})
     for i = 1, #delivered[3], 1000 do
       rcall('SREM', prefix .. K.wf_new .. f.id,
             unpack(delivered[3], i, math.min(i + 999, #delivered[3])))
     end
   end
+  local known = nil  -- the entries that ended at once, for the replay to carry unread
   for _, item in ipairs(numbered) do
-    if record(f.id, w, item[1], item[2], ending) then again = true end
+    local packed, ended = record(f.id, w, item[1], item[2], ending)
+    writes[#writes + 1] = 'j:' .. item[1]
+    writes[#writes + 1] = packed
+    if ended then
+      known = known or {}
+      known[tostring(item[1])] = packed
+      again = true
+    end
   end
-  local keeper = f.worker or ''  -- a routing hint: a name of no live worker routes nothing
-  if #keeper > L.MAX_ID_BYTES then keeper = '' end
-  rcall('HSET', w.wk, 'wf_steps', total, 'wf_entry', '', 'wf_fails', 0, 'wf_blocked', '',
-        'wf_applied', gen, 'wf_keeper', keeper)
+  if ending or not again then hset_all(w.wk, append_all(writes, {'wf_entry', ''})) end
   if ending and ending[1] == 'return' then
     end_workflow(ctx, f.id, w.wk, w, 'done', 'succeeded', {'result', ending[2]})
     return C.SUCCEEDED
@@ -357,7 +368,10 @@ local function replay_outcome(entry_id, f, flat)
                  {'error', err, 'error_type', string.sub(ending[3], 1, 200)})
     return C.FAILED
   end
-  if again then dispatch_replay(ctx, f.id, w.wk, w.gen + 1) end
+  if again then
+    dispatch_replay(ctx, f.id, w.wk, w.gen + 1, known,
+                    {steps = total, acts = acts, applied = gen, keeper = keeper}, writes)
+  end
   return C.REPLAY_APPLIED
 end
 

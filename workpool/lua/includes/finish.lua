@@ -26,11 +26,23 @@ local function drop_entry(ctx, entry_id)
   end
 end
 
--- Entry `entry_id` of worker `worker`'s inbox, acknowledged and deleted at once.
+-- Entry `entry_id` of worker `worker`'s inbox, acknowledged and deleted: at once, or, in a
+-- script that defers (deferring), in one call each per inbox and batch (nothing in such a
+-- script reads an inbox's entries).
 local function drop_inbox_entry(ctx, worker, entry_id)
   local inbox = ctx.prefix .. K.inbox .. worker
-  rcall('XACK', inbox, ctx.group, entry_id)
-  rcall('XDEL', inbox, entry_id)
+  if not ctx.inboxes then
+    rcall('XACK', inbox, ctx.group, entry_id)
+    rcall('XDEL', inbox, entry_id)
+    return
+  end
+  local heads = ctx.inboxes[inbox]
+  if not heads then
+    heads = {{'XACK', inbox, ctx.group}, {'XDEL', inbox}}
+    ctx.inboxes[inbox] = heads
+  end
+  defer(ctx.defer, heads[1], entry_id)
+  defer(ctx.defer, heads[2], entry_id)
 end
 
 -- The replay out now of workflow `w` (workflow_fields) leaves the stream it went to: the
@@ -90,11 +102,12 @@ local function adm_of(ctx)
   return ctx.adm
 end
 
--- Let a script defer the writes that end attempts (see defer in common.lua).
+-- Let a script defer the writes that end attempts and replays (see defer in common.lua).
 local function deferring(ctx)
   ctx.defer = {}
   ctx.xack, ctx.acked = {'XACK', ctx.dispatch, ctx.group}, {}
   ctx.unrun = {'ZREM', ctx.running}
+  ctx.inboxes = {}
 end
 
 -- What the end of an attempt needs of the job whose hash is `jk` (started_fields; {} for a job
@@ -116,9 +129,10 @@ end
 -- The one place a job (or a workflow) becomes terminal (done or canceled). It records the
 -- on_complete delivery in the same atomic step, so each terminal transition yields exactly one
 -- delivery record, and a workflow's step writes its end into the workflow's journal.
--- `j` holds the job's spec (unpacked) and attempts; `extra` more fields to set.
+-- `j` holds the job's spec (unpacked) and attempts (a workflow's: workflow_fields); `extra`
+-- more fields to set.
 local function finish(ctx, id, jk, state, outcome, j, extra)
-  local owner = step_owner(ctx, j.spec)  -- read before the first write
+  local owner = step_owner(ctx, j.spec, j.wk and 'workflow' or 'step')  -- read before writing
   local handler = j.spec[S.on_complete]
   local fields = append_all({'state', state, 'outcome', outcome, 'finished_at', ctx.now},
                             extra or {})

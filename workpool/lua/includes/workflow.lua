@@ -48,6 +48,12 @@ local function set_list(wk, field, a)
   if #a == 0 then rcall('HDEL', wk, field) else rcall('HSET', wk, field, cmsgpack.pack(a)) end
 end
 
+-- HSET of `fields` ([field, value, ...]) on `key`, a thousand values a call at most (Lua's
+-- unpack limit: a decision asking for a wide fan-out writes an entry per step).
+local function hset_all(key, fields)
+  for i = 1, #fields, 1000 do rcall('HSET', key, unpack(fields, i, math.min(i + 999, #fields))) end
+end
+
 -- Journal entry n of workflow hash `wk` as stored (unpacked), or nil.
 local function journal_entry(wk, n)
   local raw = rcall('HGET', wk, 'j:' .. n)
@@ -58,14 +64,20 @@ end
 
 -- The packed journal entries `ns` of workflow hash `wk` (false where there is none), read a
 -- thousand at a time: Lua's unpack takes some 8,000 values at most, and a fan-out has more.
--- `known`: n -> the entry this call just wrote (one entry alone is not read again).
+-- `known`: n -> an entry this call wrote, or is about to write (never read: the hash may not
+-- hold it yet).
 local function journal_records(wk, ns, known)
-  if #ns == 1 and known and known[ns[1]] then return {known[ns[1]]} end
-  local out = {}
-  for i = 1, #ns, 1000 do
-    local names = {}
-    for k = i, math.min(i + 999, #ns) do names[#names + 1] = 'j:' .. ns[k] end
-    for _, rec in ipairs(rcall('HMGET', wk, unpack(names))) do out[#out + 1] = rec end
+  local out, unread, at = {}, {}, {}
+  for i, n in ipairs(ns) do
+    out[i] = known and known[n] or false
+    if not out[i] then
+      unread[#unread + 1] = 'j:' .. n
+      at[#unread] = i
+    end
+  end
+  for i = 1, #unread, 1000 do
+    local recs = rcall('HMGET', wk, unpack(unread, i, math.min(i + 999, #unread)))
+    for k, rec in ipairs(recs) do out[at[i + k - 1]] = rec end
   end
   return out
 end
@@ -75,37 +87,50 @@ local function newly_ended(ctx, wid, n)
   rcall('SADD', ctx.prefix .. K.wf_new .. wid, n)
 end
 
+-- The inbox of worker `keeper` while it beats and has one (a stream: a key of another type,
+-- written by someone else, is passed over, never written to), else nil. A script that
+-- writes neither heartbeats nor inboxes keeps the answers for the call (ctx.routes).
+local function inbox_of(ctx, keeper)
+  local known = ctx.routes and ctx.routes[keeper]
+  if known ~= nil then return known or nil end
+  local inbox = ctx.prefix .. K.inbox .. keeper
+  local live = rcall('EXISTS', ctx.prefix .. K.heartbeat .. keeper) == 1 and
+               rcall('TYPE', inbox).ok == 'stream'
+  if ctx.routes then ctx.routes[keeper] = live and inbox end
+  return live and inbox or nil
+end
+
 -- Hand replay `gen` of workflow `wid` (hash `wk`) to a worker: to the inbox of the worker that
--- keeps it live (wf_keeper) while that worker beats and has an inbox (a stream: a key of
--- another type, written by someone else, is passed over, never written to), so the replay
--- goes on from its coroutine instead of replaying the journal elsewhere; else to any worker
--- (the dispatch stream). The reaper takes back what an inbox holds too long. The entry
--- carries the journal's length and activations, the generation whose decision was applied
--- last, and the entries that ended and are not delivered yet ([n, record, ...], msgpack), so
--- a worker that keeps the workflow live, and made that decision, goes on without reading it:
--- up to L.REPLAY_CARRY_BYTES of records (read a thousand at a time, and no more once over);
--- the rest it names (`unread`, [n, ...]) for the worker to read, so a wide fan-out of large
--- results never makes one huge entry. A workflow with an empty journal has its start carried
--- too (its spec and started_at): its first replay reads nothing.
-local function dispatch_replay(ctx, wid, wk, gen, known)
-  local h = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied', 'wf_keeper')
-  local keeper, stream = h[4] or '', ctx.dispatch
-  if keeper ~= '' and rcall('EXISTS', ctx.prefix .. K.heartbeat .. keeper) == 1 and
-     rcall('TYPE', ctx.prefix .. K.inbox .. keeper).ok == 'stream' then
-    stream = ctx.prefix .. K.inbox .. keeper
-    bump(ctx.counts, N.REPLAYS_ROUTED)
-  else
-    keeper = ''
+-- keeps it live (wf_keeper, inbox_of), so the replay goes on from its coroutine instead of
+-- replaying the journal elsewhere; else to any worker (the dispatch stream). The reaper takes
+-- back what an inbox holds too long. The entry carries the journal's length and activations,
+-- the generation whose decision was applied last, and the entries that ended and are not
+-- delivered yet ([n, record, ...], msgpack), so a worker that keeps the workflow live, and
+-- made that decision, goes on without reading it: up to L.REPLAY_CARRY_BYTES of records (read
+-- a thousand at a time, and no more once over); the rest it names (`unread`, [n, ...]) for the
+-- worker to read, so a wide fan-out of large results never makes one huge entry. A workflow
+-- with an empty journal has its start carried too (its spec and started_at): its first replay
+-- reads nothing. `h`: the workflow's {steps, acts, applied, keeper} when the caller has them
+-- (else read here); `writes`: more fields of `wk` to set in the same HSET ([field, value,
+-- ...], appended to; `known` holds those of its journal entries that ended).
+local function dispatch_replay(ctx, wid, wk, gen, known, h, writes)
+  if not h then
+    local r = rcall('HMGET', wk, 'wf_steps', 'wf_acts', 'wf_applied', 'wf_keeper')
+    h = {steps = r[1], acts = r[2], applied = r[3], keeper = r[4]}
   end
+  local keeper = h.keeper or ''
+  local stream = keeper ~= '' and inbox_of(ctx, keeper)
+  if stream then bump(ctx.counts, N.REPLAYS_ROUTED) else stream, keeper = ctx.dispatch, '' end
   local new, ended, unread = rcall('SMEMBERS', ctx.prefix .. K.wf_new .. wid), {}, {}
   local room = L.REPLAY_CARRY_BYTES
   for i = 1, #new, 1000 do
-    local part = {unpack(new, i, math.min(i + 999, #new))}
+    local part = #new <= 1000 and new or {unpack(new, i, math.min(i + 999, #new))}
     local recs = room > 0 and journal_records(wk, part, known) or {}
     for k, n in ipairs(part) do
       local rec = recs[k] or ''
       if room > 0 and #rec <= room then
-        append_all(ended, {tonumber(n), rec})
+        ended[#ended + 1] = tonumber(n)
+        ended[#ended + 1] = rec
         room = room - #rec
       else
         unread[#unread + 1] = tonumber(n)
@@ -115,32 +140,34 @@ local function dispatch_replay(ctx, wid, wk, gen, known)
   end
   local more = #unread > 0 and {'unread', cmsgpack.pack(unread)} or {}
   local start = {}
-  if (tonumber(h[1]) or 0) == 0 and (tonumber(h[2]) or 0) == 0 then
+  if (tonumber(h.steps) or 0) == 0 and (tonumber(h.acts) or 0) == 0 then
     local s = rcall('HMGET', wk, 'spec', 'started_at')
     start = {'spec', s[1] or '', 'started_at', s[2] or ''}
   end
   local eid = rcall('XADD', stream, '*', 'kind', 'wf', 'id', wid, 'gen', gen, 'steps',
-                    h[1] or 0, 'acts', h[2] or 0, 'applied', h[3] or 0,
+                    h.steps or 0, 'acts', h.acts or 0, 'applied', h.applied or 0,
                     'ended', cmsgpack.pack(ended), unpack(append_all(start, more)))
-  rcall('HSET', wk, 'wf_gen', gen, 'wf_entry', eid, 'wf_dirty', 0, 'wf_route', keeper)
+  hset_all(wk, append_all(writes or {}, {'wf_gen', gen, 'wf_entry', eid, 'wf_dirty', 0,
+                                         'wf_route', keeper}))
   bump(ctx.counts, N.REPLAYS)
 end
 
--- The workflow a job belongs to, read before the job's end is written: {wk, wid, n, state,
--- entry, gen, fails, and its journal entry's kind and scheduled_at}; nil for a job of no workflow,
--- or of one that is gone (past its retention). A child workflow belongs to its parent so.
-local function step_owner(ctx, spec)
+-- The workflow a job (`kind` step) or child workflow (`kind` workflow) of spec `spec` belongs
+-- to, read before the job's end is written: {wk, wid, n, state, entry, gen, fails, kind,
+-- scheduled_at (the spec's enqueued_at: the decision that asked for it wrote both), and the
+-- workflow's steps, acts, applied and keeper (dispatch_replay's `h`)}; nil for a job of no
+-- workflow, or of one that is gone (past its retention).
+local function step_owner(ctx, spec, kind)
   local wid = spec[S.wf]
   if not wid or wid == '' then return nil end
   local wk = ctx.prefix .. K.job .. wid
-  local w = redis.pcall('HMGET', wk, 'kind', 'state', 'wf_entry', 'wf_gen',
-                        'j:' .. spec[S.wf_n], 'wf_fails')
+  local w = redis.pcall('HMGET', wk, 'kind', 'state', 'wf_entry', 'wf_gen', 'wf_fails',
+                        'wf_steps', 'wf_acts', 'wf_applied', 'wf_keeper')
   if w.err or w[1] ~= 'workflow' then return nil end  -- never fails the job's own end
-  local ok, old = pcall(cmsgpack.unpack, w[5] or '')
-  old = ok and type(old) == 'table' and old or {}
   return {wk = wk, wid = wid, n = spec[S.wf_n], state = w[2], entry = w[3] or '',
-          gen = tonumber(w[4]) or 0, fails = tonumber(w[6]) or 0, kind = old[J.kind] or 'step',
-          scheduled_at = old[J.scheduled_at] or ''}
+          gen = tonumber(w[4]) or 0, fails = tonumber(w[5]) or 0, kind = kind,
+          scheduled_at = tonumber(spec[S.enqueued_at]) or '', steps = w[6], acts = w[7],
+          applied = w[8], keeper = w[9]}
 end
 
 -- Tell watchers of workflow `wid` that its journal or state changed (they read it again).
@@ -150,11 +177,13 @@ end
 
 -- Something the workflow waits for happened: replay it now, or after the replay out now, or,
 -- when its last replay could not decide, when the next is due (replaysDue: its backoff holds).
--- `known`: as for journal_records.
-local function wake(ctx, owner, known)
-  if owner.state ~= 'running' or owner.fails > 0 then return end
-  if owner.entry ~= '' then rcall('HSET', owner.wk, 'wf_dirty', 1)
-  else dispatch_replay(ctx, owner.wid, owner.wk, owner.gen + 1, known) end
+-- `known` and `writes` as for dispatch_replay: written here in any case, in one HSET.
+local function wake(ctx, owner, known, writes)
+  writes = writes or {}
+  if owner.state ~= 'running' or owner.fails > 0 then hset_all(owner.wk, writes)
+  elseif owner.entry ~= '' then hset_all(owner.wk, append_all(writes, {'wf_dirty', 1}))
+  else dispatch_replay(ctx, owner.wid, owner.wk, owner.gen + 1, known, owner.steps and owner,
+                       writes) end
 end
 
 -- Step `spec` of workflow `owner` ended (`outcome` succeeded, failed or canceled; `extra` the
@@ -170,10 +199,9 @@ local function step_ended(ctx, owner, spec, outcome, attempts, extra)
   end
   rec.scheduled_at = owner.scheduled_at
   local packed = pack_journal(rec)
-  rcall('HSET', owner.wk, 'j:' .. owner.n, packed)
   if owner.state == 'running' then newly_ended(ctx, owner.wid, owner.n) end
   changed(ctx, owner.wid)
-  wake(ctx, owner, {[tostring(owner.n)] = packed})
+  wake(ctx, owner, {[tostring(owner.n)] = packed}, {'j:' .. owner.n, packed})
 end
 
 -- A workflow's spec is unpacked when first read (`w.spec`): most decisions never read it.
