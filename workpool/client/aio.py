@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio
 
-from workpool.client import ops
+from workpool.client import ops, watching
 from workpool.client.drive import Done, adrive, astream
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
@@ -81,7 +81,7 @@ class AsyncWorkpool:
                     timeout: float | None = None) -> AsyncIterator[WorkflowChange]:
         """`Workpool.watch`, as an async iterator."""
         async for item in astream(self.redis, self.config.url,
-                                  ops.watch(self.config.keys, workflow_id, timeout)):
+                                  watching.watch(self.config.keys, workflow_id, timeout)):
             if not isinstance(item, Done):
                 yield item
 

@@ -18,6 +18,8 @@ from workpool.client.ops import Ops, Step
 from workpool.server.connection import unavailable_as_typed
 
 T = TypeVar("T")
+_DRAINED = 10_000  # notifications dropped at most before the read (a flood still gets read)
+_ASYNC_POLL_S = 0.001  # the asyncio client reads nothing within a timeout of 0
 
 
 def drive(client: redis.Redis, url: str, op: Ops[T]) -> T:
@@ -44,7 +46,8 @@ def stream(client: redis.Redis, url: str, op: Ops[T]) -> Generator[Any, None, T]
                     pubsub.subscribe(step.listen)
                 yield from step.emit
                 if step.pause and pubsub is not None:
-                    pubsub.get_message(timeout=step.pause)
+                    if pubsub.get_message(timeout=step.pause) is not None:
+                        _drain(pubsub)
                 elif step.pause:
                     time.sleep(step.pause)
                 step = op.send(_send(client, step))
@@ -54,6 +57,14 @@ def stream(client: redis.Redis, url: str, op: Ops[T]) -> Generator[Any, None, T]
         finally:
             if pubsub is not None:
                 pubsub.close()
+
+
+def _drain(pubsub: Any) -> None:
+    """Drop the notifications queued behind the one that woke the wait: the read that follows
+    sees what each of them announced, so a burst wakes one read, not one each."""
+    for _ in range(_DRAINED):
+        if pubsub.get_message(timeout=0) is None:
+            return
 
 
 def _send(client: redis.Redis, step: Step) -> list[Any]:
@@ -93,7 +104,8 @@ async def astream(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> AsyncGen
                 for value in step.emit:
                     yield value
                 if step.pause and pubsub is not None:
-                    await pubsub.get_message(timeout=step.pause)
+                    if await pubsub.get_message(timeout=step.pause) is not None:
+                        await _adrain(pubsub)
                 elif step.pause:
                     await asyncio.sleep(step.pause)
                 step = op.send(await _asend(client, step))
@@ -102,6 +114,13 @@ async def astream(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> AsyncGen
         finally:
             if pubsub is not None:
                 await pubsub.aclose()
+
+
+async def _adrain(pubsub: Any) -> None:
+    """_drain for the asyncio driver (whose last look costs _ASYNC_POLL_S)."""
+    for _ in range(_DRAINED):
+        if await pubsub.get_message(timeout=_ASYNC_POLL_S) is None:
+            return
 
 
 async def _asend(client: redis.asyncio.Redis, step: Step) -> list[Any]:

@@ -17,7 +17,7 @@ from workpool.types import Canceled, Configured, JobStatus, State, status_from_h
 from workpool.wire.keys import Keys
 from workpool.wire.protocol import Fields, check_job_id, is_stream_id, job_fields, text
 from workpool.workflow import journal
-from workpool.workflow.status import WorkflowChange, WorkflowStatus, changes_since
+from workpool.workflow.status import WorkflowStatus
 from workpool.workflow.status import workflow_status as status_of_workflow
 
 Command = tuple[Any, ...]
@@ -44,7 +44,7 @@ class Step:
 Ops = Generator[Step, list[Any], T]  #: an operation whose result is a T
 
 _PAGE = 1000
-_WAIT_RECHECK = 5.0  # seconds: a safety re-read while waiting, should a notification be missed
+WAIT_RECHECK = 5.0  # seconds: a safety re-read while waiting, should a notification be missed
 
 
 def enqueue_commands(keys: Keys, entries: Sequence[Fields]) -> list[Command]:
@@ -134,39 +134,6 @@ def running_workflows(keys: Keys, limit: int) -> Ops[list[WorkflowStatus]]:
     return [status_of_workflow(i, h, {}) for i, h in found if h.get("kind") == b"workflow"]
 
 
-def watch(keys: Keys, workflow_id: str, timeout: float | None) -> Ops[None]:
-    """Every change of a workflow, in order, until it ended (emitted as WorkflowChange): its
-    journal read once the driver listens on its channel (so nothing between is missed), then
-    again on each notification, and every few seconds should one be lost; each read is
-    compared with the last. WaitTimeout after `timeout` s (None: no limit)."""
-    check_job_id(workflow_id)
-    deadline = None if timeout is None else \
-        time.monotonic() + validate.number("timeout", timeout, 0, 10**9)
-    seen: dict[str, bytes] = {}
-    emit: list[WorkflowChange] = []
-    pause, channel = 0.0, keys.wf_channel(workflow_id)
-    while True:
-        commands: list[Command] = [("HGETALL", keys.job(workflow_id)),
-                                   ("SISMEMBER", keys.incoming, workflow_id)]
-        if is_stream_id(workflow_id):
-            commands.append(("XRANGE", keys.pending_start, workflow_id, workflow_id))
-        raw, *waiting = yield Step(commands, pause=pause, listen=channel, emit=emit)
-        now = job_fields(raw, None)
-        if (now and now.get("kind") != b"workflow") or (not now and not any(waiting)):
-            msg = f"no workflow {workflow_id!r} in this pool to watch"
-            raise JobNotFound(msg)
-        emit, seen = (changes_since(seen, now), now) if now else ([], seen)
-        if now and text(now.get("state")) != State.RUNNING.value:
-            yield Step([], emit=emit)
-            return
-        remaining = _WAIT_RECHECK if deadline is None else deadline - time.monotonic()
-        if remaining <= 0:
-            yield Step([], emit=emit)
-            msg = f"workflow {workflow_id} still runs after {timeout} s"
-            raise WaitTimeout(msg)
-        pause = min(remaining, _WAIT_RECHECK)
-
-
 def wait(keys: Keys, job_id: str, timeout: float | None) -> Ops[JobStatus]:
     """The job's status once it is terminal: read again whenever its notification comes (the
     driver listens on its channel from before the first read, so none is missed), and every
@@ -179,11 +146,11 @@ def wait(keys: Keys, job_id: str, timeout: float | None) -> Ops[JobStatus]:
         st = yield from status(keys, job_id, pause=pause, listen=channel)
         if st.terminal:
             return st
-        remaining = _WAIT_RECHECK if deadline is None else deadline - time.monotonic()
+        remaining = WAIT_RECHECK if deadline is None else deadline - time.monotonic()
         if remaining <= 0:
             msg = f"job {job_id} is still {st.state.value} after {timeout} s"
             raise WaitTimeout(msg)
-        pause = min(remaining, _WAIT_RECHECK)
+        pause = min(remaining, WAIT_RECHECK)
 
 
 def wait_seconds(wait: Any) -> float:

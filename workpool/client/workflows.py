@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import redis
 from redis.client import Pipeline
 
-from workpool.client import ops
+from workpool.client import ops, watching
 from workpool.client.drive import stream
 from workpool.core import validate
 from workpool.core.config import PoolConfig
@@ -112,7 +112,7 @@ class WorkflowCalls:
         then done or canceled) and each journal entry asked for and ended; caught up from the
         journal first, then following its notifications; ends once the workflow ended
         (WaitTimeout after `timeout` s)."""
-        return stream(self.redis, self.url, ops.watch(self.keys, workflow_id, timeout))
+        return stream(self.redis, self.url, watching.watch(self.keys, workflow_id, timeout))
 
     def running_workflows(self, limit: int = 1000) -> list[WorkflowStatus]:
         """Up to `limit` of the workflows running now."""
