@@ -367,3 +367,17 @@ def test_a_server_fault_s_recovery_runs_to_the_next_admission() -> None:
     report = checked(events, final)
     assert report.ok, report.violations()
     assert [round(x, 2) for x in report.recovery["redis_oom: over to next job admitted"]] == [0.7]
+
+
+def test_a_fault_to_the_leader_that_took_over_disrupts_the_recovery_it_runs() -> None:
+    """(seed 2038: the process that took the lease over was paused 2.5 s at once, and its
+    recovery counted among those with no other fault meanwhile)"""
+    events = [*enqueued("a"), started("a", 1, W1, 0.5), *fault("kill_leader", 1.0, W1),
+              ev("lease_handover", 2.8, killed=W1, leader=W2, after=1.8),
+              *fault("pause_worker", 2.9, W2, until=5.4), *ran("a", 2, W2, 5.8, 5.9),
+              delivered("a", 6.0, W2, value="attempt 2")]
+    report = checked(events, {"a": done(2)})
+    assert report.ok, report.violations()
+    label = "leader SIGKILL to its jobs running again"
+    assert [round(x, 2) for x in report.recovery[label]] == [4.8]
+    assert label + " (no other fault meanwhile)" not in report.recovery

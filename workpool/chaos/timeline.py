@@ -37,6 +37,9 @@ class Timeline:
     paused: dict[int, list[tuple[float, float]]] = field(
         default_factory=lambda: defaultdict(list))
     windows: list[Window] = field(default_factory=list)
+    #: (time, pid) each time the leader was known: the one a kill_leader fault hit, the one
+    #: that held the lease after it (lease_handover)
+    leaders: list[tuple[float, int]] = field(default_factory=list)
     last: float = 0.0  #: the last event of the run
 
     @classmethod
@@ -49,7 +52,11 @@ class Timeline:
             kind = e["e"]
             if kind == "boot":  # a process image began: whatever the pid ran before ended
                 tl.ends[e["pid"]].append(e["t"])
+            elif kind == "lease_handover" and e.get("leader") is not None:
+                tl.leaders.append((e["t"], e["leader"]))
             elif kind == "fault":
+                if e["kind"] == "kill_leader":
+                    tl.leaders.append((e["t"], e["target"]))
                 if e["kind"] in ("kill_worker", "kill_leader"):
                     tl.ends[e["target"]].append(e["t"])
                 if e["kind"] in LASTING:
@@ -101,8 +108,15 @@ class Timeline:
                    for w in self.windows if w.kind in REDIS_FAULTS)
 
     def disrupted(self, after: float, before: float, target: int | None = None) -> bool:
-        """Did a leader's loss or a Redis fault happen in (after, before), or another fault to
-        `target`?"""
+        """Did a leader's loss or a Redis fault happen in (after, before), another fault to
+        `target`, or any fault to the leader of the moment (a pause of the one that just took
+        over stalls the recovery it would run as surely as its kill)?"""
         return any(after < w.began < before for w in self.windows
-                   if w.kind in DISRUPTIVE or (target is not None and w.target == target))
+                   if w.kind in DISRUPTIVE or (target is not None and w.target == target)
+                   or (w.target is not None and w.target == self._leader_at(w.began)))
+
+    def _leader_at(self, t: float) -> int | None:
+        """The last leader known at `t`."""
+        i = bisect.bisect_right(self.leaders, (t, float("inf")))
+        return self.leaders[i - 1][1] if i else None
 
