@@ -40,7 +40,7 @@ def watch(keys: Keys, workflow_id: str, timeout: float | None) -> Ops[None]:
     while True:
         if seen:
             now = yield from _changed(keys.job(workflow_id), seen, unended,
-                                      Step([], pause=pause, listen=channel, emit=emit))
+                                      pause=pause, listen=channel, emit=emit)
             waiting: list[Any] = []
         else:
             commands: list[Any] = [("HGETALL", keys.job(workflow_id)),
@@ -67,15 +67,15 @@ def watch(keys: Keys, workflow_id: str, timeout: float | None) -> Ops[None]:
         pause = min(remaining, WAIT_RECHECK)
 
 
-def _changed(key: str, seen: Mapping[str, bytes], unended: set[int],
-             first: Step) -> Generator[Step, list[Any], dict[str, bytes]]:
+def _changed(key: str, seen: Mapping[str, bytes], unended: set[int], *, pause: float,
+             listen: str, emit: list[WorkflowChange]
+             ) -> Generator[Step, list[Any], dict[str, bytes]]:
     """The workflow's fields that may have changed since `seen`: its own, the entries not
-    ended then (`unended`) and those asked for since; `first` carries the wait before."""
+    ended then (`unended`) and those asked for since (read after `pause`, as watch's step)."""
     read_to = int(seen.get("wf_steps") or 0) + _AHEAD
     names = [*_WATCHED, *(f"{journal.PREFIX}{n}" for n in sorted(unended)),
              *(f"{journal.PREFIX}{n}" for n in range(read_to - _AHEAD + 1, read_to + 1))]
-    first.commands = [("HMGET", key, *names)]
-    (values,) = yield first
+    (values,) = yield Step([("HMGET", key, *names)], pause=pause, listen=listen, emit=emit)
     now = {name: v for name, v in zip(names, values, strict=True) if v is not None}
     while int(now.get("wf_steps") or 0) > read_to:  # more asked for since: the rest
         names = [f"{journal.PREFIX}{n}"
