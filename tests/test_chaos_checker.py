@@ -381,3 +381,16 @@ def test_a_fault_to_the_leader_that_took_over_disrupts_the_recovery_it_runs() ->
     label = "leader SIGKILL to its jobs running again"
     assert [round(x, 2) for x in report.recovery[label]] == [4.8]
     assert label + " (no other fault meanwhile)" not in report.recovery
+
+
+def test_a_pause_of_the_lease_holder_it_recorded_disrupts_a_worker_s_recovery() -> None:
+    """(seed 2039: the lease had moved without a leader kill; the paused process held it)"""
+    events = [*enqueued("a"), started("a", 1, W1, 0.5), *fault("kill_worker", 1.0, W1),
+              ev("fault", 1.5, kind="pause_worker", target=W2, seconds=3.0, leader=W2),
+              ev("fault_end", 4.5, kind="pause_worker", target=W2),
+              *ran("a", 2, W2, 5.0, 5.1), delivered("a", 5.2, W2, value="attempt 2")]
+    report = checked(events, {"a": done(2)})
+    assert report.ok, report.violations()
+    label = "worker SIGKILL to job running again"
+    assert [round(x, 2) for x in report.recovery[label]] == [4.0]
+    assert label + " (no other fault meanwhile)" not in report.recovery

@@ -110,7 +110,10 @@ class Faults:
             return
         pid = self.rng.choice(pids)
         pause = self.cluster.settings.ttl + self.rng.uniform(0.3, 1.5)  # past its heartbeat
-        self.rec.record("fault", kind="pause_worker", target=pid, seconds=pause)
+        leader = None  # (the checker: a pause of the lease holder stalls every recovery)
+        with contextlib.suppress(redis.RedisError):
+            leader = self.cluster.leader_pid()
+        self.rec.record("fault", kind="pause_worker", target=pid, seconds=pause, leader=leader)
         self.cluster.signal_worker(pid, signal.SIGSTOP)
         time.sleep(pause)  # the fault is the pause itself
         self.rec.record("fault_end", kind="pause_worker", target=pid)

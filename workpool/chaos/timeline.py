@@ -37,8 +37,7 @@ class Timeline:
     paused: dict[int, list[tuple[float, float]]] = field(
         default_factory=lambda: defaultdict(list))
     windows: list[Window] = field(default_factory=list)
-    #: (time, pid) each time the leader was known: the one a kill_leader fault hit, the one
-    #: that held the lease after it (lease_handover)
+    #: (time, pid) each time the leader was known (_leader_named)
     leaders: list[tuple[float, int]] = field(default_factory=list)
     last: float = 0.0  #: the last event of the run
 
@@ -49,14 +48,13 @@ class Timeline:
         open_: dict[tuple[str, object], Event] = {}
         for e in events:
             tl.last = max(tl.last, e["t"])
+            leader = _leader_named(e)
+            if leader is not None:
+                tl.leaders.append((e["t"], leader))
             kind = e["e"]
             if kind == "boot":  # a process image began: whatever the pid ran before ended
                 tl.ends[e["pid"]].append(e["t"])
-            elif kind == "lease_handover" and e.get("leader") is not None:
-                tl.leaders.append((e["t"], e["leader"]))
             elif kind == "fault":
-                if e["kind"] == "kill_leader":
-                    tl.leaders.append((e["t"], e["target"]))
                 if e["kind"] in ("kill_worker", "kill_leader"):
                     tl.ends[e["target"]].append(e["t"])
                 if e["kind"] in LASTING:
@@ -120,3 +118,13 @@ class Timeline:
         i = bisect.bisect_right(self.leaders, (t, float("inf")))
         return self.leaders[i - 1][1] if i else None
 
+
+
+def _leader_named(e: Event) -> int | None:
+    """The lease holder an event names: the one a kill_leader fault hit, the one that held the
+    lease after it (lease_handover), the one another fault recorded (`leader`)."""
+    if e["e"] == "fault" and e["kind"] == "kill_leader":
+        return int(e["target"])
+    if e["e"] in ("fault", "lease_handover") and e.get("leader") is not None:
+        return int(e["leader"])
+    return None
