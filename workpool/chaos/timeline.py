@@ -119,7 +119,6 @@ class Timeline:
         return self.leaders[i - 1][1] if i else None
 
 
-
 def _leader_named(e: Event) -> int | None:
     """The lease holder an event names: the one a kill_leader fault hit, the one that held the
     lease after it (lease_handover), the one another fault recorded (`leader`)."""
