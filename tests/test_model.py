@@ -1223,6 +1223,25 @@ class WorkpoolModel(RuleBasedStateMachine):
             assert got == want, i
 
     @invariant()
+    def metrics_agree(self) -> None:
+        """The metrics hash counts every job's creation, attempts and end under its name."""
+        if not self.token:
+            return
+        counted = ("enqueued", "started", "succeeded", "failed", "canceled")
+        got: Counter[tuple[str, str]] = Counter()
+        for field_name, n in self.r.hgetall(POOL.metrics).items():
+            metric, _, name = text(field_name).partition("|")
+            if metric in counted:
+                got[metric, name] = int(n)
+        want: Counter[tuple[str, str]] = Counter()
+        for job in self.jobs.values():
+            want["enqueued", job.name] += 1
+            want["started", job.name] += job.attempts
+            if job.state in TERMINAL:
+                want[HASH_OF[job.state][1] or "", job.name] += 1
+        assert +got == +want
+
+    @invariant()
     def running_never_exceeds_max_parallelism(self) -> None:
         """The running ZSET is the model's, and no larger than the limit its jobs started under."""
         if not self.token:

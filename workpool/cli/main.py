@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from workpool.cli import jobs, pools, processes, workflows
+from workpool.cli import jobs, operate, pools, processes, workflows
 from workpool.cli.context import (
     CommandGroup,
     Settings,
@@ -31,7 +31,7 @@ def cli(ctx: click.Context, redis_url: str | None, log_format: LogFormat, log_le
 
 for command in (processes.worker, processes.loop, processes.demo, processes.server, jobs.enqueue,
                 jobs.status, jobs.wait, jobs.cancel, pools.stats, pools.config,
-                workflows.workflow):
+                workflows.workflow, operate.metrics):
     cli.add_command(command)
 
 

@@ -10,6 +10,7 @@ import redis.asyncio
 
 from workpool.client import ops, watching
 from workpool.client.drive import Done, adrive, astream
+from workpool.client.metrics import PoolMetrics, pool_metrics
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
 from workpool.core.config import HasConfig, PoolConfig, config_of
@@ -116,6 +117,10 @@ class AsyncWorkpool:
     async def stats(self) -> PoolStats:
         """`Workpool.stats`, awaitable."""
         return await self._drive(stats_ops(self.config.keys))
+
+    async def metrics(self) -> PoolMetrics:
+        """`Workpool.metrics`, awaitable."""
+        return await self._drive(pool_metrics(self.config.keys))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """`Workpool.wait`, awaitable: woken by the job's notification, no busy polling."""

@@ -12,6 +12,7 @@ from redis.client import Pipeline
 from workpool.client import ops
 from workpool.client.aio import AsyncWorkpool
 from workpool.client.drive import drive
+from workpool.client.metrics import PoolMetrics, pool_metrics
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
 from workpool.client.workflows import WorkflowCalls
@@ -231,6 +232,11 @@ class Workpool(WorkflowCalls):
     def stats(self) -> PoolStats:
         """Counts per state, running vs limit, throughput and anomaly counters."""
         return self._drive(stats_ops(self.keys))
+
+    def metrics(self) -> PoolMetrics:
+        """What Prometheus shows of the pool: counts and histograms by job name, its stats,
+        leader changes, the age of its oldest waiting job (`workpool metrics` serves them)."""
+        return self._drive(pool_metrics(self.keys))
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Block until the job is terminal (woken by its notification, no busy polling)."""

@@ -44,7 +44,8 @@
 -- KEYS[5] dispatch           STREAM  entries for workers
 -- KEYS[6] due                ZSET    id -> due time (ms)
 -- KEYS[7] callbacksDue       ZSET    id -> time (ms) a failed delivery is tried again
--- KEYS[8] stats              HASH    counters
+-- KEYS[8] stats              HASH    counters (beside it, derived from the prefix: metrics HASH and
+--                            metricNames SET, counts by job name)
 -- KEYS[9] rejected           STREAM  malformed entries set aside (the newest L.REJECTED_KEPT,
 --                                about; each cut to L.REJECTED_ENTRY_BYTES)
 -- ARGV[1] token       lease token `<epoch>:<owner>`

@@ -26,7 +26,8 @@
 -- KEYS[3] running        ZSET    id -> start time (ms)
 -- KEYS[4] deadlines      ZSET    id -> earliest time (ms) its timeout could pass
 -- KEYS[5] due            ZSET    id -> due time (ms)
--- KEYS[6] stats          HASH    counters
+-- KEYS[6] stats          HASH    counters (beside it, derived from the prefix: metrics HASH and
+--                        metricNames SET, counts by job name)
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max jobs examined per check (integer)
@@ -109,6 +110,7 @@ local function check_deadline(id)
       fail_attempt(ctx, id, jk, j, 'attempt ' .. tostring(j.attempts) ..
                    ' ran past its timeout of ' .. timeout .. ' ms', 'Timeout', true)
       timed_out = timed_out + 1
+      bump_named(ctx.counts, j.spec[S.name] or '', M.TIMEOUTS)
     else
       rcall('ZADD', KEYS[4], ctx.now + timeout + 2 * grace - tonumber(p[1][3]), id)
     end
@@ -136,6 +138,7 @@ local function recover(consumer, entry_id)
       fail_attempt(ctx, f.id, jk, j, 'worker ' .. consumer ..
                    ' stopped heart-beating during attempt ' .. f.attempt, 'WorkerLost', true)
       lost = lost + 1
+      bump_named(ctx.counts, j.spec[S.name] or '', M.WORKERS_LOST)
       return
     end
   elseif f.kind == 'wf' then

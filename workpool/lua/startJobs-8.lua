@@ -19,7 +19,8 @@
 -- KEYS[5] dispatch       STREAM  entries for workers
 -- KEYS[6] deadlines      ZSET    id -> earliest time (ms) its timeout could pass
 -- KEYS[7] callbacksDue   ZSET    id -> time (ms) a failed delivery is tried again
--- KEYS[8] stats          HASH    counters
+-- KEYS[8] stats          HASH    counters (beside it, derived from the prefix: metrics HASH and
+--                        metricNames SET, counts by job name)
 -- Derived from ARGV[2] (same hash tag): the admission keys listed in includes/admission.lua,
 -- replaysDue (ZSET workflow id -> time its replay is tried again), wfTimers (ZSET workflow
 -- wait -> time it ends: a sleep, an event's timeout), the workflows' hashes with their
@@ -183,7 +184,13 @@ while #started < free and looked < 2 * batch do
     defer(d, run, now, id)
     if timeout > 0 then rcall('ZADD', KEYS[6], now + timeout, id) end
     started[#started + 1] = id
-    if j.state == 'retrying' then bump(counts, N.RETRYING, -1) end
+    bump_named(counts, name, M.STARTED)
+    if j.state == 'retrying' then
+      bump(counts, N.RETRYING, -1)
+    else  -- its wait for a first start, from when it was due
+      observe(counts, name, M_WAIT, math.max(0, now - math.max(tonumber(s[S.enqueued_at]) or now,
+                                                             tonumber(s[S.due_at]) or 0)))
+    end
   end
 end
 flush_deferred(d)

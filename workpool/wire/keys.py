@@ -46,6 +46,8 @@ KEY = {
     "bucket": "bucket:",
     "cron": "cron",
     "stats": "stats",
+    "metrics": "metrics",
+    "metric_names": "metricNames",
     "rejected": "rejected",
     "job": "job:",
     "heartbeat": "hb:",
@@ -254,6 +256,17 @@ class Keys:
     def wf_channel(self, workflow_id: str) -> str:
         """PUB/SUB channel: published when a workflow's journal or state changes (watch)."""
         return self._k(KEY["wf_channel"] + workflow_id)
+
+    @property
+    def metrics(self) -> str:
+        """HASH `<metric>|<job name>` -> count: counters and histogram buckets by job name
+        (workpool/wire/metrics.py), bumped by the scripts that make the transitions."""
+        return self._k(KEY["metrics"])
+
+    @property
+    def metric_names(self) -> str:
+        """SET: the job names `metrics` counts apart (at most metrics.MAX_NAMES)."""
+        return self._k(KEY["metric_names"])
 
     def throughput(self, minute: int) -> str:
         """STRING counter (expires after 2 h): terminal transitions in that epoch minute."""

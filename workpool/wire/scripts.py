@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from workpool.wire import codes, counters, keys, limits, protocol, replies
+from workpool.wire import codes, counters, keys, limits, metrics, protocol, replies
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 _FILE = re.compile(r"^(\w+)-(\d+)\.lua$")
@@ -85,7 +85,8 @@ def scripts() -> dict[str, Script]:
         match = _FILE.match(entry.name)
         if match:
             source = (codes.lua_prelude() + limits.lua_prelude() + counters.lua_prelude()
-                      + keys.lua_prelude() + protocol.lua_prelude() + replies.lua_prelude()
+                      + metrics.lua_prelude() + keys.lua_prelude() + protocol.lua_prelude()
+                      + replies.lua_prelude()
                       + _expand(entry.read_text(), lua_dir, set()))
             found[match.group(1)] = Script(match.group(1), int(match.group(2)), source)
     return found

@@ -56,10 +56,66 @@ local function bump(counts, name, by)
   counts[name] = (counts[name] or 0) + (by or 1)
 end
 
+-- Metrics by job name (workpool/wire/metrics.py): counted in the same bag under the key NAMED
+-- (a table: no counter's name), by name then metric, and written by flush_counts into the
+-- HASH `metrics` as `<metric>|<name>`, one HINCRBY per metric and name a call. The first
+-- M_LIMIT.names names are counted apart (the SET `metricNames`), any later one as M_LIMIT.other.
+local NAMED = {}
+
+-- The metrics of job name `name` in the bag `counts` (made on first use).
+local function named(counts, name)
+  local all = counts[NAMED]
+  if not all then
+    all = {}
+    counts[NAMED] = all
+  end
+  local t = all[name]
+  if not t then
+    t = {}
+    all[name] = t
+  end
+  return t
+end
+
+local function bump_named(counts, name, metric, by)
+  local t = named(counts, name)
+  t[metric] = (t[metric] or 0) + (by or 1)
+end
+
+-- One observation of `ms` into the histogram whose fields are `fields` (M_DURATION, M_WAIT):
+-- its bucket is the first whose bound is at least `ms` (binary search), else the last.
+local function observe(counts, name, fields, ms)
+  local lo, hi = 1, #fields
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if ms <= M_BOUNDS[mid] then hi = mid else lo = mid + 1 end
+  end
+  local t, bucket, sum = named(counts, name), fields[lo], fields.sum
+  t[bucket] = (t[bucket] or 0) + 1
+  t[sum] = (t[sum] or 0) + ms
+end
+
+local function flush_named(prefix, named)
+  local metrics, names = prefix .. K.metrics, prefix .. K.metric_names
+  for name, t in pairs(named) do
+    if rcall('SISMEMBER', names, name) == 0 then
+      if rcall('SCARD', names) < M_LIMIT.names then rcall('SADD', names, name)
+      else name = M_LIMIT.other end
+    end
+    for metric, n in pairs(t) do
+      if n ~= 0 then rcall('HINCRBY', metrics, metric .. M_LIMIT.separator .. name, n) end
+    end
+  end
+end
+
+-- Write the bag: counters into `stats_key` (the pool's `stats` HASH), metrics beside it.
 local function flush_counts(stats_key, counts)
+  local named = counts[NAMED]
+  counts[NAMED] = nil
   for name, n in pairs(counts) do
     if n ~= 0 then rcall('HINCRBY', stats_key, name, n) end
   end
+  if named then flush_named(string.sub(stats_key, 1, -(#K.stats + 1)), named) end
 end
 
 -- Deferred writes: items of one variadic write (`head` = {command, key, ...}, a table made

@@ -256,6 +256,7 @@ local function create_job(ctx, id, f, o, enqueued_at, wf, wf_n)
     make_ready(ctx.adm, id, f.name, priority, ctx.seq, ckey)
   end
   bump(ctx.counts, N.ENQUEUED)
+  bump_named(ctx.counts, f.name, M.ENQUEUED)
 end
 
 -- A new running workflow `id` (its hash, kind=workflow) from checked fields `f`, options `o`
@@ -275,4 +276,5 @@ local function create_workflow(ctx, id, f, o, max_steps, enqueued_at, wf, wf_n)
   end
   dispatch_replay(ctx, id, wk, 1)
   bump(ctx.counts, N.WORKFLOWS_STARTED)
+  bump_named(ctx.counts, f.name, M.WORKFLOWS_STARTED)
 end

@@ -122,6 +122,8 @@ local function end_attempt(ctx, id, j)
   if ctx.defer then defer(ctx.defer, ctx.unrun, id) else rcall('ZREM', ctx.running, id) end
   local s = j.spec
   if (tonumber(s[S.timeout_ms]) or 0) > 0 then rcall('ZREM', ctx.deadlines, id) end
+  observe(ctx.counts, s[S.name] or '', M_DURATION,
+          math.max(0, ctx.now - (tonumber(j.started_at) or ctx.now)))
   drop_entry(ctx, j.dispatch)
   if s[S.ckey] and s[S.ckey] ~= '' then key_running(adm_of(ctx), s[S.ckey], -1) end
 end
@@ -131,6 +133,9 @@ end
 -- delivery record, and a workflow's step writes its end into the workflow's journal.
 -- `j` holds the job's spec (unpacked) and attempts (a workflow's: workflow_fields); `extra`
 -- more fields to set.
+local WORKFLOW_ENDED = {succeeded = M.WORKFLOWS_SUCCEEDED, failed = M.WORKFLOWS_FAILED,
+                        canceled = M.WORKFLOWS_CANCELED}  -- a workflow's metric by its outcome
+
 local function finish(ctx, id, jk, state, outcome, j, extra)
   local owner = step_owner(ctx, j.spec, j.wk and 'workflow' or 'step')  -- read before writing
   local handler = j.spec[S.on_complete]
@@ -144,6 +149,7 @@ local function finish(ctx, id, jk, state, outcome, j, extra)
     rcall('PEXPIRE', jk, ctx.retention)
   end
   bump(ctx.counts, outcome)
+  bump_named(ctx.counts, j.spec[S.name] or '', j.wk and WORKFLOW_ENDED[outcome] or outcome)
   ctx.finished = ctx.finished + 1
   rcall('PUBLISH', ctx.prefix .. K.done_channel .. id, state)
   if owner then step_ended(ctx, owner, j.spec, outcome, j.attempts, extra) end
@@ -191,6 +197,7 @@ local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
     rcall('ZADD', ctx.due, due, id)
     rcall('SADD', adm_of(ctx).retrying, id)
     bump(ctx.counts, N.RETRIED)
+    bump_named(ctx.counts, j.spec[S.name] or '', M.RETRIED)
     bump(ctx.counts, N.RETRYING)
     return C.RETRY_SCHEDULED
   end

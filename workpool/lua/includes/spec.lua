@@ -15,12 +15,13 @@ local function pack_spec(j)
   return cmsgpack.pack(a)
 end
 
--- The started (or canceled) job whose hash is `jk`: {state, attempts, dispatch, cancel (its
--- hash's fields, false when missing), spec (unpacked), packed}, read with one HMGET; nil when
+-- The started (or canceled) job whose hash is `jk`: {state, attempts, dispatch, cancel,
+-- started_at (its hash's fields, false when missing), spec (unpacked), packed}, read with one HMGET; nil when
 -- it has no hash. A hash written before specs were packed holds the spec's fields flat: read
 -- in SPEC order.
 local function started_fields(jk)
-  local h = rcall('HMGET', jk, 'spec', 'state', 'attempts', 'dispatch', 'cancel')
+  local h = rcall('HMGET', jk, 'spec', 'state', 'attempts', 'dispatch', 'cancel',
+                  'started_at')
   if not h[2] then return nil end
   local packed, spec = h[1], nil
   if packed then spec = cmsgpack.unpack(packed) else
@@ -29,7 +30,7 @@ local function started_fields(jk)
     packed = cmsgpack.pack(spec)
   end
   return {state = h[2], attempts = h[3], dispatch = h[4], cancel = h[5], spec = spec,
-          packed = packed}
+          packed = packed, started_at = h[6]}
 end
 
 -- Job `id` as started_fields reads it, or, pending (in `unstarted`, no hash yet), state

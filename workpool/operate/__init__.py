@@ -1,0 +1,1 @@
+"""What operators use to see a pool from outside: its Prometheus metrics."""
