@@ -1242,6 +1242,16 @@ class WorkpoolModel(RuleBasedStateMachine):
         assert +got == +want
 
     @invariant()
+    def ended_index_agrees(self) -> None:
+        """`ended` holds every terminal job at its end, `endedFailed` the failed ones."""
+        if not self.token:
+            return
+        ended = {text(m) for m in cast("list[bytes]", self.r.zrange(POOL.ended, 0, -1))}
+        failed = {text(m) for m in cast("list[bytes]", self.r.zrange(POOL.ended_failed, 0, -1))}
+        assert ended == {i for i, job in self.jobs.items() if job.state in TERMINAL}
+        assert failed == {i for i, job in self.jobs.items() if job.state == FAILED}
+
+    @invariant()
     def running_never_exceeds_max_parallelism(self) -> None:
         """The running ZSET is the model's, and no larger than the limit its jobs started under."""
         if not self.token:

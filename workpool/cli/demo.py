@@ -11,12 +11,19 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from workpool.client.pool import Workpool
 from workpool.types import Result, Retry
 from workpool.wire.counters import Counter
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: shows progress: seconds since the start, the counts (_counts)
+Report = Callable[[float, dict[str, int]], None]
 
 POOL_ENV = "WORKPOOL_DEMO_POOL"  #: the driver names a fresh pool per run; workers read it here
 _TICK = 0.5  # seconds between progress lines
@@ -76,15 +83,36 @@ def _line(counts: dict[str, int]) -> str:
     return "  ".join(f"{name} {n}" for name, n in counts.items())
 
 
+def _finished(counts: dict[str, int]) -> int:
+    return counts["succeeded"] + counts["failed"] + counts["canceled"]
+
+
+def lines(echo: Callable[[str], None]) -> Report:
+    """Progress as a line of counts each tick (a log, or output that is not a terminal)."""
+    return lambda elapsed, counts: echo(f"{elapsed:6.1f}s  {_line(counts)}")
+
+
+@contextmanager
+def progress_bar(jobs: int, console: Console | None = None) -> Iterator[Report]:
+    """Progress as a bar of the jobs ended, with the counts beside it (a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
+
+    with Progress(TextColumn("ended"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), console=console) as bar:
+        task = bar.add_task("", total=jobs)
+        yield lambda elapsed, counts: bar.update(task, completed=_finished(counts),
+                                                 description=_line(counts))
+
+
 def _follow(demo: Workpool, procs: list[subprocess.Popen[bytes]], *, jobs: int, handlers: int,
-            timeout: float, echo: Callable[[str], None]) -> dict[str, int] | None:
-    """Print progress until every job is terminal and every handler ran; None on a failure."""
+            timeout: float, echo: Callable[[str], None],
+            report: Report) -> dict[str, int] | None:
+    """Report progress until every job is terminal and every handler ran; None on a failure."""
     start = time.monotonic()
     while True:
         counts = _counts(demo)
-        echo(f"{time.monotonic() - start:6.1f}s  {_line(counts)}")
-        finished = counts["succeeded"] + counts["failed"] + counts["canceled"]
-        if finished >= jobs and counts["handlers_run"] >= handlers:
+        report(time.monotonic() - start, counts)
+        if _finished(counts) >= jobs and counts["handlers_run"] >= handlers:
             return counts
         exited = [p.returncode for p in procs if p.poll() is not None]
         if exited:
@@ -118,8 +146,10 @@ def _clean(demo: Workpool) -> None:
         demo.redis.unlink(*keys[i:i + 500])
 
 
-def run(url: str, jobs: int, workers: int, timeout: float, echo: Callable[[str], None]) -> bool:
-    """Run the demo on a fresh pool at `url`; True when every job finished in time."""
+def run(url: str, jobs: int, workers: int, timeout: float, echo: Callable[[str], None], *,
+        report: Report | None = None) -> bool:
+    """Run the demo on a fresh pool at `url`, reporting progress with `report` (lines by
+    default); True when every job finished in time."""
     name = f"demo-{uuid.uuid4().hex[:8]}"
     demo = build(name)
     demo.use_url(url)
@@ -133,7 +163,8 @@ def run(url: str, jobs: int, workers: int, timeout: float, echo: Callable[[str],
             [sys.executable, "-m", "workpool", "--redis-url", url, "--log-level", "ERROR",
              "worker", "workpool.cli.demo:pool", "--worker-id", f"{name}-w{i}"], env=env)
             for i in range(workers)]
-        counts = _follow(demo, procs, jobs=jobs, handlers=handlers, timeout=timeout, echo=echo)
+        counts = _follow(demo, procs, jobs=jobs, handlers=handlers, timeout=timeout, echo=echo,
+                         report=report or lines(echo))
         if counts is not None:
             echo(f"final: done {counts['succeeded'] + counts['failed']} (succeeded "
                  f"{counts['succeeded']}, failed {counts['failed']})  canceled "

@@ -1,8 +1,9 @@
-"""Commands for operators: the pools' metrics for Prometheus."""
+"""Commands for operators: the pools' metrics for Prometheus, and a live view in the terminal."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import cast
 
 import click
@@ -48,3 +49,38 @@ def metrics(ctx: click.Context, specs: tuple[str, ...], host: str, port: int) ->
     finally:
         server.shutdown()
         server.server_close()
+
+
+@click.command()
+@click.argument("spec", metavar="POOL")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print one view and exit (for scripts).")
+@click.pass_context
+def top(ctx: click.Context, spec: str, interval: float, once: bool) -> None:
+    """A live view of a pool: jobs per state, running against the limit, rates, each job
+    name's counts and the latest failures (POOL a name, or MODULE:POOL); Ctrl-C ends it."""
+    from rich.console import Console  # noqa: PLC0415 - keeps other commands light
+    from rich.live import Live  # noqa: PLC0415
+
+    from workpool.operate.top import read, render  # noqa: PLC0415
+
+    pool = pool_for(ctx, spec)
+    first = read(pool)
+    if not first.metrics.stats.exists:
+        raise click.ClickException(f"no pool named {pool.name!r} at {pool.url}: nothing of it "
+                                   "is in Redis (check the name, and --redis-url)")
+    console = Console()
+    if once:
+        console.print(render(first))
+        return
+    try:
+        with Live(render(first), console=console, auto_refresh=False, screen=False) as live:
+            before = first
+            while True:
+                time.sleep(interval)  # the refresh period, not a wait for a condition
+                now = read(pool)
+                live.update(render(now, before), refresh=True)
+                before = now
+    except KeyboardInterrupt:
+        pass

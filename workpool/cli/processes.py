@@ -127,7 +127,12 @@ def demo(ctx: click.Context, jobs: int, workers: int, timeout: float) -> None:
         click.echo(f"using the embedded redis-server {known['version']} at {url} "
                    f"({known['binary']}; `workpool server stop` stops it)")
     click.echo(f"demo on {url}: {jobs} jobs, {workers} worker processes")
-    if not demo_module.run(url, jobs, workers, timeout, click.echo):
+    if sys.stdout.isatty():  # a bar; else (a log, CI) a line of counts each tick
+        with demo_module.progress_bar(jobs) as report:
+            finished = demo_module.run(url, jobs, workers, timeout, click.echo, report=report)
+    else:
+        finished = demo_module.run(url, jobs, workers, timeout, click.echo)
+    if not finished:
         raise click.ClickException("the demo did not finish every job in time")
 
 

@@ -10,15 +10,17 @@ import redis.asyncio
 
 from workpool.client import ops, watching
 from workpool.client.drive import Done, adrive, astream
+from workpool.client.ended import ended_jobs
 from workpool.client.metrics import PoolMetrics, pool_metrics
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
+from workpool.core import tracing
 from workpool.core.config import HasConfig, PoolConfig, config_of
 from workpool.core.requests import enqueue_entries, event_entry, workflow_entry
 from workpool.server.connection import async_client
 from workpool.types import Canceled, Configured, JobStatus
 from workpool.wire.options import ENQUEUE_OPTIONS, MANY_OPTIONS, JobRef
-from workpool.wire.protocol import check_job_id
+from workpool.wire.protocol import Fields, check_job_id
 from workpool.wire.settings import config_fields
 from workpool.workflow.machine import Machine, check_machine
 from workpool.workflow.status import WorkflowChange, WorkflowStatus
@@ -46,6 +48,14 @@ class AsyncWorkpool:
             self._redis = async_client(self.config.url)
         return self._redis
 
+    async def _send(self, entries: list[Fields]) -> list[str]:
+        """Append enqueue or workflow start entries, in a PRODUCER span when traces are on;
+        their ids."""
+        with tracing.producing(self.config.name, entries) as sent:
+            ids = await self._drive(ops.enqueue(self.config.keys, entries))
+            sent(ids)
+        return ids
+
     async def _drive(self, op: ops.Ops[T]) -> T:
         return await adrive(self.redis, self.config.url, op)
 
@@ -53,14 +63,14 @@ class AsyncWorkpool:
         """`Workpool.enqueue`, awaitable."""
         entries = enqueue_entries(self.config, job, [args], options, allowed=ENQUEUE_OPTIONS,
                                   call="enqueue")
-        return (await self._drive(ops.enqueue(self.config.keys, entries)))[0]
+        return (await self._send(entries))[0]
 
     async def enqueue_many(self, job: JobRef, args_list: Iterable[Sequence[Any]],
                            **options: Unpack[ManyOptions]) -> list[str]:
         """`Workpool.enqueue_many`, awaitable."""
         entries = enqueue_entries(self.config, job, args_list, options,
                                   allowed=MANY_OPTIONS, call="enqueue_many")
-        return await self._drive(ops.enqueue(self.config.keys, entries)) if entries else []
+        return await self._send(entries) if entries else []
 
     async def start_workflow(self, workflow: Callable[..., Any] | Machine | str, *args: Any,
                              key: str | None = None, kwargs: Mapping[str, Any] | None = None,
@@ -70,7 +80,7 @@ class AsyncWorkpool:
             check_machine(workflow)
         entry = workflow_entry(self.config, workflow, args, kwargs=kwargs, key=key,
                                on_complete=on_complete, context=context)
-        return (await self._drive(ops.enqueue(self.config.keys, [entry])))[0]
+        return (await self._send([entry]))[0]
 
     async def send_event(self, workflow_id: str, name: str, payload: Any = None, *,
                          key: str | None = None) -> None:
@@ -117,6 +127,12 @@ class AsyncWorkpool:
     async def stats(self) -> PoolStats:
         """`Workpool.stats`, awaitable."""
         return await self._drive(stats_ops(self.config.keys))
+
+    async def ended_jobs(self, *, limit: int = 50, failed: bool = False,
+                         before: float | None = None) -> list[JobStatus]:
+        """`Workpool.ended_jobs`, awaitable."""
+        return await self._drive(ended_jobs(self.config.keys, limit=limit, failed=failed,
+                                            before=before))
 
     async def metrics(self) -> PoolMetrics:
         """`Workpool.metrics`, awaitable."""

@@ -12,6 +12,7 @@ from redis.client import Pipeline
 from workpool.client import ops
 from workpool.client.aio import AsyncWorkpool
 from workpool.client.drive import drive
+from workpool.client.ended import ended_jobs
 from workpool.client.metrics import PoolMetrics, pool_metrics
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
@@ -25,7 +26,7 @@ from workpool.server.connection import check_url, sync_client
 from workpool.types import Canceled, Configured, JobStatus, RateLimit, Retry, rate_limit_of
 from workpool.wire import limits
 from workpool.wire.options import ENQUEUE_OPTIONS, MANY_OPTIONS, JobRef
-from workpool.wire.protocol import Encoding, Fields, check_job_id, new_job_id
+from workpool.wire.protocol import Encoding, Fields, check_job_id
 from workpool.wire.settings import check_max_per_key, config_fields
 
 if TYPE_CHECKING:
@@ -188,19 +189,14 @@ class Workpool(WorkflowCalls):
         """
         entries = enqueue_entries(self.config, job, [args], options, allowed=ENQUEUE_OPTIONS,
                                   call="enqueue")
-        if transaction is not None:  # its replies are the caller's: name the job ourselves
-            entries[0].setdefault("id", new_job_id())
-            for command in ops.enqueue_commands(self.keys, entries):
-                transaction.execute_command(*command)
-            return str(entries[0]["id"])
-        return self._drive(ops.enqueue(self.keys, entries))[0]
+        return self._send(entries, transaction)[0]
 
     def enqueue_many(self, job: JobRef, args_list: Iterable[Sequence[Any]],
                      **options: Unpack[ManyOptions]) -> list[str]:
         """Enqueue one job per argument tuple in one round trip (all accepted, or none)."""
         entries = enqueue_entries(self.config, job, args_list, options,
                                   allowed=MANY_OPTIONS, call="enqueue_many")
-        return self._drive(ops.enqueue(self.keys, entries)) if entries else []
+        return self._send(entries) if entries else []
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status; JobNotFound if the pool has no such job."""
@@ -232,6 +228,13 @@ class Workpool(WorkflowCalls):
     def stats(self) -> PoolStats:
         """Counts per state, running vs limit, throughput and anomaly counters."""
         return self._drive(stats_ops(self.keys))
+
+    def ended_jobs(self, *, limit: int = 50, failed: bool = False,
+                   before: float | None = None) -> list[JobStatus]:
+        """Jobs (and workflows) that ended within the retention, newest first: up to `limit`,
+        only done/failed ones with `failed`, only those that ended before `before` (seconds
+        since the epoch: the last one's `finished_at` pages on)."""
+        return self._drive(ended_jobs(self.keys, limit=limit, failed=failed, before=before))
 
     def metrics(self) -> PoolMetrics:
         """What Prometheus shows of the pool: counts and histograms by job name, its stats,

@@ -12,14 +12,14 @@ from redis.client import Pipeline
 
 from workpool.client import ops, watching
 from workpool.client.drive import stream
-from workpool.core import validate
+from workpool.core import tracing, validate
 from workpool.core.config import PoolConfig
 from workpool.core.registry import Registry, WorkflowSpec, check_name
 from workpool.core.requests import event_entry, workflow_entry
 from workpool.wire import limits
 from workpool.wire.keys import Keys
 from workpool.wire.options import JobRef
-from workpool.wire.protocol import check_job_id, new_job_id
+from workpool.wire.protocol import Fields, check_job_id, new_job_id
 from workpool.workflow.machine import Machine, check_machine
 from workpool.workflow.status import WorkflowChange, WorkflowStatus
 
@@ -45,6 +45,21 @@ class WorkflowCalls:
 
     def _drive(self, op: ops.Ops[T]) -> T:
         raise NotImplementedError
+
+    def _send(self, entries: list[Fields], transaction: Pipeline | None = None) -> list[str]:
+        """Append enqueue or workflow start entries (into the caller's `transaction` if one is
+        given, each named by us then), in a PRODUCER span when traces are on; their ids."""
+        with tracing.producing(self.config.name, entries) as sent:
+            if transaction is None:
+                ids = self._drive(ops.enqueue(self.keys, entries))
+            else:  # its replies are the caller's: the entries name their jobs themselves
+                for entry in entries:
+                    entry.setdefault("id", new_job_id())
+                for command in ops.enqueue_commands(self.keys, entries):
+                    transaction.execute_command(*command)
+                ids = [str(entry["id"]) for entry in entries]
+            sent(ids)
+        return ids
 
     def workflow(self, name: str | None = None, *, timeout: float | None = None,
                  max_steps: int = 10_000) -> Callable[[F], F]:
@@ -90,12 +105,7 @@ class WorkflowCalls:
             check_machine(workflow)
         entry = workflow_entry(self.config, workflow, args, kwargs=kwargs, key=key,
                                on_complete=on_complete, context=context)
-        if transaction is not None:
-            entry.setdefault("id", new_job_id())
-            for command in ops.enqueue_commands(self.keys, [entry]):
-                transaction.execute_command(*command)
-            return str(entry["id"])
-        return self._drive(ops.enqueue(self.keys, [entry]))[0]
+        return self._send([entry], transaction)[0]
 
     def send_event(self, workflow_id: str, name: str, payload: Any = None, *,
                    key: str | None = None) -> None:

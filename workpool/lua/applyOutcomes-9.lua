@@ -45,7 +45,8 @@
 -- KEYS[6] due                ZSET    id -> due time (ms)
 -- KEYS[7] callbacksDue       ZSET    id -> time (ms) a failed delivery is tried again
 -- KEYS[8] stats              HASH    counters (beside it, derived from the prefix: metrics HASH and
---                            metricNames SET, counts by job name)
+--                            metricNames SET, counts by job name; ended and endedFailed ZSETs,
+--                            the terminal jobs by time)
 -- KEYS[9] rejected           STREAM  malformed entries set aside (the newest L.REJECTED_KEPT,
 --                                about; each cut to L.REJECTED_ENTRY_BYTES)
 -- ARGV[1] token       lease token `<epoch>:<owner>`

@@ -26,7 +26,8 @@
 -- KEYS[3] incoming       SET     ids appended but not applied yet
 -- KEYS[4] due            ZSET    id -> due time (ms)
 -- KEYS[5] stats          HASH    counters (beside it, derived from the prefix: metrics HASH and
---                        metricNames SET, counts by job name)
+--                        metricNames SET, counts by job name; ended and endedFailed ZSETs,
+--                        the terminal jobs by time)
 -- KEYS[6] rejected       STREAM  malformed entries set aside (the newest L.REJECTED_KEPT,
 --                                about; each cut to L.REJECTED_ENTRY_BYTES)
 -- KEYS[7] config         HASH    live configuration

@@ -27,7 +27,8 @@
 -- KEYS[4] deadlines      ZSET    id -> earliest time (ms) its timeout could pass
 -- KEYS[5] due            ZSET    id -> due time (ms)
 -- KEYS[6] stats          HASH    counters (beside it, derived from the prefix: metrics HASH and
---                        metricNames SET, counts by job name)
+--                        metricNames SET, counts by job name; ended and endedFailed ZSETs,
+--                        the terminal jobs by time)
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max jobs examined per check (integer)

@@ -47,6 +47,8 @@ KEY = {
     "cron": "cron",
     "stats": "stats",
     "metrics": "metrics",
+    "ended": "ended",
+    "ended_failed": "endedFailed",
     "metric_names": "metricNames",
     "rejected": "rejected",
     "job": "job:",
@@ -262,6 +264,17 @@ class Keys:
         """HASH `<metric>|<job name>` -> count: counters and histogram buckets by job name
         (workpool/wire/metrics.py), bumped by the scripts that make the transitions."""
         return self._k(KEY["metrics"])
+
+    @property
+    def ended(self) -> str:
+        """ZSET id -> finished_at (ms): every job and workflow that became terminal, kept for
+        the retention (lists by time read it, never the keyspace)."""
+        return self._k(KEY["ended"])
+
+    @property
+    def ended_failed(self) -> str:
+        """ZSET id -> finished_at (ms): the `ended` ones that are done/failed."""
+        return self._k(KEY["ended_failed"])
 
     @property
     def metric_names(self) -> str:

@@ -12,6 +12,7 @@ DAY_MS = 24 * 3600 * 1000
 
 MAX_ID_BYTES = 512  #: a job id
 MAX_NAME_BYTES = 200  #: a pool, job or handler name
+MAX_TRACE_BYTES = 512  #: a traceparent or tracestate an entry carries (a longer one is dropped)
 KEY_PREFIX = "key:"  #: an idempotency key `k` names the job `key:k`
 MAX_KEY_BYTES = MAX_ID_BYTES - len(KEY_PREFIX)  #: an idempotency key
 #: a workflow's key: its steps and children are `<id>:<n>`, nested, and must fit MAX_ID_BYTES

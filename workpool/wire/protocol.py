@@ -141,6 +141,10 @@ ENQUEUE_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "c
                   "max_attempts", "initial_backoff_ms", "base", "max_backoff_ms", "timeout_ms",
                   "run_at_ms", "run_after_ms", "priority", "concurrency_key")
 
+#: The trace context an enqueue or workflow start entry may carry besides (W3C Trace Context:
+#: docs/protocol.md); the job's spec keeps it, so its attempts continue that trace.
+TRACE_FIELDS = ("traceparent", "tracestate")
+
 #: Every field a workflow start entry (`op=workflow`) may carry.
 WORKFLOW_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "context",
                    "max_steps", "timeout_ms")
@@ -151,7 +155,8 @@ WORKFLOW_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "
 #: by it.
 SPEC_FIELDS = ("name", "enc", "max_attempts", "backoff_ms", "base", "timeout_ms",
                "enqueued_at", "due_at", "priority", "seq", "args", "kwargs", "context",
-               "on_complete", "ckey", "max_backoff_ms", "wf", "wf_n")
+               "on_complete", "ckey", "max_backoff_ms", "wf", "wf_n", "traceparent",
+               "tracestate")
 
 #: Field order of a workflow's journal entry (hash field `j:<n>` of the workflow's hash), one
 #: msgpack array: what step n is, how it ended, and when. Scripts get it as `JOURNAL` and `J`.

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 import redis.asyncio
 
-from workpool.core import failures
+from workpool.core import failures, tracing
 from workpool.core.config import PoolConfig
 from workpool.current import Running, enter
 from workpool.server.backoff import asked
@@ -85,12 +85,22 @@ class Executor:
                       dispatched_at: float) -> Outcome | None:
         """One attempt: every way it can end (a defect of ours included) is an outcome, but
         for a cancel (fenced: it was given away, or left to the reaper at shutdown) and an
-        attempt that is no longer ours (None)."""
+        attempt that is no longer ours (None). It runs in a CONSUMER span when traces are on
+        (core/tracing.py)."""
         job_id, name = text(f.get("id")), text(f.get("name"))
         try:
             attempt = int(f.get("attempt") or 0)
         except ValueError:
             attempt = 0
+        with tracing.consuming(self.config.name, job_id, attempt, name, f) as failed:
+            out = await self._attempt(f, read_at, received, dispatched_at, attempt)
+            if out is not None and not out.ok:
+                failed(out.error_type, out.error)
+        return out
+
+    async def _attempt(self, f: Entry, read_at: float, received: float,
+                       dispatched_at: float, attempt: int) -> Outcome | None:
+        job_id, name = text(f.get("id")), text(f.get("name"))
         log = self.log.bind(job=job_id, attempt=attempt, name=name)
         task = cast("asyncio.Task[Any]", asyncio.current_task())
         try:

@@ -32,8 +32,10 @@ class WorkflowContext:
     returns comes from the journal, the workflow's id and the order of the calls)."""
 
     def __init__(self, config: PoolConfig, workflow_id: str, journal: dict[int, Entry],
-                 *, started_at_ms: int, loop: asyncio.AbstractEventLoop) -> None:
+                 *, started_at_ms: int, loop: asyncio.AbstractEventLoop,
+                 trace: Mapping[str, str] | None = None) -> None:
         self._config, self._journal, self._loop = config, journal, loop
+        self._trace = dict(trace or {})  # the workflow's trace context: its steps go on in it
         self._workflow_id = workflow_id
         self._next = 1  # the number of the next journal entry the code asks for
         self._now_ms = started_at_ms
@@ -71,7 +73,7 @@ class WorkflowContext:
         def command(n: int) -> list[Any]:  # a step the journal has is not encoded again
             (fields,) = enqueue_entries(self._config, name, [args], options,
                                         allowed=STEP_OPTIONS, call="ctx.step")
-            return ["step", n, _flat(fields)]
+            return ["step", n, _flat({**fields, **self._trace})]
 
         return self._ask("step", name, command, lambda e: decode(e.result, enc))
 
@@ -79,8 +81,8 @@ class WorkflowContext:
                  kwargs: Mapping[str, Any] | None = None) -> asyncio.Future[Any]:
         """Run a child workflow and give its result; StepFailed if it fails or is canceled.
         It is canceled with this one."""
-        fields = workflow_entry(self._config, workflow, args, kwargs=kwargs, key=None,
-                                on_complete=None, context=None)
+        fields = {**workflow_entry(self._config, workflow, args, kwargs=kwargs, key=None,
+                                   on_complete=None, context=None), **self._trace}
         name, enc = str(fields["name"]), str(fields["enc"])
         return self._ask("workflow", name, lambda n: ["child", n, _flat(fields)],
                          lambda e: decode(e.result, enc))

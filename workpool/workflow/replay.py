@@ -23,7 +23,7 @@ from workpool.core import failures
 from workpool.core.config import PoolConfig
 from workpool.core.registry import WorkflowSpec
 from workpool.errors import NonDeterministicWorkflow
-from workpool.wire.protocol import Encoding, decode_arguments, encode, text
+from workpool.wire.protocol import TRACE_FIELDS, Encoding, decode_arguments, encode, text
 from workpool.workflow import journal
 from workpool.workflow.context import WorkflowContext
 
@@ -163,7 +163,8 @@ class Replayer:
         args, kwargs = decode_arguments(h.get("args") or b"", h.get("kwargs") or b"", enc)
         loop = ReplayLoop()
         ctx = WorkflowContext(self.config, workflow_id, journal.entries(h),
-                              started_at_ms=int(h.get("started_at") or 0), loop=loop)
+                              started_at_ms=int(h.get("started_at") or 0), loop=loop,
+                              trace={k: text(h[k]) for k in TRACE_FIELDS if h.get(k)})
         live = Live(loop, loop.create_task(spec.fn(ctx, *args, **kwargs)), ctx, enc,
                     decided=gen)
         try:

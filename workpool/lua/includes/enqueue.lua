@@ -230,6 +230,18 @@ local function taken(ctx, id)
          rcall('HEXISTS', ctx.adm.unstarted, id) == 1
 end
 
+-- The trace context of entry fields `f` (W3C Trace Context): its traceparent and tracestate,
+-- each '' when absent or unusable (not of the traceparent form, or over L.MAX_TRACE_BYTES): an
+-- unusable context is dropped, as OpenTelemetry's propagator drops it, never the job.
+local TRACEPARENT = '^%x%x%-%x+%-%x+%-%x%x'
+local function trace_of(f)
+  local parent, state = f.traceparent or '', f.tracestate or ''
+  if #parent > L.MAX_TRACE_BYTES or not string.match(parent, TRACEPARENT) then
+    return '', ''
+  end
+  return parent, #state <= L.MAX_TRACE_BYTES and state or ''
+end
+
 -- A new pending job `id` from checked fields `f` and options `o`, enqueued at `enqueued_at`
 -- (ms): due at max(run_at, enqueued_at + run_after), it waits in `due` or joins admission at
 -- once. `wf`, `wf_n`: the workflow and journal entry of a step (nil for a client's job).
@@ -238,12 +250,13 @@ local function create_job(ctx, id, f, o, enqueued_at, wf, wf_n)
   local ckey, priority = f.concurrency_key or '', o.priority
   ctx.seq = last_seq(ctx) + 1
   ctx.fresh[id] = true
+  local traceparent, tracestate = trace_of(f)
   defer(ctx.defer, ctx.add_unstarted, id, pack_spec({
     name = f.name, enc = o.enc, max_attempts = o.max_attempts, backoff_ms = o.initial_backoff_ms,
     base = o.base, timeout_ms = o.timeout_ms, enqueued_at = enqueued_at, due_at = due,
     priority = priority, seq = ctx.seq, args = f.args, kwargs = f.kwargs, context = f.context,
     on_complete = f.on_complete, ckey = ckey, max_backoff_ms = o.max_backoff_ms, wf = wf,
-    wf_n = wf_n}))
+    wf_n = wf_n, traceparent = traceparent, tracestate = tracestate}))
   if not ctx.priorities[priority] then
     rcall('SADD', ctx.prefix .. K.priorities, priority)
     ctx.priorities[priority] = true
@@ -264,12 +277,14 @@ end
 -- wfTimers). `wf`, `wf_n`: the parent and journal entry of a child workflow.
 local function create_workflow(ctx, id, f, o, max_steps, enqueued_at, wf, wf_n)
   local wk = ctx.prefix .. K.job .. id
+  local traceparent, tracestate = trace_of(f)
   ctx.fresh[id] = true
   rcall('HSET', wk, 'kind', 'workflow', 'state', 'running', 'attempts', 0, 'started_at', ctx.now,
         'wf_steps', 0, 'wf_max', max_steps, 'wf_fails', 0, 'spec', pack_spec({
           name = f.name, enc = o.enc, enqueued_at = enqueued_at, args = f.args,
           kwargs = f.kwargs, context = f.context, on_complete = f.on_complete, wf = wf,
-          wf_n = wf_n, timeout_ms = o.timeout_ms}))
+          wf_n = wf_n, timeout_ms = o.timeout_ms, traceparent = traceparent,
+          tracestate = tracestate}))
   rcall('SADD', ctx.prefix .. K.workflows, id)
   if o.timeout_ms > 0 then
     rcall('ZADD', ctx.prefix .. K.wf_timers, ctx.now + o.timeout_ms, timer_member(id, 0))

@@ -133,6 +133,21 @@ end
 -- delivery record, and a workflow's step writes its end into the workflow's journal.
 -- `j` holds the job's spec (unpacked) and attempts (a workflow's: workflow_fields); `extra`
 -- more fields to set.
+-- A job (or workflow) that became terminal joins the `ended` index, a failed one `endedFailed`
+-- too (ZSETs id -> finished_at, one ZADD per index and call where writes are deferred), so lists
+-- by time never scan the keyspace; count_throughput trims both to the retention once per call.
+local function index_ended(ctx, id, outcome)
+  local heads = ctx.ended
+  if not heads then
+    heads = {{'ZADD', ctx.prefix .. K.ended}, {'ZADD', ctx.prefix .. K.ended_failed}}
+    ctx.ended = heads
+  end
+  for i = 1, outcome == 'failed' and 2 or 1 do
+    if ctx.defer then defer(ctx.defer, heads[i], ctx.now, id)
+    else rcall('ZADD', heads[i][2], ctx.now, id) end
+  end
+end
+
 local WORKFLOW_ENDED = {succeeded = M.WORKFLOWS_SUCCEEDED, failed = M.WORKFLOWS_FAILED,
                         canceled = M.WORKFLOWS_CANCELED}  -- a workflow's metric by its outcome
 
@@ -150,6 +165,7 @@ local function finish(ctx, id, jk, state, outcome, j, extra)
   end
   bump(ctx.counts, outcome)
   bump_named(ctx.counts, j.spec[S.name] or '', j.wk and WORKFLOW_ENDED[outcome] or outcome)
+  index_ended(ctx, id, outcome)
   ctx.finished = ctx.finished + 1
   rcall('PUBLISH', ctx.prefix .. K.done_channel .. id, state)
   if owner then step_ended(ctx, owner, j.spec, outcome, j.attempts, extra) end
@@ -205,9 +221,13 @@ local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
   return C.FAILED
 end
 
--- Count terminal transitions in a per-minute bucket (kept 2 h) for throughput figures.
+-- Count terminal transitions in a per-minute bucket (kept 2 h) for throughput figures, and trim
+-- the ended indexes to the retention.
 local function count_throughput(ctx)
   if ctx.finished > 0 then
+    local horizon = string.format('(%.0f', ctx.now - ctx.retention)
+    rcall('ZREMRANGEBYSCORE', ctx.prefix .. K.ended, '-inf', horizon)
+    rcall('ZREMRANGEBYSCORE', ctx.prefix .. K.ended_failed, '-inf', horizon)
     local k = ctx.prefix .. K.throughput .. math.floor(ctx.now / 60000)
     rcall('INCRBY', k, ctx.finished)
     rcall('PEXPIRE', k, 7200000)

@@ -16,9 +16,9 @@ local function pack_spec(j)
 end
 
 -- The started (or canceled) job whose hash is `jk`: {state, attempts, dispatch, cancel,
--- started_at (its hash's fields, false when missing), spec (unpacked), packed}, read with one HMGET; nil when
--- it has no hash. A hash written before specs were packed holds the spec's fields flat: read
--- in SPEC order.
+-- started_at (its hash's fields, false when missing), spec (unpacked), packed}, read with one
+-- HMGET; nil when it has no hash. A hash written before specs were packed holds the spec's
+-- fields flat: read in SPEC order.
 local function started_fields(jk)
   local h = rcall('HMGET', jk, 'spec', 'state', 'attempts', 'dispatch', 'cancel',
                   'started_at')
