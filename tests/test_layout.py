@@ -9,9 +9,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "workpool"
 ACTORS = frozenset({"client", "mainloop", "worker"})
-#: composers build processes, commands and servers (operate: metrics) from the actors; nothing
-#: else may import them
-COMPOSERS = frozenset({"cli", "chaos", "operate", "process", "__main__", "__init__"})
+#: composers build processes, commands, servers (operate) and the testing kit from the actors;
+#: nothing else may import them
+COMPOSERS = frozenset({"cli", "chaos", "operate", "process", "testing", "__main__", "__init__"})
 MAX_LINES = 300
 
 

@@ -17,7 +17,6 @@ import pytest
 import redis
 from helpers import (
     Pools,
-    _WorkerThread,
     busy,
     eventually,
     out_of_memory,
@@ -30,6 +29,7 @@ from workpool import Retry, State, Workpool
 from workpool.core.logs import logger
 from workpool.errors import WorkerFailed, WorkerStuck
 from workpool.server.embedded import RedisServer
+from workpool.testing.kit import WorkerThread
 from workpool.wire.protocol import text
 from workpool.worker import reader
 from workpool.worker.liveness import Liveness
@@ -288,7 +288,7 @@ def test_a_worker_whose_threads_are_all_stuck_stops_beating_and_says_so(
     def later() -> str:
         return "ran elsewhere"
 
-    thread = _WorkerThread(pool, {"concurrency": 2, "worker_id": "w-all", "grace": 1.0})
+    thread = WorkerThread(pool, {"concurrency": 2, "worker_id": "w-all", "grace": 1.0})
     try:
         thread.start()
         assert [pool.wait(pool.enqueue(hangs), timeout=15).error_type for _ in range(2)] == \
@@ -379,7 +379,7 @@ def test_a_worker_whose_vital_part_stops_stops_too_and_says_why(
     def quick() -> str:
         return "quick"
 
-    thread = _WorkerThread(pool, {"worker_id": "w-vital", "grace": 1.0})
+    thread = WorkerThread(pool, {"worker_id": "w-vital", "grace": 1.0})
     thread.start()
     thread.join(15)
     assert not thread.is_alive()

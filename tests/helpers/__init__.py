@@ -3,7 +3,6 @@ make a real Redis refuse commands for a while (OOM, BUSY, READONLY)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -14,15 +13,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import redis
 
 from workpool import Retry, Workpool
-from workpool.process import worker
 from workpool.server.embedded import find_redis_server
+from workpool.testing.kit import running
 from workpool.wire import protocol
 from workpool.wire.keys import Keys
 from workpool.wire.protocol import text
@@ -97,59 +96,11 @@ class Pools:
             pool.close()
 
 
-class _WorkerThread(threading.Thread):
-    """A Worker on its own event loop in a background thread."""
-
-    def __init__(self, pool: Workpool, options: dict[str, Any]) -> None:
-        super().__init__(name=f"worker-{pool.name}", daemon=True)
-        self.pool, self.options = pool, options
-        self.started = threading.Event()
-        self.error: BaseException | None = None
-        self.worker: Worker | None = None
-        self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported to the test thread by stop()
-            self.error = exc
-        finally:
-            self.started.set()
-
-    async def _main(self) -> None:
-        self._event_loop, self._stop_event = asyncio.get_running_loop(), asyncio.Event()
-        self.worker = worker(self.pool, **self.options)
-        self.started.set()
-        await self.worker.run(self._stop_event)
-
-    def stop(self, timeout: float) -> None:
-        if self._event_loop is not None and self._stop_event is not None and self.is_alive():
-            self._event_loop.call_soon_threadsafe(self._stop_event.set)
-        self.join(timeout)
-        if self.is_alive():
-            msg = f"worker of pool {self.pool.name!r} did not stop within {timeout} s"
-            raise AssertionError(msg)
-        if self.error is not None:
-            raise self.error
-
-
-@contextmanager
-def running_worker(pool: Workpool, **options: Any) -> Iterator[Worker]:
-    """Run a Worker (with its main-loop candidate, unless told otherwise) until the block ends."""
-    options.setdefault("grace", 2.0)
+def running_worker(pool: Workpool, **options: Any) -> AbstractContextManager[Worker]:
+    """Run a Worker (with its main-loop candidate, unless told otherwise) until the block ends:
+    the testing kit's own (workpool.testing.running), named `test-<pool>` by default."""
     options.setdefault("worker_id", f"test-{pool.name}")
-    thread = _WorkerThread(pool, options)
-    thread.start()
-    thread.started.wait(10)
-    try:
-        if thread.worker is None:
-            thread.stop(10)
-            msg = "worker did not start"
-            raise AssertionError(msg)
-        yield thread.worker
-    finally:
-        thread.stop(30)
+    return running(pool, **options)
 
 
 def redis_cli_path() -> str:

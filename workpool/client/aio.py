@@ -129,10 +129,11 @@ class AsyncWorkpool:
         return await self._drive(stats_ops(self.config.keys))
 
     async def ended_jobs(self, *, limit: int = 50, failed: bool = False,
-                         before: float | None = None) -> list[JobStatus]:
+                         before: float | None = None,
+                         since: float | None = None) -> list[JobStatus]:
         """`Workpool.ended_jobs`, awaitable."""
         return await self._drive(ended_jobs(self.config.keys, limit=limit, failed=failed,
-                                            before=before))
+                                            before=before, since=since))
 
     async def metrics(self) -> PoolMetrics:
         """`Workpool.metrics`, awaitable."""

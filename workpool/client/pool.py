@@ -19,9 +19,11 @@ from workpool.client.stats import stats as stats_ops
 from workpool.client.workflows import WorkflowCalls
 from workpool.core import validate
 from workpool.core.config import PoolConfig
+from workpool.core.kit import TestingKit
 from workpool.core.registry import HandlerSpec, JobSpec, check_name
 from workpool.core.requests import enqueue_entries
 from workpool.core.schedule import CronJob, parse_schedule
+from workpool.errors import WorkpoolError
 from workpool.server.connection import check_url, sync_client
 from workpool.types import Canceled, Configured, JobStatus, RateLimit, Retry, rate_limit_of
 from workpool.wire import limits
@@ -74,6 +76,7 @@ class Workpool(WorkflowCalls):
         self.name, self.keys, self.registry = name, self.config.keys, self.config.registry
         self._redis: redis.Redis | None = None
         self._aio: AsyncWorkpool | None = None
+        self.kit: TestingKit | None = None  #: set by workpool.testing.attach (tests only)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -94,6 +97,17 @@ class Workpool(WorkflowCalls):
         if self._redis is None:
             self._redis = sync_client(self.url)
         return self._redis
+
+    @property
+    def testing(self) -> TestingKit:
+        """The pool's testing kit: run the real engine in-process until idle, move the clock,
+        assert what is enqueued. The `workpool_pool` pytest fixture attaches it (else
+        `workpool.testing.attach(pool)`)."""
+        if self.kit is None:
+            msg = f"pool {self.name!r} has no testing kit: use the workpool_pool fixture " \
+                  "(pytest), or workpool.testing.attach(pool)"
+            raise WorkpoolError(msg)
+        return self.kit
 
     @property
     def aio(self) -> AsyncWorkpool:
@@ -229,12 +243,13 @@ class Workpool(WorkflowCalls):
         """Counts per state, running vs limit, throughput and anomaly counters."""
         return self._drive(stats_ops(self.keys))
 
-    def ended_jobs(self, *, limit: int = 50, failed: bool = False,
-                   before: float | None = None) -> list[JobStatus]:
+    def ended_jobs(self, *, limit: int = 50, failed: bool = False, before: float | None = None,
+                   since: float | None = None) -> list[JobStatus]:
         """Jobs (and workflows) that ended within the retention, newest first: up to `limit`,
         only done/failed ones with `failed`, only those that ended before `before` (seconds
-        since the epoch: the last one's `finished_at` pages on)."""
-        return self._drive(ended_jobs(self.keys, limit=limit, failed=failed, before=before))
+        since the epoch: the last one's `finished_at` pages on), and at or after `since`."""
+        return self._drive(ended_jobs(self.keys, limit=limit, failed=failed, before=before,
+                                      since=since))
 
     def metrics(self) -> PoolMetrics:
         """What Prometheus shows of the pool: counts and histograms by job name, its stats,

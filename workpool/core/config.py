@@ -39,6 +39,8 @@ class PoolConfig:
     max_per_key: int | None = None
     registry: Registry = field(default_factory=Registry)
     crons: list[CronJob] = field(default_factory=list)
+    #: ms the main loop's clock runs ahead of Redis's (0 but under pool.testing.advance)
+    clock_offset_ms: int = 0
 
     def __post_init__(self) -> None:
         check_name(self.name)

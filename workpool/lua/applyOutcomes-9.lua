@@ -52,7 +52,7 @@
 -- ARGV[1] token       lease token `<epoch>:<owner>`
 -- ARGV[2] prefix      key prefix `{wp:<pool>}:`
 -- ARGV[3] batch       outcomes applied in this call: no entry is begun once this many are
--- ARGV[4] now         ms since epoch, or '' for Redis TIME
+-- ARGV[4] now         ms since epoch, '' for Redis TIME, or +ms: TIME plus that (pool.testing)
 -- ARGV[5] seed        jitter seed (string)
 -- ARGV[6] retention   ms a finished job is kept
 -- ARGV[7] group       consumer group of the dispatch stream

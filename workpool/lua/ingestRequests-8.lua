@@ -41,7 +41,7 @@
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max entries applied in this call (integer)
 -- ARGV[4] max_payload    max bytes of args + kwargs + context (integer)
--- ARGV[5] now            ms since epoch, or '' for Redis TIME
+-- ARGV[5] now            ms since epoch, '' for Redis TIME, or +ms: TIME plus that (pool.testing)
 -- ARGV[6] retention      ms a finished job is kept
 -- ARGV[7] defaults       "max_attempts,initial_backoff_ms,base,max_backoff_ms" for entries
 --                        that omit them

@@ -30,7 +30,7 @@
 -- ARGV[1] token          lease token `<epoch>:<owner>`
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max promotions, starts and deliveries in this call (integer)
--- ARGV[4] now            ms since epoch, or '' for Redis TIME
+-- ARGV[4] now            ms since epoch, '' for Redis TIME, or +ms: TIME plus that (pool.testing)
 -- Returns R.start {code, started, running, max_parallelism, next_due_ms, next_callback_ms,
 -- now_ms, next_admission_ms, promoted, requests_waiting, outcomes_waiting, ids...} with -1 for
 -- "nothing scheduled"; next_callback_ms is the next delivery or replay due again, or the next

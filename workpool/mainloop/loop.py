@@ -165,11 +165,12 @@ class MainLoop:
         calls = Replies()
         renewed = calls.add(self._acquire()) if now >= self._renew_at else None
         cursor = self._cursor
-        ingested = calls.add(self.engine.ingest(token)) if cursor.requests else None
-        applied = calls.add(self.engine.apply(token, seed)) if cursor.outcomes else None
-        started = calls.add(self.engine.start(token))
-        reaped = calls.add(self.engine.reap(token, seed, sent_ms=self._reap_sent_ms())) \
-            if reap_now else None
+        clock = f"+{self.config.clock_offset_ms}" if self.config.clock_offset_ms else None
+        ingested = calls.add(self.engine.ingest(token, clock)) if cursor.requests else None
+        applied = calls.add(self.engine.apply(token, seed, clock)) if cursor.outcomes else None
+        started = calls.add(self.engine.start(token, clock))
+        reaped = calls.add(self.engine.reap(token, seed, clock,
+                                            sent_ms=self._reap_sent_ms())) if reap_now else None
         await self._timed(calls.arun(client))
         if renewed is not None:
             lease = renewed.value

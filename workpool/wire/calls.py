@@ -25,6 +25,10 @@ from workpool.wire.replies import (
 )
 from workpool.wire.scripts import Call, script
 
+#: a script's clock: ms (tests), None for Redis TIME, or "+<ms>" for Redis TIME that much later
+#: (a pool whose clock pool.testing moved on)
+Now = int | str | None
+
 _RETRY_DEFAULTS = {"max_attempts": "5", "initial_backoff_ms": "250", "base": "2.0",
                    "max_backoff_ms": str(DEFAULT_MAX_BACKOFF_MS)}
 
@@ -61,7 +65,7 @@ class Engine:
         """Give the lease up (graceful stop)."""
         return Call(script("releaseLease"), [self.keys.lease], [token], parse_code)
 
-    def ingest(self, token: str, now: int | None = None) -> Call[BatchReply]:
+    def ingest(self, token: str, now: Now = None) -> Call[BatchReply]:
         """Apply a batch of client requests (enqueue, cancel, config)."""
         k, s = self.keys, self.settings
         return Call(
@@ -78,7 +82,7 @@ class Engine:
         them: "max_attempts,initial_backoff_ms,base,max_backoff_ms"."""
         return ",".join(self.settings.retry[f] for f in _RETRY_DEFAULTS)
 
-    def start(self, token: str, now: int | None = None) -> Call[StartReply]:
+    def start(self, token: str, now: Now = None) -> Call[StartReply]:
         """Start due jobs while slots are free; hand out due callback deliveries."""
         k = self.keys
         return Call(
@@ -89,7 +93,7 @@ class Engine:
             parse_start,
         )
 
-    def apply(self, token: str, seed: str, now: int | None = None) -> Call[BatchReply]:
+    def apply(self, token: str, seed: str, now: Now = None) -> Call[BatchReply]:
         """Apply a batch of worker outcomes."""
         k, s = self.keys, self.settings
         return Call(
@@ -101,7 +105,7 @@ class Engine:
             parse_batch,
         )
 
-    def reap(self, token: str, seed: str, now: int | None = None,
+    def reap(self, token: str, seed: str, now: Now = None,
              sent_ms: int | None = None) -> Call[ReapReply]:
         """End attempts of dead workers and timed-out attempts. `sent_ms`: Redis time at send,
         given only by a caller that saw Redis answer promptly for the last grace."""
@@ -115,6 +119,6 @@ class Engine:
         )
 
 
-def _now(now: int | None) -> str | int:
+def _now(now: Now) -> str | int:
     return "" if now is None else now
 

@@ -31,11 +31,21 @@ local function arg_int(i, lo, hi)
   return n
 end
 
--- Milliseconds: ARGV[i] when given (tests, replays), else Redis TIME.
+-- Milliseconds: ARGV[i] when given (tests, replays), else Redis TIME; `+<ms>`: Redis TIME that
+-- much later (a pool whose clock pool.testing moved on).
 local function now_ms(i)
-  if ARGV[i] ~= nil and ARGV[i] ~= '' then return arg_int(i, 0, L.MAX_RUN_AT_MS) end
+  local a = ARGV[i]
+  if a ~= nil and a ~= '' and string.sub(a, 1, 1) ~= '+' then
+    return arg_int(i, 0, L.MAX_RUN_AT_MS)
+  end
   local t = rcall('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if a == nil or a == '' then return now end
+  local shift = tonumber(string.sub(a, 2))  -- '+<ms>': Redis's clock moved on (pool.testing)
+  if shift == nil or shift ~= math.floor(shift) or shift < 0 or shift > L.MAX_RUN_AT_MS then
+    error('ARGV[' .. i .. '] must be ms, empty or +ms, got ' .. a)
+  end
+  return now + shift
 end
 
 -- A stream entry's flat field list as a table (last value wins on repeated fields).
