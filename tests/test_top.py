@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
-from helpers import Pools, running_worker
+from helpers import Pools, ran_some
 from rich.console import Console
 
-from workpool import NonRetryableError, Workpool
+from workpool import Workpool
 from workpool.cli import demo
 from workpool.cli.main import cli
 from workpool.operate.top import read, render
@@ -21,17 +21,7 @@ WIDE = {"COLUMNS": "200", "LINES": "60"}
 @pytest.fixture
 def ran(pools: Pools) -> Iterator[Workpool]:
     """Pool `seen` after its worker ran three `double` jobs and one `broken` job."""
-    pool = pools("seen", max_parallelism=7)
-    pool.job(name="double")(lambda x: 2 * x)
-
-    @pool.job(name="broken")
-    def broken() -> None:
-        msg = "the mail server said no"
-        raise NonRetryableError(msg)
-
-    with running_worker(pool):
-        for job in [pool.enqueue("double", i) for i in range(3)] + [pool.enqueue("broken")]:
-            pool.wait(job, timeout=30)
+    with ran_some(pools("seen", max_parallelism=7)) as pool:
         yield pool
 
 

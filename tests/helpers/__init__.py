@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import redis
 
-from workpool import Retry, Workpool
+from workpool import NonRetryableError, Retry, Workpool
 from workpool.server.embedded import find_redis_server
 from workpool.testing.kit import running
 from workpool.wire import protocol
@@ -94,6 +94,23 @@ class Pools:
     def close(self) -> None:
         for pool in self._made:
             pool.close()
+
+
+@contextmanager
+def ran_some(pool: Workpool) -> Iterator[Workpool]:
+    """`pool` with jobs `double` (returns 2x) and `broken` (fails, not retryable), after its
+    worker ran three `double` jobs and one `broken`; the worker runs until the block ends."""
+    pool.job(name="double")(lambda x: 2 * x)
+
+    @pool.job(name="broken")
+    def broken() -> None:
+        msg = "the mail server said no"
+        raise NonRetryableError(msg)
+
+    with running_worker(pool):
+        for job in [pool.enqueue("double", i) for i in range(3)] + [pool.enqueue("broken")]:
+            pool.wait(job, timeout=30)
+        yield pool
 
 
 def running_worker(pool: Workpool, **options: Any) -> AbstractContextManager[Worker]:

@@ -31,7 +31,7 @@ def cli(ctx: click.Context, redis_url: str | None, log_format: LogFormat, log_le
 
 for command in (processes.worker, processes.loop, processes.demo, processes.server, jobs.enqueue,
                 jobs.status, jobs.wait, jobs.cancel, pools.stats, pools.config,
-                workflows.workflow, operate.metrics, operate.top):
+                workflows.workflow, operate.metrics, operate.top, operate.dashboard):
     cli.add_command(command)
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import cast
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Protocol, cast
 
 import click
 
 from workpool.cli.context import Settings, pool_for, until_signaled
 from workpool.core.logs import logger
+
+if TYPE_CHECKING:
+    from workpool.client.pool import Workpool
 
 DEFAULT_METRICS_PORT = 9808
 
@@ -26,29 +31,14 @@ def metrics(ctx: click.Context, specs: tuple[str, ...], host: str, port: int) ->
     SIGTERM/SIGINT (each POOL a name, or MODULE:POOL)."""
     from workpool.operate.prometheus import serve  # noqa: PLC0415 - keeps other commands light
 
-    settings = cast("Settings", ctx.obj)
-    settings.setup_logging()
-    pools = [pool_for(ctx, spec) for spec in specs]
+    pools = _pools(ctx, specs)
     names = [pool.name for pool in pools]
-    if len(set(names)) < len(names):
-        raise click.BadParameter(f"a pool is named twice: {', '.join(names)}",
-                                 param_hint="POOL...")
-    try:
+    with _listening(host, port):
         server = serve(pools, host, port)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
     url = f"http://{host}:{server.server_port}/metrics"
     click.echo(f"serving the metrics of {', '.join(names)} at {url}")
     logger().info("serving metrics", url=url, pools=names)
-
-    async def until_stopped(stop: asyncio.Event) -> None:
-        await stop.wait()
-
-    try:
-        asyncio.run(until_signaled(until_stopped))
-    finally:
-        server.shutdown()
-        server.server_close()
+    _until_signaled(server)
 
 
 @click.command()
@@ -84,3 +74,74 @@ def top(ctx: click.Context, spec: str, interval: float, once: bool) -> None:
                 before = now
     except KeyboardInterrupt:
         pass
+
+
+@click.command()
+@click.argument("specs", metavar="POOL...", nargs=-1, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (any but loopback needs --token).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free one).")
+@click.option("--read-only", is_flag=True, help="Show everything, offer and take no action.")
+@click.option("--token", envvar="WORKPOOL_DASHBOARD_TOKEN", default=None,
+              help="Every request must carry it (a sign-in page sets it as a cookie; "
+                   "default $WORKPOOL_DASHBOARD_TOKEN).")
+@click.pass_context
+def dashboard(ctx: click.Context, specs: tuple[str, ...], *, host: str, port: int,
+              read_only: bool, token: str | None) -> None:
+    """Serve the web dashboard of the pools (each POOL a name, or MODULE:POOL) until
+    SIGTERM/SIGINT: pools, jobs, a job's detail, live, with actions unless --read-only;
+    /metrics too."""
+    from workpool.operate.dashboard.server import Dashboard, serve  # noqa: PLC0415
+
+    pools = _pools(ctx, specs)
+    names = [pool.name for pool in pools]
+    with _listening(host, port):
+        server = serve(Dashboard(pools, read_only=read_only, token=token or None), host, port)
+    url = f"http://{host}:{server.server_port}/"
+    click.echo(f"dashboard of {', '.join(names)} at {url}" + (" (read-only)" if read_only
+                                                                else ""))
+    logger().info("serving the dashboard", url=url, pools=names, read_only=read_only,
+                  token=bool(token))
+    _until_signaled(server)
+
+
+def _pools(ctx: click.Context, specs: tuple[str, ...]) -> list[Workpool]:
+    """The pools a serving command names (logging set up first); each name once."""
+    cast("Settings", ctx.obj).setup_logging()
+    pools = [pool_for(ctx, spec) for spec in specs]
+    names = [pool.name for pool in pools]
+    if len(set(names)) < len(names):
+        raise click.BadParameter(f"a pool is named twice: {', '.join(names)}",
+                                 param_hint="POOL...")
+    return pools
+
+
+@contextmanager
+def _listening(host: str, port: int) -> Iterator[None]:
+    """Where a server starts to listen: a port it cannot have is a one-line error."""
+    try:
+        yield
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+
+
+def _until_signaled(server: Stoppable) -> None:
+    """Serve (the server answers in a thread of its own) until SIGTERM/SIGINT, then stop."""
+
+    async def until_stopped(stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    try:
+        asyncio.run(until_signaled(until_stopped))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Stoppable(Protocol):
+    """A server answering in a thread of its own."""
+
+    def shutdown(self) -> None: ...
+
+    def server_close(self) -> None: ...

@@ -9,6 +9,7 @@ from workpool.wire.counters import Counter
 from workpool.wire.keys import GROUP, Keys
 from workpool.wire.protocol import text
 
+_ENDED = (Counter.SUCCEEDED, Counter.FAILED, Counter.CANCELED)  # a minute's terminal counts
 _RANK = 10**12  # ready-set rank = -priority * 1e12 + seq (see lua/includes/admission.lua)
 
 
@@ -59,7 +60,8 @@ def stats(keys: Keys, rejected_shown: int = 5) -> Ops[PoolStats]:
         ("HLEN", keys.unstarted), ("ZCARD", keys.running), ("HGETALL", keys.stats),
         ("HGETALL", keys.defaults), ("EVAL", _NOT_APPLIED, 1, keys.pending_start, *_SCAN),
         ("GET", keys.lease), ("XREVRANGE", keys.rejected, "+", "-", "COUNT", rejected_shown),
-        ("GET", keys.throughput(minute)), ("GET", keys.throughput(minute - 1)),
+        ("HMGET", keys.throughput(minute), *_ENDED),
+        ("HMGET", keys.throughput(minute - 1), *_ENDED),
         ("EVAL", _LIVE_WORKERS, 1, keys.dispatch, GROUP, keys.prefix),
         ("HGETALL", keys.config), ("ZCARD", keys.ready), ("SMEMBERS", keys.priorities),
         ("EXISTS", keys.defaults, keys.stats, keys.pending_start, keys.unstarted, keys.lease),
@@ -71,7 +73,7 @@ def stats(keys: Keys, rejected_shown: int = 5) -> Ops[PoolStats]:
     settings = {text(k): text(v) for k, v in replies[3].items()}
     settings.update({text(k): text(v) or "none" for k, v in replies[10].items()})
     retrying = counters.get(Counter.RETRYING, 0)
-    this_minute, last_minute = int(replies[7] or 0), int(replies[8] or 0)
+    this_minute, last_minute = (sum(int(n or 0) for n in replies[i]) for i in (7, 8))
     elapsed = int(now[0]) % 60 + 1
     return PoolStats(
         pool=keys.pool,

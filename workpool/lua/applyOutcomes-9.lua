@@ -412,6 +412,6 @@ local result = apply_entries(KEYS[2], batch, 'kind', '', handlers, reject)
 flush_deferred(ctx.defer)
 created(ctx)
 trim_dispatch(ctx)
-count_throughput(ctx)
-flush_counts(KEYS[8], ctx.counts)
+trim_ended(ctx)
+flush_counts(KEYS[8], ctx.counts, ctx.now)
 return result

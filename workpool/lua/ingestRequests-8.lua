@@ -273,6 +273,6 @@ local handlers = {enqueue = enqueue, cancel = cancel, config = configure,
 local result = apply_entries(KEYS[2], batch, 'op', 'enqueue', handlers, reject)
 flush_deferred(ctx.defer)
 created(ctx)
-count_throughput(ctx)
-flush_counts(KEYS[5], ctx.counts)
+trim_ended(ctx)
+flush_counts(KEYS[5], ctx.counts, ctx.now)
 return result

@@ -287,7 +287,7 @@ for _, key in ipairs({replays_due, timers}) do
   if next_callback < 0 or (t >= 0 and t < next_callback) then next_callback = t end
 end
 
-flush_counts(KEYS[8], counts)
+flush_counts(KEYS[8], counts, now)
 return reply(R.start, {code = C.OK, started = #started, running = running + #started,
                        max_parallelism = maxp, next_due_ms = first_score(KEYS[3]),
                        next_callback_ms = next_callback, now_ms = now,

@@ -56,7 +56,7 @@ KEY = {
     "inbox": "inbox:",
     "done_channel": "done:",
     "wf_channel": "wfc:",
-    "throughput": "tp:",
+    "throughput": "tpm:",
 }
 
 
@@ -282,7 +282,8 @@ class Keys:
         return self._k(KEY["metric_names"])
 
     def throughput(self, minute: int) -> str:
-        """STRING counter (expires after 2 h): terminal transitions in that epoch minute."""
+        """HASH (expires after 2 h): `started`, `succeeded`, `failed`, `canceled` and
+        `retried` counted in that epoch minute."""
         return self._k(KEY["throughput"] + str(minute))
 
 

@@ -202,7 +202,8 @@ class Worker:
 
     def _beat_value(self) -> str:
         """What the heartbeat key holds: what stats shows of this worker."""
-        return json.dumps({"pid": os.getpid(), "concurrency": self.concurrency,
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "concurrency": self.concurrency,
                            "running": len(self._reader.inflight) if self._reader else 0,
                            "stuck": self._threads.stuck if self._threads else 0})
 

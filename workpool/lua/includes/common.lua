@@ -118,14 +118,32 @@ local function flush_named(prefix, named)
   end
 end
 
--- Write the bag: counters into `stats_key` (the pool's `stats` HASH), metrics beside it.
-local function flush_counts(stats_key, counts)
+-- The counters also kept per minute (the HASH `tpm:<minute>`, 2 h): what ended, started and
+-- was retried each minute, for rates and charts over the last hour.
+local PER_MINUTE = {N.STARTED, N.SUCCEEDED, N.FAILED, N.CANCELED, N.RETRIED}
+
+-- Write the bag: counters into `stats_key` (the pool's `stats` HASH) and, given `now` (ms), the
+-- minute's; metrics beside them.
+local function flush_counts(stats_key, counts, now)
   local named = counts[NAMED]
   counts[NAMED] = nil
   for name, n in pairs(counts) do
     if n ~= 0 then rcall('HINCRBY', stats_key, name, n) end
   end
-  if named then flush_named(string.sub(stats_key, 1, -(#K.stats + 1)), named) end
+  local prefix = string.sub(stats_key, 1, -(#K.stats + 1))
+  if now then
+    local minute = prefix .. K.throughput .. math.floor(now / 60000)
+    local counted = false
+    for _, name in ipairs(PER_MINUTE) do
+      local n = counts[name]
+      if n and n ~= 0 then
+        rcall('HINCRBY', minute, name, n)
+        counted = true
+      end
+    end
+    if counted then rcall('PEXPIRE', minute, 7200000) end
+  end
+  if named then flush_named(prefix, named) end
 end
 
 -- Deferred writes: items of one variadic write (`head` = {command, key, ...}, a table made

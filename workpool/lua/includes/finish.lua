@@ -135,7 +135,7 @@ end
 -- more fields to set.
 -- A job (or workflow) that became terminal joins the `ended` index, a failed one `endedFailed`
 -- too (ZSETs id -> finished_at, one ZADD per index and call where writes are deferred), so lists
--- by time never scan the keyspace; count_throughput trims both to the retention once per call.
+-- by time never scan the keyspace; trim_ended trims both to the retention once per call.
 local function index_ended(ctx, id, outcome)
   local heads = ctx.ended
   if not heads then
@@ -221,15 +221,11 @@ local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
   return C.FAILED
 end
 
--- Count terminal transitions in a per-minute bucket (kept 2 h) for throughput figures, and trim
--- the ended indexes to the retention.
-local function count_throughput(ctx)
+-- After a call that ended jobs: trim the ended indexes to the retention.
+local function trim_ended(ctx)
   if ctx.finished > 0 then
     local horizon = string.format('(%.0f', ctx.now - ctx.retention)
     rcall('ZREMRANGEBYSCORE', ctx.prefix .. K.ended, '-inf', horizon)
     rcall('ZREMRANGEBYSCORE', ctx.prefix .. K.ended_failed, '-inf', horizon)
-    local k = ctx.prefix .. K.throughput .. math.floor(ctx.now / 60000)
-    rcall('INCRBY', k, ctx.finished)
-    rcall('PEXPIRE', k, 7200000)
   end
 end

@@ -1,0 +1,188 @@
+"""What the dashboard's pages read of a pool, all of it read-only and bounded: its metrics, its
+workers' heartbeats, the last hour per minute, and lists of jobs by state from the indexes the
+scripts keep (`ended`, `running`, `ready`, `due`, `retrying`), never a scan of the keyspace."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from workpool.errors import JobNotFound
+from workpool.types import JobStatus, State, status_from_hash
+from workpool.wire.counters import Counter
+from workpool.wire.keys import GROUP
+from workpool.wire.protocol import job_fields, text
+
+if TYPE_CHECKING:
+    from workpool.client.metrics import PoolMetrics
+    from workpool.client.pool import Workpool
+
+PAGE = 50  #: jobs a list shows at once
+LOOKED_AT = 2000  #: index entries a filtered page reads at most before it stops
+STATES = ("pending", "running", "retrying", "done", "failed", "canceled")
+SERIES = (Counter.STARTED, Counter.SUCCEEDED, Counter.FAILED)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A consumer of the pool's dispatch stream, with its heartbeat if it beats."""
+
+    name: str
+    alive: bool
+    beat: dict[str, Any]  #: what its heartbeat says (pid, host, concurrency, running, stuck)
+    beat_ttl_ms: int  #: ms before its heartbeat expires (-2: none)
+    idle_ms: int  #: since it last read
+    pending: int  #: entries it holds
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """Everything the pool pages show of one pool."""
+
+    metrics: PoolMetrics
+    workers: list[WorkerInfo]
+    minutes: list[tuple[int, dict[str, int]]]  #: (epoch minute, counts), oldest first, 60
+
+
+def pool_view(pool: Workpool) -> PoolView:
+    """Read one pool for its pages."""
+    return PoolView(pool.metrics(), workers(pool), minutes(pool))
+
+
+def workers(pool: Workpool) -> list[WorkerInfo]:
+    """The dispatch group's consumers, live ones first."""
+    r = pool.redis
+    try:
+        consumers = r.xinfo_consumers(pool.keys.dispatch, GROUP)
+    except Exception:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for c in consumers:
+        pipe.get(pool.keys.heartbeat(text(c["name"])))
+        pipe.pttl(pool.keys.heartbeat(text(c["name"])))
+    replies = pipe.execute()
+    found = []
+    for i, c in enumerate(consumers):
+        raw, ttl = replies[2 * i], int(replies[2 * i + 1])
+        try:
+            beat = json.loads(raw) if raw else {}
+        except ValueError:
+            beat = {}
+        found.append(WorkerInfo(text(c["name"]), raw is not None, beat if isinstance(beat, dict)
+                                else {}, ttl, int(c["idle"]), int(c["pending"])))
+    return sorted(found, key=lambda w: (not w.alive, w.name))
+
+
+def minutes(pool: Workpool) -> list[tuple[int, dict[str, int]]]:
+    """The last 60 minutes (Redis clock), each with its started, succeeded and failed counts."""
+    r = pool.redis
+    now = int(r.time()[0]) // 60
+    span = range(now - 59, now + 1)
+    pipe = r.pipeline(transaction=False)
+    for minute in span:
+        pipe.hmget(pool.keys.throughput(minute), *SERIES)
+    return [(m, {s: int(v or 0) for s, v in zip(SERIES, counts, strict=True)})
+            for m, counts in zip(span, pipe.execute(), strict=True)]
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """A jobs list: its state and the filters on it (empty: any)."""
+
+    state: str = "done"
+    name: str = ""
+    ckey: str = ""
+    before: float | None = None  #: ended lists: only jobs that ended earlier (the next page)
+    offset: int = 0  #: other lists: where the page starts
+
+    def matches(self, job: JobStatus, h: dict[str, bytes]) -> bool:
+        """True when `job` (its fields `h`) passes the name and concurrency-key filters."""
+        return (not self.name or job.name == self.name) and (
+            not self.ckey or text(h.get("ckey")) == self.ckey)
+
+
+def list_jobs(pool: Workpool, f: JobFilter) -> tuple[list[JobStatus], str | None]:
+    """A page of jobs in state `f.state`, newest first where the index has an order, with the
+    cursor of the next page (None: no more). Filters are applied while reading the index, at
+    most LOOKED_AT entries a page."""
+    r, k = pool.redis, pool.keys
+    ended: list[float] = []  # the ended lists: each id's end (ms), for the next page's cursor
+    if f.state in ("done", "failed", "canceled"):
+        index = k.ended_failed if f.state == "failed" else k.ended
+        top = "+inf" if f.before is None else f"({int(f.before * 1000)}"
+        scored = cast("list[tuple[bytes, float]]", r.zrevrangebyscore(
+            index, top, "-inf", start=0, num=LOOKED_AT, withscores=True))
+        ids, ended = [text(i) for i, _ in scored], [float(t) for _, t in scored]
+    elif f.state == "running":
+        ids = [text(i) for i in _members(r.zrevrange(k.running, f.offset,
+                                                     f.offset + LOOKED_AT - 1))]
+    elif f.state == "retrying":
+        ids = sorted(text(i) for i in _members(r.smembers(k.retrying)))[
+            f.offset:f.offset + LOOKED_AT]
+    else:  # pending: due ones in line (priority, then enqueue order), then scheduled ones
+        ready = [text(i) for i in _members(r.zrange(k.ready, 0, f.offset + LOOKED_AT - 1))]
+        later = [text(i) for i in _members(r.zrange(k.due, 0, f.offset + LOOKED_AT - 1))]
+        ids = (ready + later)[f.offset:f.offset + LOOKED_AT]
+    page, read = _page(pool, ids, f)
+    if len(page) < PAGE and read == len(ids) and len(ids) < LOOKED_AT:
+        return page, None
+    if ended:
+        return page, f"before={ended[read - 1] / 1000}"
+    return page, f"offset={f.offset + read}"
+
+
+def _members(reply: Any) -> list[bytes]:
+    """A reply of members (a list or a set of bytes), as a list."""
+    return list(cast("list[bytes] | set[bytes]", reply))
+
+
+def _page(pool: Workpool, ids: list[str], f: JobFilter) -> tuple[list[JobStatus], int]:
+    """Up to PAGE jobs of `ids` that pass the filter, and how many ids were read for them."""
+    r, k = pool.redis, pool.keys
+    page: list[JobStatus] = []
+    read = 0
+    for first in range(0, len(ids), PAGE):
+        chunk = ids[first:first + PAGE]
+        pipe = r.pipeline(transaction=False)
+        for job_id in chunk:
+            pipe.hgetall(k.job(job_id))
+            pipe.hget(k.unstarted, job_id)
+        replies = pipe.execute()
+        for i, job_id in enumerate(chunk):
+            read += 1
+            h = job_fields(replies[2 * i], replies[2 * i + 1])
+            if not h:
+                continue
+            job = status_from_hash(job_id, h)
+            if f.state == "canceled" and job.state != State.CANCELED:
+                continue
+            if f.state == "done" and job.state != State.DONE:
+                continue
+            if f.matches(job, h):
+                page.append(job)
+                if len(page) == PAGE:
+                    return page, read
+    return page, read
+
+
+def find(pool: Workpool, query: str) -> JobStatus | None:
+    """The job whose id, or idempotency key, is `query` (None: neither)."""
+    for job_id in (query, f"key:{query}"):
+        try:
+            return pool.status(job_id)
+        except (JobNotFound, ValueError):
+            continue
+    return None
+
+
+def age(seconds_since_epoch: float | None) -> str:
+    """How long ago a time was, shortly (3 s, 5 min, 2 h, 4 d)."""
+    if not seconds_since_epoch:
+        return ""
+    s = max(0.0, time.time() - seconds_since_epoch)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s / size:.0f} {unit}"
+    return f"{s:.0f} s"
