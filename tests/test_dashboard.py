@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from helpers import eventually, ran_some
+from click.testing import CliRunner
+from helpers import eventually, ran_some, running_worker
 
-from workpool import ConfigurationError, State, Workpool
+from workpool import ConfigurationError, State, WorkflowContext, Workpool
+from workpool.cli.main import cli
 from workpool.operate.dashboard.server import Dashboard, check_bind, serve
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -89,6 +91,10 @@ def test_the_pages_render_and_show_what_stats_says(board: Workpool, browser: Any
         page.goto(url + "/jobs?pool=board&state=failed")
         page.locator("table.jobs a").first.click()
         assert "the mail server said no" in page.locator("table.job").inner_text()
+        (attempt,) = page.locator("table.attempts tbody tr").all()
+        cells = [c.inner_text().strip() for c in attempt.locator("td").all()]
+        assert (cells[0], cells[1], cells[5]) == ("1", "test-board", "failed")
+        assert cells[6].startswith("NonRetryableError: the mail server said no")
         page.goto(url + "/metrics")
         assert 'workpool_jobs_succeeded_total{name="double",pool="board"} 3.0' in \
             page.content()
@@ -207,3 +213,55 @@ def test_cancel_every_job_a_filter_shows(board: Workpool, browser: Any) -> None:
                    what="the three canceled")
         page.close()
     assert board.status(other).state == State.PENDING
+
+
+def test_a_workflow_page_shows_its_steps_on_a_timeline(redis_url: str, browser: Any) -> None:
+    pool = Workpool("flows", redis_url)
+    pool.job(name="double")(lambda x: 2 * x)
+
+    @pool.workflow(name="twice")
+    async def twice(ctx: WorkflowContext, x: int) -> int:
+        return int(await ctx.step("double", int(await ctx.step("double", x))))
+
+    try:
+        with running_worker(pool):
+            flow = pool.start_workflow("twice", 3)
+            assert pool.wait(flow, timeout=30).result == 12
+            with served([pool]) as url:
+                page = browser.new_page()
+                page.goto(url + "/workflows/flows")
+                page.locator("table.ended a", has_text=flow).click()
+                steps = page.locator("table.steps tbody tr")
+                assert steps.count() == 2
+                assert [steps.nth(i).locator("td").nth(3).inner_text() for i in range(2)] == \
+                    [f"{flow}:1", f"{flow}:2"]
+                assert page.locator("table.steps rect.succeeded").count() == 2
+                assert "done/succeeded" in page.locator("table.job").inner_text()
+                page.close()
+    finally:
+        pool.close()
+
+
+def test_a_finished_job_runs_again_from_its_page(board: Workpool, browser: Any) -> None:
+    (failed,) = board.ended_jobs(failed=True)
+    with served([board]) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/job/board/{failed.id}")
+        page.get_by_role("button", name="run again").click()
+        page.wait_for_url(lambda u: failed.id not in u)
+        new = page.url.rsplit("/", 1)[1]
+        assert page.locator("table.job a", has_text=failed.id).count() == 1  # run again of
+        page.close()
+    assert board.wait(new, timeout=30).error_type == "NonRetryableError"
+    assert board.status(new).rerun_of == failed.id
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["dashboard", "a", "--host", "0.0.0.0"], "--token (or $WORKPOOL_DASHBOARD_TOKEN) is req"),
+    (["dashboard", "a", "--port", "-1"], "Invalid value for '--port'"),
+    (["dashboard", "a", "a"], "a pool is named twice"),
+])
+def test_the_dashboard_command_refuses_bad_options(args: list[str], error: str) -> None:
+    result = CliRunner(env={"WORKPOOL_DASHBOARD_TOKEN": ""}).invoke(cli, args)
+    assert result.exit_code == 2
+    assert error in result.output

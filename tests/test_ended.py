@@ -11,7 +11,7 @@ import pytest
 import redis
 from helpers.scripts import Pool, leased
 
-from workpool import ConfigurationError, Retry, State, Workpool
+from workpool import ConfigurationError, Retry, State, Workpool, WorkpoolError
 from workpool.wire.codes import Code
 from workpool.wire.protocol import text
 
@@ -76,3 +76,28 @@ def test_ended_jobs_refuses_bad_options_naming_them(p: Pool, options: dict[str, 
                                                     named: str) -> None:
     with pytest.raises(ConfigurationError, match=f"^{named} must be"):
         p.client.ended_jobs(**options)  # type: ignore[arg-type]
+
+
+def test_a_finished_job_runs_again_as_a_new_job_linked_to_it(p: Pool) -> None:
+    old = p.client.enqueue("work", 1, kwargs={"k": 2}, priority=3, timeout=9.0,
+                           concurrency_key="ck", on_complete="h", context={"c": 1})
+    p.ingest(p.clock())
+    assert p.start(p.clock()).ids == [old]
+    p.finish_run(old, 1, ok=False, retryable=False)
+    p.apply(p.clock())
+    new = p.client.run_again(old)
+    assert p.ingest(p.clock()).outcomes == [(new, Code.ENQUEUED)]
+    was, now = p.job(old), p.job(new)
+    same = ("name", "args", "kwargs", "priority", "timeout_ms", "ckey", "on_complete",
+            "context", "max_attempts")
+    assert {f: now.get(f) for f in same} == {f: was.get(f) for f in same}
+    assert (p.client.status(new).rerun_of, p.client.status(new).state) == (old, State.PENDING)
+    assert p.client.status(old).state == State.DONE  # the old one stays as it ended
+
+
+@pytest.mark.parametrize("how", ["pending", "unknown"])
+def test_only_a_finished_job_runs_again(p: Pool, how: str) -> None:
+    job = p.client.enqueue("work") if how == "pending" else "nothing-here"
+    p.ingest(p.clock())
+    with pytest.raises(WorkpoolError, match="finished"):
+        p.client.run_again(job)

@@ -170,6 +170,7 @@ class JobStatus:
     enqueued_at: float | None = None  #: seconds since the epoch (Redis clock)
     finished_at: float | None = None
     callback: str | None = None  #: on_complete delivery: pending or delivered
+    rerun_of: str | None = None  #: the finished job this one runs again (`run_again`)
 
     @property
     def terminal(self) -> bool:
@@ -207,4 +208,5 @@ def status_from_hash(job_id: str, h: dict[str, bytes]) -> JobStatus:
         enqueued_at=_seconds(h.get("enqueued_at")),
         finished_at=_seconds(h.get("finished_at")),
         callback=text(h.get("cb")) or None,
+        rerun_of=text(h.get("rerun_of")) or None,
     )

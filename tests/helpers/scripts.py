@@ -137,9 +137,12 @@ class Pool:
         return self.r.zscore(zset, job_id)
 
     def finish_run(self, job_id: str, attempt: int, *, ok: bool, retryable: bool = True,
-                   result: Any = None, error: str = "boom", error_type: str = "ValueError") -> None:
-        """Append a run outcome exactly as a worker does."""
+                   result: Any = None, error: str = "boom", error_type: str = "ValueError",
+                   worker: str | None = None) -> None:
+        """Append a run outcome exactly as a worker does (`worker`: the one that ran it)."""
         out: dict[str, str | bytes] = {"kind": "run", "id": job_id, "attempt": str(attempt)}
+        if worker is not None:
+            out["worker"] = worker
         if ok:
             out.update(ok="1", result=encode(result))
         else:

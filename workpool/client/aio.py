@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis.asyncio
 
 from workpool.client import ops, watching
+from workpool.client.again import again_entry
 from workpool.client.drive import Done, adrive, astream
 from workpool.client.ended import ended_jobs
 from workpool.client.metrics import PoolMetrics, pool_metrics
@@ -64,6 +65,10 @@ class AsyncWorkpool:
         entries = enqueue_entries(self.config, job, [args], options, allowed=ENQUEUE_OPTIONS,
                                   call="enqueue")
         return (await self._send(entries))[0]
+
+    async def run_again(self, job_id: str) -> str:
+        """`Workpool.run_again`, awaitable."""
+        return (await self._send([await self._drive(again_entry(self.config.keys, job_id))]))[0]
 
     async def enqueue_many(self, job: JobRef, args_list: Iterable[Sequence[Any]],
                            **options: Unpack[ManyOptions]) -> list[str]:

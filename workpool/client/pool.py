@@ -10,6 +10,7 @@ import redis
 from redis.client import Pipeline
 
 from workpool.client import ops
+from workpool.client.again import again_entry
 from workpool.client.aio import AsyncWorkpool
 from workpool.client.drive import drive
 from workpool.client.ended import ended_jobs
@@ -211,6 +212,11 @@ class Workpool(WorkflowCalls):
         entries = enqueue_entries(self.config, job, args_list, options,
                                   allowed=MANY_OPTIONS, call="enqueue_many")
         return self._send(entries) if entries else []
+
+    def run_again(self, job_id: str) -> str:
+        """Run a finished job again: a new job with its name, arguments and options, linked to
+        it (`status().rerun_of`); the old job stays as it ended. The new job's id."""
+        return self._send([self._drive(again_entry(self.keys, job_id))])[0]
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status; JobNotFound if the pool has no such job."""

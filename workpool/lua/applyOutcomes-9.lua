@@ -106,13 +106,15 @@ local function run_outcome(entry_id, f, flat)
     return C.STALE_COMPLETION
   end
   local result = f.result or ''
+  j.by = f.worker or ''
   if f.ok == '1' and #result > ctx.max_result then
     return fail_attempt(ctx, f.id, jk, j, 'the result of ' .. #result .. " bytes is over the " ..
                         "pool's max_result_bytes (" .. ctx.max_result .. ')', 'PayloadTooLarge',
                         false)
   elseif f.ok == '1' then
     end_attempt(ctx, f.id, j)
-    finish(ctx, f.id, jk, 'done', 'succeeded', j, {'result', result})
+    local record = attempt_record(ctx, jk, j, 'succeeded')
+    finish(ctx, f.id, jk, 'done', 'succeeded', j, {'result', result, record[1], record[2]})
     return C.SUCCEEDED
   end
   return fail_attempt(ctx, f.id, jk, j, f.error or 'no error message', f.error_type or 'Error',

@@ -35,6 +35,8 @@ MAX_ENTRY_FIELDS = 64  #: fields of a step's or child's entry in a replay's deci
 MAX_KEPT_EVENTS = 1000  #: events of one name kept for a workflow that does not wait yet
 MAX_OUTCOMES_PER_ENTRY = 64  #: outcomes in one `kind=batch` entry of pendingCompletion
 MAX_ERROR_BYTES = 16 * 1024  #: an attempt's error text (message and traceback) as stored
+ATTEMPT_ERROR_BYTES = 4 * 1024  #: an attempt record's error (a job's `error` keeps the last whole)
+ATTEMPTS_KEPT = 20  #: attempts a job keeps a record of (the latest ones)
 REJECTED_KEPT = 1000  #: rejected entries kept (the newest; about)
 REJECTED_ENTRY_BYTES = 4096  #: bytes of raw fields kept of one rejected entry
 PAGE = 64  #: stream entries a script reads at a time

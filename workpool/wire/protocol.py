@@ -145,6 +145,10 @@ ENQUEUE_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "c
 #: docs/protocol.md); the job's spec keeps it, so its attempts continue that trace.
 TRACE_FIELDS = ("traceparent", "tracestate")
 
+#: The field an enqueue made by `run_again` carries besides: the id of the finished job it runs
+#: again (kept in the new job's spec; the old job stays as it ended).
+RERUN_FIELD = "rerun_of"
+
 #: Every field a workflow start entry (`op=workflow`) may carry.
 WORKFLOW_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "context",
                    "max_steps", "timeout_ms")
@@ -156,12 +160,18 @@ WORKFLOW_FIELDS = ("op", "id", "name", "enc", "args", "kwargs", "on_complete", "
 SPEC_FIELDS = ("name", "enc", "max_attempts", "backoff_ms", "base", "timeout_ms",
                "enqueued_at", "due_at", "priority", "seq", "args", "kwargs", "context",
                "on_complete", "ckey", "max_backoff_ms", "wf", "wf_n", "traceparent",
-               "tracestate")
+               "tracestate", "rerun_of")
 
 #: Field order of a workflow's journal entry (hash field `j:<n>` of the workflow's hash), one
 #: msgpack array: what step n is, how it ended, and when. Scripts get it as `JOURNAL` and `J`.
 JOURNAL_FIELDS = ("kind", "name", "state", "outcome", "result", "error", "error_type",
                   "attempts", "scheduled_at", "finished_at")
+
+#: Field order of an attempt's record (hash field `t:<n>` of a job's hash, one msgpack array,
+#: the last L.ATTEMPTS_KEPT attempts kept): when it started and ended, the worker that ran it,
+#: how it ended, and its error. Scripts get it as `ATTEMPT` and `AT`.
+ATTEMPT_FIELDS = ("started_at", "finished_at", "worker", "outcome", "error_type", "error")
+ATTEMPT_PREFIX = "t:"  #: an attempt's record is the job hash's field `t:<attempt>`
 
 
 def lua_prelude() -> str:
@@ -172,7 +182,8 @@ def lua_prelude() -> str:
         f"local {names} = {{" + ", ".join(f"'{name}'" for name in table) + "}\n"
         + f"local {at} = {{" + ", ".join(f"{name} = {i}" for i, name in enumerate(table, 1))
         + "}\n" for names, at, table in (("SPEC", "S", SPEC_FIELDS),
-                                          ("JOURNAL", "J", JOURNAL_FIELDS)))
+                                          ("JOURNAL", "J", JOURNAL_FIELDS),
+                                          ("ATTEMPT", "AT", ATTEMPT_FIELDS)))
 
 
 def _as_bytes(value: Any) -> bytes:

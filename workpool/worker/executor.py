@@ -9,6 +9,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -96,7 +97,7 @@ class Executor:
             out = await self._attempt(f, read_at, received, dispatched_at, attempt)
             if out is not None and not out.ok:
                 failed(out.error_type, out.error)
-        return out
+        return None if out is None else replace(out, worker=self.worker_id)  # its record's
 
     async def _attempt(self, f: Entry, read_at: float, received: float,
                        dispatched_at: float, attempt: int) -> Outcome | None:

@@ -28,7 +28,9 @@ class Outcome:
     retryable: bool | None = None  #: None: the engine's default for the kind
     error_type: str | None = None
     error: str | None = None
-    worker: str | None = None  #: the worker that decided (wf): it keeps the workflow live
+    #: the worker that ran it (run: its attempt record says so) or decided (wf: it keeps the
+    #: workflow live)
+    worker: str | None = None
 
     def fields(self) -> dict[str, str | bytes]:
         """The outcome's wire fields."""

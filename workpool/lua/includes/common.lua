@@ -118,10 +118,6 @@ local function flush_named(prefix, named)
   end
 end
 
--- The counters also kept per minute (the HASH `tpm:<minute>`, 2 h): what ended, started and
--- was retried each minute, for rates and charts over the last hour.
-local PER_MINUTE = {N.STARTED, N.SUCCEEDED, N.FAILED, N.CANCELED, N.RETRIED}
-
 -- Write the bag: counters into `stats_key` (the pool's `stats` HASH) and, given `now` (ms), the
 -- minute's; metrics beside them.
 local function flush_counts(stats_key, counts, now)
@@ -131,10 +127,10 @@ local function flush_counts(stats_key, counts, now)
     if n ~= 0 then rcall('HINCRBY', stats_key, name, n) end
   end
   local prefix = string.sub(stats_key, 1, -(#K.stats + 1))
-  if now then
+  if now then  -- what started, ended and was retried this minute (HASH tpm:<minute>, 2 h)
     local minute = prefix .. K.throughput .. math.floor(now / 60000)
     local counted = false
-    for _, name in ipairs(PER_MINUTE) do
+    for _, name in ipairs({N.STARTED, N.SUCCEEDED, N.FAILED, N.CANCELED, N.RETRIED}) do
       local n = counts[name]
       if n and n ~= 0 then
         rcall('HINCRBY', minute, name, n)

@@ -178,6 +178,9 @@ local function check_enqueue(id, f, max_payload)
     return "fields wf and wf_n are the engine's own: a workflow's steps are created by the " ..
            'script that applies its decision, never from an entry'
   end
+  if #(f.rerun_of or '') > L.MAX_ID_BYTES then
+    return 'field rerun_of is longer than ' .. L.MAX_ID_BYTES .. ' bytes'
+  end
   if #(f.concurrency_key or '') > L.MAX_CONCURRENCY_KEY_BYTES then
     return 'field concurrency_key is longer than ' .. L.MAX_CONCURRENCY_KEY_BYTES .. ' bytes'
   end
@@ -256,7 +259,7 @@ local function create_job(ctx, id, f, o, enqueued_at, wf, wf_n)
     base = o.base, timeout_ms = o.timeout_ms, enqueued_at = enqueued_at, due_at = due,
     priority = priority, seq = ctx.seq, args = f.args, kwargs = f.kwargs, context = f.context,
     on_complete = f.on_complete, ckey = ckey, max_backoff_ms = o.max_backoff_ms, wf = wf,
-    wf_n = wf_n, traceparent = traceparent, tracestate = tracestate}))
+    wf_n = wf_n, traceparent = traceparent, tracestate = tracestate, rerun_of = f.rerun_of}))
   if not ctx.priorities[priority] then
     rcall('SADD', ctx.prefix .. K.priorities, priority)
     ctx.priorities[priority] = true

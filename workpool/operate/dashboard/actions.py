@@ -1,6 +1,7 @@
-"""What the dashboard's buttons do, each through the pool's own calls (a cancel or a config
-request the main loop applies with its Lua transitions), never by writing state: cancel a job,
-cancel every job a filter shows, pause and resume, change max_parallelism and the rate limit."""
+"""What the dashboard's buttons do, each through the pool's own calls (a cancel, an enqueue or
+a config request the main loop applies with its Lua transitions), never by writing state:
+cancel a job, cancel every job a filter shows, run a finished job again, pause and resume,
+change max_parallelism and the rate limit."""
 
 from __future__ import annotations
 
@@ -37,11 +38,14 @@ def run(pool: Workpool, action: str, form: dict[str, str]) -> tuple[str, str]:
         for job_id in ids:
             pool.cancel(job_id, wait=0)
         return f"cancel sent for {len(ids)} {f.state} jobs", back
+    if action == "run-again":
+        new = pool.run_again(form.get("id", ""))
+        return f"run again {form.get('id')} as {new}", f"/job/{segment(pool.name)}/{segment(new)}"
     if action in ("pause", "resume"):
         return f"{action}: {pool.configure(paused=action == 'pause', wait=_WAIT)}", back
     if action == "configure":
         return f"configure: {pool.configure(wait=_WAIT, **_settings(form))}", back
-    msg = f"no action {action!r}: cancel, cancel-matching, pause, resume or configure"
+    msg = f"no action {action!r}: cancel, cancel-matching, run-again, pause, resume or configure"
     raise ConfigurationError(msg)
 
 

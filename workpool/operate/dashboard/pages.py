@@ -6,9 +6,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, cast
 
+import msgpack
+
 from workpool.operate.dashboard import reads
 from workpool.operate.dashboard.html import Actions, chart, e, form, link, segment, table
-from workpool.wire.protocol import decode_arguments, job_fields, text
+from workpool.wire.protocol import (
+    ATTEMPT_FIELDS,
+    ATTEMPT_PREFIX,
+    decode_arguments,
+    job_fields,
+    text,
+)
 
 if TYPE_CHECKING:
     from workpool.client.pool import Workpool
@@ -16,11 +24,10 @@ if TYPE_CHECKING:
 
 
 def when(seconds: float | None) -> str:
-    """A time as UTC `YYYY-MM-DD HH:MM:SS`, and how long ago."""
+    """A time (seconds since the epoch) as UTC `YYYY-MM-DD HH:MM:SS`."""
     if not seconds:
         return ""
-    t = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    return f'<time title="{e(reads.age(seconds))} ago">{e(t)}</time>'
+    return f"<time>{datetime.fromtimestamp(seconds, timezone.utc):%Y-%m-%d %H:%M:%S}</time>"
 
 
 def pools_part(pools: list[Workpool]) -> str:
@@ -79,6 +86,7 @@ def pool_part(pool: Workpool, csrf: Actions) -> str:
             ' placeholder="50/1s, or none"></label>')),
     ])
     return (f"<h2>{e(pool.name)}</h2>{numbers}{chart(v.minutes, reads.SERIES)}"
+            f"<p>{link(f'/workflows/{p}', 'workflows')}</p>"
             f'<div class="actions">{actions}</div><h3>workers</h3>{workers}')
 
 
@@ -138,19 +146,46 @@ def job_part(pool: Workpool, job_id: str, csrf: Actions) -> str:
             ["on_complete", e(f"{text(h.get('on_complete'))}: {job.callback} (delivery "
                               f"{text(h.get('cb_n')) or 0})") if job.callback else "none"],
             *([o, e(text(h.get(o)))] for o in options if text(h.get(o)))]
-    cancel = "" if job.terminal else form(
-        f"/action/{segment(pool.name)}/cancel", csrf, "cancel", fields={"id": job_id},
-        danger=True)
-    return f'<h2>job {e(job_id)}</h2>{table(["", ""], rows, cls="job")}{cancel}'
+    p = segment(pool.name)
+    if job.rerun_of:
+        rows.insert(1, ["run again of", link(f"/job/{p}/{segment(job.rerun_of)}", job.rerun_of)])
+    cancel = form(f"/action/{p}/run-again", csrf, "run again", fields={"id": job_id}) \
+        if job.terminal else form(f"/action/{p}/cancel", csrf, "cancel", fields={"id": job_id},
+                                  danger=True)
+    return (f'<h2>job {e(job_id)}</h2>{table(["", ""], rows, cls="job")}{cancel}'
+            f"<h3>attempts</h3>{_attempts(raw, job)}")
+
+
+def _attempts(raw: dict[bytes, bytes], job: JobStatus) -> str:
+    """Each attempt's record (the latest ATTEMPTS_KEPT), and the one running now."""
+    records = []
+    for field, value in raw.items():
+        name = text(field)
+        if name.startswith(ATTEMPT_PREFIX) and name[len(ATTEMPT_PREFIX):].isdigit():
+            try:
+                rec = dict(zip(ATTEMPT_FIELDS, msgpack.unpackb(value), strict=False))
+            except (ValueError, msgpack.UnpackException):
+                continue
+            records.append((int(name[len(ATTEMPT_PREFIX):]), rec))
+    rows = [[e(n), e(r.get("worker")), when(_ms(r.get("started_at"))),
+             when(_ms(r.get("finished_at"))),
+             e(f"{(int(r.get('finished_at') or 0) - int(r.get('started_at') or 0)) / 1000:.3f} s"),
+             e(r.get("outcome")), f"<pre>{e(r.get('error_type'))}: {e(r.get('error'))}</pre>"
+             if r.get("error_type") else ""] for n, r in sorted(records)]
+    if job.state.value == "running":
+        rows.append([e(job.attempts), "", "", "", "", "running", ""])
+    return table(["attempt", "worker", "started", "ended", "took", "outcome", "error"], rows,
+                 cls="attempts")
 
 
 def _state(job: JobStatus) -> str:
     return f"{job.state.value}/{job.outcome}" if job.outcome else job.state.value
 
 
-def _ms(raw: bytes | None) -> float | None:
+def _ms(raw: object) -> float | None:
+    """A time in ms (bytes or a number) as seconds; None for none."""
     try:
-        return int(raw or 0) / 1000 or None
-    except ValueError:
+        return int(raw or 0) / 1000 or None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
         return None
 

@@ -5,7 +5,6 @@ scripts keep (`ended`, `running`, `ready`, `due`, `retrying`), never a scan of t
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -175,14 +174,3 @@ def find(pool: Workpool, query: str) -> JobStatus | None:
         except (JobNotFound, ValueError):
             continue
     return None
-
-
-def age(seconds_since_epoch: float | None) -> str:
-    """How long ago a time was, shortly (3 s, 5 min, 2 h, 4 d)."""
-    if not seconds_since_epoch:
-        return ""
-    s = max(0.0, time.time() - seconds_since_epoch)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if s >= size:
-            return f"{s / size:.0f} {unit}"
-    return f"{s:.0f} s"

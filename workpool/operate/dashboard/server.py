@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from workpool.core.logs import logger
 from workpool.errors import ConfigurationError, JobNotFound, WorkpoolError
-from workpool.operate.dashboard import actions, pages, reads
+from workpool.operate.dashboard import actions, flows, pages, reads
 from workpool.operate.dashboard.html import e, live, page, segment
 from workpool.operate.prometheus import registry_of
 
@@ -147,6 +147,11 @@ class Handler(BaseHTTPRequestHandler):
             return "jobs", lambda: pages.jobs_part(self._jobs_pool(q), _filter(q), actions_on)
         if what[0] == "job" and len(what) == 3:
             return f"job {what[2]}", lambda: pages.job_part(d.pool(what[1]), what[2], actions_on)
+        if what[0] == "workflows" and len(what) == 2:
+            return "workflows", lambda: flows.workflows_part(d.pool(what[1]))
+        if what[0] == "workflow" and len(what) == 3:
+            return f"workflow {what[2]}", lambda: flows.workflow_part(d.pool(what[1]), what[2],
+                                                                      actions_on)
         raise JobNotFound(f"no page {'/'.join(what)!r}")
 
     def _jobs_pool(self, q: dict[str, str]) -> Workpool:
@@ -182,7 +187,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             pool = self.dashboard.pool(pool_name)
             done, back = actions.run(pool, action, form)
-        except (ConfigurationError, JobNotFound) as exc:
+        except WorkpoolError as exc:  # a value it cannot use, no such job, not finished...
             log.warning("dashboard action refused", error=str(exc))
             self._refuse(HTTPStatus.BAD_REQUEST, str(exc))
             return

@@ -1,0 +1,81 @@
+"""Each attempt's record in its job's hash (`t:<n>`, ATTEMPT order): when it started and ended,
+the worker that ran it (as its outcome says, or the reaper found it), how it ended, its
+error; the latest ATTEMPTS_KEPT only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any, cast
+
+import msgpack
+import pytest
+import redis
+from helpers.scripts import OWNER, Pool
+
+from workpool import Retry, Workpool
+from workpool.wire import limits
+from workpool.wire.calls import Engine
+from workpool.wire.codes import Code
+from workpool.wire.protocol import ATTEMPT_FIELDS, ATTEMPT_PREFIX
+from workpool.wire.replies import parse_lease
+from workpool.wire.scripts import run
+
+
+@pytest.fixture
+def p(redis_url: str, redis_client: redis.Redis) -> Iterator[Pool]:
+    """Pool `a` (30 attempts, no backoff); a silent worker is lost at the first reap."""
+    client = Workpool("a", redis_url, retry=Retry(max_attempts=30, initial_backoff=0))
+    engine = Engine(client.keys, replace(client.config.engine_settings(), silence_grace_ms=0))
+    lease = parse_lease(run(redis_client, [engine.acquire(OWNER, 60_000, 10)])[0])
+    try:
+        yield Pool(redis_client, client, engine, lease.token)
+    finally:
+        client.close()
+
+
+def records(p: Pool, job_id: str) -> dict[int, dict[str, Any]]:
+    """The job's attempt records by attempt number."""
+    h = cast("dict[bytes, bytes]", p.r.hgetall(p.keys.job(job_id)))
+    return {int(k.decode()[len(ATTEMPT_PREFIX):]): dict(zip(ATTEMPT_FIELDS, msgpack.unpackb(v),
+                                                            strict=True))
+            for k, v in h.items() if k.decode().startswith(ATTEMPT_PREFIX)}
+
+
+def test_each_attempt_says_who_ran_it_when_and_how_it_ended(p: Pool) -> None:
+    job_id, t = p.running_job(worker="w1")
+    p.finish_run(job_id, 1, ok=False, worker="w1", error="boom\n  File x", error_type="IOError")
+    assert p.apply(t + 20).codes == [Code.RETRY_SCHEDULED]
+    assert p.start(t + 30).ids == [job_id]
+    p.beat("w2")
+    p.deliver("w2")
+    p.finish_run(job_id, 2, ok=True, worker="w2")
+    assert p.apply(t + 75).codes == [Code.SUCCEEDED]
+    assert records(p, job_id) == {
+        1: {"started_at": t, "finished_at": t + 20, "worker": "w1", "outcome": "failed",
+            "error_type": "IOError", "error": "boom\n  File x"},
+        2: {"started_at": t + 30, "finished_at": t + 75, "worker": "w2",
+            "outcome": "succeeded", "error_type": "", "error": ""}}
+
+
+def test_the_reaper_records_the_worker_it_found_lost(p: Pool) -> None:
+    job_id, t = p.running_job(worker=None)
+    p.deliver("gone")  # never beats: lost at the first reap
+    assert p.reap(t + 100).lost == 1
+    (rec,) = records(p, job_id).values()
+    assert (rec["worker"], rec["outcome"], rec["error_type"], rec["finished_at"]) == \
+        ("gone", "failed", "WorkerLost", t + 100)
+
+
+def test_a_job_keeps_the_records_of_its_latest_attempts(p: Pool) -> None:
+    job_id, t = p.running_job(worker="w1")
+    last = limits.ATTEMPTS_KEPT + 2
+    for n in range(1, last + 1):
+        if n > 1:
+            assert p.start(t + n * 10).ids == [job_id]
+            p.deliver("w1")
+        p.finish_run(job_id, n, ok=False, worker="w1", error=f"failure {n}")
+        p.apply(t + n * 10 + 5)
+    kept = records(p, job_id)
+    assert sorted(kept) == list(range(3, last + 1))
+    assert kept[last]["error"] == f"failure {last}"
