@@ -5,33 +5,25 @@ error; the latest ATTEMPTS_KEPT only."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any, cast
 
 import msgpack
 import pytest
 import redis
-from helpers.scripts import OWNER, Pool
+from helpers.scripts import Pool, leased
 
 from workpool import Retry, Workpool
 from workpool.wire import limits
-from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.protocol import ATTEMPT_FIELDS, ATTEMPT_PREFIX
-from workpool.wire.replies import parse_lease
-from workpool.wire.scripts import run
 
 
 @pytest.fixture
 def p(redis_url: str, redis_client: redis.Redis) -> Iterator[Pool]:
     """Pool `a` (30 attempts, no backoff); a silent worker is lost at the first reap."""
-    client = Workpool("a", redis_url, retry=Retry(max_attempts=30, initial_backoff=0))
-    engine = Engine(client.keys, replace(client.config.engine_settings(), silence_grace_ms=0))
-    lease = parse_lease(run(redis_client, [engine.acquire(OWNER, 60_000, 10)])[0])
-    try:
-        yield Pool(redis_client, client, engine, lease.token)
-    finally:
-        client.close()
+    with leased(Workpool("a", redis_url, retry=Retry(max_attempts=30, initial_backoff=0)),
+                redis_client, silence_grace_ms=0) as pool:
+        yield pool
 
 
 def records(p: Pool, job_id: str) -> dict[int, dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -14,19 +13,16 @@ import pytest
 import redis
 from click.testing import CliRunner
 from helpers import CliProcs, eventually, free_port, running_worker
-from helpers.scripts import OWNER, Pool, wait_until
+from helpers.scripts import Pool, leased, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from workpool import Retry, Workpool
 from workpool.cli.main import cli
 from workpool.operate.prometheus import serve
 from workpool.wire import metrics
-from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.keys import GROUP
 from workpool.wire.protocol import SPEC_FIELDS
-from workpool.wire.replies import parse_lease
-from workpool.wire.scripts import run
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 FAR = 60_000
@@ -36,14 +32,10 @@ FAR = 60_000
 def p(redis_url: str, redis_client: redis.Redis) -> Iterator[Pool]:
     """Pool `m` (3 attempts, 1 s backoff), a silent worker lost at the first reap, the lease
     held."""
-    client = Workpool("m", redis_url, max_parallelism=10,
-                      retry=Retry(max_attempts=3, initial_backoff=1.0))
-    engine = Engine(client.keys, replace(client.config.engine_settings(), silence_grace_ms=0))
-    lease = parse_lease(run(redis_client, [engine.acquire(OWNER, 60_000, 10)])[0])
-    try:
-        yield Pool(redis_client, client, engine, lease.token)
-    finally:
-        client.close()
+    with leased(Workpool("m", redis_url, max_parallelism=10,
+                         retry=Retry(max_attempts=3, initial_backoff=1.0)),
+                redis_client, silence_grace_ms=0) as pool:
+        yield pool
 
 
 def scrape(*pools: Workpool) -> Samples:

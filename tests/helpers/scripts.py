@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
 import redis
@@ -221,10 +221,15 @@ class Pool:
 
 
 @contextmanager
-def leased(client: Workpool, r: redis.Redis) -> Iterator[Pool]:
-    """`client`'s pool with the main-loop lease held, for a test to drive its scripts; the
-    client is closed after."""
-    engine = Engine(client.keys, client.config.engine_settings())
+def leased(client: Workpool, r: redis.Redis, *,
+           silence_grace_ms: int | None = None) -> Iterator[Pool]:
+    """`client`'s pool with the main-loop lease held, for a test to drive its scripts (with
+    `silence_grace_ms` 0, a silent worker is lost at the first reap); the client is closed
+    after."""
+    settings = client.config.engine_settings()
+    if silence_grace_ms is not None:
+        settings = replace(settings, silence_grace_ms=silence_grace_ms)
+    engine = Engine(client.keys, settings)
     lease = parse_lease(run(r, [engine.acquire(OWNER, LEASE_MS, 10)])[0])
     try:
         yield Pool(r, client, engine, lease.token)
