@@ -113,8 +113,7 @@ local function run_outcome(entry_id, f, flat)
                         false)
   elseif f.ok == '1' then
     end_attempt(ctx, f.id, j)
-    local record = attempt_record(ctx, jk, j, 'succeeded')
-    finish(ctx, f.id, jk, 'done', 'succeeded', j, {'result', result, record[1], record[2]})
+    finish(ctx, f.id, jk, 'done', 'succeeded', j, {'result', result, 'worker', j.by})
     return C.SUCCEEDED
   end
   return fail_attempt(ctx, f.id, jk, j, f.error or 'no error message', f.error_type or 'Error',

@@ -199,17 +199,18 @@ local function retry_delay(ctx, id, j, attempts)
   return math.floor(d)
 end
 
--- The record of attempt `j.attempts` ending now with `outcome` (and error `etype`, `err`), as
--- fields to write to the job's hash: `t:<n>` (ATTEMPT order); `j.started_at` its start, `j.by`
--- the worker that ran it ('' unknown). The record of the attempt ATTEMPTS_KEPT before is
--- dropped, so a job keeps its latest ones only.
-local function attempt_record(ctx, jk, j, outcome, etype, err)
+-- The record of attempt `j.attempts`, failed now and retried, as fields to write to the job's
+-- hash: `t:<n>` (ATTEMPT order); `j.started_at` its start, `j.by` the worker that ran it (''
+-- unknown). The record of the attempt ATTEMPTS_KEPT before is dropped, so a job keeps its
+-- latest ones only. The attempt that ends the job needs no record: the job's own fields
+-- (started_at, finished_at, worker, outcome, error) are it.
+local function attempt_record(ctx, jk, j, etype, err)
   local n = tonumber(j.attempts) or 0
   if n > L.ATTEMPTS_KEPT then rcall('HDEL', jk, 't:' .. (n - L.ATTEMPTS_KEPT)) end
   local rec = {}
   rec[AT.started_at], rec[AT.finished_at] = tonumber(j.started_at) or 0, ctx.now
-  rec[AT.worker], rec[AT.outcome] = j.by or '', outcome
-  rec[AT.error_type], rec[AT.error] = etype or '', string.sub(err or '', 1, L.ATTEMPT_ERROR_BYTES)
+  rec[AT.worker], rec[AT.outcome] = j.by or '', 'failed'
+  rec[AT.error_type], rec[AT.error] = etype, string.sub(err, 1, L.ATTEMPT_ERROR_BYTES)
   return {'t:' .. n, cmsgpack.pack(rec)}
 end
 
@@ -222,8 +223,8 @@ local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
   local due = retry and ctx.now + retry_delay(ctx, id, j, attempts)
   err, etype = string.sub(err, 1, L.MAX_ERROR_BYTES), string.sub(etype, 1, 200)
   end_attempt(ctx, id, j)
-  local record = attempt_record(ctx, jk, j, 'failed', etype, err)
   if retry then
+    local record = attempt_record(ctx, jk, j, etype, err)
     rcall('HSET', jk, 'error', err, 'error_type', etype, 'state', 'retrying', 'due_at', due,
           record[1], record[2])
     rcall('ZADD', ctx.due, due, id)
@@ -233,8 +234,8 @@ local function fail_attempt(ctx, id, jk, j, err, etype, retryable)
     bump(ctx.counts, N.RETRYING)
     return C.RETRY_SCHEDULED
   end
-  finish(ctx, id, jk, 'done', 'failed', j, {'error', err, 'error_type', etype, record[1],
-                                             record[2]})
+  finish(ctx, id, jk, 'done', 'failed', j, {'error', err, 'error_type', etype, 'worker',
+                                             j.by or ''})
   return C.FAILED
 end
 

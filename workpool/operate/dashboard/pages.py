@@ -172,8 +172,15 @@ def _attempts(raw: dict[bytes, bytes], job: JobStatus) -> str:
              e(f"{(int(r.get('finished_at') or 0) - int(r.get('started_at') or 0)) / 1000:.3f} s"),
              e(r.get("outcome")), f"<pre>{e(r.get('error_type'))}: {e(r.get('error'))}</pre>"
              if r.get("error_type") else ""] for n, r in sorted(records)]
+    last = _ms(raw.get(b"started_at"))
     if job.state.value == "running":
-        rows.append([e(job.attempts), "", "", "", "", "running", ""])
+        rows.append([e(job.attempts), "", when(last), "", "", "running", ""])
+    elif job.terminal and job.attempts and job.attempts not in dict(records):
+        ended = job.finished_at or 0.0  # the attempt that ended the job: the job's own fields
+        rows.append([e(job.attempts), e(text(raw.get(b"worker"))), when(last), when(ended),
+                     e(f"{ended - (last or ended):.3f} s"), e(job.outcome or job.state.value),
+                     f"<pre>{e(job.error_type)}: {e(job.error)}</pre>"
+                     if job.outcome == "failed" else ""])
     return table(["attempt", "worker", "started", "ended", "took", "outcome", "error"], rows,
                  cls="attempts")
 
