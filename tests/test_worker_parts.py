@@ -574,14 +574,14 @@ def test_sync_and_async_jobs_succeed_with_their_encoded_results(
     async def main() -> None:
         async with parts(pool, redis_url) as p:
             out = await p.attempt(entry("j1", "add", 1, 2, attempt=3))
-            assert out == Outcome("run", "j1", "3", ok=True, result=encode(3))
+            assert out == Outcome("run", "j1", "3", ok=True, result=encode(3), worker="w1")
             assert out.fields() == {"kind": "run", "id": "j1", "attempt": "3", "ok": "1",
-                                    "result": encode(3)}
+                                    "result": encode(3), "worker": "w1"}
             assert seen[0][:3] == ("j1", 3, "w1")
             assert seen[0][3].startswith(THREAD_PREFIX)  # a sync job runs on a job thread
             out = await p.attempt(entry("j2", "mul", 6, 7, attempt=2, enc="json"))
             assert out == Outcome("run", "j2", "2", ok=True,
-                                  result=b'{"product":42,"attempt":2}')
+                                  result=b'{"product":42,"attempt":2}', worker="w1")
 
     run(main())
 
@@ -758,7 +758,8 @@ def test_an_attempt_no_longer_ours_after_a_stall_is_not_run(
             assert ran == []
             assert p.liveness.running == 0
             out = await p.attempt(entry("ours", "work"), read_at=-math.inf)
-            assert out == Outcome("run", "ours", "1", ok=True, result=encode("worked"))
+            assert out == Outcome("run", "ours", "1", ok=True, result=encode("worked"),
+                                  worker="w1")
             assert ran == ["ours"]
 
     run(main())
