@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -185,12 +186,17 @@ def test_pause_resume_and_limits_from_the_pool_page(board: Workpool, browser: An
         page.get_by_role("button", name="pause").click()
         eventually(lambda: board.stats().paused, what="paused")
         page.fill("input[name=max_parallelism]", "3")
-        page.get_by_role("button", name="set").click()
+        page.get_by_role("button", name="set limits").click()
         eventually(lambda: board.stats().max_parallelism == 3, what="the new limit")
         page.goto(url + "/pool/board")
         assert page.locator("#limit").inner_text() == "3"
         page.get_by_role("button", name="resume").click()
         eventually(lambda: not board.stats().paused, what="resumed")
+        page.fill("input[name=job]", "double")
+        page.fill("input[name=job_rate]", "5/1s")
+        page.get_by_role("button", name="set the job's rate").click()
+        eventually(lambda: board.stats().settings.get("rate:double") == "5/1000",
+                   what="the job's rate limit")
         csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "wp_csrf")
         reply = page.request.post(f"{url}/action/board/configure",
                                   form={"csrf": csrf, "max_parallelism": "many"})
@@ -265,3 +271,23 @@ def test_the_dashboard_command_refuses_bad_options(args: list[str], error: str) 
     result = CliRunner(env={"WORKPOOL_DASHBOARD_TOKEN": ""}).invoke(cli, args)
     assert result.exit_code == 2
     assert error in result.output
+
+
+def test_the_jobs_list_filters_by_time(board: Workpool, browser: Any) -> None:
+    ended = board.ended_jobs()
+    first = min(j.finished_at or 0 for j in ended)
+    with served([board]) as url:
+        page = browser.new_page()
+        page.goto(url + "/jobs?pool=board&state=done")
+        assert page.locator("table.jobs tbody tr").count() == len(ended)
+        page.fill("input[name=from]", _minute(first + 120))  # after every job ended
+        page.get_by_role("button", name="show").click()
+        assert page.locator("table.jobs tbody tr").count() == 0
+        page.fill("input[name=from]", _minute(first - 60))
+        page.get_by_role("button", name="show").click()
+        assert page.locator("table.jobs tbody tr").count() == len(ended)
+        page.close()
+
+
+def _minute(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M")

@@ -74,6 +74,9 @@ def _settings(form: dict[str, str]) -> LiveSettings:
     rate = form.get("rate_limit", "").strip()
     if rate:
         settings["rate_limit"] = None if rate.lower() == "none" else rate
+    job, job_rate = form.get("job", "").strip(), form.get("job_rate", "").strip()
+    if job and job_rate:
+        settings["rate_limits"] = {job: None if job_rate.lower() == "none" else job_rate}
     if not settings:
-        validate.fail("the form", "a max_parallelism or a rate limit", form)
+        validate.fail("the form", "a max_parallelism, a rate limit, or a job and its rate", form)
     return settings

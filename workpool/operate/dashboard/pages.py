@@ -80,10 +80,13 @@ def pool_part(pool: Workpool, csrf: Actions) -> str:
     actions = "".join([
         form(f"/action/{p}/resume" if s.paused else f"/action/{p}/pause", csrf,
              "resume" if s.paused else "pause"),
-        form(f"/action/{p}/configure", csrf, "set", inputs=(
+        form(f"/action/{p}/configure", csrf, "set limits", inputs=(
             '<label>max_parallelism <input name="max_parallelism" type="number" min="0" '
             f'value="{e(s.max_parallelism)}"></label><label>rate limit <input name="rate_limit"'
             ' placeholder="50/1s, or none"></label>')),
+        form(f"/action/{p}/configure", csrf, "set the job's rate", inputs=(
+            '<label>rate limit of job <input name="job" placeholder="job name"></label>'
+            '<label><input name="job_rate" placeholder="5/1s, or none"></label>')),
     ])
     return (f"<h2>{e(pool.name)}</h2>{numbers}{chart(v.minutes, reads.SERIES)}"
             f"<p>{link(f'/workflows/{p}', 'workflows')}</p>"
@@ -102,7 +105,8 @@ def jobs_part(pool: Workpool, f: reads.JobFilter, csrf: Actions) -> str:
     if cursor:
         key, _, value = cursor.partition("=")
         more = link("/jobs", "next page", pool=pool.name, state=f.state, name=f.name,
-                    ckey=f.ckey, **{key: value})
+                    ckey=f.ckey, **{"from": _local(f.since), "to": _local(f.until)},
+                    **{key: value})
     cancel = form(f"/action/{p}/cancel-matching", csrf, f"cancel every {f.state} job shown "
                   "by this filter", fields={"state": f.state, "name": f.name, "ckey": f.ckey},
                   danger=True) if f.state in ("pending", "running", "retrying") else ""
@@ -119,7 +123,10 @@ def filters(pools: list[Workpool], pool: Workpool, f: reads.JobFilter) -> str:
     return (f'<form method="get" action="/jobs" class="filters"><select name="pool">{names}'
             f'</select><select name="state">{states}</select><input name="name" '
             f'placeholder="job name" value="{e(f.name)}"><input name="ckey" placeholder="'
-            f'concurrency key" value="{e(f.ckey)}"><button>show</button></form>'
+            f'concurrency key" value="{e(f.ckey)}"><label>from <input type="datetime-local" '
+            f'name="from" value="{e(_local(f.since))}"></label><label>to <input type='
+            f'"datetime-local" name="to" value="{e(_local(f.until))}"></label> (UTC; ended, '
+            f'or else enqueued)<button>show</button></form>'
             f'<form method="get" action="/find" class="filters"><input type="hidden" '
             f'name="pool" value="{e(pool.name)}"><input name="q" placeholder="job id or '
             f'idempotency key"><button>find</button></form>')
@@ -145,6 +152,8 @@ def job_part(pool: Workpool, job_id: str, csrf: Actions) -> str:
             ["error", f"<pre>{e(job.error_type)}: {e(job.error)}</pre>" if job.error else ""],
             ["on_complete", e(f"{text(h.get('on_complete'))}: {job.callback} (delivery "
                               f"{text(h.get('cb_n')) or 0})") if job.callback else "none"],
+            ["handler's last error", f"<pre>{e(text(h.get('cb_error')))}</pre>"
+             if h.get("cb_error") else ""],
             *([o, e(text(h.get(o)))] for o in options if text(h.get(o)))]
     p = segment(pool.name)
     if job.rerun_of:
@@ -183,6 +192,13 @@ def _attempts(raw: dict[bytes, bytes], job: JobStatus) -> str:
                      if job.outcome == "failed" else ""])
     return table(["attempt", "worker", "started", "ended", "took", "outcome", "error"], rows,
                  cls="attempts")
+
+
+def _local(seconds: float | None) -> str:
+    """A time as a `datetime-local` field's value (UTC)."""
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M")
 
 
 def _state(job: JobStatus) -> str:

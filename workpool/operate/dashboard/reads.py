@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 PAGE = 50  #: jobs a list shows at once
 LOOKED_AT = 2000  #: index entries a filtered page reads at most before it stops
 STATES = ("pending", "running", "retrying", "done", "failed", "canceled")
+ENDED = ("done", "failed", "canceled")  #: the lists read from the `ended` indexes
 SERIES = (Counter.STARTED, Counter.SUCCEEDED, Counter.FAILED)
 
 
@@ -95,11 +96,17 @@ class JobFilter:
     ckey: str = ""
     before: float | None = None  #: ended lists: only jobs that ended earlier (the next page)
     offset: int = 0  #: other lists: where the page starts
+    since: float | None = None  #: s since the epoch: ended (or else enqueued) then or later
+    until: float | None = None  #: ... and before this
 
     def matches(self, job: JobStatus, h: dict[str, bytes]) -> bool:
-        """True when `job` (its fields `h`) passes the name and concurrency-key filters."""
+        """True when `job` (its fields `h`) passes the name, concurrency-key and, for a list
+        other than an ended one, enqueue-time filters."""
+        at = job.enqueued_at or 0.0
         return (not self.name or job.name == self.name) and (
-            not self.ckey or text(h.get("ckey")) == self.ckey)
+            not self.ckey or text(h.get("ckey")) == self.ckey) and (
+            self.state in ENDED or ((self.since is None or at >= self.since)
+                                    and (self.until is None or at < self.until)))
 
 
 def list_jobs(pool: Workpool, f: JobFilter) -> tuple[list[JobStatus], str | None]:
@@ -108,11 +115,13 @@ def list_jobs(pool: Workpool, f: JobFilter) -> tuple[list[JobStatus], str | None
     most LOOKED_AT entries a page."""
     r, k = pool.redis, pool.keys
     ended: list[float] = []  # the ended lists: each id's end (ms), for the next page's cursor
-    if f.state in ("done", "failed", "canceled"):
+    if f.state in ENDED:
         index = k.ended_failed if f.state == "failed" else k.ended
-        top = "+inf" if f.before is None else f"({int(f.before * 1000)}"
+        ends = [t for t in (f.before, f.until) if t is not None]
+        top = f"({int(min(ends) * 1000)}" if ends else "+inf"
+        bottom = "-inf" if f.since is None else str(int(f.since * 1000))
         scored = cast("list[tuple[bytes, float]]", r.zrevrangebyscore(
-            index, top, "-inf", start=0, num=LOOKED_AT, withscores=True))
+            index, top, bottom, start=0, num=LOOKED_AT, withscores=True))
         ids, ended = [text(i) for i, _ in scored], [float(t) for _, t in scored]
     elif f.state == "running":
         ids = [text(i) for i in _members(r.zrevrange(k.running, f.offset,

@@ -13,6 +13,7 @@ import secrets
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -264,6 +265,7 @@ def _cookie(name: str, value: str) -> str:
 
 
 def _filter(q: dict[str, str]) -> reads.JobFilter:
+    """The jobs list a query asks for (a value it cannot read is left out)."""
     state = q.get("state", "done")
     if state not in reads.STATES:
         state = "done"
@@ -272,7 +274,16 @@ def _filter(q: dict[str, str]) -> reads.JobFilter:
         offset = max(0, int(q.get("offset") or 0))
     except ValueError:
         before, offset = None, 0
-    return reads.JobFilter(state, q.get("name", ""), q.get("ckey", ""), before, offset)
+    return reads.JobFilter(state, q.get("name", ""), q.get("ckey", ""), before, offset,
+                           _utc(q.get("from")), _utc(q.get("to")))
+
+
+def _utc(text: str | None) -> float | None:
+    """A `datetime-local` field's value, read as UTC, in seconds since the epoch."""
+    try:
+        return datetime.fromisoformat(text or "").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
 
 
 _LOGIN = ('<form method="post" action="/login" class="login"><label>token <input name="token" '
