@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from helpers import eventually, ran_some, running_worker
+from helpers import eventually, free_port, ran_some, running_worker
 
 from workpool import ConfigurationError, State, WorkflowContext, Workpool
 from workpool.cli.main import cli
@@ -291,3 +291,20 @@ def test_the_jobs_list_filters_by_time(board: Workpool, browser: Any) -> None:
 
 def _minute(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M")
+
+
+def test_a_pool_whose_redis_is_down_gets_a_page_saying_so() -> None:
+    """Regression: a page reading Redis directly (the jobs list) let the connection error
+    escape its handler, and the browser got a dropped connection instead of a page."""
+    down = Workpool("down", f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with served([down]) as url:
+            for path in ("/", "/jobs?pool=down&state=running", "/pool/down"):
+                try:
+                    urllib.request.urlopen(url + path, timeout=10)
+                except urllib.error.HTTPError as exc:
+                    assert (exc.code, "unavailable" in exc.read().decode()) == (503, True), path
+                else:
+                    pytest.fail(f"{path} answered although Redis is down")
+    finally:
+        down.close()

@@ -12,6 +12,7 @@ import click
 
 from workpool.cli.context import Settings, pool_for, until_signaled
 from workpool.core.logs import logger
+from workpool.errors import WorkpoolError
 
 if TYPE_CHECKING:
     from workpool.client.pool import Workpool
@@ -50,8 +51,9 @@ def metrics(ctx: click.Context, specs: tuple[str, ...], host: str, port: int) ->
 def top(ctx: click.Context, spec: str, interval: float, once: bool) -> None:
     """A live view of a pool: jobs per state, running against the limit, rates, each job
     name's counts and the latest failures (POOL a name, or MODULE:POOL); Ctrl-C ends it."""
-    from rich.console import Console  # noqa: PLC0415 - keeps other commands light
+    from rich.console import Console, Group  # noqa: PLC0415 - keeps other commands light
     from rich.live import Live  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
 
     from workpool.operate.top import read, render  # noqa: PLC0415
 
@@ -69,7 +71,12 @@ def top(ctx: click.Context, spec: str, interval: float, once: bool) -> None:
             before = first
             while True:
                 time.sleep(interval)  # the refresh period, not a wait for a condition
-                now = read(pool)
+                try:
+                    now = read(pool)
+                except WorkpoolError as exc:  # Redis away: say so, keep the last view, go on
+                    live.update(Group(render(before), Text(f"cannot read: {exc}", "red")),
+                                refresh=True)
+                    continue
                 live.update(render(now, before), refresh=True)
                 before = now
     except KeyboardInterrupt:

@@ -3,12 +3,11 @@ with its steps on a timeline (each step's job linked)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from workpool.operate.dashboard import reads
 from workpool.operate.dashboard.html import Actions, e, form, link, segment, table
 from workpool.operate.dashboard.pages import when
-from workpool.wire.protocol import job_fields, text
 from workpool.workflow.status import WorkflowStatus
 
 if TYPE_CHECKING:
@@ -21,8 +20,7 @@ def workflows_part(pool: Workpool) -> str:
     running = pool.running_workflows(limit=reads.PAGE)
     rows = [[link(f"/workflow/{p}/{segment(w.id)}", w.id), e(w.name), e(_state(w)),
              e(len(w.steps)), when(w.started_at), e(w.blocked or "")] for w in running]
-    ended = [j for j in reads.list_jobs(pool, reads.JobFilter("done"))[0]
-             if _is_workflow(pool, j.id)]
+    ended, _ = reads.list_jobs(pool, reads.JobFilter("done", kind="workflow"))
     done = [[link(f"/workflow/{p}/{segment(j.id)}", j.id), e(j.name),
              e(f"{j.state.value}/{j.outcome}" if j.outcome else j.state.value),
              when(j.finished_at), e(j.error_type or "")] for j in ended]
@@ -68,7 +66,3 @@ def workflow_part(pool: Workpool, workflow_id: str, csrf: Actions) -> str:
 def _state(w: WorkflowStatus) -> str:
     return f"{w.state.value}/{w.outcome}" if w.outcome else w.state.value
 
-
-def _is_workflow(pool: Workpool, job_id: str) -> bool:
-    h = job_fields(cast("dict[bytes, bytes]", pool.redis.hgetall(pool.keys.job(job_id))), None)
-    return text(h.get("kind")) == "workflow"

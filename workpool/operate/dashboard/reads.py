@@ -98,12 +98,14 @@ class JobFilter:
     offset: int = 0  #: other lists: where the page starts
     since: float | None = None  #: s since the epoch: ended (or else enqueued) then or later
     until: float | None = None  #: ... and before this
+    kind: str = ""  #: "workflow": workflows only ("" any)
 
     def matches(self, job: JobStatus, h: dict[str, bytes]) -> bool:
         """True when `job` (its fields `h`) passes the name, concurrency-key and, for a list
         other than an ended one, enqueue-time filters."""
         at = job.enqueued_at or 0.0
-        return (not self.name or job.name == self.name) and (
+        return (not self.kind or text(h.get("kind")) == self.kind) and (
+            not self.name or job.name == self.name) and (
             not self.ckey or text(h.get("ckey")) == self.ckey) and (
             self.state in ENDED or ((self.since is None or at >= self.since)
                                     and (self.until is None or at < self.until)))

@@ -21,6 +21,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from workpool.core.logs import logger
@@ -107,7 +108,8 @@ class Handler(BaseHTTPRequestHandler):
         except JobNotFound as exc:
             self._send(HTTPStatus.NOT_FOUND, page("not found", f"<p>{e(exc)}</p>",
                                                   read_only=self.dashboard.read_only))
-        except WorkpoolError as exc:
+        except (WorkpoolError, redis.RedisError) as exc:  # Redis away or refusing: say so
+            logger().warning("dashboard: cannot read", path=self.path, error=str(exc))
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, page(
                 "unavailable", f"<p>{e(exc)}</p>", read_only=self.dashboard.read_only))
 
@@ -188,7 +190,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             pool = self.dashboard.pool(pool_name)
             done, back = actions.run(pool, action, form)
-        except WorkpoolError as exc:  # a value it cannot use, no such job, not finished...
+        # a value it cannot use, no such job, one not finished, Redis away...
+        except (WorkpoolError, redis.RedisError) as exc:
             log.warning("dashboard action refused", error=str(exc))
             self._refuse(HTTPStatus.BAD_REQUEST, str(exc))
             return
