@@ -1,7 +1,8 @@
 """The pool the tracing tests run in real processes (`otel_app:pool`). With OTEL_APP_TRACE=1 a
-process configures the OpenTelemetry SDK with an exporter that appends each finished span, as
-JSON, to a Redis list: the test reads what every process recorded. `produce()` is the client's
-side: it enqueues and starts a workflow inside an application span, and prints the ids."""
+process configures the OpenTelemetry SDK with its in-memory exporter; the job `dump` (in a
+worker) and `produce()` (the client's side) append what their process recorded, as JSON, to a
+Redis list the test reads. `produce()` enqueues and starts a workflow inside an application
+span, and prints the ids."""
 
 from __future__ import annotations
 
@@ -13,26 +14,17 @@ from typing import Any
 import redis
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from workpool import Retry, WorkflowContext, Workpool, current
 
 SPANS = "otel:spans"  #: the list every process appends its finished spans to
 TRACE_ENV = "OTEL_APP_TRACE"
+EXPORTER = InMemorySpanExporter()  #: this process's finished spans
 
 pool = Workpool("traced", max_parallelism=4, lease_ttl=1.0, heartbeat_ttl=2.0,
                 retry=Retry(max_attempts=2, initial_backoff=0.01))
-
-
-class RedisExporter(SpanExporter):
-    """Appends finished spans to SPANS (the SDK's own processor calls it)."""
-
-    def __init__(self, url: str) -> None:
-        self.r = redis.Redis.from_url(url)
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.r.rpush(SPANS, *[json.dumps(record(s)) for s in spans])
-        return SpanExportResult.SUCCESS
 
 
 def record(span: ReadableSpan) -> dict[str, Any]:
@@ -46,11 +38,20 @@ def record(span: ReadableSpan) -> dict[str, Any]:
             "events": [e.name for e in span.events]}
 
 
-def traced(url: str) -> None:
-    """Send this process's spans to SPANS on `url`."""
+def traced() -> None:
+    """Record this process's spans with the SDK's in-memory exporter."""
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(RedisExporter(url)))
+    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
     trace.set_tracer_provider(provider)
+
+
+def dumped(url: str) -> int:
+    """Append this process's finished spans (then forget them) to SPANS; how many."""
+    spans: Sequence[ReadableSpan] = EXPORTER.get_finished_spans()
+    if spans:
+        redis.Redis.from_url(url).rpush(SPANS, *[json.dumps(record(s)) for s in spans])
+    EXPORTER.clear()
+    return len(spans)
 
 
 @pool.job()
@@ -69,6 +70,12 @@ def flaky() -> str:
     return "second"
 
 
+@pool.job()
+def dump() -> int:
+    """Hand this worker's spans to the test."""
+    return dumped(os.environ["WORKPOOL_REDIS_URL"])
+
+
 @pool.workflow()
 async def flow(ctx: WorkflowContext) -> int:
     """Two steps: their attempts go on in the workflow's trace."""
@@ -77,13 +84,14 @@ async def flow(ctx: WorkflowContext) -> int:
 
 def produce(url: str) -> None:
     """The client's side, in its own process: print the ids of a job of each kind."""
-    traced(url)
+    traced()
     pool.use_url(url)
     with trace.get_tracer("otel_app").start_as_current_span("request"):
         ids = {"ok": pool.enqueue(ok, 5), "flaky": pool.enqueue(flaky),
                "flow": pool.start_workflow(flow)}
+    dumped(url)
     print(json.dumps(ids))
 
 
 if os.environ.get(TRACE_ENV) == "1":  # a worker process of the tests
-    traced(os.environ["WORKPOOL_REDIS_URL"])
+    traced()

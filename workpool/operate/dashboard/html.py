@@ -65,7 +65,8 @@ def form(action: str, csrf: Actions, label: str, *, fields: dict[str, str] | Non
 
 
 def chart(minutes: Sequence[tuple[int, dict[str, int]]], series: Sequence[str]) -> str:
-    """An SVG line chart of per-minute counts (one line per series), with its legend."""
+    """An SVG line chart of per-minute counts (one line per series), with its legend, labeled
+    in per-second rates."""
     width, height, pad = 600, 120, 4
     top = max([1, *(counts.get(s, 0) for _, counts in minutes for s in series)])
     step, scale = (width - 2 * pad) / max(1, len(minutes) - 1), (height - 2 * pad) / top
@@ -77,4 +78,5 @@ def chart(minutes: Sequence[tuple[int, dict[str, int]]], series: Sequence[str]) 
     legend = " ".join(f'<span class="s{i}">{e(name)}</span>' for i, name in enumerate(series))
     return (f'<figure class="chart"><svg viewBox="0 0 {width} {height}" role="img" '
             f'aria-label="per minute, last hour">{"".join(lines)}</svg>'
-            f"<figcaption>per minute, last hour (max {top}/min): {legend}</figcaption></figure>")
+            f"<figcaption>per second over the last hour (each point a minute; highest "
+            f"{top / 60:.2f}/s): {legend}</figcaption></figure>")
