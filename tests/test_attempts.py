@@ -73,3 +73,12 @@ def test_a_job_keeps_the_records_of_its_latest_attempts(p: Pool) -> None:
     assert sorted(kept) == list(range(3, last + 1))
     assert kept[last]["error"] == f"failure {last}"
     assert p.state(job_id) == "retrying"
+
+
+def test_a_workers_name_is_kept_at_most_an_ids_length(p: Pool) -> None:
+    """Regression: the worker named in an outcome was written whole into the job's hash (an
+    outcome entry is untrusted input)."""
+    job_id, t = p.running_job(worker="w1")
+    p.finish_run(job_id, 1, ok=True, worker="w" * 5000)
+    assert p.apply(t + 1).codes == [Code.SUCCEEDED]
+    assert p.job(job_id)["worker"] == b"w" * limits.MAX_ID_BYTES

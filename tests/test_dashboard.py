@@ -6,6 +6,7 @@ sets WORKPOOL_REQUIRE_BROWSER=1, which makes that skip a failure."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import urllib.error
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -308,3 +310,19 @@ def test_a_pool_whose_redis_is_down_gets_a_page_saying_so() -> None:
                     pytest.fail(f"{path} answered although Redis is down")
     finally:
         down.close()
+
+
+@pytest.mark.parametrize("length", ["-1", "abc", "99999999"])
+def test_a_post_with_a_bad_length_is_refused_not_read(board: Workpool, length: str) -> None:
+    """Regression: a negative Content-Length read the body until the client closed (a
+    thread held), a non-number ended the handler with no reply."""
+    with served([board]) as url:
+        host, port = urlsplit(url).netloc.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.putrequest("POST", "/action/board/pause")
+        conn.putheader("Content-Length", length)
+        conn.endheaders()
+        reply = conn.getresponse()
+        assert reply.status == 400
+        conn.close()
+    assert not board.stats().paused

@@ -106,7 +106,7 @@ local function run_outcome(entry_id, f, flat)
     return C.STALE_COMPLETION
   end
   local result = f.result or ''
-  j.by = f.worker or ''
+  j.by = string.sub(f.worker or '', 1, L.MAX_ID_BYTES)  -- its record's; a worker's own name
   if f.ok == '1' and #result > ctx.max_result then
     return fail_attempt(ctx, f.id, jk, j, 'the result of ' .. #result .. " bytes is over the " ..
                         "pool's max_result_bytes (" .. ctx.max_result .. ')', 'PayloadTooLarge',

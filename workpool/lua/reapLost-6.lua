@@ -108,7 +108,7 @@ local function check_deadline(id)
     if #p == 0 then
       rcall('ZADD', KEYS[4], ctx.now + timeout, id)
     elseif tonumber(p[1][3]) >= timeout + 2 * grace then
-      j.by = p[1][2]
+      j.by = string.sub(p[1][2], 1, L.MAX_ID_BYTES)
       fail_attempt(ctx, id, jk, j, 'attempt ' .. tostring(j.attempts) ..
                    ' ran past its timeout of ' .. timeout .. ' ms', 'Timeout', true)
       timed_out = timed_out + 1
@@ -137,7 +137,7 @@ local function recover(consumer, entry_id)
   if f.kind == 'run' then
     local j = attempt_fields(jk)
     if j.state == 'running' and j.attempts == f.attempt and j.dispatch == entry_id then
-      j.by = consumer
+      j.by = string.sub(consumer, 1, L.MAX_ID_BYTES)
       fail_attempt(ctx, f.id, jk, j, 'worker ' .. consumer ..
                    ' stopped heart-beating during attempt ' .. f.attempt, 'WorkerLost', true)
       lost = lost + 1

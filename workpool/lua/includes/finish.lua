@@ -128,11 +128,6 @@ local function end_attempt(ctx, id, j)
   if s[S.ckey] and s[S.ckey] ~= '' then key_running(adm_of(ctx), s[S.ckey], -1) end
 end
 
--- The one place a job (or a workflow) becomes terminal (done or canceled). It records the
--- on_complete delivery in the same atomic step, so each terminal transition yields exactly one
--- delivery record, and a workflow's step writes its end into the workflow's journal.
--- `j` holds the job's spec (unpacked) and attempts (a workflow's: workflow_fields); `extra`
--- more fields to set.
 -- A job (or workflow) that became terminal joins the `ended` index, a failed one `endedFailed`
 -- too (ZSETs id -> finished_at, one ZADD per index and call where writes are deferred), so lists
 -- by time never scan the keyspace; trim_ended trims both to the retention once per call.
@@ -151,6 +146,11 @@ end
 local WORKFLOW_ENDED = {succeeded = M.WORKFLOWS_SUCCEEDED, failed = M.WORKFLOWS_FAILED,
                         canceled = M.WORKFLOWS_CANCELED}  -- a workflow's metric by its outcome
 
+-- The one place a job (or a workflow) becomes terminal (done or canceled). It records the
+-- on_complete delivery in the same atomic step, so each terminal transition yields exactly one
+-- delivery record, and a workflow's step writes its end into the workflow's journal.
+-- `j` holds the job's spec (unpacked) and attempts (a workflow's: workflow_fields); `extra`
+-- more fields to set.
 local function finish(ctx, id, jk, state, outcome, j, extra)
   local owner = step_owner(ctx, j.spec, j.wk and 'workflow' or 'step')  -- read before writing
   local handler = j.spec[S.on_complete]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 TOKEN_ENV = "WORKPOOL_DASHBOARD_TOKEN"
 _STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
+_MAX_FORM = 65536  #: bytes of a POSTed form at most
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         """An action (or the login form), checked: token, read-only, CSRF, same origin."""
-        length = min(int(self.headers.get("Content-Length") or 0), 65536)
-        form = {k: v[-1] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= _MAX_FORM:
+            self._refuse(HTTPStatus.BAD_REQUEST, f"a form is 0 to {_MAX_FORM} bytes")
+            return
+        body = self.rfile.read(length).decode(errors="replace")
+        form = {k: v[-1] for k, v in parse_qs(body).items()}
         parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
         if parts == ["login"]:
             self._login(form.get("token", ""))
