@@ -101,3 +101,14 @@ def test_only_a_finished_job_runs_again(p: Pool, how: str) -> None:
     p.ingest(p.clock())
     with pytest.raises(WorkpoolError, match="finished"):
         p.client.run_again(job)
+
+
+def test_cancel_many_sends_every_cancel_and_the_loop_applies_them(p: Pool) -> None:
+    jobs = [p.client.enqueue("work", i) for i in range(3)]
+    p.ingest(p.clock())
+    assert p.client.cancel_many(jobs[:2]) == 2
+    p.ingest(p.clock())
+    assert [p.client.status(j).state for j in jobs] == [State.CANCELED, State.CANCELED,
+                                                        State.PENDING]
+    with pytest.raises(ConfigurationError):
+        p.client.cancel_many([""])

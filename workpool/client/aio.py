@@ -119,6 +119,10 @@ class AsyncWorkpool:
         return await self._drive(ops.cancel_one(self.config.keys, check_job_id(job_id),
                                                 ops.wait_seconds(wait)))
 
+    async def cancel_many(self, job_ids: Iterable[str]) -> int:
+        """`Workpool.cancel_many`, awaitable."""
+        return await self._drive(ops.cancel(self.config.keys, [check_job_id(j) for j in job_ids]))
+
     async def cancel_all(self) -> int:
         """`Workpool.cancel_all`, awaitable."""
         return await self._drive(ops.cancel_all(self.config.keys))

@@ -229,6 +229,11 @@ class Workpool(WorkflowCalls):
         return self._drive(ops.cancel_one(self.keys, check_job_id(job_id),
                                           ops.wait_seconds(wait)))
 
+    def cancel_many(self, job_ids: Iterable[str]) -> int:
+        """Send a cancel request for each job (a thousand a round trip), applied as cancel()'s
+        are, in order; how many were sent (not waited for)."""
+        return self._drive(ops.cancel(self.keys, [check_job_id(j) for j in job_ids]))
+
     def cancel_all(self) -> int:
         """Cancel every job and workflow not finished; returns how many cancel requests were
         sent."""

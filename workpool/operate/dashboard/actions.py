@@ -34,10 +34,7 @@ def run(pool: Workpool, action: str, form: dict[str, str]) -> tuple[str, str]:
         f = reads.JobFilter(form.get("state", ""), form.get("name", ""), form.get("ckey", ""))
         if f.state not in ("pending", "running", "retrying"):
             validate.fail("state", "pending, running or retrying", f.state)
-        ids = _matching(pool, f)
-        for job_id in ids:
-            pool.cancel(job_id, wait=0)
-        return f"cancel sent for {len(ids)} {f.state} jobs", back
+        return f"cancel sent for {pool.cancel_many(_matching(pool, f))} {f.state} jobs", back
     if action == "run-again":
         new = pool.run_again(form.get("id", ""))
         return f"run again {form.get('id')} as {new}", f"/job/{segment(pool.name)}/{segment(new)}"

@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import redis
+
 from workpool.errors import JobNotFound
 from workpool.types import JobStatus, State, status_from_hash
 from workpool.wire.counters import Counter
@@ -56,7 +58,7 @@ def workers(pool: Workpool) -> list[WorkerInfo]:
     r = pool.redis
     try:
         consumers = r.xinfo_consumers(pool.keys.dispatch, GROUP)
-    except Exception:
+    except redis.ResponseError:  # no stream or group yet (no main loop ran): no workers
         return []
     pipe = r.pipeline(transaction=False)
     for c in consumers:
