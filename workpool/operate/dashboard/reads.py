@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -111,6 +112,28 @@ class JobFilter:
             not self.ckey or text(h.get("ckey")) == self.ckey) and (
             self.state in ENDED or ((self.since is None or at >= self.since)
                                     and (self.until is None or at < self.until)))
+
+
+def job_filter(q: dict[str, str]) -> JobFilter:
+    """The jobs list a query asks for (a value it cannot read is left out)."""
+    state = q.get("state", "done")
+    if state not in STATES:
+        state = "done"
+    try:
+        before = float(q["before"]) if q.get("before") else None
+        offset = max(0, int(q.get("offset") or 0))
+    except ValueError:
+        before, offset = None, 0
+    return JobFilter(state, q.get("name", ""), q.get("ckey", ""), before, offset,
+                           _utc(q.get("from")), _utc(q.get("to")))
+
+
+def _utc(text: str | None) -> float | None:
+    """A `datetime-local` field's value, read as UTC, in seconds since the epoch."""
+    try:
+        return datetime.fromisoformat(text or "").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
 
 
 def list_jobs(pool: Workpool, f: JobFilter) -> tuple[list[JobStatus], str | None]:

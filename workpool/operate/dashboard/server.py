@@ -13,7 +13,6 @@ import secrets
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,7 +135,7 @@ class Handler(BaseHTTPRequestHandler):
         query = self.path.partition("?")[2]
         body = live(f"/part/{path}" + (f"?{query}" if query else ""), inner)
         if what[:1] == ["jobs"]:
-            body = pages.filters(list(d.pools), self._jobs_pool(q), _filter(q)) + body
+            body = pages.filters(list(d.pools), self._jobs_pool(q), reads.job_filter(q)) + body
         self._send(HTTPStatus.OK, page(title, body, read_only=d.read_only), cookie=csrf)
 
     def _route(self, what: list[str], q: dict[str, str],
@@ -148,7 +147,8 @@ class Handler(BaseHTTPRequestHandler):
         if what[0] == "pool" and len(what) == 2:
             return what[1], lambda: pages.pool_part(d.pool(what[1]), actions_on)
         if what[0] == "jobs" and len(what) == 1:
-            return "jobs", lambda: pages.jobs_part(self._jobs_pool(q), _filter(q), actions_on)
+            return "jobs", lambda: pages.jobs_part(self._jobs_pool(q), reads.job_filter(q),
+                                                   actions_on)
         if what[0] == "job" and len(what) == 3:
             return f"job {what[2]}", lambda: pages.job_part(d.pool(what[1]), what[2], actions_on)
         if what[0] == "workflows" and len(what) == 2:
@@ -273,28 +273,6 @@ class Handler(BaseHTTPRequestHandler):
 
 def _cookie(name: str, value: str) -> str:
     return f"{name}={value}; Path=/; HttpOnly; SameSite=Strict"
-
-
-def _filter(q: dict[str, str]) -> reads.JobFilter:
-    """The jobs list a query asks for (a value it cannot read is left out)."""
-    state = q.get("state", "done")
-    if state not in reads.STATES:
-        state = "done"
-    try:
-        before = float(q["before"]) if q.get("before") else None
-        offset = max(0, int(q.get("offset") or 0))
-    except ValueError:
-        before, offset = None, 0
-    return reads.JobFilter(state, q.get("name", ""), q.get("ckey", ""), before, offset,
-                           _utc(q.get("from")), _utc(q.get("to")))
-
-
-def _utc(text: str | None) -> float | None:
-    """A `datetime-local` field's value, read as UTC, in seconds since the epoch."""
-    try:
-        return datetime.fromisoformat(text or "").replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return None
 
 
 _LOGIN = ('<form method="post" action="/login" class="login"><label>token <input name="token" '
