@@ -17,6 +17,7 @@ import redis
 from helpers import Pools
 from hypothesis import HealthCheck, settings
 
+from workpool.server.connection import sync_client
 from workpool.server.embedded import RedisServer
 
 settings.register_profile(
@@ -35,17 +36,41 @@ def redis_server(workpool_redis_server: RedisServer) -> RedisServer:
     return workpool_redis_server
 
 
+#: where a suite marked `topologies` runs each of its tests: one server and a Redis Cluster
+TOPOLOGIES = ("single", "cluster")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "topologies: run each test on one server and on a "
+                                       "Redis Cluster (3 masters + 3 replicas)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A `topologies` suite's tests that use Redis run once per topology."""
+    if metafunc.definition.get_closest_marker("topologies") and \
+            "redis_url" in metafunc.fixturenames:
+        metafunc.parametrize("topology", TOPOLOGIES, indirect=True)
+
+
 @pytest.fixture
-def redis_url(workpool_redis: str) -> str:
-    """URL of the session server, emptied with FLUSHALL so each test starts clean (the
-    testing kit's fixture)."""
-    return workpool_redis
+def topology(request: pytest.FixtureRequest) -> str:
+    """Which Redis the test runs on: `single` unless its suite is marked `topologies`."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def redis_url(topology: str, request: pytest.FixtureRequest) -> str:
+    """URL of the session server (or cluster), emptied so each test starts clean (the
+    testing kit's fixtures)."""
+    if topology == "cluster":
+        return str(request.getfixturevalue("workpool_redis_cluster_url"))
+    return str(request.getfixturevalue("workpool_redis"))
 
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A bytes-returning client on the clean server, closed after the test."""
-    client = redis.Redis.from_url(redis_url, decode_responses=False)
+    """A bytes-returning client on the clean server (or cluster), closed after the test."""
+    client = sync_client(redis_url)
     try:
         yield client
     finally:

@@ -17,10 +17,10 @@ MAX_PARALLELISM = 8
 pool = Workpool("e2e", max_parallelism=MAX_PARALLELISM, lease_ttl=1.0, heartbeat_ttl=1.0,
                 retry=Retry(max_attempts=5, initial_backoff=0.05, base=1.5))
 
-RUNNING = "e2e:running"  #: jobs of `work` inside their body right now
-PEAK = "e2e:peak"  #: the most `work` jobs ever inside their body at once
-PIDS = "e2e:pids"  #: processes that ran a `work` job
-CALLBACKS = "e2e:callbacks"  #: one `job id` per on_complete handler run, in order
+RUNNING = "{e2e}:running"  #: jobs of `work` inside their body right now
+PEAK = "{e2e}:peak"  #: the most `work` jobs ever inside their body at once
+PIDS = "{e2e}:pids"  #: processes that ran a `work` job
+CALLBACKS = "{e2e}:callbacks"  #: one `job id` per on_complete handler run, in order
 GATE_TIMEOUT = 60.0
 
 # Enter a job body: count it, and raise the peak if this is a new high.
@@ -33,22 +33,22 @@ return n
 
 def tries_key(i: int) -> str:
     """How many times job `i` of `work` ran its body."""
-    return f"e2e:tries:{i}"
+    return f"{{e2e}}:tries:{i}"
 
 
 def started_key(gate: str) -> str:
     """The pids of the processes that started the `gated` job waiting on `gate`, in order."""
-    return f"e2e:started:{gate}"
+    return f"{{e2e}}:started:{gate}"
 
 
 def gate_key(gate: str) -> str:
     """Set this key to let every `gated` job waiting on `gate` finish."""
-    return f"e2e:gate:{gate}"
+    return f"{{e2e}}:gate:{gate}"
 
 
 def ended_key(gate: str) -> str:
     """The pids of the processes whose `gated` job got past its gate."""
-    return f"e2e:ended:{gate}"
+    return f"{{e2e}}:ended:{gate}"
 
 
 @pool.job()
@@ -84,7 +84,7 @@ def gated(gate: str) -> str:
 
 def cancelled_key(gate: str) -> str:
     """The pids of the processes whose `gated_async` job was cancelled at its gate."""
-    return f"e2e:cancelled:{gate}"
+    return f"{{e2e}}:cancelled:{gate}"
 
 
 @pool.job()
@@ -111,7 +111,7 @@ def add(a: int, b: int) -> int:
 @pool.job()
 def crash_once(i: int) -> int:
     """Leave its process at once on its first run (a crashing extension, say), then succeed."""
-    if int(pool.redis.incr(f"e2e:crashes:{i}")) == 1:
+    if int(pool.redis.incr(f"{{e2e}}:crashes:{i}")) == 1:
         os._exit(3)
     return i
 

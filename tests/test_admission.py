@@ -41,6 +41,8 @@ from workpool.wire.replies import parse_lease, parse_start
 from workpool.wire.scripts import run
 from workpool.wire.statemachine import CANCELED, PENDING, RETRYING, RUNNING, SUCCEEDED
 
+pytestmark = pytest.mark.topologies  # each test on one server and on a cluster
+
 MakePool = Callable[..., Pool]
 HOUR = 3_600_000
 

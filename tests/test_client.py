@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 import redis
-from helpers import Pools, entry_ids, eventually, job_fields, running_worker
+from helpers import Pools, entry_ids, eventually, job_fields, node_of, running_worker
 from redis.connection import AbstractConnection
 
 from workpool import (
@@ -33,6 +33,8 @@ from workpool.wire.calls import Engine
 from workpool.wire.protocol import encode
 from workpool.wire.replies import parse_lease
 from workpool.wire.scripts import run, script
+
+pytestmark = pytest.mark.topologies  # each test on one server and on a cluster
 
 
 def _with_add(pool: Workpool) -> Any:
@@ -125,34 +127,37 @@ def test_enqueue_joins_the_callers_transaction_and_exists_only_once_it_commits(
 ) -> None:
     pool = pools("c")
     add = _with_add(pool)
+    order = pool.keys.prefix + "order:7"  # a cluster's transaction stays in the pool's slot
     pipe = redis_client.pipeline(transaction=True)
-    pipe.set("order:7", "paid")
+    pipe.set(order, "paid")
     job_id = pool.enqueue(add, 1, 2, transaction=pipe)
     assert redis_client.xlen(pool.keys.pending_start) == 0
     with pytest.raises(JobNotFound):
         pool.status(job_id)
     pipe.execute()
     assert pool.status(job_id).state is State.PENDING
-    assert redis_client.get("order:7") == b"paid"
+    assert redis_client.get(order) == b"paid"
 
 
 def test_an_enqueue_in_a_discarded_transaction_leaves_nothing(
     pools: Pools, redis_client: redis.Redis,
 ) -> None:
     pool = pools("c")
+    order = pool.keys.prefix + "order:8"
     pipe = redis_client.pipeline(transaction=True)
-    pipe.set("order:8", "paid")
+    pipe.set(order, "paid")
     job_id = pool.enqueue(_with_add(pool), 1, 2, transaction=pipe)
     pipe.reset()
     assert redis_client.xlen(pool.keys.pending_start) == 0
     assert not redis_client.sismember(pool.keys.incoming, job_id)
-    assert not redis_client.exists("order:8")
+    assert not redis_client.exists(order)
     with pytest.raises(JobNotFound):
         pool.status(job_id)
 
 
-def _calls(client: redis.Redis, command: str) -> int:
-    stats = client.info("commandstats").get(f"cmdstat_{command}", {"calls": 0})
+def _calls(client: redis.Redis, command: str, pool: Workpool) -> int:
+    stats = node_of(client, pool.keys.prefix).info("commandstats").get(
+        f"cmdstat_{command}", {"calls": 0})
     return int(stats["calls"])
 
 
@@ -161,7 +166,7 @@ def test_enqueue_many_is_one_round_trip_of_one_transaction_and_returns_distinct_
 ) -> None:
     pool = pools("c")
     add = _with_add(pool)
-    pool.redis.ping()  # connect (handshake included) before counting
+    pool.redis.exists(pool.keys.pending_start)  # connect (handshake included) to its node
     sends: list[Any] = []
     original = cast(Callable[..., None], AbstractConnection.send_packed_command)
 
@@ -169,11 +174,11 @@ def test_enqueue_many_is_one_round_trip_of_one_transaction_and_returns_distinct_
         sends.append(command)
         original(self, command, check_health)
 
-    before = {c: _calls(redis_client, c) for c in ("xadd", "sadd", "multi", "exec")}
+    before = {c: _calls(redis_client, c, pool) for c in ("xadd", "sadd", "multi", "exec")}
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
     ids = pool.enqueue_many(add, [(i, i) for i in range(50)])
     monkeypatch.undo()
-    after = {c: _calls(redis_client, c) for c in ("xadd", "sadd", "multi", "exec")}
+    after = {c: _calls(redis_client, c, pool) for c in ("xadd", "sadd", "multi", "exec")}
     assert len(sends) == 1  # every command went out in one write, answered in one read
     assert {c: after[c] - before[c] for c in after} == {"xadd": 50, "sadd": 0, "multi": 1,
                                                        "exec": 1}
@@ -199,10 +204,10 @@ def test_a_single_enqueue_is_one_xadd_without_a_transaction(
 ) -> None:
     pool = pools("c")
     add = _with_add(pool)
-    pool.redis.ping()
-    before = {c: _calls(redis_client, c) for c in ("xadd", "sadd", "multi", "exec")}
+    pool.redis.exists(pool.keys.pending_start)
+    before = {c: _calls(redis_client, c, pool) for c in ("xadd", "sadd", "multi", "exec")}
     job_id = pool.enqueue(add, 1, 2)
-    after = {c: _calls(redis_client, c) for c in ("xadd", "sadd", "multi", "exec")}
+    after = {c: _calls(redis_client, c, pool) for c in ("xadd", "sadd", "multi", "exec")}
     assert {c: after[c] - before[c] for c in after} == {"xadd": 1, "sadd": 0, "multi": 0,
                                                        "exec": 0}
     assert entry_ids(redis_client, pool.keys.pending_start) == [job_id]

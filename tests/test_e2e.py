@@ -34,12 +34,14 @@ from e2e_app import (
     work,
 )
 from e2e_app import pool as e2e_pool
-from helpers import CliProcs, eventually
+from helpers import CliProcs, eventually, node_of
 
 from workpool import Retry, State, Workpool
 from workpool.cli.main import cli
 from workpool.server.embedded import pid_alive
 from workpool.wire.protocol import text
+
+pytestmark = pytest.mark.topologies  # each test on one server and on a cluster
 
 APP = "e2e_app:pool"
 FINISH_TIMEOUT = 30.0
@@ -181,7 +183,7 @@ def test_a_worker_paused_while_an_entry_reached_it_does_not_begin_the_attempt_it
     def stopped_in_its_read() -> bool:  # so the entry is delivered to it while it is stopped
         os.kill(paused.pid, signal.SIGSTOP)
         if any(c["cmd"] == "xreadgroup" and "b" in c["flags"]
-               for c in redis_client.client_list()):
+               for c in node_of(redis_client, app.keys.prefix).client_list()):
             return True
         os.kill(paused.pid, signal.SIGCONT)
         return False

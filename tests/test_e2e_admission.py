@@ -38,6 +38,8 @@ from workpool import Workpool
 from workpool.cli.main import cli
 from workpool.wire.protocol import text
 
+pytestmark = pytest.mark.topologies  # each test on one server and on a cluster
+
 FINISH_TIMEOUT = 30.0
 WOKEN_DEADLINE = 0.5  # seconds: well under the idle loop's shortest timer (the 1 s reap)
 

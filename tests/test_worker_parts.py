@@ -23,6 +23,7 @@ from workpool import Result, Workpool, current
 from workpool.core.config import PoolConfig
 from workpool.core.logs import logger
 from workpool.errors import NonRetryableError
+from workpool.server import connection
 from workpool.wire.keys import GROUP, Keys
 from workpool.wire.protocol import Encoding, encode
 from workpool.worker import reader as reader_module
@@ -32,6 +33,8 @@ from workpool.worker.outbox import Outbox
 from workpool.worker.outcome import Outcome
 from workpool.worker.reader import Reader
 from workpool.worker.threads import THREAD_PREFIX, AttemptTimedOut, JobThreads
+
+pytestmark = pytest.mark.topologies  # each test on one server and on a cluster
 
 LOG = logger(test="worker-parts")
 Entry = dict[str, bytes]
@@ -60,7 +63,7 @@ async def holds(predicate: Callable[[], object], seconds: float) -> bool:
 @asynccontextmanager
 async def async_client(url: str) -> Any:
     """An asyncio client on `url`, closed afterwards."""
-    client = redis.asyncio.Redis.from_url(url)
+    client = connection.async_client(url)
     try:
         yield client
     finally:

@@ -22,6 +22,12 @@ class RedisRefused(RedisUnavailable):
     refused command writes nothing; retry once the server recovers."""
 
 
+class NotReplicated(RedisUnavailable):
+    """Fewer replicas than `replicas=` confirmed a write in time: it is on the master, and a
+    failover before the replicas catch up could lose it; retrying is safe for an enqueue with
+    `key=`."""
+
+
 class SerializationError(WorkpoolError, TypeError):
     """Arguments, context or a result could not be encoded with msgpack."""
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import redis
 
@@ -54,6 +54,14 @@ def stays(predicate: Callable[[], object], seconds: float) -> bool:
             return False
         time.sleep(0.01)  # poll interval, not a wait for the condition itself
     return True
+
+
+def node_of(r: Any, key: str) -> redis.Redis:
+    """The client of the one server that holds `key` (a cluster's node for its slot, else `r`
+    itself): where a pool's INFO, CONFIG and server-wide counts are."""
+    if isinstance(r, redis.RedisCluster):
+        return r.get_redis_connection(r.get_node_from_key(key))
+    return cast("redis.Redis", r)
 
 
 def job_fields(r: Any, keys: Keys, job_id: str) -> dict[str, bytes]:

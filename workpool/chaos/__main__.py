@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workpool.chaos.faults import KINDS
+from workpool.chaos.faults import KINDS, MASTER_KINDS, TOPOLOGY_KINDS
 from workpool.chaos.runner import RunConfig, recheck, run
 from workpool.chaos.table import render
 from workpool.server.embedded import find_redis_server
@@ -26,7 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--concurrency", type=int, default=d.concurrency)
     r.add_argument("--rate", type=float, default=d.rate, help="client operations per second")
     r.add_argument("--faults-per-kind", type=int, default=d.faults_per_kind)
-    r.add_argument("--kinds", default=",".join(KINDS), help="comma-separated fault kinds")
+    r.add_argument("--kinds", default=None, help="comma-separated fault kinds (default: every "
+                   "kind the topology has)")
+    r.add_argument("--topology", choices=["single", "cluster", "sentinel"], default=d.topology,
+                   help="one redis-server, a Redis Cluster or a Sentinel-managed master")
+    r.add_argument("--replicas", type=int, default=d.replicas,
+                   help="the pool's replicas= (WAIT after each write)")
     r.add_argument("--appendfsync", choices=["always", "everysec"], default=d.appendfsync)
     r.add_argument("--ttl", type=float, default=d.ttl, help="lease and heartbeat TTL (s)")
     r.add_argument("--max-parallelism", type=int, default=d.max_parallelism)
@@ -55,23 +60,28 @@ def main(argv: list[str] | None = None) -> int:
         from workpool.chaos.durability import main as durability  # noqa: PLC0415
 
         return durability(args.appendfsync, args.crashes, args.clients, args.seed, out)
-    kinds = tuple(k for k in args.kinds.split(",") if k)
-    unknown = set(kinds) - set(KINDS)
+    known = KINDS if args.topology == "single" else TOPOLOGY_KINDS
+    kinds = tuple(k for k in (args.kinds or ",".join(known)).split(",") if k)
+    unknown = set(kinds) - set(known)
     if unknown:
-        print(f"unknown fault kinds: {', '.join(sorted(unknown))}; known: {', '.join(KINDS)}")
+        print(f"fault kinds not for a {args.topology} run: {', '.join(sorted(unknown))}; "
+              f"known: {', '.join(known)}" + ("" if args.topology != "single" else
+                                               f" ({', '.join(MASTER_KINDS)}: --topology)"))
         return 2
     config = RunConfig(seed=args.seed, duration=args.duration, workers=args.workers,
                        concurrency=args.concurrency, rate=args.rate,
                        faults_per_kind=args.faults_per_kind, kinds=kinds,
                        appendfsync=args.appendfsync, ttl=args.ttl,
                        max_parallelism=args.max_parallelism,
-                       quiesce_timeout=args.quiesce_timeout)
+                       quiesce_timeout=args.quiesce_timeout, topology=args.topology,
+                       replicas=args.replicas)
     began = time.monotonic()
     report = run(config, out)
     header = (f"workpool chaos run: seed {config.seed}, {config.duration:.0f} s of faults, "
               f"{config.workers} workers x {config.concurrency}, max_parallelism "
               f"{config.max_parallelism}, lease/heartbeat TTL {config.ttl} s, appendfsync "
-              f"{config.appendfsync}, {config.rate:.0f} ops/s, {find_redis_server()}\n"
+              f"{config.appendfsync}, {config.rate:.0f} ops/s, {config.topology} Redis, "
+              f"replicas={config.replicas}, {find_redis_server()}\n"
               f"run dir {out}; took {time.monotonic() - began:.0f} s")
     print(render(report, header))
     return 0 if report.ok else 1

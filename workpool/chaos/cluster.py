@@ -1,4 +1,5 @@
-"""The processes of a chaos run: one redis-server (AOF on, our own port and data dir) and N
+"""The processes of a chaos run: one redis-server (AOF on, our own port and data dir), or a
+Redis Cluster (3 masters, a replica each) or a master with a replica behind a Sentinel, and N
 worker processes (each also a main-loop candidate; every other one runs sync jobs in the
 process executor's children, the others in threads), with the signals the faults send them."""
 
@@ -12,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import redis
-
 from workpool.chaos.settings import ChaosSettings
+from workpool.server.connection import sync_client
 from workpool.server.embedded import RedisServer
+from workpool.server.topology import LocalCluster, LocalSentinel
 from workpool.wire.keys import Keys
 from workpool.wire.protocol import text
 
@@ -24,20 +25,42 @@ class Cluster:
     """Starts, signals, replaces and stops the run's redis-server and workers."""
 
     def __init__(self, run_dir: Path, settings: ChaosSettings, *, workers: int, concurrency: int,
-                 appendfsync: str) -> None:
+                 appendfsync: str, topology: str = "single") -> None:
         self.run_dir, self.settings = run_dir, settings
         self.size, self.concurrency = workers, concurrency
-        self.redis = RedisServer.start(run_dir / "redis", appendfsync=appendfsync)
-        self.admin = redis.Redis.from_url(self.redis.url, socket_timeout=10,
-                                          socket_connect_timeout=10)
         self.keys = Keys(settings.pool)
+        self.topology: LocalCluster | LocalSentinel | None = None
+        if topology == "cluster":
+            self.topology = LocalCluster.start(run_dir / "redis")
+        elif topology == "sentinel":
+            self.topology = LocalSentinel.start(run_dir / "redis")
+        self._single = None if self.topology else RedisServer.start(run_dir / "redis",
+                                                                      appendfsync=appendfsync)
+        self.url = self.topology.url if self.topology else self.redis.url
+        self.admin = sync_client(self.url, socket_timeout=10)
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.stopped: set[int] = set()  # pids under SIGSTOP
         self.redis_stopped = False
         self._spawned = 0
 
+    @property
+    def redis(self) -> RedisServer:
+        """The server holding the pool now (a topology's master for the pool's keys)."""
+        if isinstance(self.topology, LocalCluster):
+            return self.topology.master_of(self.keys.prefix)
+        if isinstance(self.topology, LocalSentinel):
+            return self.topology.master()
+        assert self._single is not None
+        return self._single
+
+    def promoted(self, old: RedisServer) -> bool:
+        """A replica now holds the pool instead of `old` (a topology's failover is over)."""
+        if isinstance(self.topology, LocalCluster):
+            return self.topology.promoted(self.keys.prefix, old)
+        return isinstance(self.topology, LocalSentinel) and self.topology.promoted(old)
+
     def env(self) -> dict[str, str]:
-        return {**os.environ, **self.settings.env(), "WORKPOOL_REDIS_URL": self.redis.url,
+        return {**os.environ, **self.settings.env(), "WORKPOOL_REDIS_URL": self.url,
                 "WORKPOOL_CHAOS_DIR": str(self.run_dir)}
 
     def spawn_worker(self) -> int:
@@ -123,4 +146,10 @@ class Cluster:
         self.wake_all()
         self.stop_workers()
         self.admin.close()
-        self.redis.stop()
+        if self.topology is not None:
+            for server in self.topology.servers():
+                with contextlib.suppress(OSError):
+                    os.kill(server.pid, signal.SIGCONT)
+            self.topology.stop()
+        else:
+            self.redis.stop()

@@ -42,16 +42,19 @@ class RunConfig:
     ttl: float = 2.0
     max_parallelism: int = 8
     quiesce_timeout: float = 60.0  #: give up after this long without progress
+    topology: str = "single"  #: single, cluster or sentinel
+    replicas: int = 0  #: the pool's replicas= (WAIT)
 
 
 def run(config: RunConfig, run_dir: Path) -> Report:
     """Run the whole experiment in `run_dir`; returns the checker's report."""
     settings = ChaosSettings(max_parallelism=config.max_parallelism, ttl=config.ttl,
-                             seed=config.seed)
+                             seed=config.seed, replicas=config.replicas)
     rng = random.Random(config.seed)
     rec = Recorder(run_dir / "history", "runner")
     cluster = Cluster(run_dir, settings, workers=config.workers,
-                      concurrency=config.concurrency, appendfsync=config.appendfsync)
+                      concurrency=config.concurrency, appendfsync=config.appendfsync,
+                      topology=config.topology)
     try:
         cluster.start_workers()
         _await_leader(cluster)
@@ -103,7 +106,7 @@ def _client_pool(cluster: Cluster, settings: ChaosSettings) -> Workpool:
     os.environ.update(cluster.env())
     from workpool.chaos import app  # noqa: PLC0415
 
-    app.pool.use_url(cluster.redis.url)
+    app.pool.use_url(cluster.url)
     assert app.settings == settings, "the chaos app was imported with other settings"
     return app.pool
 

@@ -58,7 +58,7 @@ class AsyncWorkpool:
         return ids
 
     async def _drive(self, op: ops.Ops[T]) -> T:
-        return await adrive(self.redis, self.config.url, op)
+        return await adrive(self.redis, self.config.url, op, self.config.replication)
 
     async def enqueue(self, job: JobRef, *args: Any, **options: Unpack[EnqueueOptions]) -> str:
         """`Workpool.enqueue`, awaitable."""

@@ -15,16 +15,19 @@ import redis
 import redis.asyncio
 
 from workpool.client.ops import Ops, Step
+from workpool.server import replication
 from workpool.server.connection import unavailable_as_typed
+from workpool.server.replication import Replication
 
 T = TypeVar("T")
 _DRAINED = 10_000  # notifications dropped at most before the read (a flood still gets read)
 _ASYNC_POLL_S = 0.001  # the asyncio client reads nothing within a timeout of 0
 
 
-def drive(client: redis.Redis, url: str, op: Ops[T]) -> T:
-    """Run `op` to its result with a blocking client (Redis errors typed, naming `url`)."""
-    steps = stream(client, url, op)
+def drive(client: redis.Redis, url: str, op: Ops[T], rep: Replication | None = None) -> T:
+    """Run `op` to its result with a blocking client (Redis errors typed, naming `url`; its
+    writes confirmed by `rep`'s replicas if given)."""
+    steps = stream(client, url, op, rep)
     while True:
         try:
             next(steps)
@@ -33,7 +36,8 @@ def drive(client: redis.Redis, url: str, op: Ops[T]) -> T:
             return result
 
 
-def stream(client: redis.Redis, url: str, op: Ops[T]) -> Generator[Any, None, T]:
+def stream(client: redis.Redis, url: str, op: Ops[T],
+           rep: Replication | None = None) -> Generator[Any, None, T]:
     """Run `op` with a blocking client, yielding the values its steps emit; returns its
     result."""
     pubsub: Any = None
@@ -50,7 +54,7 @@ def stream(client: redis.Redis, url: str, op: Ops[T]) -> Generator[Any, None, T]
                         _drain(pubsub)
                 elif step.pause:
                     time.sleep(step.pause)
-                step = op.send(_send(client, step))
+                step = op.send(_send(client, step, rep))
         except StopIteration as stop:
             result: T = stop.value
             return result
@@ -67,16 +71,19 @@ def _drain(pubsub: Any) -> None:
             return
 
 
-def _send(client: redis.Redis, step: Step) -> list[Any]:
+def _send(client: redis.Redis, step: Step, rep: Replication | None) -> list[Any]:
+    if rep is not None and step.writes:
+        return _raised(replication.send(client, step.commands, step.atomic, rep))
     pipe = client.pipeline(transaction=step.atomic)
     for command in step.commands:
         pipe.execute_command(*command)
     return list(pipe.execute())
 
 
-async def adrive(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> T:
-    """Run `op` to its result with an asyncio client (Redis errors typed, naming `url`)."""
-    async with contextlib.aclosing(astream(client, url, op)) as items:  # its pubsub at once
+async def adrive(client: redis.asyncio.Redis, url: str, op: Ops[T],
+                 rep: Replication | None = None) -> T:
+    """`drive` with an asyncio client."""
+    async with contextlib.aclosing(astream(client, url, op, rep)) as items:  # its pubsub at once
         async for item in items:
             if isinstance(item, Done):
                 return cast("T", item.result)
@@ -91,7 +98,8 @@ class Done:
     result: Any
 
 
-async def astream(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> AsyncGenerator[Any, None]:
+async def astream(client: redis.asyncio.Redis, url: str, op: Ops[T],
+                  rep: Replication | None = None) -> AsyncGenerator[Any, None]:
     """Run `op` with an asyncio client, yielding the values its steps emit, then Done(result)."""
     pubsub: Any = None
     with unavailable_as_typed(url):
@@ -108,7 +116,7 @@ async def astream(client: redis.asyncio.Redis, url: str, op: Ops[T]) -> AsyncGen
                         await _adrain(pubsub)
                 elif step.pause:
                     await asyncio.sleep(step.pause)
-                step = op.send(await _asend(client, step))
+                step = op.send(await _asend(client, step, rep))
         except StopIteration as stop:
             yield Done(stop.value)
         finally:
@@ -123,8 +131,18 @@ async def _adrain(pubsub: Any) -> None:
             return
 
 
-async def _asend(client: redis.asyncio.Redis, step: Step) -> list[Any]:
+async def _asend(client: redis.asyncio.Redis, step: Step, rep: Replication | None) -> list[Any]:
+    if rep is not None and step.writes:
+        return _raised(await replication.asend(client, step.commands, step.atomic, rep))
     pipe = client.pipeline(transaction=step.atomic)
     for command in step.commands:
         pipe.execute_command(*command)
     return list(await pipe.execute())
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """The replies, unless one is an error: then that error, raised (as a pipeline does)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies

@@ -40,6 +40,14 @@ class Step:
     listen: str | None = None
     emit: list[Any] = field(default_factory=list)  #: values handed to a streaming caller first
 
+    @property
+    def writes(self) -> bool:
+        """Whether the round trip appends anything (what `replicas=` confirms)."""
+        return any(command[0] in _WRITES for command in self.commands)
+
+
+_WRITES = ("XADD", "SADD")  #: the only writes a client sends (to its own stream and set)
+
 
 Ops = Generator[Step, list[Any], T]  #: an operation whose result is a T
 

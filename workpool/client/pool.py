@@ -67,13 +67,16 @@ class Workpool(WorkflowCalls):
         encoding: Encoding = "msgpack",
         rate_limit: RateLimit | str | None = None,
         max_per_key: int | None = None,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         self.config = PoolConfig(
             check_name(name), redis_url, max_parallelism=max_parallelism,
             retry=Retry() if retry is None else retry, retention=retention,
             max_payload_bytes=max_payload_bytes, max_result_bytes=max_result_bytes,
             lease_ttl=lease_ttl, heartbeat_ttl=heartbeat_ttl, encoding=encoding,
-            rate_limit=rate_limit_of("rate_limit", rate_limit), max_per_key=max_per_key)
+            rate_limit=rate_limit_of("rate_limit", rate_limit), max_per_key=max_per_key,
+            replicas=replicas, replica_timeout=replica_timeout)
         self.name, self.keys, self.registry = name, self.config.keys, self.config.registry
         self._redis: redis.Redis | None = None
         self._aio: AsyncWorkpool | None = None
@@ -272,7 +275,7 @@ class Workpool(WorkflowCalls):
         return self._drive(ops.wait(self.keys, job_id, timeout))
 
     def _drive(self, op: ops.Ops[T]) -> T:
-        return drive(self.redis, self.url, op)
+        return drive(self.redis, self.url, op, self.config.replication)
 
     def close(self) -> None:
         """Close the pool's connections."""

@@ -12,6 +12,7 @@ from workpool.core import validate
 from workpool.core.registry import Registry, check_name
 from workpool.core.schedule import CronJob
 from workpool.server.connection import check_url, resolve_url
+from workpool.server.replication import Replication
 from workpool.types import RateLimit, Retry, rate_limit_of
 from workpool.wire import limits
 from workpool.wire.calls import EngineSettings
@@ -41,6 +42,8 @@ class PoolConfig:
     crons: list[CronJob] = field(default_factory=list)
     #: ms the main loop's clock runs ahead of Redis's (0 but under pool.testing.advance)
     clock_offset_ms: int = 0
+    replicas: int = 0  #: replicas that must confirm each write (WAIT) before a call returns
+    replica_timeout: float = 1.0  #: s to wait for them, then NotReplicated
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -61,6 +64,7 @@ class PoolConfig:
         if self.redis_url is not None:
             check_url("redis_url", self.redis_url)
         self.keys = Keys(self.name)
+        self.replication = Replication.of(self.replicas, self.replica_timeout, self.keys.prefix)
 
     @property
     def url(self) -> str:

@@ -124,7 +124,7 @@ class MainLoop:
     async def _campaign(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
         calls = Replies()
         acquired = calls.add(self._acquire())
-        await self._timed(calls.arun(client))
+        await self._timed(calls.arun(client, self.config.replication))
         lease = acquired.value
         if lease.code == Code.OK:
             self._lead(lease.token)
@@ -171,7 +171,7 @@ class MainLoop:
         started = calls.add(self.engine.start(token, clock))
         reaped = calls.add(self.engine.reap(token, seed, clock,
                                             sent_ms=self._reap_sent_ms())) if reap_now else None
-        await self._timed(calls.arun(client))
+        await self._timed(calls.arun(client, self.config.replication))
         if renewed is not None:
             lease = renewed.value
             if lease.code != Code.OK or lease.token != token:
@@ -221,7 +221,7 @@ class MainLoop:
             for decision in decisions:
                 decided.append((job, decision, calls.add(
                     tick_call(self.config.keys, token, job, decision, fields))))
-        await calls.arun(client)
+        await calls.arun(client, self.config.replication)
         for job, decision, reply in decided:
             code = reply.value.code
             if code == Code.NOT_LEADER:

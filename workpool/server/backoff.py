@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from workpool.core.failures import describe, error_type
+from workpool.errors import NotReplicated
 from workpool.server.connection import TRANSPORT_ERRORS, is_refusal
 
 T = TypeVar("T")
@@ -49,8 +50,9 @@ class Backoff:
 
 
 def expected(exc: BaseException) -> bool:
-    """An error that a healthy program meets: Redis unreachable, or refusing for a while."""
-    return isinstance(exc, TRANSPORT_ERRORS) or is_refusal(exc)
+    """An error that a healthy program meets: Redis unreachable, refusing for a while, or its
+    replicas behind (NotReplicated)."""
+    return isinstance(exc, (*TRANSPORT_ERRORS, NotReplicated)) or is_refusal(exc)
 
 
 async def pause(stop: asyncio.Event | None, seconds: float) -> None:

@@ -1,27 +1,38 @@
-"""Where a pool's Redis is: the given URL, else $WORKPOOL_REDIS_URL, else the embedded server."""
+"""Where a pool's Redis is: the given URL, else $WORKPOOL_REDIS_URL, else the embedded server.
+A URL names one server (redis://, rediss://, unix://), a Redis Cluster
+(redis+cluster://host:port[,host:port...]) or a Sentinel-managed master
+(redis+sentinel://host:port[,host:port...]/MASTERNAME)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Generator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.cluster import ClusterNode
+from redis.exceptions import RedisClusterUnreachableError, SlotNotCoveredError
 
 from workpool.core import validate
 from workpool.errors import RedisRefused, RedisUnavailable
+from workpool.server.urls import CLUSTER, SCHEMES, Topology, is_topology, parse
 
 ENV_URL = "WORKPOOL_REDIS_URL"
-#: what a call raises when Redis cannot be reached or answers too late
-TRANSPORT_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
-SCHEMES = ("redis://", "rediss://", "unix://")
+#: what a call raises when Redis cannot be reached or answers too late (a cluster whose slot
+#: has no master for the moment included)
+TRANSPORT_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError,
+                    RedisClusterUnreachableError, SlotNotCoveredError)
 #: error codes of a server that refuses for a while (redis-py strips the code of some of them)
 _REFUSALS = ("OOM", "BUSY", "READONLY", "MISCONF", "LOADING", "MASTERDOWN", "NOREPLICAS",
-             "TRYAGAIN", "UNBLOCKED")
+             "TRYAGAIN", "UNBLOCKED", "CLUSTERDOWN")
 _REFUSAL_CLASSES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
-                    redis.exceptions.BusyLoadingError)
+                    redis.exceptions.BusyLoadingError, redis.exceptions.ClusterDownError,
+                    redis.exceptions.TryAgainError)
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -41,9 +52,13 @@ def is_refusal(exc: BaseException) -> bool:
 
 
 def check_url(name: str, url: Any) -> str:
-    """A Redis URL redis-py can open (redis://, rediss:// or unix://)."""
+    """A Redis URL workpool can open (see the module's docstring)."""
     if not isinstance(url, str) or not url.startswith(SCHEMES):
         validate.fail(name, "a Redis URL starting with " + ", ".join(SCHEMES), url)
+    if is_topology(url):
+        problem = parse(url).problem
+        if problem:
+            validate.fail(name, problem, url)
     return url
 
 
@@ -67,8 +82,22 @@ def _options(socket_timeout: float | None) -> dict[str, Any]:
 
 
 def sync_client(url: str, socket_timeout: float | None = None) -> redis.Redis:
-    """A blocking client for `url` (see _options)."""
-    return redis.Redis.from_url(url, **_options(socket_timeout))
+    """A blocking client for `url` (see _options); a cluster's client is typed as the Redis it
+    stands in for (every call of a pool names keys of one slot)."""
+    if not is_topology(url):
+        return redis.Redis.from_url(url, **_options(socket_timeout))
+    where = parse(url)
+    options = {**_options(socket_timeout), **where.credentials}
+    if where.scheme == CLUSTER:
+        return cast("redis.Redis", redis.RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in where.hosts], **options))
+    sentinel = redis.sentinel.Sentinel(where.hosts, sentinel_kwargs=_sentinel_options(where))
+    return cast("redis.Redis", sentinel.master_for(where.master, **options))
+
+
+def _sentinel_options(where: Topology) -> dict[str, Any]:
+    """How to talk to the Sentinels themselves: a bounded wait, their own credentials."""
+    return {"socket_timeout": 5, "socket_connect_timeout": 5, **where.credentials}
 
 
 #: connections an asyncio client opens at most (a wait or watch holds one while it listens):
@@ -83,10 +112,20 @@ def async_client(url: str, socket_timeout: float | None = None) -> redis.asyncio
     RedisUnavailable) for a connection instead of failing at once with "Too many connections"
     (redis-py's default pool, 100), so a burst of calls, many waits and watches, or a worker
     with a high --concurrency are served in turn."""
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url, max_connections=ASYNC_CONNECTIONS, timeout=ASYNC_CONNECTION_WAIT,
-        **_options(socket_timeout))
-    return redis.asyncio.Redis.from_pool(pool)
+    if not is_topology(url):
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=ASYNC_CONNECTIONS, timeout=ASYNC_CONNECTION_WAIT,
+            **_options(socket_timeout))
+        return redis.asyncio.Redis.from_pool(pool)
+    where = parse(url)
+    options = {**_options(socket_timeout), **where.credentials}
+    if where.scheme == CLUSTER:
+        return cast("redis.asyncio.Redis", redis.asyncio.RedisCluster(
+            startup_nodes=[AsyncClusterNode(h, p) for h, p in where.hosts],
+            max_connections=ASYNC_CONNECTIONS, **options))
+    sentinel = redis.asyncio.sentinel.Sentinel(
+        where.hosts, sentinel_kwargs=_sentinel_options(where))
+    return cast("redis.asyncio.Redis", sentinel.master_for(where.master, **options))
 
 
 @contextmanager
@@ -95,7 +134,7 @@ def unavailable_as_typed(url: str) -> Generator[None, None, None]:
     passing refusals (OOM, BUSY, READONLY, ...) into RedisRefused."""
     try:
         yield
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterUnreachableError, SlotNotCoveredError) as exc:
         if not is_refusal(exc):
             if isinstance(exc, TRANSPORT_ERRORS):
                 msg = f"cannot reach Redis at {url} ({exc}); the call may or may not have " \

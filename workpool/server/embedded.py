@@ -122,8 +122,9 @@ def _launch(port: int | None, spawn: Callable[[int], Spawned], data_dir: Path) -
 class RedisServer:
     """A redis-server child process we own: start, stop, kill -9 and restart on the same port."""
 
-    def __init__(self, binary: str, data_dir: Path, appendfsync: str, extra_args: Sequence[str]):
-        self.binary, self.data_dir = binary, data_dir
+    def __init__(self, binary: str, data_dir: Path, appendfsync: str, extra_args: Sequence[str],
+                 config: Path | None = None):
+        self.binary, self.data_dir, self.config = binary, data_dir, config
         self.appendfsync, self.extra_args = appendfsync, tuple(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._port = 0
@@ -135,16 +136,19 @@ class RedisServer:
         port: int | None = None,
         appendfsync: str = "everysec",
         extra_args: Sequence[str] = (),
+        config: Path | None = None,
     ) -> RedisServer:
-        """Start a server in ``data_dir`` (created if needed); return once it answers PING."""
+        """Start a server in ``data_dir`` (created if needed), reading ``config`` first if
+        given (a Sentinel's file); return once it answers PING."""
         data_dir = Path(data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = cls(find_redis_server(), data_dir, appendfsync, extra_args)
+        server = cls(find_redis_server(), data_dir, appendfsync, extra_args, config)
         server._port, _ = _launch(port, server._spawn, data_dir)
         return server
 
     def _spawn(self, port: int) -> Spawned:
-        args = [*_server_args(self.binary, self.data_dir, port, self.appendfsync), *self.extra_args]
+        binary, *args = _server_args(self.binary, self.data_dir, port, self.appendfsync)
+        args = [binary, *([str(self.config)] if self.config else []), *args, *self.extra_args]
         with (self.data_dir / "redis-server.out").open("ab") as out:  # pre-logfile errors
             self._proc = proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
@@ -158,6 +162,11 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self._port}/0"
+
+    @property
+    def running(self) -> bool:
+        """The process is ours and has not exited (it may be stopped with SIGSTOP)."""
+        return self._proc is not None and self._proc.poll() is None
 
     @property
     def pid(self) -> int:

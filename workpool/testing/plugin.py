@@ -11,6 +11,7 @@ import redis
 
 from workpool.client.pool import Workpool
 from workpool.server.embedded import RedisServer
+from workpool.server.topology import LocalCluster
 from workpool.testing.kit import Kit
 
 
@@ -23,6 +24,25 @@ def workpool_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def workpool_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster of the session's own (3 masters, a replica each, from the same
+    redis-server binary), started on first use and stopped at the end."""
+    cluster = LocalCluster.start(tmp_path_factory.mktemp("workpool-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def workpool_redis_cluster_url(workpool_redis_cluster: LocalCluster) -> str:
+    """The `redis+cluster://` URL of the session's cluster, every master emptied for this
+    test."""
+    workpool_redis_cluster.flush()
+    return workpool_redis_cluster.url
 
 
 @pytest.fixture

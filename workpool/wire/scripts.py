@@ -23,6 +23,8 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
+from workpool.server import replication
+from workpool.server.replication import Replication
 from workpool.wire import codes, counters, keys, limits, metrics, protocol, replies
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
@@ -108,40 +110,49 @@ def _raise_errors(results: Sequence[Any]) -> list[Any]:
     return list(results)
 
 
-def run(client: redis.Redis, calls: Sequence[Call[Any]]) -> list[Any]:
-    """Run `calls` in one pipeline (one round trip); reload scripts Redis lost, then retry those."""
-    results = _pipeline(client, calls)
+def run(client: redis.Redis, calls: Sequence[Call[Any]],
+        rep: Replication | None = None) -> list[Any]:
+    """Run `calls` in one pipeline (one round trip), their writes confirmed by `rep`'s
+    replicas if given; reload scripts Redis lost, then retry those."""
+    results = _pipeline(client, calls, rep)
     missed = _missed(results)
     if missed:
         for s in {calls[i].script for i in missed}:
             client.script_load(s.source)
-        again = _pipeline(client, [calls[i] for i in missed])
+        again = _pipeline(client, [calls[i] for i in missed], rep)
         for i, r in zip(missed, again, strict=True):
             results[i] = r
     return _raise_errors(results)
 
 
-def _pipeline(client: redis.Redis, calls: Sequence[Call[Any]]) -> list[Any]:
+def _pipeline(client: redis.Redis, calls: Sequence[Call[Any]],
+              rep: Replication | None) -> list[Any]:
+    if rep is not None:
+        return replication.send(client, [c.command() for c in calls], False, rep)
     pipe = client.pipeline(transaction=False)
     for c in calls:
         pipe.execute_command(*c.command())
     return list(pipe.execute(raise_on_error=False))
 
 
-async def arun(client: redis.asyncio.Redis, calls: Sequence[Call[Any]]) -> list[Any]:
+async def arun(client: redis.asyncio.Redis, calls: Sequence[Call[Any]],
+               rep: Replication | None = None) -> list[Any]:
     """`run` for asyncio clients."""
-    results = await _apipeline(client, calls)
+    results = await _apipeline(client, calls, rep)
     missed = _missed(results)
     if missed:
         for s in {calls[i].script for i in missed}:
             await client.script_load(s.source)
-        again = await _apipeline(client, [calls[i] for i in missed])
+        again = await _apipeline(client, [calls[i] for i in missed], rep)
         for i, r in zip(missed, again, strict=True):
             results[i] = r
     return _raise_errors(results)
 
 
-async def _apipeline(client: redis.asyncio.Redis, calls: Sequence[Call[Any]]) -> list[Any]:
+async def _apipeline(client: redis.asyncio.Redis, calls: Sequence[Call[Any]],
+                     rep: Replication | None) -> list[Any]:
+    if rep is not None:
+        return await replication.asend(client, [c.command() for c in calls], False, rep)
     pipe = client.pipeline(transaction=False)
     for c in calls:
         pipe.execute_command(*c.command())
@@ -161,9 +172,9 @@ class Replies:
         self._calls.append(call)
         return Reply(self, len(self._calls) - 1)
 
-    async def arun(self, client: redis.asyncio.Redis) -> None:
-        """Send every call in one round trip and read each reply."""
-        raw = await arun(client, self._calls)
+    async def arun(self, client: redis.asyncio.Redis, rep: Replication | None = None) -> None:
+        """Send every call in one round trip and read each reply (writes confirmed by `rep`)."""
+        raw = await arun(client, self._calls, rep)
         self.values = [c.parse(r) for c, r in zip(self._calls, raw, strict=True)]
 
 
