@@ -22,6 +22,7 @@ from workpool.server.embedded import pid_alive
 from workpool.types import Canceled
 
 Invoke = Callable[..., Result]
+pytestmark = pytest.mark.topologies  # each test on one server and on a cluster
 
 
 @pytest.fixture

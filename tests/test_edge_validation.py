@@ -202,6 +202,16 @@ def test_rate_limits_may_be_given_as_text_wherever_a_rate_limit_is_taken(
     ("retry", {"retry": {"max_attempts": 3}}),
     ("redis_url", {"redis_url": "http://x"}),
     ("redis_url", {"redis_url": 5}),
+    ("redis_url", {"redis_url": "redis+cluster://"}),
+    ("redis_url", {"redis_url": "redis+cluster://127.0.0.1:7000,127.0.0.1:port"}),
+    ("redis_url", {"redis_url": "redis+cluster://127.0.0.1:7000/3"}),
+    ("redis_url", {"redis_url": "redis+sentinel://127.0.0.1:26379"}),
+    ("redis_url", {"redis_url": "redis+sentinel://127.0.0.1:0/master"}),
+    ("replicas", {"replicas": -1}),
+    ("replicas", {"replicas": 1.5}),
+    ("replicas", {"replicas": 101}),
+    ("replica_timeout", {"replica_timeout": 0}),
+    ("replica_timeout", {"replica_timeout": "1"}),
 ])
 def test_a_pool_option_that_is_unusable_raises_naming_it(argument: str,
                                                          options: dict[str, Any]) -> None:

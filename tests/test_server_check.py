@@ -39,7 +39,13 @@ def test_a_redis_older_than_6_2_is_an_error_that_names_the_minimum() -> None:
 
 def test_replicas_bring_the_failover_caveat() -> None:
     (found,) = messages(SAFE, {"role": "master", "connected_slaves": "1"})
-    assert "failover can lose acknowledged writes" in found
+    assert "failover can lose acknowledged writes" in found and "replicas=1" in found
+
+
+def test_fewer_replicas_than_the_pool_waits_for_is_a_warning_and_enough_is_silent() -> None:
+    (found,) = assess(SAFE, {"role": "master", "connected_slaves": "1"}, replicas=2)
+    assert found.level == "warning" and "NotReplicated" in found.message
+    assert assess(SAFE, {"role": "master", "connected_slaves": "1"}, replicas=1) == []
 
 
 def test_the_leader_reads_the_settings_of_the_real_server(redis_url: str,

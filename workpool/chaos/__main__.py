@@ -9,7 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from workpool.chaos.faults import KINDS, MASTER_KINDS, TOPOLOGY_KINDS
+from workpool.chaos.failover import MASTER_KINDS
+from workpool.chaos.faults import KINDS, TOPOLOGY_KINDS
 from workpool.chaos.runner import RunConfig, recheck, run
 from workpool.chaos.table import render
 from workpool.server.embedded import find_redis_server

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+
 from workpool.chaos.settings import ChaosSettings
 from workpool.server.connection import sync_client
 from workpool.server.embedded import RedisServer
@@ -58,6 +60,14 @@ class Cluster:
         if isinstance(self.topology, LocalCluster):
             return self.topology.promoted(self.keys.prefix, old)
         return isinstance(self.topology, LocalSentinel) and self.topology.promoted(old)
+
+    def in_sync(self, server: RedisServer) -> bool:
+        """`server` is a replica whose link to its master is up (its full sync done)."""
+        with contextlib.suppress(redis.RedisError, OSError), \
+                redis.Redis(port=server.port, socket_timeout=2) as admin:
+            info = admin.info("replication")
+            return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
+        return False
 
     def env(self) -> dict[str, str]:
         return {**os.environ, **self.settings.env(), "WORKPOOL_REDIS_URL": self.url,

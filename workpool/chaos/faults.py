@@ -13,7 +13,6 @@ process dies (`os._exit`) in the process executor.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
 import socket
@@ -24,22 +23,17 @@ from collections.abc import Callable
 import msgpack
 import redis
 
+from workpool.chaos import failover
 from workpool.chaos.cluster import Cluster
+from workpool.chaos.failover import MASTER_KINDS
 from workpool.chaos.history import Recorder
 from workpool.chaos.workload import Workload
-from workpool.server.embedded import RedisServer
-
-
-def signal_server(server: RedisServer, sig: signal.Signals) -> None:
-    """Send `sig` to a server of the topology."""
-    os.kill(server.pid, sig)
 
 KINDS = ("kill_worker", "kill_leader", "pause_worker", "kill_redis", "script_flush",
          "client_kill", "redis_unreachable", "redis_oom", "redis_busy", "redis_readonly",
          "poison", "hung_code", "child_crash")
-#: faults of a replicated topology (a cluster's or a Sentinel's), the default there with the
-#: process, input and code faults; the one-server faults are for one server
-MASTER_KINDS = ("kill_master", "partition_master")
+#: the faults of a replicated topology (a cluster's or a Sentinel's): its masters' (failover.py)
+#: with the process, input and code faults; the one-server faults are for one server
 TOPOLOGY_KINDS = ("kill_worker", "kill_leader", "pause_worker", *MASTER_KINDS, "poison",
                   "hung_code", "child_crash")
 _HANDOVER_DEADLINE = 60.0
@@ -66,8 +60,9 @@ class Faults:
             "redis_unreachable": self.redis_unreachable, "redis_oom": self.redis_oom,
             "redis_busy": self.redis_busy, "redis_readonly": self.redis_readonly,
             "poison": self.poison, "hung_code": self.hung_code,
-            "child_crash": self.child_crash, "kill_master": self.kill_master,
-            "partition_master": self.partition_master}
+            "child_crash": self.child_crash,
+            "kill_master": lambda: failover.kill_master(cluster, recorder),
+            "partition_master": lambda: failover.partition_master(cluster, recorder)}
 
     def inject(self, kind: str) -> None:
         self._by_kind[kind]()
@@ -136,36 +131,6 @@ class Faults:
         self.rec.record("fault", kind="kill_redis")
         self.cluster.kill_redis()
         self.rec.record("fault_end", kind="kill_redis")
-
-    def kill_master(self) -> None:
-        """SIGKILL the master holding the pool; once a replica is promoted, start the old one
-        again (it rejoins as the new master's replica, so `replicas=1` is met again)."""
-        old = self.cluster.redis
-        t = self.rec.record("fault", kind="kill_master", target=old.port)
-        old.kill()
-        self._failover(old, "kill_master", t)
-        old.restart()
-        self.rec.record("fault_end", kind="kill_master")
-
-    def partition_master(self) -> None:
-        """SIGSTOP the master holding the pool past the failover, then SIGCONT it: a stale
-        master back, demoted by the others, with what it alone acknowledged."""
-        old = self.cluster.redis
-        t = self.rec.record("fault", kind="partition_master", target=old.port)
-        signal_server(old, signal.SIGSTOP)
-        try:
-            self._failover(old, "partition_master", t)
-        finally:
-            signal_server(old, signal.SIGCONT)
-            self.rec.record("fault_end", kind="partition_master")
-
-    def _failover(self, old: RedisServer, kind: str, began: float) -> None:
-        deadline = time.monotonic() + _HANDOVER_DEADLINE
-        while time.monotonic() < deadline and not self.cluster.promoted(old):
-            time.sleep(0.05)  # poll interval
-        promoted = self.cluster.promoted(old)
-        self.rec.record("fault_note", kind=kind, note="promoted" if promoted else "none promoted",
-                        after=time.time() - began)
 
     def script_flush(self) -> None:
         self.rec.record("fault", kind="script_flush")

@@ -149,7 +149,8 @@ class MainLoop:
 
     async def _check_server(self, client: redis.asyncio.Redis) -> None:
         """Warn about Redis settings that can lose jobs (see server_check)."""
-        for finding in await check_server(client):
+        for finding in await check_server(client, self.config.keys.prefix,
+                                          self.config.replicas):
             getattr(self.log, finding.level)(finding.message)
 
     def _lose(self, why: str) -> None:

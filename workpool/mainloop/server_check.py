@@ -10,6 +10,7 @@ from typing import Literal
 import redis.asyncio
 from redis.exceptions import ResponseError
 
+from workpool.server.replication import anode_client
 from workpool.wire.protocol import text
 
 _SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync")
@@ -24,9 +25,9 @@ class Finding:
 
 
 def assess(config: Mapping[str, str], replication: Mapping[str, str],
-           version: str = "") -> list[Finding]:
+           version: str = "", replicas: int = 0) -> list[Finding]:
     """Judge CONFIG values, INFO replication fields and the server version (missing ones are
-    not judged)."""
+    not judged) against the pool's `replicas=`."""
     found: list[Finding] = []
     if version and tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < (6, 2):
         found.append(Finding("error", f"redis {version} is too old: workpool needs 6.2 or "
@@ -45,14 +46,23 @@ def assess(config: Mapping[str, str], replication: Mapping[str, str],
         found.append(Finding("info", "appendfsync everysec: a machine crash (not a redis "
                              "crash) can lose up to about 1 s of acknowledged writes; "
                              "appendfsync always closes that window"))
-    if replication.get("role") == "master" and int(replication.get("connected_slaves", "0")):
+    connected = int(replication.get("connected_slaves", "0"))
+    if replication.get("role") == "master" and connected < replicas:
+        found.append(Finding("warning", f"replicas={replicas} but redis has {connected} "
+                             "connected: every write waits for them and fails NotReplicated "
+                             "until they are back; add replicas or lower replicas="))
+    elif replication.get("role") == "master" and connected and not replicas:
         found.append(Finding("info", "redis has replicas: replication is asynchronous, so a "
-                             "failover can lose acknowledged writes (README, 'Failover')"))
+                             "failover can lose acknowledged writes unless the pool has "
+                             "replicas=1 or more (README, 'Scaling out')"))
     return found
 
 
-async def check_server(client: redis.asyncio.Redis) -> list[Finding]:
-    """Read the settings (CONFIG may be renamed or disabled: then only INFO is judged)."""
+async def check_server(client: redis.asyncio.Redis, key: str = "",
+                       replicas: int = 0) -> list[Finding]:
+    """Read the settings of the server holding `key` (a cluster's node for its slot; CONFIG
+    may be renamed or disabled: then only INFO is judged)."""
+    client = anode_client(client, key)
     config: dict[str, str] = {}
     for name in _SETTINGS:
         try:
@@ -64,4 +74,4 @@ async def check_server(client: redis.asyncio.Redis) -> list[Finding]:
     except ResponseError:
         info = {}
     return assess(config, {str(k): str(v) for k, v in info.items()},
-                  str(info.get("redis_version", "")))
+                  str(info.get("redis_version", "")), replicas)

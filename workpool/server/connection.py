@@ -30,9 +30,10 @@ TRANSPORT_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError,
 #: error codes of a server that refuses for a while (redis-py strips the code of some of them)
 _REFUSALS = ("OOM", "BUSY", "READONLY", "MISCONF", "LOADING", "MASTERDOWN", "NOREPLICAS",
              "TRYAGAIN", "UNBLOCKED", "CLUSTERDOWN")
+#: (a cluster's slot moved to another node, MOVED or ASK: the command was not run there)
 _REFUSAL_CLASSES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
                     redis.exceptions.BusyLoadingError, redis.exceptions.ClusterDownError,
-                    redis.exceptions.TryAgainError)
+                    redis.exceptions.TryAgainError, redis.exceptions.AskError)
 
 
 def is_refusal(exc: BaseException) -> bool:

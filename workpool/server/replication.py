@@ -43,6 +43,10 @@ class Replication:
 
     def check(self, acknowledged: Any) -> None:
         """Raise NotReplicated unless WAIT's reply counts enough replicas."""
+        if isinstance(acknowledged, Exception):  # the server is no master any more, say
+            msg = f"the write's confirmation (WAIT) failed: {acknowledged}; it may or may " \
+                  "not have landed. Retry (an enqueue with key= is safe to repeat)."
+            raise NotReplicated(msg) from acknowledged
         if int(acknowledged) < self.replicas:
             msg = f"only {acknowledged} of the {self.replicas} replicas asked for (replicas=) " \
                   f"confirmed the write within {self.timeout_ms} ms: it is on the master " \
@@ -62,6 +66,10 @@ def _replies(raw: list[Any], atomic: bool, rep: Replication) -> list[Any]:
     EXEC's for a transaction, once WAIT counted enough replicas. A transaction refused raises
     its first refused command's error (nothing of it was written)."""
     *body, acknowledged = raw
+    if isinstance(acknowledged, Exception):  # a write's own refusal says more
+        for reply in body:
+            if isinstance(reply, Exception):
+                raise reply
     if atomic:
         result = body[-1]
         if isinstance(result, Exception):
