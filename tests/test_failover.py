@@ -140,7 +140,9 @@ def test_too_few_replicas_is_not_replicated_with_the_write_on_the_master(
     pool = Workpool("few", redis_url=failing.url, replicas=2, replica_timeout=0.2)
     with pytest.raises(NotReplicated, match="only 1 of the 2 replicas"):
         pool.enqueue("echo", 1, key="k")
-    on_master = node_client(sync_client(failing.url), pool.keys.prefix)
-    assert on_master.xlen(pool.keys.pending_start) == 1  # all of the call, unconfirmed
-    assert Workpool("few", redis_url=failing.url, replicas=1).enqueue("echo", 1, key="k")
-    pool.close()
+    client = sync_client(failing.url)
+    assert node_client(client, pool.keys.prefix).xlen(pool.keys.pending_start) == 1  # unconfirmed
+    enough = Workpool("few", redis_url=failing.url, replicas=1)
+    assert enough.enqueue("echo", 1, key="k")
+    for done in (client, enough, pool):
+        done.close()

@@ -125,7 +125,7 @@ def running_worker(pool: Workpool, **options: Any) -> AbstractContextManager[Wor
     """Run a Worker (with its main-loop candidate, unless told otherwise) until the block ends:
     the testing kit's own (workpool.testing.running), named `test-<pool>` by default."""
     options.setdefault("worker_id", f"test-{pool.name}")
-    return running(pool, **options)
+    return cast("AbstractContextManager[Worker]", running(pool, **options))  # one shard
 
 
 def redis_cli_path() -> str:

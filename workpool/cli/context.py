@@ -13,10 +13,11 @@ from typing import Any, cast
 import click
 
 from workpool.client.pool import Workpool
+from workpool.client.sharded import shard_count
 from workpool.core.locate import load_object
 from workpool.core.logs import LogFormat, configure_logging, logger
 from workpool.errors import ConfigurationError, WorkpoolError
-from workpool.server.connection import check_url
+from workpool.server.connection import check_url, unavailable_as_typed
 
 ENV_POOL = "WORKPOOL_POOL"
 
@@ -78,6 +79,11 @@ def pool_for(ctx: click.Context, spec: str, *, code: bool = False) -> Workpool:
             pool.use_url(url)
     else:
         pool = Workpool(spec, url)
+        with unavailable_as_typed(pool.url):  # a sharded pool's loops told its coordinator
+            shards = shard_count(pool.redis, spec)
+        if shards > 1:
+            pool.close()
+            pool = Workpool(spec, url, shards=shards)
     ctx.call_on_close(pool.close)
     return pool
 

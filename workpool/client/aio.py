@@ -13,6 +13,14 @@ from workpool.client.again import again_entry
 from workpool.client.drive import Done, adrive, astream
 from workpool.client.ended import ended_jobs
 from workpool.client.metrics import PoolMetrics, pool_metrics
+from workpool.client.sharded import (
+    applied,
+    by_shard,
+    merge_ended,
+    merge_metrics,
+    merge_stats,
+    placed,
+)
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
 from workpool.core import tracing
@@ -53,7 +61,11 @@ class AsyncWorkpool:
         """Append enqueue or workflow start entries, in a PRODUCER span when traces are on;
         their ids."""
         with tracing.producing(self.config.name, entries) as sent:
-            ids = await self._drive(ops.enqueue(self.config.keys, entries))
+            by_id: dict[int, str] = {}  # a sharded pool's: each shard's, a round trip each
+            for keys, group in placed(self.config, entries):
+                by_id.update(zip(map(id, group), await self._drive(ops.enqueue(keys, group)),
+                                 strict=True))
+            ids = [by_id[id(entry)] for entry in entries]
             sent(ids)
         return ids
 
@@ -68,7 +80,8 @@ class AsyncWorkpool:
 
     async def run_again(self, job_id: str) -> str:
         """`Workpool.run_again`, awaitable."""
-        return (await self._send([await self._drive(again_entry(self.config.keys, job_id))]))[0]
+        entry = await self._drive(again_entry(self.config.keys_for(job_id), job_id))
+        return (await self._send([entry]))[0]
 
     async def enqueue_many(self, job: JobRef, args_list: Iterable[Sequence[Any]],
                            **options: Unpack[ManyOptions]) -> list[str]:
@@ -90,67 +103,75 @@ class AsyncWorkpool:
     async def send_event(self, workflow_id: str, name: str, payload: Any = None, *,
                          key: str | None = None) -> None:
         """`Workpool.send_event`, awaitable."""
-        await self._drive(ops.send_event(self.config.keys, event_entry(
+        await self._drive(ops.send_event(self.config.keys_for(workflow_id), event_entry(
             self.config, workflow_id, name, payload, key)))
 
     async def watch(self, workflow_id: str,
                     timeout: float | None = None) -> AsyncIterator[WorkflowChange]:
         """`Workpool.watch`, as an async iterator."""
         async for item in astream(self.redis, self.config.url,
-                                  watching.watch(self.config.keys, workflow_id, timeout)):
+                                  watching.watch(self.config.keys_for(workflow_id),
+                                                 workflow_id, timeout)):
             if not isinstance(item, Done):
                 yield item
 
     async def running_workflows(self, limit: int = 1000) -> list[WorkflowStatus]:
         """`Workpool.running_workflows`, awaitable."""
-        return await self._drive(ops.running_workflows(self.config.keys, limit))
+        every = [w for keys in self.config.shard_keys
+                 for w in await self._drive(ops.running_workflows(keys, limit))]
+        return every[:limit]
 
     async def workflow_status(self, workflow_id: str) -> WorkflowStatus:
         """`Workpool.workflow_status`, awaitable."""
-        return await self._drive(ops.workflow_status(self.config.keys,
-                                                     check_job_id(workflow_id)))
+        return await self._drive(ops.workflow_status(
+            self.config.keys_for(check_job_id(workflow_id)), workflow_id))
 
     async def status(self, job_id: str) -> JobStatus:
         """`Workpool.status`, awaitable."""
-        return await self._drive(ops.status(self.config.keys, check_job_id(job_id)))
+        return await self._drive(ops.status(self.config.keys_for(check_job_id(job_id)), job_id))
 
     async def cancel(self, job_id: str, wait: float = 2.0) -> Canceled:
         """`Workpool.cancel`, awaitable."""
-        return await self._drive(ops.cancel_one(self.config.keys, check_job_id(job_id),
-                                                ops.wait_seconds(wait)))
+        return await self._drive(ops.cancel_one(self.config.keys_for(check_job_id(job_id)),
+                                                job_id, ops.wait_seconds(wait)))
 
     async def cancel_many(self, job_ids: Iterable[str]) -> int:
         """`Workpool.cancel_many`, awaitable."""
-        return await self._drive(ops.cancel(self.config.keys, [check_job_id(j) for j in job_ids]))
+        return sum([await self._drive(ops.cancel(keys, ids)) for keys, ids in
+                    by_shard(self.config, [check_job_id(j) for j in job_ids])])
 
     async def cancel_all(self) -> int:
         """`Workpool.cancel_all`, awaitable."""
-        return await self._drive(ops.cancel_all(self.config.keys))
+        return sum([await self._drive(ops.cancel_all(k)) for k in self.config.shard_keys])
 
     async def configure(self, *, wait: float = 2.0,
                         **settings: Unpack[LiveSettings]) -> Configured:
         """`Workpool.configure`, awaitable."""
-        return await self._drive(ops.configure(self.config.keys, config_fields(settings),
-                                               ops.wait_seconds(wait)))
+        fields, seconds = config_fields(settings), ops.wait_seconds(wait)
+        return applied([await self._drive(ops.configure(keys, fields, seconds))
+                        for keys in self.config.shard_keys])
 
     async def stats(self) -> PoolStats:
         """`Workpool.stats`, awaitable."""
-        return await self._drive(stats_ops(self.config.keys))
+        return merge_stats(self.config.name, [await self._drive(stats_ops(keys))
+                                              for keys in self.config.shard_keys])
 
     async def ended_jobs(self, *, limit: int = 50, failed: bool = False,
                          before: float | None = None,
                          since: float | None = None) -> list[JobStatus]:
         """`Workpool.ended_jobs`, awaitable."""
-        return await self._drive(ended_jobs(self.config.keys, limit=limit, failed=failed,
-                                            before=before, since=since))
+        return merge_ended([await self._drive(ended_jobs(keys, limit=limit, failed=failed,
+                                                         before=before, since=since))
+                            for keys in self.config.shard_keys], limit)
 
     async def metrics(self) -> PoolMetrics:
         """`Workpool.metrics`, awaitable."""
-        return await self._drive(pool_metrics(self.config.keys))
+        return merge_metrics(self.config.name, [await self._drive(pool_metrics(keys))
+                                                for keys in self.config.shard_keys])
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """`Workpool.wait`, awaitable: woken by the job's notification, no busy polling."""
-        return await self._drive(ops.wait(self.config.keys, job_id, timeout))
+        return await self._drive(ops.wait(self.config.keys_for(job_id), job_id, timeout))
 
     async def aclose(self) -> None:
         """Close the asyncio client."""

@@ -15,6 +15,13 @@ from workpool.client.aio import AsyncWorkpool
 from workpool.client.drive import drive
 from workpool.client.ended import ended_jobs
 from workpool.client.metrics import PoolMetrics, pool_metrics
+from workpool.client.sharded import (
+    applied,
+    by_shard,
+    merge_ended,
+    merge_metrics,
+    merge_stats,
+)
 from workpool.client.stats import PoolStats
 from workpool.client.stats import stats as stats_ops
 from workpool.client.workflows import WorkflowCalls
@@ -69,6 +76,7 @@ class Workpool(WorkflowCalls):
         max_per_key: int | None = None,
         replicas: int = 0,
         replica_timeout: float = 1.0,
+        shards: int = 1,
     ) -> None:
         self.config = PoolConfig(
             check_name(name), redis_url, max_parallelism=max_parallelism,
@@ -76,7 +84,7 @@ class Workpool(WorkflowCalls):
             max_payload_bytes=max_payload_bytes, max_result_bytes=max_result_bytes,
             lease_ttl=lease_ttl, heartbeat_ttl=heartbeat_ttl, encoding=encoding,
             rate_limit=rate_limit_of("rate_limit", rate_limit), max_per_key=max_per_key,
-            replicas=replicas, replica_timeout=replica_timeout)
+            replicas=replicas, replica_timeout=replica_timeout, shards=shards)
         self.name, self.keys, self.registry = name, self.config.keys, self.config.registry
         self._redis: redis.Redis | None = None
         self._aio: AsyncWorkpool | None = None
@@ -219,28 +227,29 @@ class Workpool(WorkflowCalls):
     def run_again(self, job_id: str) -> str:
         """Run a finished job again: a new job with its name, arguments and options, linked to
         it (`status().rerun_of`); the old job stays as it ended. The new job's id."""
-        return self._send([self._drive(again_entry(self.keys, job_id))])[0]
+        return self._send([self._drive(again_entry(self.config.keys_for(job_id), job_id))])[0]
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status; JobNotFound if the pool has no such job."""
-        return self._drive(ops.status(self.keys, check_job_id(job_id)))
+        return self._drive(ops.status(self.config.keys_for(check_job_id(job_id)), job_id))
 
     def cancel(self, job_id: str, wait: float = 2.0) -> Canceled:
         """Cancel a job: pending/retrying ones end canceled; a running one is never retried.
         Waits up to `wait` s for the main loop to apply it and says what it did (SENT: none
         did in time; it will, in order)."""
-        return self._drive(ops.cancel_one(self.keys, check_job_id(job_id),
+        return self._drive(ops.cancel_one(self.config.keys_for(check_job_id(job_id)), job_id,
                                           ops.wait_seconds(wait)))
 
     def cancel_many(self, job_ids: Iterable[str]) -> int:
         """Send a cancel request for each job (a thousand a round trip), applied as cancel()'s
         are, in order; how many were sent (not waited for)."""
-        return self._drive(ops.cancel(self.keys, [check_job_id(j) for j in job_ids]))
+        return sum(self._drive(ops.cancel(keys, ids)) for keys, ids in
+                   by_shard(self.config, [check_job_id(j) for j in job_ids]))
 
     def cancel_all(self) -> int:
         """Cancel every job and workflow not finished; returns how many cancel requests were
         sent."""
-        return self._drive(ops.cancel_all(self.keys))
+        return sum(self._drive(ops.cancel_all(keys)) for keys in self.config.shard_keys)
 
     def configure(self, *, wait: float = 2.0, **settings: Unpack[LiveSettings]) -> Configured:
         """Change a running pool at once, persisted in Redis (overrides what code declares).
@@ -250,29 +259,32 @@ class Workpool(WorkflowCalls):
         again. Waits up to `wait` s for the main loop: "applied", or "sent" (it applies when a
         main loop runs). The settings are those of `workpool.LiveSettings`.
         """
-        return self._drive(ops.configure(self.keys, config_fields(settings),
-                                         ops.wait_seconds(wait)))
+        fields, seconds = config_fields(settings), ops.wait_seconds(wait)
+        return applied([self._drive(ops.configure(keys, fields, seconds))
+                        for keys in self.config.shard_keys])
 
     def stats(self) -> PoolStats:
         """Counts per state, running vs limit, throughput and anomaly counters."""
-        return self._drive(stats_ops(self.keys))
+        return merge_stats(self.name, [self._drive(stats_ops(k)) for k in self.config.shard_keys])
 
     def ended_jobs(self, *, limit: int = 50, failed: bool = False, before: float | None = None,
                    since: float | None = None) -> list[JobStatus]:
         """Jobs (and workflows) that ended within the retention, newest first: up to `limit`,
         only done/failed ones with `failed`, only those that ended before `before` (seconds
         since the epoch: the last one's `finished_at` pages on), and at or after `since`."""
-        return self._drive(ended_jobs(self.keys, limit=limit, failed=failed, before=before,
-                                      since=since))
+        return merge_ended([self._drive(ended_jobs(keys, limit=limit, failed=failed,
+                                                   before=before, since=since))
+                            for keys in self.config.shard_keys], limit)
 
     def metrics(self) -> PoolMetrics:
         """What Prometheus shows of the pool: counts and histograms by job name, its stats,
         leader changes, the age of its oldest waiting job (`workpool metrics` serves them)."""
-        return self._drive(pool_metrics(self.keys))
+        return merge_metrics(self.name, [self._drive(pool_metrics(keys))
+                                         for keys in self.config.shard_keys])
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Block until the job is terminal (woken by its notification, no busy polling)."""
-        return self._drive(ops.wait(self.keys, job_id, timeout))
+        return self._drive(ops.wait(self.config.keys_for(job_id), job_id, timeout))
 
     def _drive(self, op: ops.Ops[T]) -> T:
         return drive(self.redis, self.url, op, self.config.replication)

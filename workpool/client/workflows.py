@@ -12,6 +12,7 @@ from redis.client import Pipeline
 
 from workpool.client import ops, watching
 from workpool.client.drive import stream
+from workpool.client.sharded import placed
 from workpool.core import tracing, validate
 from workpool.core.config import PoolConfig
 from workpool.core.registry import Registry, WorkflowSpec, check_name
@@ -51,12 +52,17 @@ class WorkflowCalls:
         given, each named by us then), in a PRODUCER span when traces are on; their ids."""
         with tracing.producing(self.config.name, entries) as sent:
             if transaction is None:
-                ids = self._drive(ops.enqueue(self.keys, entries))
+                by_id: dict[int, str] = {}  # each shard's, in one round trip each
+                for keys, group in placed(self.config, entries):
+                    by_id.update(zip(map(id, group), self._drive(ops.enqueue(keys, group)),
+                                     strict=True))
+                ids = [by_id[id(entry)] for entry in entries]
             else:  # its replies are the caller's: the entries name their jobs themselves
                 for entry in entries:
                     entry.setdefault("id", new_job_id())
-                for command in ops.enqueue_commands(self.keys, entries):
-                    transaction.execute_command(*command)
+                for keys, group in placed(self.config, entries):
+                    for command in ops.enqueue_commands(keys, group):
+                        transaction.execute_command(*command)
                 ids = [str(entry["id"]) for entry in entries]
             sent(ids)
         return ids
@@ -114,20 +120,24 @@ class WorkflowCalls:
         running when the main loop applies it. With `key`, a send is taken once: another
         event with that key for that workflow is dropped, so a send that failed without
         saying whether it landed (RedisUnavailable) can be repeated."""
-        self._drive(ops.send_event(self.keys, event_entry(self.config, workflow_id, name,
-                                                          payload, key)))
+        self._drive(ops.send_event(self.config.keys_for(workflow_id), event_entry(
+            self.config, workflow_id, name, payload, key)))
 
     def watch(self, workflow_id: str, timeout: float | None = None) -> Iterator[WorkflowChange]:
         """Every change of a workflow as it happens, in order, none missed: its state (running,
         then done or canceled) and each journal entry asked for and ended; caught up from the
         journal first, then following its notifications; ends once the workflow ended
         (WaitTimeout after `timeout` s)."""
-        return stream(self.redis, self.url, watching.watch(self.keys, workflow_id, timeout))
+        return stream(self.redis, self.url, watching.watch(self.config.keys_for(workflow_id),
+                                                           workflow_id, timeout))
 
     def running_workflows(self, limit: int = 1000) -> list[WorkflowStatus]:
         """Up to `limit` of the workflows running now."""
-        return self._drive(ops.running_workflows(self.keys, limit))
+        every = [w for keys in self.config.shard_keys
+                 for w in self._drive(ops.running_workflows(keys, limit))]
+        return every[:limit]
 
     def workflow_status(self, workflow_id: str) -> WorkflowStatus:
         """The workflow's state, outcome and each step; JobNotFound if it has none."""
-        return self._drive(ops.workflow_status(self.keys, check_job_id(workflow_id)))
+        return self._drive(ops.workflow_status(self.config.keys_for(check_job_id(workflow_id)),
+                                               workflow_id))

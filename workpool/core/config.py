@@ -5,7 +5,7 @@ from its arguments; the worker and the main loop take it, never the client objec
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from workpool.core import validate
@@ -18,8 +18,9 @@ from workpool.wire import limits
 from workpool.wire.calls import EngineSettings
 from workpool.wire.keys import Keys
 from workpool.wire.options import EnqueueOptions, entry_fields
-from workpool.wire.protocol import Encoding, Fields, check_kwargs, enqueue_fields
+from workpool.wire.protocol import Encoding, Fields, check_job_id, check_kwargs, enqueue_fields
 from workpool.wire.settings import check_max_per_key, declared_settings
+from workpool.wire.shards import shard_of
 
 
 @dataclass
@@ -44,6 +45,8 @@ class PoolConfig:
     clock_offset_ms: int = 0
     replicas: int = 0  #: replicas that must confirm each write (WAIT) before a call returns
     replica_timeout: float = 1.0  #: s to wait for them, then NotReplicated
+    shards: int = 1  #: shards of the pool, each its own slot, main loop and scripts
+    shard: int | None = None  #: which shard this configuration is of (None: the whole pool)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -63,8 +66,31 @@ class PoolConfig:
             check_max_per_key(self.max_per_key)
         if self.redis_url is not None:
             check_url("redis_url", self.redis_url)
-        self.keys = Keys(self.name)
+        validate.integer("shards", self.shards, 1, limits.MAX_SHARDS)
+        if self.shard is not None:
+            validate.integer("shard", self.shard, 0, self.shards - 1)
+        self.keys = Keys(self.name, self.shard)
         self.replication = Replication.of(self.replicas, self.replica_timeout, self.keys.prefix)
+        #: the coordinator's (a sharded pool's grants live in the pool's own slot)
+        self.coordinator_replication = Replication.of(self.replicas, self.replica_timeout,
+                                                      Keys(self.name).prefix)
+
+    @property
+    def shard_keys(self) -> list[Keys]:
+        """The keys of every shard (of the pool itself when it has one shard)."""
+        if self.shards == 1:
+            return [self.keys]
+        return [Keys(self.name, i) for i in range(self.shards)]
+
+    def keys_for(self, job_id: str) -> Keys:
+        """The keys of the shard that holds job (or workflow) `job_id` (checked first)."""
+        return self.shard_keys[shard_of(check_job_id(job_id), self.shards)]
+
+    def shard_configs(self) -> list[PoolConfig]:
+        """One configuration per shard (the same code, limits and URL), or this one alone."""
+        if self.shards == 1:
+            return [self]
+        return [replace(self, shard=i, redis_url=self.url) for i in range(self.shards)]
 
     @property
     def url(self) -> str:

@@ -31,6 +31,8 @@
 -- ARGV[2] prefix         key prefix `{wp:<pool>}:`
 -- ARGV[3] batch          max promotions, starts and deliveries in this call (integer)
 -- ARGV[4] now            ms since epoch, '' for Redis TIME, or +ms: TIME plus that (pool.testing)
+-- ARGV[5] cap            a shard's fresh grant of its sharded pool's slots (grantTokens):
+--                        running stays within it too; '' (or absent): no cap, one pool
 -- Returns R.start {code, started, running, max_parallelism, next_due_ms, next_callback_ms,
 -- now_ms, next_admission_ms, promoted, requests_waiting, outcomes_waiting, ids...} with -1 for
 -- "nothing scheduled"; next_callback_ms is the next delivery or replay due again, or the next
@@ -38,6 +40,7 @@
 -- next_admission_ms is when a rate limit lets a held job go; promoted
 -- counts the steps moving jobs towards `ready` (a full batch: call again at once);
 -- requests_waiting and outcomes_waiting are the entries of pendingStart and pendingCompletion
+-- (ready: the jobs in the ready set as the call ends, what a shard asks slots for)
 -- not applied yet (the main loop calls ingestRequests and applyOutcomes only while there are).
 -- code is NOT_LEADER (nothing written) or OK; a bad argument is an error reply, nothing
 -- written.
@@ -49,15 +52,19 @@ if not holds_lease(KEYS[1], ARGV[1]) then
   return reply(R.start, {code = C.NOT_LEADER, started = 0, running = 0, max_parallelism = 0,
                          next_due_ms = -1, next_callback_ms = -1, now_ms = 0,
                          next_admission_ms = -1, promoted = 0, requests_waiting = 0,
-                         outcomes_waiting = 0})
+                         outcomes_waiting = 0, ready = 0})
 end
 local prefix = ARGV[2]
 local batch = arg_int(3, 1, 100000)
 local now = now_ms(4)
+local cap = nil
+if ARGV[5] ~= nil and ARGV[5] ~= '' then cap = arg_int(5, 0, L.MAX_SETTING) end
 local counts = {}
 local a = adm(prefix, counts)
 local maxp = tonumber(setting(a, 'max_parallelism') or '0')
 if setting(a, 'paused') == '1' then maxp = 0 end
+local limit = maxp  -- what this call starts up to: the pool's limit, or a shard's grant
+if cap ~= nil then limit = math.min(maxp, cap) end
 local running = rcall('ZCARD', KEYS[4])
 local started = {}
 local next_admission = -1
@@ -115,7 +122,7 @@ end
 
 -- 3. Start the best ready jobs into free slots, within the rate limits.
 local pool_rate = setting(a, 'rate')
-local free = math.min(maxp - running, batch)
+local free = math.min(limit - running, batch)
 local looked = 0
 local name_rates = {}  -- name -> its rate spec (false: none), read once per call
 -- The best ready jobs are read a window at a time; a key's next job may join `ready` (advance_key)
@@ -293,4 +300,5 @@ return reply(R.start, {code = C.OK, started = #started, running = running + #sta
                        next_callback_ms = next_callback, now_ms = now,
                        next_admission_ms = next_admission, promoted = moved + #due,
                        requests_waiting = waiting(prefix .. K.pending_start),
-                       outcomes_waiting = waiting(prefix .. K.pending_completion)}, started)
+                       outcomes_waiting = waiting(prefix .. K.pending_completion),
+                       ready = rcall('ZCARD', a.ready)}, started)

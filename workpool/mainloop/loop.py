@@ -9,6 +9,7 @@
    ends an idle wait says which woke it): an idle call costs Redis as much as ~40 jobs' work.
 3. When a tick leaves nothing to do, it blocks on XREAD over both request streams until a new
    entry arrives or the next timer (due job, callback retry, reap, lease renewal) fires.
+4. A shard's loop starts jobs only within its grant of the pool's slots (tokens.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from workpool.core.config import HasConfig, PoolConfig, config_of
 from workpool.core.logs import logger
 from workpool.mainloop.cron import decide, last_ticks, tick_call
 from workpool.mainloop.server_check import check_server
+from workpool.mainloop.tokens import Grant
 from workpool.server.backoff import Backoff, expected, pause
 from workpool.server.connection import async_client
 from workpool.wire.calls import Engine
@@ -65,8 +67,7 @@ class MainLoop:
         self.reap_interval = reap_interval or min(1.0, pool.heartbeat_ttl / 4)
         self.token: str | None = None
         self.log = logger(pool=pool.name, loop=self.owner[:8])
-        self._renew_at = 0.0
-        self._reap_at = 0.0
+        self._renew_at, self._reap_at = 0.0, 0.0
         self._cursor = _Cursor()
         self._cron_last: dict[str, int] = {}
         self._cron_next: dict[str, int] = {}
@@ -77,6 +78,7 @@ class MainLoop:
         self._stall_s = pool.heartbeat_ttl / 4  # a round trip this much slower: a stall
         self._grace_s = pool.heartbeat_ttl / 2  # the reaper's silence grace
         self._clock: tuple[int, float] | None = None  # (Redis ms, monotonic) of a reply
+        self.grant = Grant(pool, self.engine) if pool.shard is not None else None  # a shard's
 
     async def run(self, stop: asyncio.Event) -> None:
         """Act as main loop until `stop` is set. It outlives any error: Redis away or refusing
@@ -113,8 +115,7 @@ class MainLoop:
     def _reap_sent_ms(self) -> int | None:
         """Redis time now (from the last reply), if this loop's writes have landed for the
         last grace: the reaper then knows heartbeats could be written all along. A new leader,
-        or one back from an error or a stall, is not trusted for a grace: its reaps suspect
-        afresh."""
+        or one back from an error or a stall, is not trusted for a grace (it suspects afresh)."""
         since = self._writing_since
         if self._clock is None or since is None or time.monotonic() - since < self._grace_s:
             return None
@@ -128,7 +129,9 @@ class MainLoop:
         lease = acquired.value
         if lease.code == Code.OK:
             self._lead(lease.token)
-            await self._check_server(client)
+            for finding in await check_server(client, self.config.keys.prefix,
+                                              self.config.replicas):  # what can lose jobs
+                getattr(self.log, finding.level)(finding.message)
             self._cron_last = last_ticks(await client.hgetall(self.config.keys.cron))
             self._cron_next = {}
             return
@@ -147,16 +150,11 @@ class MainLoop:
         self._cursor = _Cursor()
         self.log.info("main loop lease acquired", epoch=int(token.split(":", 1)[0]))
 
-    async def _check_server(self, client: redis.asyncio.Redis) -> None:
-        """Warn about Redis settings that can lose jobs (see server_check)."""
-        for finding in await check_server(client, self.config.keys.prefix,
-                                          self.config.replicas):
-            getattr(self.log, finding.level)(finding.message)
-
     def _lose(self, why: str) -> None:
         self.log.warning("main loop lease lost", reason=why, token=self.token)
-        self.token = None
-        self._writing_since = None
+        self.token, self._writing_since = None, None
+        if self.grant is not None:
+            self.grant.forget()
 
     async def _tick(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
         assert self.token is not None
@@ -169,7 +167,8 @@ class MainLoop:
         clock = f"+{self.config.clock_offset_ms}" if self.config.clock_offset_ms else None
         ingested = calls.add(self.engine.ingest(token, clock)) if cursor.requests else None
         applied = calls.add(self.engine.apply(token, seed, clock)) if cursor.outcomes else None
-        started = calls.add(self.engine.start(token, clock))
+        cap = self.grant.cap(now) if self.grant is not None else None
+        started = calls.add(self.engine.start(token, clock, cap))
         reaped = calls.add(self.engine.reap(token, seed, clock,
                                             sent_ms=self._reap_sent_ms())) if reap_now else None
         await self._timed(calls.arun(client, self.config.replication))
@@ -188,6 +187,10 @@ class MainLoop:
             self._lose("fencing rejected a script")
             return
         self._clock = (start.now_ms, time.monotonic())
+        if self.grant is not None and self.grant.due(now, start) and \
+                not await self.grant.refresh(client, token, start, clock):
+            self._lose("the coordinator refused a stale shard loop")
+            return
         if reaped is not None:
             self._reaped(reaped.value)
             self._reap_at = self._next_reap(now, reaped.value.next_lost_ms)
@@ -200,9 +203,10 @@ class MainLoop:
         cursor.completion = apply_.last_entry_id or cursor.completion
         cursor.requests, cursor.outcomes = start.requests_waiting > 0, start.outcomes_waiting > 0
         batch = self.engine.settings.batch
+        granted = self.grant is not None and start.ready and self.grant.cap(now) > start.running
         if (ingest.applied >= batch or apply_.applied >= batch or start.started >= batch
-                or start.promoted >= batch):
-            return  # more work is waiting: go again at once
+                or start.promoted >= batch or granted):
+            return  # more work is waiting (or slots were just granted): go again at once
         await self._idle(client, stop, self._idle_ms(start, now))
 
     async def _cron(self, client: redis.asyncio.Redis, now_ms: int) -> None:

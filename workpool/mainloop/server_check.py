@@ -10,7 +10,7 @@ from typing import Literal
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from workpool.server.replication import anode_client
+from workpool.server.replication import on_node
 from workpool.wire.protocol import text
 
 _SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync")
@@ -62,15 +62,15 @@ async def check_server(client: redis.asyncio.Redis, key: str = "",
                        replicas: int = 0) -> list[Finding]:
     """Read the settings of the server holding `key` (a cluster's node for its slot; CONFIG
     may be renamed or disabled: then only INFO is judged)."""
-    client = anode_client(client, key)
     config: dict[str, str] = {}
     for name in _SETTINGS:
         try:
-            config.update({text(k): text(v) for k, v in (await client.config_get(name)).items()})
+            got = await on_node(client, key, "CONFIG GET", name)
+            config.update({text(k): text(v) for k, v in got.items()})
         except ResponseError:
             break
     try:
-        info = await client.info()  # the default sections hold server and replication
+        info = await on_node(client, key, "INFO")  # default sections: server, replication
     except ResponseError:
         info = {}
     return assess(config, {str(k): str(v) for k, v in info.items()},

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from typing import Any, cast
-from weakref import WeakKeyDictionary
 
 import redis
 import redis.asyncio
+from redis.asyncio.cluster import PipelineCommand
 from redis.exceptions import AskError, RedisClusterUnreachableError, SlotNotCoveredError
 
 from workpool.core import validate
@@ -114,23 +114,25 @@ def send(client: redis.Redis, commands: list[Command], atomic: bool,
     raise AssertionError  # unreachable: the second attempt returns or raises
 
 
-_NODE_OPTIONS = ("username", "password", "credential_provider", "decode_responses",
-                 "socket_connect_timeout", "socket_timeout", "health_check_interval")
-_NODES: WeakKeyDictionary[Any, dict[tuple[str, int], redis.asyncio.Redis]] = WeakKeyDictionary()
+async def on_node(client: redis.asyncio.Redis, key: str, *command: Any) -> Any:
+    """`command` on the one server that holds `key` now (a cluster's node for its slot, on
+    the cluster's own connections), its reply parsed as usual."""
+    if isinstance(client, redis.asyncio.RedisCluster):
+        return await client.execute_command(*command, target_nodes=client.get_node_from_key(key))
+    return await client.execute_command(*command)
 
 
-def anode_client(client: redis.asyncio.Redis, key: str) -> redis.asyncio.Redis:
-    """`node_client` for asyncio clients (a plain client per node, kept with the cluster's)."""
-    if not isinstance(client, redis.asyncio.RedisCluster):
-        return client
-    node = client.get_node_from_key(key)
-    nodes = _NODES.setdefault(client, {})
-    if (node.host, node.port) not in nodes:
-        given = {k: node.connection_kwargs.get(k) for k in _NODE_OPTIONS}
-        ssl = issubclass(node.connection_class, redis.asyncio.SSLConnection)
-        nodes[(node.host, node.port)] = redis.asyncio.Redis(
-            host=node.host, port=node.port, ssl=ssl, **given)
-    return nodes[(node.host, node.port)]
+async def _apipeline(client: redis.asyncio.Redis, key: str, commands: list[Command]) -> list[Any]:
+    """`commands` in one pipeline on one connection to the server holding `key` (errors as
+    values)."""
+    if isinstance(client, redis.asyncio.RedisCluster):
+        queued = [PipelineCommand(i, *c) for i, c in enumerate(commands)]
+        await client.get_node_from_key(key).execute_pipeline(queued)
+        return [c.result for c in queued]
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(await pipe.execute(raise_on_error=False))
 
 
 async def asend(client: redis.asyncio.Redis, commands: list[Command], atomic: bool,
@@ -138,10 +140,7 @@ async def asend(client: redis.asyncio.Redis, commands: list[Command], atomic: bo
     """`send` for asyncio clients."""
     for attempt in (1, 2):
         try:
-            pipe = anode_client(client, rep.key).pipeline(transaction=False)
-            for command in _commands(commands, atomic, rep):
-                pipe.execute_command(*command)
-            raw = list(await pipe.execute(raise_on_error=False))
+            raw = await _apipeline(client, rep.key, _commands(commands, atomic, rep))
         except _UNSENT:
             if attempt == 2 or not _is_cluster(client):
                 raise

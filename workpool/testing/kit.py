@@ -22,6 +22,7 @@ from workpool.wire.protocol import decode_arguments, job_fields, text
 
 if TYPE_CHECKING:
     from workpool.client.pool import Workpool
+    from workpool.process import Shards
     from workpool.types import JobStatus
     from workpool.worker.supervisor import Worker
 
@@ -38,7 +39,7 @@ class WorkerThread(threading.Thread):
         self.pool, self.options = pool, dict(options)
         self.started = threading.Event()
         self.error: BaseException | None = None
-        self.worker: Worker | None = None
+        self.worker: Worker | Shards | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
 
@@ -70,7 +71,7 @@ class WorkerThread(threading.Thread):
 
 
 @contextmanager
-def running(pool: Workpool, **options: Any) -> Iterator[Worker]:
+def running(pool: Workpool, **options: Any) -> Iterator[Worker | Shards]:
     """Run a Worker of `pool` (with its main-loop candidate, unless `main_loop=False`) in a
     background thread until the block ends."""
     options.setdefault("grace", 2.0)

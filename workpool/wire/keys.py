@@ -57,19 +57,30 @@ KEY = {
     "done_channel": "done:",
     "wf_channel": "wfc:",
     "throughput": "tpm:",
+    "tokens": "tokens",
 }
 
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names of one pool."""
+    """Key names of one pool, or of shard `shard` of a sharded pool (its own hash tag)."""
 
     pool: str
+    shard: int | None = None
 
     @property
     def prefix(self) -> str:
-        """`{wp:<pool>}:`: the hash-tagged prefix of every key of the pool."""
-        return f"{{wp:{self.pool}}}:"
+        """`{wp:<pool>}:` (a shard's: `{wp:<pool>/<shard>}:`): the hash-tagged prefix of every
+        key of the pool (`/` is no character of a pool's name)."""
+        if self.shard is None:
+            return f"{{wp:{self.pool}}}:"
+        return f"{{wp:{self.pool}/{self.shard}}}:"
+
+    @property
+    def tokens(self) -> str:
+        """HASH (a sharded pool's coordinator, in the pool's own slot): each shard's grant of
+        the pool's slots (grantTokens)."""
+        return f"{{wp:{self.pool}}}:" + KEY["tokens"]
 
     def _k(self, name: str) -> str:
         return self.prefix + name

@@ -28,6 +28,7 @@ MAX_RUN_AT_MS = 10**13  #: earliest start, ms since the epoch (the year 2286)
 MAX_RUN_AFTER_MS = 10**13  #: earliest start, ms after the enqueue
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 MAX_SETTING = 10**9  #: max_parallelism, max_per_key
+MAX_SHARDS = 256  #: shards of one pool (each its own slot, main loop and scripts)
 MAX_RATE_LIMIT = 10**9  #: starts per period of a rate limit
 MAX_RATE_PER_MS = 365 * DAY_MS  #: the period of a rate limit
 MAX_WORKFLOW_STEPS = 100_000  #: journal entries of one workflow (its max_steps at most)

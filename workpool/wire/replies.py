@@ -80,6 +80,7 @@ class StartReply:
     promoted: int  #: due jobs moved towards the ready set by this call
     requests_waiting: int  #: entries in pendingStart not applied yet, as the call ends
     outcomes_waiting: int  #: entries in pendingCompletion not applied yet, as the call ends
+    ready: int  #: jobs in the ready set, free to start but for a slot, as the call ends
     ids: list[str] = field(metadata=_TAIL)
 
 
@@ -103,9 +104,18 @@ class TickReply:
     enqueued: int
 
 
+@dataclass(frozen=True)
+class GrantReply:
+    """grantTokens: the shard's slots of a sharded pool's max_parallelism."""
+
+    code: Code
+    tokens: int
+
+
 #: each layout's name in the scripts (`R.<name>`)
 LAYOUTS: dict[str, type[Any]] = {"lease": LeaseReply, "code": CodeReply, "batch": BatchReply,
-                                  "start": StartReply, "reap": ReapReply, "tick": TickReply}
+                                  "start": StartReply, "reap": ReapReply, "tick": TickReply,
+                                  "grant": GrantReply}
 
 
 def _head(cls: type[Any]) -> list[dataclasses.Field[Any]]:
@@ -132,6 +142,11 @@ def lua_prelude() -> str:
 def parse_lease(reply: Sequence[Any]) -> LeaseReply:
     """An acquireLease reply."""
     return parse(LeaseReply, reply)
+
+
+def parse_grant(reply: Sequence[Any]) -> GrantReply:
+    """A grantTokens reply."""
+    return parse(GrantReply, reply)
 
 
 def parse_code(reply: Sequence[Any]) -> CodeReply:

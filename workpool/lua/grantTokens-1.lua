@@ -1,0 +1,60 @@
+-- grantTokens: a sharded pool's global max_parallelism. Each shard's main loop asks its own
+-- share of the pool's slots ("tokens") from the coordinator hash (its own slot), reporting
+-- what it runs and what it could start; it starts jobs only while it runs fewer than its grant
+-- and its grant is fresh. A grant never goes below what the shard runs (a running job's slot
+-- is never taken back), and the sum of every shard's grant stays within max_parallelism, so
+-- the pool never runs more. A shard's grant is taken back only by that shard's own next call:
+-- one that stops asking (its loop died) keeps its slots until a new leader of the shard asks,
+-- with what the shard really runs (reconciled). While other shards want slots, a shard is
+-- cut to its fair share (max_parallelism over the shards that want any) as its jobs end; when
+-- none do, it may take every free slot.
+--
+-- KEYS[1] tokens   HASH  per shard i: a:<i> grant, e:<i> epoch of the loop that asked last,
+--                        d:<i> its demand (running + ready), t:<i> when (ms); n: the shards
+--                        (how a client that names the pool alone finds them)
+-- ARGV[1] shard    the shard's index (0 .. shards - 1)
+-- ARGV[2] shards   how many shards the pool has
+-- ARGV[3] epoch    the asking loop's lease epoch on its shard (a stale loop's is older)
+-- ARGV[4] running  jobs the shard runs (its running set as its last startJobs left it)
+-- ARGV[5] demand   running + ready jobs of the shard
+-- ARGV[6] maxp     the pool's max_parallelism (0 when paused)
+-- ARGV[7] fresh    ms: a shard that asked longer ago than this wants nothing more (its loop
+--                  is gone: its grant stays, its demand no longer counts)
+-- ARGV[8] now      ms since epoch, '' for Redis TIME, or +ms (pool.testing)
+-- Returns R.grant {code, tokens}: OK and the shard's grant, or NOT_LEADER (tokens 0) for a
+-- loop whose epoch is older than one that asked before (nothing written).
+-- @include common
+
+local shards = arg_int(2, 1, L.MAX_SHARDS)
+local shard = arg_int(1, 0, shards - 1)
+local epoch = arg_int(3, 1, 2^53)
+local running = arg_int(4, 0, L.MAX_SETTING)
+local demand = math.max(running, arg_int(5, 0, 2^53))
+local maxp = arg_int(6, 0, L.MAX_SETTING)
+local fresh = arg_int(7, 1, 2^53)
+local now = now_ms(8)
+local raw = rcall('HGETALL', KEYS[1])
+local h = fields_of(raw)
+if epoch < (tonumber(h['e:' .. shard]) or 0) then
+  return reply(R.grant, {code = C.NOT_LEADER, tokens = 0})
+end
+
+local others, unmet, wanting = 0, 0, 1
+for j = 0, shards - 1 do
+  if j ~= shard then
+    local held = tonumber(h['a:' .. j]) or 0
+    local wants = tonumber(h['d:' .. j]) or 0
+    others = others + held
+    if now - (tonumber(h['t:' .. j]) or 0) <= fresh and wants > 0 then
+      wanting = wanting + 1
+      unmet = unmet + math.max(0, wants - held)
+    end
+  end
+end
+local available = math.max(0, maxp - others)
+local desired = demand
+if unmet > 0 then desired = math.min(demand, math.ceil(maxp / wanting)) end
+local grant = math.max(running, math.min(desired, available))
+rcall('HSET', KEYS[1], 'a:' .. shard, grant, 'e:' .. shard, epoch, 'd:' .. shard, demand,
+      't:' .. shard, now, 'n', shards)
+return reply(R.grant, {code = C.OK, tokens = grant})
