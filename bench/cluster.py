@@ -129,7 +129,7 @@ def replicas(jobs: int, tmp: Path) -> list[tuple[int, float, float]]:
             name = f"r{n}"
             _prepare(master.url, name, jobs)
             spent, _ = main_loop_alone(master.url, name, jobs,
-                                       Replication.of(n, 1.0, f"{{wp:{name}}}:"))
+                                       Replication.of(n, 1.0))
             pool = Workpool(f"e{n}", master.url, replicas=n)
             began = time.perf_counter()
             for _ in range(min(jobs, 2000)):

@@ -88,3 +88,22 @@ def test_cluster_and_sentinel_urls_name_their_nodes_master_and_credentials(
     where = parse(url)
     assert (where.hosts, where.master, where.credentials, where.problem) == (
         hosts, master, credentials, "")
+
+
+def test_a_sharded_pool_with_replicas_confirms_each_shards_writes_on_its_own_node(
+    workpool_redis_cluster: LocalCluster, workpool_redis_cluster_url: str,
+) -> None:
+    pool = Workpool("shrep", redis_url=workpool_redis_cluster_url, shards=3, replicas=1,
+                    lease_ttl=1.0, heartbeat_ttl=1.0)
+
+    @pool.job()
+    def echo(i: int) -> int:
+        return i
+
+    nodes = {workpool_redis_cluster.master_of(k.prefix).port for k in pool.config.shard_keys}
+    assert len(nodes) > 1  # the shards live on different nodes
+    ids = pool.enqueue_many("echo", [(i,) for i in range(30)])
+    with running(pool):
+        assert [pool.wait(j, timeout=30).result for j in ids] == list(range(30))
+    assert pool.stats().counters["succeeded"] == 30
+    pool.close()

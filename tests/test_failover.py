@@ -101,7 +101,7 @@ def test_a_stale_leader_is_refused_on_the_promoted_replica_and_on_the_old_master
 ) -> None:
     pool = Workpool("fence", redis_url=failing.url)
     client = sync_client(failing.url, socket_timeout=2)  # the old master is frozen a while
-    rep = Replication.of(1, 5.0, pool.keys.prefix)
+    rep = Replication.of(1, 5.0)
     engine = Engine(pool.keys)
     stale_token = _one(client, engine.acquire("loop-a", 1000, 10), rep).token
     old = _master(failing, pool)

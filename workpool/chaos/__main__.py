@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="one redis-server, a Redis Cluster or a Sentinel-managed master")
     r.add_argument("--replicas", type=int, default=d.replicas,
                    help="the pool's replicas= (WAIT after each write)")
+    r.add_argument("--shards", type=int, default=d.shards, help="the pool's shards=")
     r.add_argument("--appendfsync", choices=["always", "everysec"], default=d.appendfsync)
     r.add_argument("--ttl", type=float, default=d.ttl, help="lease and heartbeat TTL (s)")
     r.add_argument("--max-parallelism", type=int, default=d.max_parallelism)
@@ -75,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
                        appendfsync=args.appendfsync, ttl=args.ttl,
                        max_parallelism=args.max_parallelism,
                        quiesce_timeout=args.quiesce_timeout, topology=args.topology,
-                       replicas=args.replicas)
+                       replicas=args.replicas, shards=args.shards)
     began = time.monotonic()
     report = run(config, out)
     header = (f"workpool chaos run: seed {config.seed}, {config.duration:.0f} s of faults, "
               f"{config.workers} workers x {config.concurrency}, max_parallelism "
               f"{config.max_parallelism}, lease/heartbeat TTL {config.ttl} s, appendfsync "
               f"{config.appendfsync}, {config.rate:.0f} ops/s, {config.topology} Redis, "
-              f"replicas={config.replicas}, {find_redis_server()}\n"
+              f"replicas={config.replicas}, shards={config.shards}, {find_redis_server()}\n"
               f"run dir {out}; took {time.monotonic() - began:.0f} s")
     print(render(report, header))
     return 0 if report.ok else 1

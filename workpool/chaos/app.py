@@ -37,7 +37,7 @@ pool = workpool.Workpool(
     settings.pool, max_parallelism=settings.max_parallelism,
     retry=workpool.Retry(max_attempts=MAX_ATTEMPTS, initial_backoff=0.02, base=2.0),
     lease_ttl=settings.ttl, heartbeat_ttl=settings.ttl, retention=6 * 3600.0,
-    max_result_bytes=MAX_RESULT_BYTES, replicas=settings.replicas)
+    max_result_bytes=MAX_RESULT_BYTES, replicas=settings.replicas, shards=settings.shards)
 
 
 class FlakyError(Exception):

@@ -21,6 +21,7 @@ from workpool.server.embedded import RedisServer
 from workpool.server.topology import LocalCluster, LocalSentinel
 from workpool.wire.keys import Keys
 from workpool.wire.protocol import text
+from workpool.wire.shards import shard_of
 
 
 class Cluster:
@@ -30,7 +31,9 @@ class Cluster:
                  appendfsync: str, topology: str = "single") -> None:
         self.run_dir, self.settings = run_dir, settings
         self.size, self.concurrency = workers, concurrency
-        self.keys = Keys(settings.pool)
+        self.keys = Keys(settings.pool, 0 if settings.shards > 1 else None)  # (shard 0's)
+        self.shard_keys = [Keys(settings.pool, i) for i in range(settings.shards)] \
+            if settings.shards > 1 else [self.keys]
         self.topology: LocalCluster | LocalSentinel | None = None
         if topology == "cluster":
             self.topology = LocalCluster.start(run_dir / "redis")
@@ -47,19 +50,27 @@ class Cluster:
 
     @property
     def redis(self) -> RedisServer:
-        """The server holding the pool now (a topology's master for the pool's keys)."""
+        """The server holding the pool (its first shard) now."""
+        return self.master_for(self.keys.prefix)
+
+    def master_for(self, prefix: str) -> RedisServer:
+        """The server holding the keys of `prefix` now (a topology's master for them)."""
         if isinstance(self.topology, LocalCluster):
-            return self.topology.master_of(self.keys.prefix)
+            return self.topology.master_of(prefix)
         if isinstance(self.topology, LocalSentinel):
             return self.topology.master()
         assert self._single is not None
         return self._single
 
-    def promoted(self, old: RedisServer) -> bool:
-        """A replica now holds the pool instead of `old` (a topology's failover is over)."""
+    def promoted(self, old: RedisServer, prefix: str) -> bool:
+        """A replica now holds the keys of `prefix` instead of `old` (a failover is over)."""
         if isinstance(self.topology, LocalCluster):
-            return self.topology.promoted(self.keys.prefix, old)
+            return self.topology.promoted(prefix, old)
         return isinstance(self.topology, LocalSentinel) and self.topology.promoted(old)
+
+    def keys_for(self, job_id: str) -> Keys:
+        """The keys of the shard holding `job_id`."""
+        return self.shard_keys[shard_of(job_id, len(self.shard_keys))]
 
     def in_sync(self, server: RedisServer) -> bool:
         """`server` is a replica whose link to its master is up (its full sync done)."""

@@ -17,35 +17,36 @@ MASTER_KINDS = ("kill_master", "partition_master")
 _DEADLINE = 60.0  #: s a failover or a resync may take before the fault gives up waiting
 
 
-def kill_master(cluster: Cluster, rec: Recorder) -> None:
-    """SIGKILL the pool's master; once a replica is promoted, start it again."""
-    old = cluster.redis
-    began = rec.record("fault", kind="kill_master", target=old.port)
+def kill_master(cluster: Cluster, rec: Recorder, prefix: str) -> None:
+    """SIGKILL the master holding the keys of `prefix` (a shard of the pool); once a replica
+    is promoted, start it again."""
+    old = cluster.master_for(prefix)
+    began = rec.record("fault", kind="kill_master", target=old.port, keys=prefix)
     old.kill()
-    _promoted(cluster, rec, old, "kill_master", began)
+    _promoted(cluster, rec, old, prefix, began)
     old.restart()
     _resynced(cluster, rec, old, "kill_master")
 
 
-def partition_master(cluster: Cluster, rec: Recorder) -> None:
-    """SIGSTOP the pool's master past the failover, then SIGCONT it."""
-    old = cluster.redis
-    began = rec.record("fault", kind="partition_master", target=old.port)
+def partition_master(cluster: Cluster, rec: Recorder, prefix: str) -> None:
+    """SIGSTOP the master holding the keys of `prefix` past the failover, then SIGCONT it."""
+    old = cluster.master_for(prefix)
+    began = rec.record("fault", kind="partition_master", target=old.port, keys=prefix)
     os.kill(old.pid, signal.SIGSTOP)
     try:
-        _promoted(cluster, rec, old, "partition_master", began)
+        _promoted(cluster, rec, old, prefix, began)
     finally:
         os.kill(old.pid, signal.SIGCONT)
     _resynced(cluster, rec, old, "partition_master")
 
 
-def _promoted(cluster: Cluster, rec: Recorder, old: RedisServer, kind: str,
+def _promoted(cluster: Cluster, rec: Recorder, old: RedisServer, prefix: str,
               began: float) -> None:
     deadline = time.monotonic() + _DEADLINE
-    while time.monotonic() < deadline and not cluster.promoted(old):
+    while time.monotonic() < deadline and not cluster.promoted(old, prefix):
         time.sleep(0.05)  # poll interval
-    rec.record("fault_note", kind=kind, note="promoted" if cluster.promoted(old) else
-               "none promoted", after=time.time() - began)
+    rec.record("fault_note", kind="failover", note="promoted" if cluster.promoted(old, prefix)
+               else "none promoted", after=time.time() - began)
 
 
 def _resynced(cluster: Cluster, rec: Recorder, old: RedisServer, kind: str) -> None:

@@ -61,8 +61,13 @@ class Faults:
             "redis_busy": self.redis_busy, "redis_readonly": self.redis_readonly,
             "poison": self.poison, "hung_code": self.hung_code,
             "child_crash": self.child_crash,
-            "kill_master": lambda: failover.kill_master(cluster, recorder),
-            "partition_master": lambda: failover.partition_master(cluster, recorder)}
+            "kill_master": lambda: failover.kill_master(cluster, recorder, self._shard()),
+            "partition_master": lambda: failover.partition_master(cluster, recorder,
+                                                                  self._shard())}
+
+    def _shard(self) -> str:
+        """The key prefix of one of the pool's shards, drawn (the pool's own when unsharded)."""
+        return self.rng.choice(self.cluster.shard_keys).prefix
 
     def inject(self, kind: str) -> None:
         self._by_kind[kind]()
@@ -218,7 +223,7 @@ class Faults:
         real = self.workload.recent(3, self.rng) or ["key:none"]
         ids = [f"poison:{self._poisoned + i}" for i in range(6)]
         self._poisoned += len(ids)
-        k = self.cluster.keys
+        k = self.rng.choice(self.cluster.shard_keys)
         junk = bytes(self.rng.randrange(256) for _ in range(64))
         starts: list[dict[bytes | str, bytes | str]] = [
             {"id": ids[0], "name": "fast", "args": junk},

@@ -44,12 +44,13 @@ class RunConfig:
     quiesce_timeout: float = 60.0  #: give up after this long without progress
     topology: str = "single"  #: single, cluster or sentinel
     replicas: int = 0  #: the pool's replicas= (WAIT)
+    shards: int = 1  #: the pool's shards=
 
 
 def run(config: RunConfig, run_dir: Path) -> Report:
     """Run the whole experiment in `run_dir`; returns the checker's report."""
     settings = ChaosSettings(max_parallelism=config.max_parallelism, ttl=config.ttl,
-                             seed=config.seed, replicas=config.replicas)
+                             seed=config.seed, replicas=config.replicas, shards=config.shards)
     rng = random.Random(config.seed)
     rec = Recorder(run_dir / "history", "runner")
     cluster = Cluster(run_dir, settings, workers=config.workers,
@@ -78,8 +79,10 @@ def run(config: RunConfig, run_dir: Path) -> Report:
         flows = flowrules.read(history)  # and every step and child their programs name:
         named = set(flows) | set(flowrules.steps(flows))
         final = _final_states(cluster, job_ids | poisoned | named)  # a poison id finds none
-        stale, rejected = (int(n or 0) for n in cluster.admin.hmget(
-            cluster.keys.stats, [Counter.STALE_COMPLETIONS, Counter.REJECTED]))
+        stale = rejected = 0
+        for keys in cluster.shard_keys:
+            counts = cluster.admin.hmget(keys.stats, [Counter.STALE_COMPLETIONS, Counter.REJECTED])
+            stale, rejected = stale + int(counts[0] or 0), rejected + int(counts[1] or 0)
     finally:
         cluster.close()
         rec.close()
@@ -163,16 +166,16 @@ def _quiesce(cluster: Cluster, job_ids: set[str], timeout: float) -> None:
 def _backlog(cluster: Cluster) -> int:
     """Jobs waiting or running, entries not yet applied, deliveries outstanding, workflows
     running."""
-    k = cluster.keys
     pipe = cluster.admin.pipeline(transaction=False)
-    pipe.hlen(k.unstarted)
-    pipe.scard(k.retrying)
-    pipe.zcard(k.running)
-    pipe.zcard(k.callbacks_due)
-    pipe.xlen(k.pending_start)
-    pipe.xlen(k.pending_completion)
-    pipe.xlen(k.dispatch)
-    pipe.scard(k.workflows)
+    for k in cluster.shard_keys:
+        pipe.hlen(k.unstarted)
+        pipe.scard(k.retrying)
+        pipe.zcard(k.running)
+        pipe.zcard(k.callbacks_due)
+        pipe.xlen(k.pending_start)
+        pipe.xlen(k.pending_completion)
+        pipe.xlen(k.dispatch)
+        pipe.scard(k.workflows)
     return sum(int(n) for n in pipe.execute())
 
 
@@ -182,8 +185,9 @@ def _fields(cluster: Cluster, job_ids: list[str]) -> list[dict[str, bytes]]:
     for i in range(0, len(job_ids), _CHUNK):
         pipe = cluster.admin.pipeline(transaction=False)
         for job in job_ids[i:i + _CHUNK]:
-            pipe.hgetall(cluster.keys.job(job))
-            pipe.hget(cluster.keys.unstarted, job)
+            keys = cluster.keys_for(job)
+            pipe.hgetall(keys.job(job))
+            pipe.hget(keys.unstarted, job)
         replies = pipe.execute()
         out += [job_fields(h, packed) for h, packed in zip(replies[::2], replies[1::2],
                                                            strict=True)]

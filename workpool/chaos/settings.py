@@ -16,6 +16,7 @@ class ChaosSettings:
     seed: int = 1
     callback_failure_rate: float = 0.15
     replicas: int = 0  #: the pool's `replicas=` (WAIT before a write counts as done)
+    shards: int = 1  #: the pool's `shards=`
 
     @classmethod
     def from_env(cls) -> ChaosSettings:
@@ -28,11 +29,13 @@ class ChaosSettings:
             seed=int(env.get("WORKPOOL_CHAOS_SEED", cls.seed)),
             callback_failure_rate=float(env.get("WORKPOOL_CHAOS_CB_FAIL",
                                                 cls.callback_failure_rate)),
-            replicas=int(env.get("WORKPOOL_CHAOS_REPLICAS", cls.replicas)))
+            replicas=int(env.get("WORKPOOL_CHAOS_REPLICAS", cls.replicas)),
+            shards=int(env.get("WORKPOOL_CHAOS_SHARDS", cls.shards)))
 
     def env(self) -> dict[str, str]:
         """The variables that make `from_env` return these settings."""
         return {"WORKPOOL_CHAOS_POOL": self.pool, "WORKPOOL_CHAOS_MAXP": str(self.max_parallelism),
                 "WORKPOOL_CHAOS_TTL": str(self.ttl), "WORKPOOL_CHAOS_SEED": str(self.seed),
                 "WORKPOOL_CHAOS_CB_FAIL": str(self.callback_failure_rate),
-                "WORKPOOL_CHAOS_REPLICAS": str(self.replicas)}
+                "WORKPOOL_CHAOS_REPLICAS": str(self.replicas),
+                "WORKPOOL_CHAOS_SHARDS": str(self.shards)}

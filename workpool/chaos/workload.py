@@ -22,6 +22,7 @@ from typing import Any
 import workpool
 from workpool.chaos.history import Recorder
 from workpool.chaos.program import EVENT
+from workpool.wire.shards import sharded_id
 
 _TRIES = 4
 _KINDS = (("fast", 42), ("slow", 13), ("blocking", 10), ("flaky", 14), ("hang", 3),
@@ -88,7 +89,7 @@ class Workload:
         with self._lock:
             self._n += 1
             key = f"{prefix}{self._n}"
-        job_id = f"key:{key}"
+        job_id = self._id(key)
         job = "fast" if kind == "delayed" else kind
         self.rec.record("invoke_enqueue", job=job_id, kind=kind, args=list(args))
         for attempt in range(_TRIES):
@@ -111,7 +112,7 @@ class Workload:
         with self._lock:
             self._n += 1
             key = f"wf{self._n}"
-        wf_id, program = f"key:{key}", self._program(nested=True)
+        wf_id, program = self._id(key), self._program(nested=True)
         self.rec.record("invoke_workflow", job=wf_id, program=program)
         for attempt in range(_TRIES):
             try:
@@ -131,6 +132,12 @@ class Workload:
                                                  wf_id, f"{wf_id}#{i}"))
             return
         self.rec.record("indeterminate_enqueue", job=wf_id)
+
+    def _id(self, key: str) -> str:
+        """The id the pool gives the job of idempotency key `key` (a sharded pool's names its
+        shard), known before it is sent, for the history."""
+        shards = self.pool.config.shards
+        return f"key:{key}" if shards == 1 else sharded_id(f"key:{key}", shards)
 
     def _program(self, *, nested: bool) -> list[Any]:
         """1-4 operations; waits and children only at the top (a child gets no events)."""

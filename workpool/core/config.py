@@ -70,10 +70,7 @@ class PoolConfig:
         if self.shard is not None:
             validate.integer("shard", self.shard, 0, self.shards - 1)
         self.keys = Keys(self.name, self.shard)
-        self.replication = Replication.of(self.replicas, self.replica_timeout, self.keys.prefix)
-        #: the coordinator's (a sharded pool's grants live in the pool's own slot)
-        self.coordinator_replication = Replication.of(self.replicas, self.replica_timeout,
-                                                      Keys(self.name).prefix)
+        self.replication = Replication.of(self.replicas, self.replica_timeout)
 
     @property
     def shard_keys(self) -> list[Keys]:

@@ -269,7 +269,7 @@ class MainLoop:
 
     def _idle_ms(self, start: StartReply, now: float) -> int:
         """How long nothing can happen unless a new entry arrives."""
-        waits = [self._renew_at - now, self._reap_at - now]
+        waits = [self._renew_at - now, self._reap_at - now, 10.0]  # 10: within TOPOLOGY_TIMEOUT
         redis_now = start.now_ms
         if start.running < start.max_parallelism:
             for t in (start.next_due_ms, start.next_admission_ms):

@@ -48,7 +48,7 @@ class Grant:
             self.config.shards, int(token.split(":", 1)[0]), running=start.running,
             demand=start.running + start.ready, maxp=start.max_parallelism,
             fresh_ms=self._ttl_ms, now=clock))
-        await calls.arun(client, self.config.coordinator_replication)
+        await calls.arun(client, self.config.replication)
         reply = granted.value
         self._ask_at = asked + self._period
         if reply.code != Code.OK:

@@ -88,12 +88,18 @@ def sync_client(url: str, socket_timeout: float | None = None) -> redis.Redis:
     if not is_topology(url):
         return redis.Redis.from_url(url, **_options(socket_timeout))
     where = parse(url)
-    options = {**_options(socket_timeout), **where.credentials}
+    options = {**_options(socket_timeout or TOPOLOGY_TIMEOUT), **where.credentials}
     if where.scheme == CLUSTER:
         return cast("redis.Redis", redis.RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in where.hosts], **options))
     sentinel = redis.sentinel.Sentinel(where.hosts, sentinel_kwargs=_sentinel_options(where))
     return cast("redis.Redis", sentinel.master_for(where.master, **options))
+
+
+#: s a call to a cluster node or a Sentinel's master may wait for its reply: a master cut off
+#: (frozen, not closed) would otherwise hold it until it comes back, long after a replica took
+#: over; the longest blocking read workpool makes (a main loop's idle wait) is 10 s
+TOPOLOGY_TIMEOUT = 30.0
 
 
 def _sentinel_options(where: Topology) -> dict[str, Any]:
@@ -119,7 +125,7 @@ def async_client(url: str, socket_timeout: float | None = None) -> redis.asyncio
             **_options(socket_timeout))
         return redis.asyncio.Redis.from_pool(pool)
     where = parse(url)
-    options = {**_options(socket_timeout), **where.credentials}
+    options = {**_options(socket_timeout or TOPOLOGY_TIMEOUT), **where.credentials}
     if where.scheme == CLUSTER:
         return cast("redis.asyncio.Redis", redis.asyncio.RedisCluster(
             startup_nodes=[AsyncClusterNode(h, p) for h, p in where.hosts],

@@ -27,19 +27,18 @@ MAX_REPLICAS = 100
 
 @dataclass(frozen=True)
 class Replication:
-    """How many replicas must confirm a write (`replicas`), for how long to wait (`timeout_ms`),
-    and a key of the pool (`key`), naming the server that holds the pool's slot."""
+    """How many replicas must confirm a write (`replicas`), and for how long to wait
+    (`timeout_ms`)."""
 
     replicas: int
     timeout_ms: int
-    key: str
 
     @classmethod
-    def of(cls, replicas: int, timeout: float, key: str) -> Replication | None:
+    def of(cls, replicas: int, timeout: float) -> Replication | None:
         """None when no confirmation is asked (`replicas=0`); checks both arguments."""
         validate.integer("replicas", replicas, 0, MAX_REPLICAS)
         ms = validate.seconds_ms("replica_timeout", timeout, 60_000, positive=True)
-        return cls(replicas, ms, key) if replicas else None
+        return cls(replicas, ms) if replicas else None
 
     def check(self, acknowledged: Any) -> None:
         """Raise NotReplicated unless WAIT's reply counts enough replicas."""
@@ -90,25 +89,27 @@ def node_client(client: redis.Redis, key: str) -> redis.Redis:
 
 def send(client: redis.Redis, commands: list[Command], atomic: bool,
          rep: Replication) -> list[Any]:
-    """Send `commands` and WAIT for `rep.replicas`, in one round trip on one connection."""
+    """Send `commands` (each naming keys of one slot) and WAIT for `rep.replicas`, in one
+    round trip on one connection to the server holding that slot."""
+    key = _first_key(commands)
     for attempt in (1, 2):
         try:
-            pipe = node_client(client, rep.key).pipeline(transaction=False)
+            pipe = node_client(client, key).pipeline(transaction=False)
             for command in _commands(commands, atomic, rep):
                 pipe.execute_command(*command)
             raw = list(pipe.execute(raise_on_error=False))
         except _UNSENT:
             if attempt == 2 or not _is_cluster(client):
                 raise
-            client.exists(rep.key)  # the cluster client reads its slot map again
+            client.exists(key)  # the cluster client reads its slot map again
             continue
         except _LOST:
             if _is_cluster(client):
                 with contextlib.suppress(*_LOST, *_UNSENT):
-                    client.exists(rep.key)
+                    client.exists(key)
             raise
         if attempt == 1 and _moved(client, raw):
-            client.exists(rep.key)
+            client.exists(key)
             continue
         return _replies(raw, atomic, rep)
     raise AssertionError  # unreachable: the second attempt returns or raises
@@ -138,24 +139,33 @@ async def _apipeline(client: redis.asyncio.Redis, key: str, commands: list[Comma
 async def asend(client: redis.asyncio.Redis, commands: list[Command], atomic: bool,
                 rep: Replication) -> list[Any]:
     """`send` for asyncio clients."""
+    key = _first_key(commands)
     for attempt in (1, 2):
         try:
-            raw = await _apipeline(client, rep.key, _commands(commands, atomic, rep))
+            raw = await _apipeline(client, key, _commands(commands, atomic, rep))
         except _UNSENT:
             if attempt == 2 or not _is_cluster(client):
                 raise
-            await client.exists(rep.key)
+            await client.exists(key)
             continue
         except _LOST:
             if _is_cluster(client):
                 with contextlib.suppress(*_LOST, *_UNSENT):
-                    await client.exists(rep.key)
+                    await client.exists(key)
             raise
         if attempt == 1 and _moved(client, raw):
-            await client.exists(rep.key)
+            await client.exists(key)
             continue
         return _replies(raw, atomic, rep)
     raise AssertionError  # unreachable: the second attempt returns or raises
+
+
+def _first_key(commands: list[Command]) -> str:
+    """The key the first command names (an EVALSHA's first KEYS entry): every command of one
+    call names keys of that key's slot."""
+    first = commands[0]
+    at = 3 if str(first[0]).upper() in ("EVALSHA", "EVAL") else 1
+    return str(first[at])
 
 
 def _is_cluster(client: Any) -> bool:

@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from workpool.server.embedded import RedisServer, RedisServerStartError
 
@@ -68,7 +70,7 @@ def _replicate(replica: redis.Redis, master_id: str) -> None:
 
 def _admin(server: RedisServer) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2,
-                       decode_responses=True)
+                       decode_responses=True, retry=Retry(NoBackoff(), 0))  # a frozen one: 2 s
 
 
 class LocalCluster:

@@ -14,7 +14,9 @@ import msgpack
 import redis.asyncio
 
 from workpool.core.failures import describe, error_type
+from workpool.server import replication
 from workpool.server.backoff import Backoff
+from workpool.server.replication import Replication
 from workpool.wire.limits import MAX_OUTCOMES_PER_ENTRY
 from workpool.worker.outcome import Outcome
 
@@ -43,8 +45,8 @@ def pack(outcomes: list[Fields]) -> list[bytes]:
 class Outbox:
     """Outcomes waiting to be appended to the pool's pendingCompletion stream."""
 
-    def __init__(self, stream: str, log: Any) -> None:
-        self.stream, self.log = stream, log
+    def __init__(self, stream: str, log: Any, rep: Replication | None = None) -> None:
+        self.stream, self.log, self.rep = stream, log, rep  # rep: replicas confirm each flush
         self._queue: asyncio.Queue[Fields] = asyncio.Queue()
         self._unwritten: list[bytes] = []  #: packed entries a failed round trip left
         self._closing = False
@@ -82,12 +84,11 @@ class Outbox:
         self._unwritten.extend(pack(ready))
         if not self._unwritten:
             return True
-        pipe = client.pipeline(transaction=False)
-        for packed in self._unwritten:
-            pipe.execute_command("XADD", self.stream, "*", "kind", "batch", "o", packed)
+        commands = [("XADD", self.stream, "*", "kind", "batch", "o", packed)
+                    for packed in self._unwritten]
         try:
-            replies = await pipe.execute(raise_on_error=False)
-        except Exception as exc:  # an outage: all of them are kept
+            replies = await self._send(client, commands)
+        except Exception as exc:  # an outage, or replicas behind: all of them are kept
             self._refused(exc, len(self._unwritten))
             return False
         failed = [(packed, r) for packed, r in zip(self._unwritten, replies, strict=True)
@@ -96,6 +97,17 @@ class Outbox:
         if failed:
             self._refused(failed[0][1], len(failed))
         return not failed
+
+    async def _send(self, client: redis.asyncio.Redis, commands: list[tuple[Any, ...]],
+                    ) -> list[Any]:
+        """One round trip (a failover must not lose an outcome its worker counts as sent:
+        with `replicas=` a flush counts only once they confirm it; sent again, it is stale)."""
+        if self.rep is not None:
+            return await replication.asend(client, commands, False, self.rep)
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
 
     def _refused(self, exc: BaseException, entries: int) -> None:
         self.log.warning("could not append outcomes, retrying", entries=entries,

@@ -75,7 +75,7 @@ class Worker:
         self.alongside = alongside
         self.log = logger(pool=config.name, worker=self.id)
         self.failure: WorkerFailed | None = None  #: why the worker stopped on its own, if it did
-        self._outbox = Outbox(config.keys.pending_completion, self.log)
+        self._outbox = Outbox(config.keys.pending_completion, self.log, config.replication)
         self._halt = asyncio.Event()  # stop taking work: asked for, or a vital part stopped
         self._threads: JobThreads | None = None
         self._children: Children | None = None

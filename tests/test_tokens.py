@@ -1,0 +1,156 @@
+"""The token protocol of a sharded pool (grantTokens) against a model, by hypothesis: shards
+ask, renew, lapse (stop asking), start and end jobs within their grants, change leaders, and
+stale leaders ask too. After every step: the grants add up to max_parallelism at most, no grant
+is below what its shard runs (a running job's slot is never taken back), a stale loop is
+refused with nothing written, and each grant is the one the model predicts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import redis
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from workpool.wire.calls import Engine
+from workpool.wire.codes import Code
+from workpool.wire.keys import Keys
+from workpool.wire.protocol import text
+from workpool.wire.scripts import run
+
+SHARDS = 3
+FRESH_MS = 1_000
+
+
+@dataclass
+class Shard:
+    """What the model knows of one shard."""
+
+    epoch: int = 1  #: its current leader's
+    seen: int = 0  #: the newest epoch the coordinator has seen asking (e:<i>)
+    leader_asked: bool = False  #: its current leader has a grant (it starts nothing before)
+    running: int = 0
+    grant: int = 0  #: the coordinator's a:<i>
+    demand: int = 0  #: the coordinator's d:<i>
+    asked_at: int | None = None  #: the coordinator's t:<i>
+
+
+@dataclass
+class Model:
+    maxp: int
+    now: int = 1_000_000
+    shards: list[Shard] = field(default_factory=lambda: [Shard() for _ in range(SHARDS)])
+
+    def expected_grant(self, i: int, demand: int) -> int:
+        """The grant the protocol gives shard i asking with `demand` (statemachine.md)."""
+        me = self.shards[i]
+        others = [s for j, s in enumerate(self.shards) if j != i]
+        wanting = [s for s in others if s.asked_at is not None
+                   and self.now - s.asked_at <= FRESH_MS and s.demand > 0]
+        unmet = sum(max(0, s.demand - s.grant) for s in wanting)
+        available = max(0, self.maxp - sum(s.grant for s in others))
+        desired = min(demand, math.ceil(self.maxp / (1 + len(wanting)))) if unmet else demand
+        return max(me.running, min(desired, available))
+
+
+class TokenMachine(RuleBasedStateMachine):
+    """Drives the real script on a real Redis (the session's) against the model."""
+
+    client: redis.Redis
+
+    @initialize(maxp=st.integers(0, 12))
+    def setup(self, maxp: int) -> None:
+        self.client.flushall()
+        self.model = Model(maxp)
+        self.engines = [Engine(Keys("tok", i)) for i in range(SHARDS)]
+
+    def _ask(self, i: int, epoch: int, demand: int) -> tuple[Code, int]:
+        call = self.engines[i].grant(SHARDS, epoch, running=self.model.shards[i].running,
+                                     demand=demand, maxp=self.model.maxp, fresh_ms=FRESH_MS,
+                                     now=self.model.now)
+        reply = call.parse(run(self.client, [call])[0])
+        return reply.code, reply.tokens
+
+    @rule(i=st.integers(0, SHARDS - 1), extra=st.integers(0, 15))
+    def ask(self, i: int, extra: int) -> None:
+        shard = self.model.shards[i]
+        demand = shard.running + extra
+        expected = self.model.expected_grant(i, demand)
+        assert self._ask(i, shard.epoch, demand) == (Code.OK, expected)
+        shard.grant, shard.demand, shard.asked_at = expected, demand, self.model.now
+        shard.seen, shard.leader_asked = shard.epoch, True
+
+    @rule(i=st.integers(0, SHARDS - 1))
+    def a_stale_loop_asks(self, i: int) -> None:
+        shard = self.model.shards[i]
+        if shard.seen <= 1:
+            return
+        before = self.client.hgetall(Keys("tok").tokens)
+        assert self._ask(i, shard.seen - 1, shard.running + 5) == (Code.NOT_LEADER, 0)
+        assert self.client.hgetall(Keys("tok").tokens) == before  # nothing written
+
+    @rule(i=st.integers(0, SHARDS - 1))
+    def a_new_leader(self, i: int) -> None:
+        shard = self.model.shards[i]
+        shard.epoch += 1
+        shard.leader_asked = False  # it asks before it starts anything (cap 0 till then)
+
+    @rule(i=st.integers(0, SHARDS - 1), n=st.integers(1, 12))
+    def start(self, i: int, n: int) -> None:
+        shard = self.model.shards[i]
+        fresh = shard.asked_at is not None and self.model.now - shard.asked_at <= FRESH_MS
+        if shard.leader_asked and fresh:  # a lapsed grant starts nothing
+            shard.running += max(0, min(n, shard.grant - shard.running))  # within it only
+
+    @rule(i=st.integers(0, SHARDS - 1), n=st.integers(1, 8))
+    def end(self, i: int, n: int) -> None:
+        shard = self.model.shards[i]
+        shard.running -= min(n, shard.running)
+
+    @rule(ms=st.sampled_from([10, 300, 1_200]))
+    def time_passes(self, ms: int) -> None:
+        self.model.now += ms  # a shard that stops asking lapses: its demand no longer counts
+
+    @invariant()
+    def the_coordinator_holds_what_the_model_says(self) -> None:
+        if not hasattr(self, "model"):
+            return
+        stored = {text(k): int(v) for k, v in self.client.hgetall(Keys("tok").tokens).items()}
+        grants = [stored.get(f"a:{i}", 0) for i in range(SHARDS)]
+        assert grants == [s.grant for s in self.model.shards]
+        assert sum(grants) <= self.model.maxp
+        assert all(s.running <= s.grant for s in self.model.shards)
+
+
+def test_the_token_protocol_against_its_model(redis_url: str) -> None:
+    TokenMachine.client = redis.Redis.from_url(redis_url)
+    try:  # cheap steps (one script call each): many examples, long runs
+        run_state_machine_as_test(TokenMachine, settings=settings(
+            max_examples=500, stateful_step_count=60, deadline=None))
+    finally:
+        TokenMachine.client.close()
+
+
+def test_a_busy_shard_gets_every_slot_by_its_second_ask_once_idle_ones_ask(
+        redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    engines = [Engine(Keys("busy", i)) for i in range(SHARDS)]
+
+    def ask(i: int, running: int, demand: int, now: int) -> int:
+        call = engines[i].grant(SHARDS, 1, running=running, demand=demand, maxp=12,
+                                fresh_ms=FRESH_MS, now=now)
+        return call.parse(run(client, [call])[0]).tokens
+
+    assert [ask(i, 0, 5, 0) for i in range(SHARDS)] == [5, 5, 2]  # all busy at first
+    assert ask(0, 5, 40, 300) == 5  # its fair share, while the others still want theirs
+    assert [ask(i, 0, 0, 330) for i in (1, 2)] == [0, 0]  # idle now: they give theirs back
+    assert ask(0, 5, 40, 600) == 12  # the next ask (one period on) takes every slot
+    client.close()
