@@ -6,10 +6,12 @@ sets WORKPOOL_REQUIRE_BROWSER=1, which makes that skip a failure."""
 
 from __future__ import annotations
 
+import html
 import http.client
 import os
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from helpers import eventually, free_port, ran_some, running_worker
 from workpool import ConfigurationError, State, WorkflowContext, Workpool
 from workpool.cli.main import cli
 from workpool.operate.dashboard.server import Dashboard, check_bind, serve
+from workpool.wire.shards import shard_of
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -326,3 +329,19 @@ def test_a_post_with_a_bad_length_is_refused_not_read(board: Workpool, length: s
         assert reply.status == 400
         conn.close()
     assert not board.stats().paused
+
+
+def test_a_sharded_pool_reads_as_one_pool_and_finds_each_job_by_id(redis_url: str) -> None:
+    with ran_some(Workpool("sboard", redis_url, shards=3)) as pool:
+        keyed = pool.enqueue("double", 21, key="order-5")
+        assert pool.wait(keyed, timeout=30).result == 42
+        done = [s.id for s in pool.ended_jobs(limit=10)]
+        assert len({shard_of(i, 3) for i in done}) > 1  # they ended in more than one shard
+        with served([pool]) as url:
+            listed = urllib.request.urlopen(url + "/jobs?pool=sboard&state=done").read().decode()
+            assert all(html.escape(job_id) in listed for job_id in done)
+            page = urllib.request.urlopen(f"{url}/job/sboard/{urllib.parse.quote(keyed)}")
+            assert "42" in page.read().decode()
+            found = urllib.request.urlopen(url + "/find?pool=sboard&q=order-5").read().decode()
+            assert html.escape(keyed) in found
+    pool.close()

@@ -6,7 +6,9 @@ refused with nothing written, and each grant is the one the model predicts."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from dataclasses import dataclass, field
 
 import redis
@@ -20,10 +22,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from workpool.core.config import PoolConfig
+from workpool.mainloop.tokens import Grant
+from workpool.server.connection import async_client
 from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.keys import Keys
 from workpool.wire.protocol import text
+from workpool.wire.replies import StartReply
 from workpool.wire.scripts import run
 
 SHARDS = 3
@@ -154,3 +160,35 @@ def test_a_busy_shard_gets_every_slot_by_its_second_ask_once_idle_ones_ask(
     assert [ask(i, 0, 0, 330) for i in (1, 2)] == [0, 0]  # idle now: they give theirs back
     assert ask(0, 5, 40, 600) == 12  # the next ask (one period on) takes every slot
     client.close()
+
+
+def test_a_shards_grant_lapses_one_lease_ttl_after_it_was_asked(redis_url: str) -> None:
+    config = PoolConfig("lapse", redis_url, shards=2, shard=1, lease_ttl=1.0)
+    grant = Grant(config, Engine(config.keys))
+    ready = StartReply(Code.OK, 0, 0, 6, None, None, 0, None, 0, 0, 0, 3, [])  # 3 ready
+
+    async def ask() -> bool:
+        client = async_client(redis_url)
+        try:
+            return await grant.refresh(client, "4:loop-a", ready, None)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(ask())
+    after = time.monotonic()
+    assert grant.cap(after) == 3  # what it asked for: nothing else wants slots
+    assert grant.cap(after + 1.0) == 0  # a lease TTL after it asked: it starts nothing
+    grant.forget()  # its loop lost the shard's lease
+    assert grant.cap(after) == 0
+    assert asyncio.run(ask())  # the same epoch asks again: its own
+    stale = Grant(config, Engine(config.keys))
+
+    async def stale_ask() -> bool:
+        client = async_client(redis_url)
+        try:
+            return await stale.refresh(client, "3:loop-old", ready, None)
+        finally:
+            await client.aclose()
+
+    assert not asyncio.run(stale_ask())  # an older epoch of the shard is refused
+    assert stale.cap(time.monotonic()) == 0

@@ -34,14 +34,14 @@
 -- ARGV[5] cap            a shard's fresh grant of its sharded pool's slots (grantTokens):
 --                        running stays within it too; '' (or absent): no cap, one pool
 -- Returns R.start {code, started, running, max_parallelism, next_due_ms, next_callback_ms,
--- now_ms, next_admission_ms, promoted, requests_waiting, outcomes_waiting, ids...} with -1 for
--- "nothing scheduled"; next_callback_ms is the next delivery or replay due again, or the next
--- workflow wait to end;
+-- now_ms, next_admission_ms, promoted, requests_waiting, outcomes_waiting, ready, ids...}
+-- with -1 for "nothing scheduled"; next_callback_ms is the next delivery or replay due again,
+-- or the next workflow wait to end;
 -- next_admission_ms is when a rate limit lets a held job go; promoted
 -- counts the steps moving jobs towards `ready` (a full batch: call again at once);
 -- requests_waiting and outcomes_waiting are the entries of pendingStart and pendingCompletion
--- (ready: the jobs in the ready set as the call ends, what a shard asks slots for)
--- not applied yet (the main loop calls ingestRequests and applyOutcomes only while there are).
+-- not applied yet (the main loop calls ingestRequests and applyOutcomes only while there are);
+-- ready: the jobs in the ready set as the call ends (what a shard asks slots for).
 -- code is NOT_LEADER (nothing written) or OK; a bad argument is an error reply, nothing
 -- written.
 -- @include common

@@ -130,16 +130,10 @@ class RedisServer:
         self._port = 0
 
     @classmethod
-    def start(
-        cls,
-        data_dir: Path,
-        port: int | None = None,
-        appendfsync: str = "everysec",
-        extra_args: Sequence[str] = (),
-        config: Path | None = None,
-    ) -> RedisServer:
-        """Start a server in ``data_dir`` (created if needed), reading ``config`` first if
-        given (a Sentinel's file); return once it answers PING."""
+    def start(cls, data_dir: Path, port: int | None = None, appendfsync: str = "everysec",
+              extra_args: Sequence[str] = (), config: Path | None = None) -> RedisServer:
+        """Start a server in ``data_dir`` (made if needed; ``config``: a Sentinel's file
+        first); return once it answers PING."""
         data_dir = Path(data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         server = cls(find_redis_server(), data_dir, appendfsync, extra_args, config)
@@ -150,9 +144,8 @@ class RedisServer:
         binary, *args = _server_args(self.binary, self.data_dir, port, self.appendfsync)
         args = [binary, *([str(self.config)] if self.config else []), *args, *self.extra_args]
         with (self.data_dir / "redis-server.out").open("ab") as out:  # pre-logfile errors
-            self._proc = proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-            )
+            self._proc = proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
+                                                 stderr=subprocess.STDOUT)
         return proc.pid, (lambda: proc.poll() is None), self.kill
 
     @property
@@ -164,8 +157,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self._port}/0"
 
     @property
-    def running(self) -> bool:
-        """The process is ours and has not exited (it may be stopped with SIGSTOP)."""
+    def running(self) -> bool:  # ours, and not exited (it may be stopped with SIGSTOP)
         return self._proc is not None and self._proc.poll() is None
 
     @property

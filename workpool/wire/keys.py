@@ -70,16 +70,13 @@ class Keys:
 
     @property
     def prefix(self) -> str:
-        """`{wp:<pool>}:` (a shard's: `{wp:<pool>/<shard>}:`): the hash-tagged prefix of every
-        key of the pool (`/` is no character of a pool's name)."""
-        if self.shard is None:
-            return f"{{wp:{self.pool}}}:"
-        return f"{{wp:{self.pool}/{self.shard}}}:"
+        """`{wp:<pool>}:`, a shard's `{wp:<pool>/<shard>}:`: every key's hash-tagged prefix."""
+        return f"{{wp:{self.pool}}}:" if self.shard is None else \
+            f"{{wp:{self.pool}/{self.shard}}}:"
 
     @property
     def tokens(self) -> str:
-        """HASH (a sharded pool's coordinator, in the pool's own slot): each shard's grant of
-        the pool's slots (grantTokens)."""
+        """HASH, in the pool's own slot: each shard's grant of its slots (grantTokens)."""
         return f"{{wp:{self.pool}}}:" + KEY["tokens"]
 
     def _k(self, name: str) -> str:

@@ -134,8 +134,9 @@ def filters(pools: list[Workpool], pool: Workpool, f: reads.JobFilter) -> str:
 
 def job_part(pool: Workpool, job_id: str, csrf: Actions) -> str:
     """One job: its state, arguments, options, outcome and on_complete record."""
-    raw = cast("dict[bytes, bytes]", pool.redis.hgetall(pool.keys.job(job_id)))
-    h = job_fields(raw, cast("bytes | None", pool.redis.hget(pool.keys.unstarted, job_id)))
+    k = pool.config.keys_for(job_id)
+    raw = cast("dict[bytes, bytes]", pool.redis.hgetall(k.job(job_id)))
+    h = job_fields(raw, cast("bytes | None", pool.redis.hget(k.unstarted, job_id)))
     job = pool.status(job_id)
     enc = "json" if text(h.get("enc")) == "json" else "msgpack"
     try:

@@ -14,7 +14,7 @@ import redis
 from workpool.errors import JobNotFound
 from workpool.types import JobStatus, State, status_from_hash
 from workpool.wire.counters import Counter
-from workpool.wire.keys import GROUP
+from workpool.wire.keys import GROUP, Keys
 from workpool.wire.protocol import job_fields, text
 
 if TYPE_CHECKING:
@@ -55,16 +55,17 @@ def pool_view(pool: Workpool) -> PoolView:
 
 
 def workers(pool: Workpool) -> list[WorkerInfo]:
-    """The dispatch group's consumers, live ones first."""
-    r = pool.redis
+    """The dispatch group's consumers, live ones first (a sharded pool's first shard's: each
+    worker serves every shard)."""
+    r, k = pool.redis, pool.config.shard_keys[0]
     try:
-        consumers = r.xinfo_consumers(pool.keys.dispatch, GROUP)
+        consumers = r.xinfo_consumers(k.dispatch, GROUP)
     except redis.ResponseError:  # no stream or group yet (no main loop ran): no workers
         return []
     pipe = r.pipeline(transaction=False)
     for c in consumers:
-        pipe.get(pool.keys.heartbeat(text(c["name"])))
-        pipe.pttl(pool.keys.heartbeat(text(c["name"])))
+        pipe.get(k.heartbeat(text(c["name"])))
+        pipe.pttl(k.heartbeat(text(c["name"])))
     replies = pipe.execute()
     found = []
     for i, c in enumerate(consumers):
@@ -79,15 +80,18 @@ def workers(pool: Workpool) -> list[WorkerInfo]:
 
 
 def minutes(pool: Workpool) -> list[tuple[int, dict[str, int]]]:
-    """The last 60 minutes (Redis clock), each with its started, succeeded and failed counts."""
-    r = pool.redis
+    """The last 60 minutes (Redis clock), each with its started, succeeded and failed counts
+    (every shard's added up)."""
+    r, shards = pool.redis, pool.config.shard_keys
     now = int(r.time()[0]) // 60
     span = range(now - 59, now + 1)
     pipe = r.pipeline(transaction=False)
     for minute in span:
-        pipe.hmget(pool.keys.throughput(minute), *SERIES)
-    return [(m, {s: int(v or 0) for s, v in zip(SERIES, counts, strict=True)})
-            for m, counts in zip(span, pipe.execute(), strict=True)]
+        for k in shards:
+            pipe.hmget(k.throughput(minute), *SERIES)
+    counts = pipe.execute()
+    return [(m, {s: sum(int(c[j] or 0) for c in counts[i * len(shards):(i + 1) * len(shards)])
+                 for j, s in enumerate(SERIES)}) for i, m in enumerate(span)]
 
 
 @dataclass(frozen=True)
@@ -140,32 +144,37 @@ def list_jobs(pool: Workpool, f: JobFilter) -> tuple[list[JobStatus], str | None
     """A page of jobs in state `f.state`, newest first where the index has an order, with the
     cursor of the next page (None: no more). Filters are applied while reading the index, at
     most LOOKED_AT entries a page."""
-    r, k = pool.redis, pool.keys
+    r, shards = pool.redis, pool.config.shard_keys
     ended: list[float] = []  # the ended lists: each id's end (ms), for the next page's cursor
-    if f.state in ENDED:
-        index = k.ended_failed if f.state == "failed" else k.ended
+    if f.state in ENDED:  # newest first over every shard's index
         ends = [t for t in (f.before, f.until) if t is not None]
         top = f"({int(min(ends) * 1000)}" if ends else "+inf"
         bottom = "-inf" if f.since is None else str(int(f.since * 1000))
-        scored = cast("list[tuple[bytes, float]]", r.zrevrangebyscore(
-            index, top, bottom, start=0, num=LOOKED_AT, withscores=True))
+        scored = sorted((pair for k in shards for pair in cast(
+            "list[tuple[bytes, float]]", r.zrevrangebyscore(
+                k.ended_failed if f.state == "failed" else k.ended, top, bottom, start=0,
+                num=LOOKED_AT, withscores=True))), key=lambda p: -p[1])[:LOOKED_AT]
         ids, ended = [text(i) for i, _ in scored], [float(t) for _, t in scored]
-    elif f.state == "running":
-        ids = [text(i) for i in _members(r.zrevrange(k.running, f.offset,
-                                                     f.offset + LOOKED_AT - 1))]
-    elif f.state == "retrying":
-        ids = sorted(text(i) for i in _members(r.smembers(k.retrying)))[
-            f.offset:f.offset + LOOKED_AT]
-    else:  # pending: due ones in line (priority, then enqueue order), then scheduled ones
-        ready = [text(i) for i in _members(r.zrange(k.ready, 0, f.offset + LOOKED_AT - 1))]
-        later = [text(i) for i in _members(r.zrange(k.due, 0, f.offset + LOOKED_AT - 1))]
-        ids = (ready + later)[f.offset:f.offset + LOOKED_AT]
+    else:  # the others in each shard's order, shard after shard
+        upto = f.offset + LOOKED_AT
+        ids = [i for k in shards for i in _in_state(r, k, f.state, upto)][f.offset:upto]
     page, read = _page(pool, ids, f)
     if len(page) < PAGE and read == len(ids) and len(ids) < LOOKED_AT:
         return page, None
     if ended:
         return page, f"before={ended[read - 1] / 1000}"
     return page, f"offset={f.offset + read}"
+
+
+def _in_state(r: Any, k: Keys, state: str, upto: int) -> list[str]:
+    """The first `upto` ids of a shard's jobs in `state` (running, retrying, or pending: due
+    ones in line, by priority then enqueue order, then scheduled ones)."""
+    if state == "running":
+        return [text(i) for i in _members(r.zrevrange(k.running, 0, upto - 1))]
+    if state == "retrying":
+        return sorted(text(i) for i in _members(r.smembers(k.retrying)))[:upto]
+    ready = [text(i) for i in _members(r.zrange(k.ready, 0, upto - 1))]
+    return (ready + [text(i) for i in _members(r.zrange(k.due, 0, upto - 1))])[:upto]
 
 
 def _members(reply: Any) -> list[bytes]:
@@ -175,13 +184,14 @@ def _members(reply: Any) -> list[bytes]:
 
 def _page(pool: Workpool, ids: list[str], f: JobFilter) -> tuple[list[JobStatus], int]:
     """Up to PAGE jobs of `ids` that pass the filter, and how many ids were read for them."""
-    r, k = pool.redis, pool.keys
+    r = pool.redis
     page: list[JobStatus] = []
     read = 0
     for first in range(0, len(ids), PAGE):
         chunk = ids[first:first + PAGE]
         pipe = r.pipeline(transaction=False)
         for job_id in chunk:
+            k = pool.config.keys_for(job_id)
             pipe.hgetall(k.job(job_id))
             pipe.hget(k.unstarted, job_id)
         replies = pipe.execute()
@@ -203,8 +213,11 @@ def _page(pool: Workpool, ids: list[str], f: JobFilter) -> tuple[list[JobStatus]
 
 
 def find(pool: Workpool, query: str) -> JobStatus | None:
-    """The job whose id, or idempotency key, is `query` (None: neither)."""
-    for job_id in (query, f"key:{query}"):
+    """The job whose id, or idempotency key, is `query` (None: neither; a sharded pool's key
+    may be in any shard)."""
+    shards = pool.config.shards
+    keyed = [f"key:{query}"] if shards == 1 else [f"key:{query}@{i}" for i in range(shards)]
+    for job_id in (query, *keyed):
         try:
             return pool.status(job_id)
         except (JobNotFound, ValueError):
