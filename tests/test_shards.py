@@ -14,7 +14,7 @@ import redis
 from click.testing import CliRunner
 from helpers import eventually
 
-from workpool import Workpool
+from workpool import WorkflowContext, Workpool
 from workpool.cli.main import cli
 from workpool.server.connection import sync_client
 from workpool.testing.kit import running
@@ -125,3 +125,23 @@ def test_a_shard_with_all_the_work_gets_every_slot_the_others_do_not_use(
         stop.set()
         watcher.join()
     assert max(seen) == 6  # the one shard reached the pool's whole limit, and no more
+
+
+def test_a_workflow_runs_in_its_shard_and_its_steps_are_found_by_id(redis_url: str) -> None:
+    pool = Workpool("shflow", redis_url, shards=SHARDS, lease_ttl=1.5, heartbeat_ttl=2.0)
+    pool.job(name="double")(lambda x: 2 * x)
+
+    @pool.workflow(name="twice")
+    async def twice(ctx: WorkflowContext, x: int) -> int:
+        return int(await ctx.step("double", int(await ctx.step("double", x))))
+
+    with running(pool):
+        flows = [pool.start_workflow("twice", i) for i in range(8)]
+        assert [pool.wait(f, timeout=60).result for f in flows] == [4 * i for i in range(8)]
+    assert len({shard_of(f, SHARDS) for f in flows}) > 1
+    for flow in flows:
+        steps = pool.workflow_status(flow).steps
+        assert [s.job_id for s in steps] == [f"{flow}:1", f"{flow}:2"]
+        assert all(pool.status(s.job_id).outcome == "succeeded" for s in steps)
+        assert {shard_of(s.job_id, SHARDS) for s in steps} == {shard_of(flow, SHARDS)}
+    pool.close()
