@@ -830,7 +830,8 @@ class WorkpoolModel(RuleBasedStateMachine):
         assert reply == StartReply(Code.OK, len(plan.started), len(self.running), plan.maxp,
                                    first_due, first_cb, self.now, plan.next_admission,
                                    plan.promoted, len(self.requests), len(self.outcomes),
-                                   len(self.adm.ready), plan.started)
+                                   len(self.adm.ready), self.adm.setting("rate") or "",
+                                   plan.started)
         assert reply.running <= max(plan.maxp, running)
         if len(plan.started) < plan.free and not plan.pool_dry:  # no lost wake-up
             assert not [i for i in self.adm.ready

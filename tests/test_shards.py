@@ -145,3 +145,27 @@ def test_a_workflow_runs_in_its_shard_and_its_steps_are_found_by_id(redis_url: s
         assert all(pool.status(s.job_id).outcome == "succeeded" for s in steps)
         assert {shard_of(s.job_id, SHARDS) for s in steps} == {shard_of(flow, SHARDS)}
     pool.close()
+
+
+def test_the_pools_rate_limit_holds_across_every_shard(redis_url: str,
+                                                       redis_client: redis.Redis) -> None:
+    pool = Workpool("shrate", redis_url, shards=SHARDS, rate_limit="10/1s", lease_ttl=1.5,
+                    heartbeat_ttl=2.0)
+    clock = sync_client(redis_url)
+
+    @pool.job()
+    def stamp(i: int) -> int:
+        seconds, micros = clock.time()
+        clock.rpush("{shardtest}:starts", seconds * 1000 + micros // 1000)
+        return i
+
+    ids = pool.enqueue_many("stamp", [(i,) for i in range(40)])
+    assert len({shard_of(j, SHARDS) for j in ids}) == SHARDS
+    with running(pool, concurrency=10):
+        for job_id in ids:
+            assert pool.wait(job_id, timeout=60).outcome == "succeeded"
+    starts = sorted(int(t) for t in redis_client.lrange("{shardtest}:starts", 0, -1))
+    busiest = max(sum(1 for t in starts if first <= t < first + 1000) for first in starts)
+    assert busiest <= 20  # one bucket: its 10 and 10 more a second, in any second
+    pool.close()
+    clock.close()

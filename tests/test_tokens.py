@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 from workpool.core.config import PoolConfig
 from workpool.mainloop.tokens import Grant
 from workpool.server.connection import async_client
+from workpool.server.embedded import RedisServer
 from workpool.wire.calls import Engine
 from workpool.wire.codes import Code
 from workpool.wire.keys import Keys
@@ -165,7 +166,7 @@ def test_a_busy_shard_gets_every_slot_by_its_second_ask_once_idle_ones_ask(
 def test_a_shards_grant_lapses_one_lease_ttl_after_it_was_asked(redis_url: str) -> None:
     config = PoolConfig("lapse", redis_url, shards=2, shard=1, lease_ttl=1.0)
     grant = Grant(config, Engine(config.keys))
-    ready = StartReply(Code.OK, 0, 0, 6, None, None, 0, None, 0, 0, 0, 3, [])  # 3 ready
+    ready = StartReply(Code.OK, 0, 0, 6, None, None, 0, None, 0, 0, 0, 3, "", [])  # 3 ready
 
     async def ask() -> bool:
         client = async_client(redis_url)
@@ -192,3 +193,38 @@ def test_a_shards_grant_lapses_one_lease_ttl_after_it_was_asked(redis_url: str) 
 
     assert not asyncio.run(stale_ask())  # an older epoch of the shard is refused
     assert stale.cap(time.monotonic()) == 0
+
+
+def _permits(client: redis.Redis, shard: int, now: int, want: int, unused: int) -> int:
+    call = Engine(Keys("rate", shard)).grant(
+        SHARDS, 1, running=0, demand=want, maxp=100, fresh_ms=FRESH_MS, now=now,
+        rate="10/1000", want=want, unused=unused)
+    return call.parse(run(client, [call])[0]).permits
+
+
+def test_the_pools_rate_limit_is_one_bucket_the_shards_take_permits_from(
+        redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    assert _permits(client, 0, 0, 8, 0) == 8  # a full bucket of 10
+    assert _permits(client, 1, 0, 8, 0) == 2  # what is left, for another shard
+    assert _permits(client, 2, 0, 8, 0) == 0
+    assert _permits(client, 0, 500, 8, 3) == 8  # 5 refilled in 0.5 s, and 3 it did not use
+    assert _permits(client, 1, 500, 1, 0) == 0
+    client.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(asks=st.lists(st.tuples(st.integers(0, SHARDS - 1), st.integers(0, 400),
+                               st.integers(0, 12), st.booleans()), min_size=1, max_size=40))
+def test_the_shards_never_start_more_than_the_rate_allows(
+        redis_server: RedisServer, asks: list[tuple[int, int, int, bool]]) -> None:
+    client = redis.Redis.from_url(redis_server.url)  # (its own key, emptied each example)
+    client.delete(Keys("rate").tokens)
+    now, held, net = 0, [0] * SHARDS, 0
+    for shard, later, want, used_all in asks:
+        now += later
+        unused = 0 if used_all else held[shard]  # give back what it did not start
+        held[shard] = _permits(client, shard, now, want, unused)
+        net += held[shard] - unused
+        assert net <= 10 + now * 10 // 1000  # the bucket's capacity and its refill, no more
+    client.close()

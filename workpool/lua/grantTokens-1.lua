@@ -21,8 +21,13 @@
 -- ARGV[7] fresh    ms: a shard that asked longer ago than this wants nothing more (its loop
 --                  is gone: its grant stays, its demand no longer counts)
 -- ARGV[8] now      ms since epoch, '' for Redis TIME, or +ms (pool.testing)
--- Returns R.grant {code, tokens}: OK and the shard's grant, or NOT_LEADER (tokens 0) for a
--- loop whose epoch is older than one that asked before (nothing written).
+-- ARGV[9] rate     the pool's rate limit "limit/per_ms", '' for none: then the pool's one
+--                  token bucket (fields rb, rt: tokens and when, ms) hands out start permits
+-- ARGV[10] want    permits the shard asks for (its ready jobs)
+-- ARGV[11] unused  permits of its last grant it did not use: back into the bucket first
+-- Returns R.grant {code, tokens, permits}: OK, the shard's grant and its permits (-1: no rate
+-- limit), or NOT_LEADER (0, 0) for a loop whose epoch is older than one that asked before
+-- (nothing written).
 -- @include common
 
 local shards = arg_int(2, 1, L.MAX_SHARDS)
@@ -33,10 +38,19 @@ local demand = math.max(running, arg_int(5, 0, 2^53))
 local maxp = arg_int(6, 0, L.MAX_SETTING)
 local fresh = arg_int(7, 1, 2^53)
 local now = now_ms(8)
-local raw = rcall('HGETALL', KEYS[1])
-local h = fields_of(raw)
+local rate = ARGV[9] or ''
+local rate_limit, rate_per = nil, nil
+if rate ~= '' then
+  rate_limit, rate_per = rate_of(rate)
+  if not rate_limit or rate_limit < 1 or not rate_per or rate_per < 1 then
+    error('ARGV[9] must be a rate "limit/per_ms" or empty, got ' .. rate)
+  end
+end
+local want = arg_int(10, 0, 2^53)
+local unused = arg_int(11, 0, 2^53)
+local h = fields_of(rcall('HGETALL', KEYS[1]))
 if epoch < (tonumber(h['e:' .. shard]) or 0) then
-  return reply(R.grant, {code = C.NOT_LEADER, tokens = 0})
+  return reply(R.grant, {code = C.NOT_LEADER, tokens = 0, permits = 0})
 end
 
 local others, unmet, wanting = 0, 0, 1
@@ -57,4 +71,16 @@ if unmet > 0 then desired = math.min(demand, math.ceil(maxp / wanting)) end
 local grant = math.max(running, math.min(desired, available))
 rcall('HSET', KEYS[1], 'a:' .. shard, grant, 'e:' .. shard, epoch, 'd:' .. shard, demand,
       't:' .. shard, now, 'n', shards)
-return reply(R.grant, {code = C.OK, tokens = grant})
+
+-- The pool's rate limit: one bucket (capacity `limit`, refilled at limit/per), permits taken
+-- whole; a shard's unused ones go back (never past the capacity).
+local permits = -1
+if rate_limit then
+  local tokens = tonumber(h.rb) or rate_limit
+  local since = tonumber(h.rt) or now
+  tokens = math.min(rate_limit, tokens + math.max(0, now - since) * rate_limit / rate_per
+                    + unused)
+  permits = math.min(want, math.floor(tokens))
+  rcall('HSET', KEYS[1], 'rb', tokens - permits, 'rt', now)
+end
+return reply(R.grant, {code = C.OK, tokens = grant, permits = permits})

@@ -33,15 +33,18 @@
 -- ARGV[4] now            ms since epoch, '' for Redis TIME, or +ms: TIME plus that (pool.testing)
 -- ARGV[5] cap            a shard's fresh grant of its sharded pool's slots (grantTokens):
 --                        running stays within it too; '' (or absent): no cap, one pool
+-- ARGV[6] starts         a shard's permits left of its pool's rate limit: it starts at most
+--                        that many jobs; '' (or absent): no such limit
 -- Returns R.start {code, started, running, max_parallelism, next_due_ms, next_callback_ms,
--- now_ms, next_admission_ms, promoted, requests_waiting, outcomes_waiting, ready, ids...}
+-- now_ms, next_admission_ms, promoted, requests_waiting, outcomes_waiting, ready, rate, ids...}
 -- with -1 for "nothing scheduled"; next_callback_ms is the next delivery or replay due again,
 -- or the next workflow wait to end;
 -- next_admission_ms is when a rate limit lets a held job go; promoted
 -- counts the steps moving jobs towards `ready` (a full batch: call again at once);
 -- requests_waiting and outcomes_waiting are the entries of pendingStart and pendingCompletion
 -- not applied yet (the main loop calls ingestRequests and applyOutcomes only while there are);
--- ready: the jobs in the ready set as the call ends (what a shard asks slots for).
+-- ready: the jobs in the ready set as the call ends (what a shard asks slots for); rate: the
+-- pool's rate limit setting, '' for none (what a shard asks permits under).
 -- code is NOT_LEADER (nothing written) or OK; a bad argument is an error reply, nothing
 -- written.
 -- @include common
@@ -52,13 +55,14 @@ if not holds_lease(KEYS[1], ARGV[1]) then
   return reply(R.start, {code = C.NOT_LEADER, started = 0, running = 0, max_parallelism = 0,
                          next_due_ms = -1, next_callback_ms = -1, now_ms = 0,
                          next_admission_ms = -1, promoted = 0, requests_waiting = 0,
-                         outcomes_waiting = 0, ready = 0})
+                         outcomes_waiting = 0, ready = 0, rate = ''})
 end
 local prefix = ARGV[2]
 local batch = arg_int(3, 1, 100000)
 local now = now_ms(4)
-local cap = nil
+local cap, starts = nil, nil
 if ARGV[5] ~= nil and ARGV[5] ~= '' then cap = arg_int(5, 0, L.MAX_SETTING) end
+if ARGV[6] ~= nil and ARGV[6] ~= '' then starts = arg_int(6, 0, L.MAX_RATE_LIMIT) end
 local counts = {}
 local a = adm(prefix, counts)
 local maxp = tonumber(setting(a, 'max_parallelism') or '0')
@@ -122,7 +126,7 @@ end
 
 -- 3. Start the best ready jobs into free slots, within the rate limits.
 local pool_rate = setting(a, 'rate')
-local free = math.min(limit - running, batch)
+local free = math.min(limit - running, batch, starts or batch)
 local looked = 0
 local name_rates = {}  -- name -> its rate spec (false: none), read once per call
 -- The best ready jobs are read a window at a time; a key's next job may join `ready` (advance_key)
@@ -301,4 +305,4 @@ return reply(R.start, {code = C.OK, started = #started, running = running + #sta
                        next_admission_ms = next_admission, promoted = moved + #due,
                        requests_waiting = waiting(prefix .. K.pending_start),
                        outcomes_waiting = waiting(prefix .. K.pending_completion),
-                       ready = rcall('ZCARD', a.ready)}, started)
+                       ready = rcall('ZCARD', a.ready), rate = pool_rate or ''}, started)

@@ -167,8 +167,8 @@ class MainLoop:
         clock = f"+{self.config.clock_offset_ms}" if self.config.clock_offset_ms else None
         ingested = calls.add(self.engine.ingest(token, clock)) if cursor.requests else None
         applied = calls.add(self.engine.apply(token, seed, clock)) if cursor.outcomes else None
-        cap = self.grant.cap(now) if self.grant is not None else None
-        started = calls.add(self.engine.start(token, clock, cap))
+        caps = self.grant.caps(now) if self.grant is not None else (None, None)
+        started = calls.add(self.engine.start(token, clock, *caps))
         reaped = calls.add(self.engine.reap(token, seed, clock,
                                             sent_ms=self._reap_sent_ms())) if reap_now else None
         await self._timed(calls.arun(client, self.config.replication))
@@ -187,8 +187,8 @@ class MainLoop:
             self._lose("fencing rejected a script")
             return
         self._clock = (start.now_ms, time.monotonic())
-        if self.grant is not None and self.grant.due(now, start) and \
-                not await self.grant.refresh(client, token, start, clock):
+        if self.grant is not None and \
+                not await self.grant.after_start(client, token, start, now, clock):
             self._lose("the coordinator refused a stale shard loop")
             return
         if reaped is not None:

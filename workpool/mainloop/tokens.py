@@ -1,8 +1,9 @@
-"""A shard's share of its sharded pool's max_parallelism: the grant its main loop asks the
-coordinator for (grantTokens) every refresh period, reporting what the shard runs and could
-start, and passes to startJobs as its cap. A grant is fresh for one lease TTL from when it was
-asked: a loop that cannot reach the coordinator that long starts nothing (a shard whose lease
-lapses starts nothing), and a loop that lost its shard's lease forgets it."""
+"""A shard's share of its sharded pool's max_parallelism and rate limit: the grant (slots) and
+the permits (starts) its main loop asks the coordinator for (grantTokens) every refresh period,
+reporting what the shard runs and could start, and passes to startJobs as its caps. A grant
+is fresh for one lease TTL from when it was asked: a loop that cannot reach the coordinator
+that long starts nothing (a shard whose lease lapses starts nothing), and a loop that lost its
+shard's lease forgets it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Grant:
     def __init__(self, config: PoolConfig, engine: Engine) -> None:
         self.config, self.engine = config, engine
         self.tokens = 0
+        self.permits: int | None = None  #: starts the pool's rate limit allows (None: no limit)
         self._fresh_until = 0.0  #: monotonic: the grant is usable until then
         self._ask_at = 0.0  #: monotonic: when to ask again
         self._period = config.lease_ttl / 3
@@ -32,11 +34,27 @@ class Grant:
         """What startJobs may run up to now: the grant while fresh, else nothing."""
         return self.tokens if now < self._fresh_until else 0
 
+    def caps(self, now: float) -> tuple[int, int | None]:
+        """startJobs' caps now: running within the grant, starts within the permits (None: no
+        rate limit); nothing once the grant lapsed."""
+        if self.permits is None:
+            return self.cap(now), None
+        return self.cap(now), self.permits if now < self._fresh_until else 0
+
     def due(self, now: float, start: StartReply) -> bool:
-        """Time to ask: the period is over, or jobs wait that the grant leaves no slot for."""
-        starved = start.ready > 0 and start.running >= self.cap(now) and \
-            self.tokens < start.max_parallelism
+        """Time to ask: the period is over, or jobs wait that the grant leaves no slot for (or
+        the permits no start)."""
+        starved = start.ready > 0 and (self.permits == 0 or (
+            start.running >= self.cap(now) and self.tokens < start.max_parallelism))
         return now >= self._ask_at or (starved and now >= self._ask_at - self._period / 2)
+
+    async def after_start(self, client: redis.asyncio.Redis, token: str, start: StartReply,
+                          now: float, clock: Now) -> bool:
+        """Count a startJobs call's starts against the permits, and ask again when due; False
+        if this loop's epoch is stale at the coordinator."""
+        if self.permits is not None:
+            self.permits = max(0, self.permits - start.started)
+        return not self.due(now, start) or await self.refresh(client, token, start, clock)
 
     async def refresh(self, client: redis.asyncio.Redis, token: str, start: StartReply,
                       clock: Now) -> bool:
@@ -47,7 +65,8 @@ class Grant:
         granted = calls.add(self.engine.grant(
             self.config.shards, int(token.split(":", 1)[0]), running=start.running,
             demand=start.running + start.ready, maxp=start.max_parallelism,
-            fresh_ms=self._ttl_ms, now=clock))
+            fresh_ms=self._ttl_ms, now=clock, rate=start.rate, want=start.ready,
+            unused=self.permits or 0))
         await calls.arun(client, self.config.replication)
         reply = granted.value
         self._ask_at = asked + self._period
@@ -55,8 +74,9 @@ class Grant:
             self.forget()
             return False
         self.tokens, self._fresh_until = reply.tokens, asked + self.config.lease_ttl
+        self.permits = None if reply.permits < 0 else reply.permits
         return True
 
     def forget(self) -> None:
         """The loop lost its shard's lease: the grant is the next leader's to ask for."""
-        self.tokens, self._fresh_until, self._ask_at = 0, 0.0, 0.0
+        self.tokens, self._fresh_until, self._ask_at, self.permits = 0, 0.0, 0.0, None

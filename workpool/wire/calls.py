@@ -84,25 +84,29 @@ class Engine:
         them: "max_attempts,initial_backoff_ms,base,max_backoff_ms"."""
         return ",".join(self.settings.retry[f] for f in _RETRY_DEFAULTS)
 
-    def start(self, token: str, now: Now = None, cap: int | None = None) -> Call[StartReply]:
-        """Start due jobs while slots are free (a shard: within its grant `cap` too); hand out
-        due callback deliveries."""
+    def start(self, token: str, now: Now = None, cap: int | None = None,
+              starts: int | None = None) -> Call[StartReply]:
+        """Start due jobs while slots are free (a shard: within its grant `cap` and its rate
+        permits `starts` too); hand out due callback deliveries."""
         k = self.keys
         return Call(
             script("startJobs"),
             [k.lease, k.config, k.due, k.running, k.dispatch, k.deadlines, k.callbacks_due,
              k.stats],
-            [token, k.prefix, self.settings.batch, _now(now), "" if cap is None else cap],
+            [token, k.prefix, self.settings.batch, _now(now), "" if cap is None else cap,
+             "" if starts is None else starts],
             parse_start,
         )
 
     def grant(self, shards: int, epoch: int, *, running: int, demand: int, maxp: int,
-              fresh_ms: int, now: Now = None) -> Call[GrantReply]:
-        """A shard's grant of its sharded pool's slots, from the coordinator (grantTokens)."""
+              fresh_ms: int, now: Now = None, rate: str = "", want: int = 0,
+              unused: int = 0) -> Call[GrantReply]:
+        """A shard's grant of its sharded pool's slots and rate permits, from the coordinator
+        (grantTokens)."""
         assert self.keys.shard is not None, "only a shard asks for slots"
         return Call(script("grantTokens"), [self.keys.tokens],
-                    [self.keys.shard, shards, epoch, running, demand, maxp, fresh_ms, _now(now)],
-                    parse_grant)
+                    [self.keys.shard, shards, epoch, running, demand, maxp, fresh_ms, _now(now),
+                     rate, want, unused], parse_grant)
 
     def apply(self, token: str, seed: str, now: Now = None) -> Call[BatchReply]:
         """Apply a batch of worker outcomes."""

@@ -81,6 +81,7 @@ class StartReply:
     requests_waiting: int  #: entries in pendingStart not applied yet, as the call ends
     outcomes_waiting: int  #: entries in pendingCompletion not applied yet, as the call ends
     ready: int  #: jobs in the ready set, free to start but for a slot, as the call ends
+    rate: str  #: the pool's rate limit setting ("limit/per_ms"), "" for none
     ids: list[str] = field(metadata=_TAIL)
 
 
@@ -110,6 +111,7 @@ class GrantReply:
 
     code: Code
     tokens: int
+    permits: int  #: starts allowed by the pool's rate limit until the next ask (-1: no limit)
 
 
 #: each layout's name in the scripts (`R.<name>`)

@@ -56,12 +56,6 @@ local function setting(a, field)
   return v
 end
 
--- Rate spec "limit/per_ms" -> limit, per_ms.
-local function rate_of(spec)
-  local limit, per = string.match(spec, '^(%d+)/(%d+)$')
-  return tonumber(limit), tonumber(per)
-end
-
 -- Token bucket of `scope`: capacity `limit`, refilled at limit/per_ms. Returns tokens now.
 local function bucket_tokens(a, scope, spec, now)
   local limit, per = rate_of(spec)

@@ -48,6 +48,12 @@ local function now_ms(i)
   return now + shift
 end
 
+-- Rate spec "limit/per_ms" -> limit, per_ms.
+local function rate_of(spec)
+  local limit, per = string.match(spec, '^(%d+)/(%d+)$')
+  return tonumber(limit), tonumber(per)
+end
+
 -- A stream entry's flat field list as a table (last value wins on repeated fields).
 local function fields_of(flat)
   local f = {}
