@@ -7,6 +7,10 @@ per job) over N pre-enqueued no-op jobs, all K at once. Reported per K: jobs/s o
 main loop, the aggregate, and each shard's Redis CPU per job; the projection to one core per
 shard is 1e6 / (Redis CPU us per job) per shard, stated as a projection.
 
+Starving: a pool of 4 shards (max_parallelism 16) whose shards all start busy (a fair share
+each), then 3 of them run dry: how long after the last of their jobs ended the busy shard runs
+the whole 16, against the refresh period (a third of the lease TTL).
+
 Replicas: a master with one replica; the same main loop alone and one-at-a-time enqueues with
 `replicas=0` and `replicas=1` (each write followed by WAIT on its connection).
 
@@ -31,11 +35,13 @@ from throughput import redis_cpu_s
 from workpool import Workpool
 from workpool.server.embedded import RedisServer
 from workpool.server.replication import Replication
+from workpool.testing.kit import running
 from workpool.wire.calls import Engine
-from workpool.wire.keys import GROUP
+from workpool.wire.keys import GROUP, Keys
 from workpool.wire.protocol import text
 from workpool.wire.replies import parse_lease
 from workpool.wire.scripts import Call, run
+from workpool.wire.shards import shard_of, sharded_id
 from workpool.worker.outbox import pack
 
 
@@ -118,6 +124,50 @@ def shards(k: int, jobs: int, tmp: Path) -> dict[str, Any]:
             "cpu_us": cpu, "projected": k * 1e6 / cpu, "pinned": pinned}
 
 
+def _key_on(shard: int, shards: int) -> str:
+    """A concurrency key whose jobs go to `shard`."""
+    return next(k for k in (f"k{i}" for i in range(10_000))
+                if shard_of(sharded_id("x", shards, k), shards) == shard)
+
+
+def starving(tmp: Path, lease_ttl: float = 3.0) -> tuple[float, float]:
+    """(s from the idle shards' last job's end to the busy shard running every slot, the
+    refresh period)."""
+    server = RedisServer.start(tmp / "starving", appendfsync="everysec")
+    pool = Workpool("starve", server.url, shards=4, max_parallelism=16, lease_ttl=lease_ttl,
+                    heartbeat_ttl=5.0)
+
+    @pool.job()
+    def hold(seconds: float) -> None:
+        time.sleep(seconds)  # the work
+
+    client = redis.Redis.from_url(server.url)
+    busy = Keys("starve", 0)
+    others = [Keys("starve", i) for i in (1, 2, 3)]
+    try:
+        with running(pool, concurrency=20):
+            pool.enqueue_many("hold", [(10.0,)] * 32, concurrency_key=_key_on(0, 4))
+            for shard in (1, 2, 3):
+                pool.enqueue_many("hold", [(1.5,)] * 8, concurrency_key=_key_on(shard, 4))
+            dry = None
+            while True:
+                pipe = client.pipeline(transaction=False)
+                for k in [busy, *others]:
+                    pipe.zcard(k.running)
+                    pipe.zcard(k.ready)
+                counts = pipe.execute()
+                now = time.monotonic()
+                if dry is None and not any(counts[2:]):
+                    dry = now  # the other shards have nothing running or ready
+                if dry is not None and counts[0] >= 16:
+                    return now - dry, lease_ttl / 3
+                time.sleep(0.005)  # a sampling interval
+    finally:
+        pool.close()
+        client.close()
+        server.stop()
+
+
 def replicas(jobs: int, tmp: Path) -> list[tuple[int, float, float]]:
     """(replicas, main-loop jobs/s, enqueues/s one at a time) on a master with one replica."""
     master = RedisServer.start(tmp / "master", appendfsync="everysec")
@@ -160,6 +210,9 @@ def main() -> None:
                   f"({r['aggregate'] / base:.2f}x one); Redis CPU {r['cpu_us']:.1f} us/job; "
                   f"projected with a core per shard: {r['projected']:,.0f} jobs/s "
                   f"(pinned: {r['pinned']})")
+        took, period = starving(tmp)
+        print(f"starving: the busy shard ran all 16 slots {took:.2f} s after the others ran "
+              f"dry ({took / period:.2f} refresh periods of {period:.1f} s)")
         for n, loop, enq in replicas(args.jobs, tmp):
             print(f"replicas={n}: main loop alone {loop:,.0f} jobs/s; enqueue one at a time "
                   f"{enq:,.0f}/s")

@@ -15,15 +15,15 @@ from workpool.client.stats import PoolStats
 from workpool.core.config import PoolConfig
 from workpool.types import Configured, JobStatus
 from workpool.wire.keys import Keys
-from workpool.wire.protocol import Fields
-from workpool.wire.shards import place
+from workpool.wire.protocol import Fields, check_job_id
+from workpool.wire.shards import place, shard_of
 
 
 def by_shard(config: PoolConfig, job_ids: Iterable[str]) -> list[tuple[Keys, list[str]]]:
     """The ids grouped by the shard holding each, in order within a shard."""
     groups: dict[int, list[str]] = {}
     for job_id in job_ids:
-        groups.setdefault(config.shard_keys.index(config.keys_for(job_id)), []).append(job_id)
+        groups.setdefault(shard_of(check_job_id(job_id), config.shards), []).append(job_id)
     return [(config.shard_keys[i], ids) for i, ids in sorted(groups.items())]
 
 

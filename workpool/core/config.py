@@ -70,14 +70,11 @@ class PoolConfig:
         if self.shard is not None:
             validate.integer("shard", self.shard, 0, self.shards - 1)
         self.keys = Keys(self.name, self.shard)
+        #: the keys of every shard (the pool's own when it has one shard)
+        self.shard_keys = [Keys(self.name, i) for i in range(self.shards)] \
+            if self.shards > 1 else [self.keys]
         self.replication = Replication.of(self.replicas, self.replica_timeout)
 
-    @property
-    def shard_keys(self) -> list[Keys]:
-        """The keys of every shard (of the pool itself when it has one shard)."""
-        if self.shards == 1:
-            return [self.keys]
-        return [Keys(self.name, i) for i in range(self.shards)]
 
     def keys_for(self, job_id: str) -> Keys:
         """The keys of the shard that holds job (or workflow) `job_id` (checked first)."""
