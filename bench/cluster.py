@@ -7,9 +7,9 @@ per job) over N pre-enqueued no-op jobs, all K at once. Reported per K: jobs/s o
 main loop, the aggregate, and each shard's Redis CPU per job; the projection to one core per
 shard is 1e6 / (Redis CPU us per job) per shard, stated as a projection.
 
-Starving: a pool of 4 shards (max_parallelism 16) whose shards all start busy (a fair share
-each), then 3 of them run dry: how long after the last of their jobs ended the busy shard runs
-the whole 16, against the refresh period (a third of the lease TTL).
+Starving: a pool of 4 shards (max_parallelism 16) whose 3 shards run every slot when the 4th
+gets 32 long jobs; then the 3 run dry: how long after the last of their jobs ended the 4th
+runs the whole 16, against the refresh period (a third of the lease TTL).
 
 Replicas: a master with one replica; the same main loop alone and one-at-a-time enqueues with
 `replicas=0` and `replicas=1` (each write followed by WAIT on its connection).
@@ -146,9 +146,11 @@ def starving(tmp: Path, lease_ttl: float = 3.0) -> tuple[float, float]:
     others = [Keys("starve", i) for i in (1, 2, 3)]
     try:
         with running(pool, concurrency=20):
-            pool.enqueue_many("hold", [(10.0,)] * 32, concurrency_key=_key_on(0, 4))
-            for shard in (1, 2, 3):
+            for shard in (1, 2, 3):  # the others busy first, then this one joins
                 pool.enqueue_many("hold", [(1.5,)] * 8, concurrency_key=_key_on(shard, 4))
+            while sum(client.zcard(k.running) for k in others) < 16:
+                time.sleep(0.005)  # a sampling interval
+            pool.enqueue_many("hold", [(10.0,)] * 32, concurrency_key=_key_on(0, 4))
             dry = None
             while True:
                 pipe = client.pipeline(transaction=False)

@@ -1,8 +1,8 @@
 """The token protocol of a sharded pool (grantTokens) against a model, by hypothesis: shards
-ask, renew, lapse (stop asking), start and end jobs within their grants, change leaders, and
-stale leaders ask too. After every step: the grants add up to max_parallelism at most, no grant
-is below what its shard runs (a running job's slot is never taken back), a stale loop is
-refused with nothing written, and each grant is the one the model predicts."""
+ask, renew, lapse (stop asking), start and end jobs below their tokens, change leaders, and
+stale leaders ask too. After every step: the reservations add up to max_parallelism at most,
+none is below what its shard runs (a running job's slot is never taken back), a stale loop is
+refused with nothing written, and each answer is the one the model predicts."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ class Shard:
     seen: int = 0  #: the newest epoch the coordinator has seen asking (e:<i>)
     leader_asked: bool = False  #: its current leader has a grant (it starts nothing before)
     running: int = 0
-    grant: int = 0  #: the coordinator's a:<i>
+    tokens: int = 0  #: what its last ask allows it to run up to
+    reserved: int = 0  #: the coordinator's a:<i>
     demand: int = 0  #: the coordinator's d:<i>
     asked_at: int | None = None  #: the coordinator's t:<i>
 
@@ -56,16 +57,15 @@ class Model:
     now: int = 1_000_000
     shards: list[Shard] = field(default_factory=lambda: [Shard() for _ in range(SHARDS)])
 
-    def expected_grant(self, i: int, demand: int) -> int:
-        """The grant the protocol gives shard i asking with `demand` (statemachine.md)."""
-        me = self.shards[i]
+    def expected_tokens(self, i: int, demand: int) -> int:
+        """The tokens the protocol gives shard i asking with `demand` (statemachine.md)."""
         others = [s for j, s in enumerate(self.shards) if j != i]
         wanting = [s for s in others if s.asked_at is not None
                    and self.now - s.asked_at <= FRESH_MS and s.demand > 0]
-        unmet = sum(max(0, s.demand - s.grant) for s in wanting)
-        available = max(0, self.maxp - sum(s.grant for s in others))
+        unmet = sum(max(0, s.demand - s.reserved) for s in wanting)
+        available = max(0, self.maxp - sum(s.reserved for s in others))
         desired = min(demand, math.ceil(self.maxp / (1 + len(wanting)))) if unmet else demand
-        return max(me.running, min(desired, available))
+        return min(desired, available)
 
 
 class TokenMachine(RuleBasedStateMachine):
@@ -90,9 +90,10 @@ class TokenMachine(RuleBasedStateMachine):
     def ask(self, i: int, extra: int) -> None:
         shard = self.model.shards[i]
         demand = shard.running + extra
-        expected = self.model.expected_grant(i, demand)
+        expected = self.model.expected_tokens(i, demand)
         assert self._ask(i, shard.epoch, demand) == (Code.OK, expected)
-        shard.grant, shard.demand, shard.asked_at = expected, demand, self.model.now
+        shard.tokens, shard.reserved = expected, max(shard.running, expected)
+        shard.demand, shard.asked_at = demand, self.model.now
         shard.seen, shard.leader_asked = shard.epoch, True
 
     @rule(i=st.integers(0, SHARDS - 1))
@@ -115,7 +116,7 @@ class TokenMachine(RuleBasedStateMachine):
         shard = self.model.shards[i]
         fresh = shard.asked_at is not None and self.model.now - shard.asked_at <= FRESH_MS
         if shard.leader_asked and fresh:  # a lapsed grant starts nothing
-            shard.running += max(0, min(n, shard.grant - shard.running))  # within it only
+            shard.running += max(0, min(n, shard.tokens - shard.running))  # below them only
 
     @rule(i=st.integers(0, SHARDS - 1), n=st.integers(1, 8))
     def end(self, i: int, n: int) -> None:
@@ -131,10 +132,10 @@ class TokenMachine(RuleBasedStateMachine):
         if not hasattr(self, "model"):
             return
         stored = {text(k): int(v) for k, v in self.client.hgetall(Keys("tok").tokens).items()}
-        grants = [stored.get(f"a:{i}", 0) for i in range(SHARDS)]
-        assert grants == [s.grant for s in self.model.shards]
-        assert sum(grants) <= self.model.maxp
-        assert all(s.running <= s.grant for s in self.model.shards)
+        reserved = [stored.get(f"a:{i}", 0) for i in range(SHARDS)]
+        assert reserved == [s.reserved for s in self.model.shards]
+        assert sum(reserved) <= self.model.maxp
+        assert all(s.running <= s.reserved for s in self.model.shards)
 
 
 def test_the_token_protocol_against_its_model(redis_url: str) -> None:
@@ -157,7 +158,7 @@ def test_a_busy_shard_gets_every_slot_by_its_second_ask_once_idle_ones_ask(
         return call.parse(run(client, [call])[0]).tokens
 
     assert [ask(i, 0, 5, 0) for i in range(SHARDS)] == [5, 5, 2]  # all busy at first
-    assert ask(0, 5, 40, 300) == 5  # its fair share, while the others still want theirs
+    assert ask(0, 5, 40, 300) == 4  # its fair share (it keeps its 5 running), others want
     assert [ask(i, 0, 0, 330) for i in (1, 2)] == [0, 0]  # idle now: they give theirs back
     assert ask(0, 5, 40, 600) == 12  # the next ask (one period on) takes every slot
     client.close()
@@ -227,4 +228,23 @@ def test_the_shards_never_start_more_than_the_rate_allows(
         held[shard] = _permits(client, shard, now, want, unused)
         net += held[shard] - unused
         assert net <= 10 + now * 10 // 1000  # the bucket's capacity and its refill, no more
+    client.close()
+
+
+def test_a_shard_above_its_fair_share_starts_nothing_and_yields_as_its_jobs_end(
+        redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    engines = [Engine(Keys("hog", i)) for i in range(SHARDS)]
+
+    def ask(i: int, running: int, demand: int, now: int) -> int:
+        call = engines[i].grant(SHARDS, 1, running=running, demand=demand, maxp=12,
+                                fresh_ms=FRESH_MS, now=now)
+        return call.parse(run(client, [call])[0]).tokens
+
+    assert ask(0, 0, 40, 0) == 12  # alone: every slot
+    assert [ask(i, 0, 8, 10) for i in (1, 2)] == [0, 0]  # all taken (12 run on shard 0)
+    assert ask(0, 12, 40, 300) == 4  # others want: its fair share, so it starts no more
+    assert [ask(i, 0, 8, 310) for i in (1, 2)] == [0, 0]  # its 12 still run
+    assert ask(0, 3, 40, 600) == 4  # 9 ended: it keeps 4
+    assert [ask(i, 0, 8, 610) for i in (1, 2)] == [4, 4]  # and the others get theirs
     client.close()

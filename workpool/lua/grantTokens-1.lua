@@ -1,15 +1,16 @@
 -- grantTokens: a sharded pool's global max_parallelism. Each shard's main loop asks its own
--- share of the pool's slots ("tokens") from the coordinator hash (its own slot), reporting
--- what it runs and what it could start; it starts jobs only while it runs fewer than its grant
--- and its grant is fresh. A grant never goes below what the shard runs (a running job's slot
--- is never taken back), and the sum of every shard's grant stays within max_parallelism, so
--- the pool never runs more. A shard's grant is taken back only by that shard's own next call:
--- one that stops asking (its loop died) keeps its slots until a new leader of the shard asks,
--- with what the shard really runs (reconciled). While other shards want slots, a shard is
--- cut to its fair share (max_parallelism over the shards that want any) as its jobs end; when
--- none do, it may take every free slot.
+-- share of the pool's slots from the coordinator hash (its own slot), reporting what it runs
+-- and what it could start; it starts jobs only while it runs fewer than the `tokens` it is
+-- given and while they are fresh. The coordinator reserves for the shard the larger of those
+-- tokens and what it runs (a running job's slot is never taken back), and the reservations of
+-- all shards add up to max_parallelism at most, so the pool never runs more. A reservation
+-- changes only at its own shard's next ask: one that stops asking (its loop died) keeps its
+-- slots until a new leader of the shard asks, with what the shard really runs (reconciled).
+-- While other shards want slots, a shard's tokens are its fair share (max_parallelism over
+-- the shards that want any): above it, it starts nothing and its reservation falls as its jobs
+-- end; when no other shard wants any, it may take every free slot.
 --
--- KEYS[1] tokens   HASH  per shard i: a:<i> grant, e:<i> epoch of the loop that asked last,
+-- KEYS[1] tokens   HASH  per shard i: a:<i> reserved, e:<i> epoch of the loop that asked last,
 --                        d:<i> its demand (running + ready), t:<i> when (ms); n: the shards
 --                        (how a client that names the pool alone finds them)
 -- ARGV[1] shard    the shard's index (0 .. shards - 1)
@@ -25,9 +26,9 @@
 --                  token bucket (fields rb, rt: tokens and when, ms) hands out start permits
 -- ARGV[10] want    permits the shard asks for (its ready jobs)
 -- ARGV[11] unused  permits of its last grant it did not use: back into the bucket first
--- Returns R.grant {code, tokens, permits}: OK, the shard's grant and its permits (-1: no rate
--- limit), or NOT_LEADER (0, 0) for a loop whose epoch is older than one that asked before
--- (nothing written).
+-- Returns R.grant {code, tokens, permits}: OK, what the shard may run up to (it starts jobs
+-- only below it) and its permits (-1: no rate limit), or NOT_LEADER (0, 0) for a loop whose
+-- epoch is older than one that asked before (nothing written).
 -- @include common
 
 local shards = arg_int(2, 1, L.MAX_SHARDS)
@@ -68,19 +69,19 @@ end
 local available = math.max(0, maxp - others)
 local desired = demand
 if unmet > 0 then desired = math.min(demand, math.ceil(maxp / wanting)) end
-local grant = math.max(running, math.min(desired, available))
-rcall('HSET', KEYS[1], 'a:' .. shard, grant, 'e:' .. shard, epoch, 'd:' .. shard, demand,
-      't:' .. shard, now, 'n', shards)
+local tokens = math.min(desired, available)
+rcall('HSET', KEYS[1], 'a:' .. shard, math.max(running, tokens), 'e:' .. shard, epoch,
+      'd:' .. shard, demand, 't:' .. shard, now, 'n', shards)
 
 -- The pool's rate limit: one bucket (capacity `limit`, refilled at limit/per), permits taken
 -- whole; a shard's unused ones go back (never past the capacity).
 local permits = -1
 if rate_limit then
-  local tokens = tonumber(h.rb) or rate_limit
+  local bucket = tonumber(h.rb) or rate_limit
   local since = tonumber(h.rt) or now
-  tokens = math.min(rate_limit, tokens + math.max(0, now - since) * rate_limit / rate_per
+  bucket = math.min(rate_limit, bucket + math.max(0, now - since) * rate_limit / rate_per
                     + unused)
-  permits = math.min(want, math.floor(tokens))
-  rcall('HSET', KEYS[1], 'rb', tokens - permits, 'rt', now)
+  permits = math.min(want, math.floor(bucket))
+  rcall('HSET', KEYS[1], 'rb', bucket - permits, 'rt', now)
 end
-return reply(R.grant, {code = C.OK, tokens = grant, permits = permits})
+return reply(R.grant, {code = C.OK, tokens = tokens, permits = permits})
