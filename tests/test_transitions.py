@@ -1457,9 +1457,12 @@ def _every_call(p: Pool, token: str, t: int) -> list[Call[Any]]:
     """One call of each script, the lease release last."""
     cron = CronJob("work", parse_schedule(60), catch_up=False, grace=60)
     tick = tick_call(p.keys, token, cron, TickDecision(t, enqueue=False, next_ms=t + 1), {})
+    shard = Engine(Keys(p.keys.pool, 0))  # its coordinator's key is the pool's own slot
     return [p.engine.acquire(OWNER, LEASE_MS, 10), p.engine.ingest(token, t),
             p.engine.apply(token, SEED, t), p.engine.start(token, t),
-            p.engine.reap(token, SEED, t), tick, p.engine.release(token)]
+            p.engine.reap(token, SEED, t), tick,
+            shard.grant(2, 1, running=0, demand=0, maxp=10, fresh_ms=1000, now=t),
+            p.engine.release(token)]
 
 
 def test_every_script_survives_a_script_flush(p: Pool) -> None:

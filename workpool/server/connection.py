@@ -93,7 +93,28 @@ def sync_client(url: str, socket_timeout: float | None = None) -> redis.Redis:
         return cast("redis.Redis", redis.RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in where.hosts], **options))
     sentinel = redis.sentinel.Sentinel(where.hosts, sentinel_kwargs=_sentinel_options(where))
-    return cast("redis.Redis", sentinel.master_for(where.master, **options))
+    return cast("redis.Redis", sentinel.master_for(where.master, redis_class=_SentinelMaster,
+                                                   **options))
+
+
+class _SentinelMaster(redis.Redis):
+    """A Sentinel's master client that closes its connections to the Sentinels with its own."""
+
+    def close(self) -> None:
+        super().close()
+        pool: Any = self.connection_pool  # a SentinelConnectionPool
+        for sentinel in pool.sentinel_manager.sentinels:
+            sentinel.close()
+
+
+class _AsyncSentinelMaster(redis.asyncio.Redis):
+    """`_SentinelMaster` for asyncio."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool: Any = self.connection_pool  # a SentinelConnectionPool
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
 
 
 #: s a call to a cluster node or a Sentinel's master may wait for its reply: a master cut off
@@ -132,7 +153,8 @@ def async_client(url: str, socket_timeout: float | None = None) -> redis.asyncio
             max_connections=ASYNC_CONNECTIONS, **options))
     sentinel = redis.asyncio.sentinel.Sentinel(
         where.hosts, sentinel_kwargs=_sentinel_options(where))
-    return cast("redis.asyncio.Redis", sentinel.master_for(where.master, **options))
+    return cast("redis.asyncio.Redis", sentinel.master_for(
+        where.master, redis_class=_AsyncSentinelMaster, **options))
 
 
 @contextmanager
