@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -147,16 +148,19 @@ def test_the_token_protocol_against_its_model(redis_url: str) -> None:
         TokenMachine.client.close()
 
 
+def _asker(client: redis.Redis, pool: str) -> Callable[[int, int, int, int], int]:
+    """ask(shard, running, demand, now): the tokens shard `shard` of `pool` gets (limit 12)."""
+    def ask(i: int, running: int, demand: int, now: int) -> int:
+        call = Engine(Keys(pool, i)).grant(SHARDS, 1, running=running, demand=demand, maxp=12,
+                                           fresh_ms=FRESH_MS, now=now)
+        return call.parse(run(client, [call])[0]).tokens
+    return ask
+
+
 def test_a_busy_shard_gets_every_slot_by_its_second_ask_once_idle_ones_ask(
         redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    engines = [Engine(Keys("busy", i)) for i in range(SHARDS)]
-
-    def ask(i: int, running: int, demand: int, now: int) -> int:
-        call = engines[i].grant(SHARDS, 1, running=running, demand=demand, maxp=12,
-                                fresh_ms=FRESH_MS, now=now)
-        return call.parse(run(client, [call])[0]).tokens
-
+    ask = _asker(client, "busy")
     assert [ask(i, 0, 5, 0) for i in range(SHARDS)] == [5, 5, 2]  # all busy at first
     assert ask(0, 5, 40, 300) == 4  # its fair share (it keeps its 5 running), others want
     assert [ask(i, 0, 0, 330) for i in (1, 2)] == [0, 0]  # idle now: they give theirs back
@@ -234,13 +238,7 @@ def test_the_shards_never_start_more_than_the_rate_allows(
 def test_a_shard_above_its_fair_share_starts_nothing_and_yields_as_its_jobs_end(
         redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    engines = [Engine(Keys("hog", i)) for i in range(SHARDS)]
-
-    def ask(i: int, running: int, demand: int, now: int) -> int:
-        call = engines[i].grant(SHARDS, 1, running=running, demand=demand, maxp=12,
-                                fresh_ms=FRESH_MS, now=now)
-        return call.parse(run(client, [call])[0]).tokens
-
+    ask = _asker(client, "hog")
     assert ask(0, 0, 40, 0) == 12  # alone: every slot
     assert [ask(i, 0, 8, 10) for i in (1, 2)] == [0, 0]  # all taken (12 run on shard 0)
     assert ask(0, 12, 40, 300) == 4  # others want: its fair share, so it starts no more
