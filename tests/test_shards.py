@@ -5,6 +5,7 @@ max_parallelism, however the work is spread."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ import redis
 from click.testing import CliRunner
 from helpers import eventually
 
-from workpool import WorkflowContext, Workpool
+from workpool import ConfigurationError, WorkflowContext, Workpool
 from workpool.cli.main import cli
+from workpool.mainloop.loop import MainLoop
+from workpool.process import main_loops
 from workpool.server.connection import sync_client
 from workpool.testing.kit import running
 from workpool.types import State
@@ -169,3 +172,24 @@ def test_the_pools_rate_limit_holds_across_every_shard(redis_url: str,
     assert busiest <= 20  # one bucket: its 10 and 10 more a second, in any second
     pool.close()
     clock.close()
+
+
+def test_workpool_loop_runs_every_shards_main_loop_and_a_sharded_pool_has_none_of_its_own(
+        sharded: Workpool, redis_client: redis.Redis) -> None:
+    with pytest.raises(ConfigurationError, match="main loop per shard"):
+        MainLoop(sharded)
+
+    async def lead() -> list[int]:
+        stop = asyncio.Event()
+        leading = asyncio.create_task(main_loops(sharded)(stop))
+        held: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(held) < SHARDS and time.monotonic() < deadline:
+            held = [i for i in range(SHARDS) if redis_client.exists(Keys("sh", i).lease)]
+            await asyncio.sleep(0.02)  # a poll interval
+        stop.set()
+        await leading
+        return held
+
+    assert asyncio.run(lead()) == list(range(SHARDS))  # a lease on every shard
+    assert not any(redis_client.exists(Keys("sh", i).lease) for i in range(SHARDS))  # given up

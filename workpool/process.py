@@ -5,6 +5,7 @@ the demo and embedding programs build workers here; the actors never import each
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from workpool.core.config import HasConfig, PoolConfig, config_of
@@ -28,6 +29,18 @@ def _worker(config: PoolConfig, main_loop: bool, options: dict[str, Any]) -> Wor
         await MainLoop(config, owner=owner).run(stop)
 
     return Worker(config, alongside=lead if main_loop else None, **options)
+
+
+def main_loops(pool: PoolConfig | HasConfig,
+               ) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    """What runs the pool's main loop alone (`workpool loop`): a sharded pool's, one per
+    shard, each a lease of its own; until the stop event is set."""
+    configs = config_of(pool).shard_configs()
+
+    async def run(stop: asyncio.Event) -> None:
+        await asyncio.gather(*(MainLoop(c).run(stop) for c in configs))
+
+    return run
 
 
 class Shards:

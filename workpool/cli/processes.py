@@ -102,11 +102,12 @@ def _leave_abandoned_attempts(status: int) -> None:
 @click.argument("spec", metavar="MODULE:POOL")
 @click.pass_context
 def loop(ctx: click.Context, spec: str) -> None:
-    """Run only a main loop for the pool (a standby one until it wins the lease)."""
-    from workpool.mainloop.loop import MainLoop  # noqa: PLC0415
+    """Run only a main loop for the pool (a standby one until it wins the lease; a sharded
+    pool's: one per shard)."""
+    from workpool.process import main_loops  # noqa: PLC0415
 
     cast("Settings", ctx.obj).setup_logging()
-    asyncio.run(until_signaled(MainLoop(pool_for(ctx, spec, code=True)).run))
+    asyncio.run(until_signaled(main_loops(pool_for(ctx, spec, code=True))))
 
 
 

@@ -78,7 +78,7 @@ class MainLoop:
         self._stall_s = pool.heartbeat_ttl / 4  # a round trip this much slower: a stall
         self._grace_s = pool.heartbeat_ttl / 2  # the reaper's silence grace
         self._clock: tuple[int, float] | None = None  # (Redis ms, monotonic) of a reply
-        self.grant = Grant(pool, self.engine) if pool.shard is not None else None  # a shard's
+        self.grant = Grant.of(pool, self.engine)  # a shard's (None: a pool of one shard)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Act as main loop until `stop` is set. It outlives any error: Redis away or refusing

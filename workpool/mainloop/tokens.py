@@ -12,6 +12,7 @@ import time
 import redis.asyncio
 
 from workpool.core.config import PoolConfig
+from workpool.errors import ConfigurationError
 from workpool.wire.calls import Engine, Now
 from workpool.wire.codes import Code
 from workpool.wire.replies import StartReply
@@ -29,6 +30,16 @@ class Grant:
         self._ask_at = 0.0  #: monotonic: when to ask again
         self._period = config.lease_ttl / 3
         self._ttl_ms = round(config.lease_ttl * 1000)
+
+    @classmethod
+    def of(cls, config: PoolConfig, engine: Engine) -> Grant | None:
+        """A shard's grant (None for a pool of one shard); a sharded pool's own configuration
+        has no main loop, its shards' have one each."""
+        if config.shards > 1 and config.shard is None:
+            msg = "a sharded pool has a main loop per shard: workpool.process.main_loops(pool) " \
+                  "runs them all (a worker runs each shard's)"
+            raise ConfigurationError(msg)
+        return cls(config, engine) if config.shard is not None else None
 
     def cap(self, now: float) -> int:
         """What startJobs may run up to now: the grant while fresh, else nothing."""
