@@ -134,3 +134,15 @@ def test_a_scripts_clock_is_redis_time_moved_on_by_plus_ms_and_nothing_else(
         for bad in ("+x", "+-1", "+1.5"):
             with pytest.raises(redis.ResponseError, match=r"must be ms, empty or \+ms"):
                 p.call(p.engine.start(p.token, bad))
+
+
+def test_the_kit_sees_every_shard_of_a_sharded_pool(workpool_pool: UsePool) -> None:
+    pool = workpool_pool(Workpool("shardshop", shards=3))
+    pool.job(name="send")(lambda order: f"sent {order}")
+    jobs = [pool.enqueue("send", i) for i in range(9)]
+    assert len({j.rsplit("@", 1)[1] for j in jobs}) > 1  # in more than one shard
+    assert sorted(e.id for e in pool.testing.enqueued("send")) == sorted(jobs)
+    pool.testing.assert_enqueued("send", args=[8])
+    ended = pool.testing.run_until_idle()
+    assert sorted(j.id for j in ended) == sorted(jobs)
+    assert pool.testing.enqueued() == []

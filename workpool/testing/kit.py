@@ -126,29 +126,29 @@ class Kit:
         return sorted(ended, key=lambda j: j.finished_at or 0)
 
     def _busy(self, worker_id: str) -> str:
-        """What the pool still has to do now ('' when nothing)."""
-        k = self.pool.keys
+        """What the pool (every shard of it) still has to do now ('' when nothing)."""
         now_ms = round(self.now() * 1000)
-        reply = self.pool.redis.eval(
+        busy = [text(self.pool.redis.eval(
             _BUSY, 11, k.pending_start, k.pending_completion, k.running, k.ready, k.due,
             k.callbacks_due, k.replays_due, k.wf_timers, k.dispatch, k.inbox(worker_id),
-            k.stats, now_ms, "workers")
-        return text(reply)
+            k.stats, now_ms, "workers")) for k in self.pool.config.shard_keys]
+        return "; ".join(b for b in busy if b)
 
     def enqueued(self, name: str | None = None) -> list[Enqueued]:
         """Jobs enqueued and not started yet (of job `name`), oldest first: entries the main
         loop has not applied, then pending jobs it has."""
-        r, k = self.pool.redis, self.pool.keys
+        r = self.pool.redis
         found: list[Enqueued] = []
-        entries = cast("list[tuple[bytes, dict[bytes, bytes]]]",
-                       r.xrange(k.pending_start, count=_LISTED))
-        for entry_id, f in entries:
-            fields = {text(key): value for key, value in f.items()}
-            if text(fields.get("op")) in ("enqueue", ""):
-                found.append(_enqueued(text(fields.get("id")) or text(entry_id), fields))
-        for job_id, packed in sorted(r.hscan_iter(k.unstarted, count=1000),
-                                     key=lambda kv: kv[0]):
-            found.append(_enqueued(text(job_id), job_fields({}, packed)))
+        for k in self.pool.config.shard_keys:  # (a sharded pool's, shard after shard)
+            entries = cast("list[tuple[bytes, dict[bytes, bytes]]]",
+                           r.xrange(k.pending_start, count=_LISTED))
+            for entry_id, f in entries:
+                fields = {text(key): value for key, value in f.items()}
+                if text(fields.get("op")) in ("enqueue", ""):
+                    found.append(_enqueued(text(fields.get("id")) or text(entry_id), fields))
+            for job_id, packed in sorted(r.hscan_iter(k.unstarted, count=1000),
+                                         key=lambda kv: kv[0]):
+                found.append(_enqueued(text(job_id), job_fields({}, packed)))
         return [e for e in found if name is None or e.name == name]
 
     def assert_enqueued(self, name: str, args: Sequence[Any] | None = None,
