@@ -173,30 +173,24 @@ def test_a_shards_grant_lapses_one_lease_ttl_after_it_was_asked(redis_url: str) 
     grant = Grant(config, Engine(config.keys))
     ready = StartReply(Code.OK, 0, 0, 6, None, None, 0, None, 0, 0, 0, 3, "", [])  # 3 ready
 
-    async def ask() -> bool:
-        client = async_client(redis_url)
-        try:
-            return await grant.refresh(client, "4:loop-a", ready, None)
-        finally:
-            await client.aclose()
+    def ask(by: Grant, token: str) -> bool:
+        async def asked() -> bool:
+            client = async_client(redis_url)
+            try:
+                return await by.refresh(client, token, ready, None)
+            finally:
+                await client.aclose()
+        return asyncio.run(asked())
 
-    assert asyncio.run(ask())
+    assert ask(grant, "4:loop-a")
     after = time.monotonic()
     assert grant.cap(after) == 3  # what it asked for: nothing else wants slots
     assert grant.cap(after + 1.0) == 0  # a lease TTL after it asked: it starts nothing
     grant.forget()  # its loop lost the shard's lease
     assert grant.cap(after) == 0
-    assert asyncio.run(ask())  # the same epoch asks again: its own
+    assert ask(grant, "4:loop-a")  # the same epoch asks again: its own
     stale = Grant(config, Engine(config.keys))
-
-    async def stale_ask() -> bool:
-        client = async_client(redis_url)
-        try:
-            return await stale.refresh(client, "3:loop-old", ready, None)
-        finally:
-            await client.aclose()
-
-    assert not asyncio.run(stale_ask())  # an older epoch of the shard is refused
+    assert not ask(stale, "3:loop-old")  # an older epoch of the shard is refused
     assert stale.cap(time.monotonic()) == 0
 
 
